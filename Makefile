@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make demo   – create the environment if needed, then run the main job on the synthetic cohort
+#   make test   – create the environment if needed, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow lint clean
+
+# The stamp depends on the files that define the environment, so editing them reinstalls.
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# PyRadiomics 3.0.1 has no wheel for Python 3.11 and must build against the numpy already
+	# installed (its 3.1.0 sdist is mislabelled); torch/torchvision are pinned to the builds on disk.
+	$(BIN)/python -m pip install --quiet numpy setuptools wheel versioneer
+	$(BIN)/python -m pip install --quiet --no-build-isolation pyradiomics==3.0.1
+	$(BIN)/python -m pip install --quiet -e '.[test,radiomics]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/stromalens demo --out $(DEMO_OUT)
+
+test: install
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -n 2 -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

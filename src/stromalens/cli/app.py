@@ -1,0 +1,64 @@
+"""Root Typer app: registers the command groups and turns user errors into one clear line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+from ..logs import configure_logging
+from . import cohort, demo, synth
+
+app = typer.Typer(
+    name="stromalens",
+    help="Decode the tumour microenvironment from routine images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(cohort.app, name="cohort")
+app.command("synth")(synth.synth)
+app.command("demo")(demo.demo)
+
+error_console = Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    configure_logging(log_level.upper())
+
+
+@app.command("version")
+def version() -> None:
+    """Print the installed version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Entry point: user errors (bad input, bad configuration) exit 1 with one clear message."""
+    from ..cohort import ManifestError
+    from ..config import ConfigError
+
+    try:
+        app(standalone_mode=False)
+    except (ManifestError, ConfigError, ValueError, FileNotFoundError) as exc:
+        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error_console.print("aborted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,311 @@
+"""The cohort manifest: one row per patient, paths relative to the manifest.
+
+Columns (DESIGN.md): ``patient_id`` (unique), ``site``, ``mri_t1``, ``mri_t2``, ``mri_ce``,
+``mri_mask``, ``wsi``, ``wsi_mpp`` (optional µm/px override), ``rna_sample``, clinical columns
+(``age``, ``sex``, ``location``, ``volume_cc``, ``os_time``, ``os_event``, ``pfs_time``,
+``pfs_event``, ``treatment``, ``response``), pathology (``fibrosis_grade``, ``exclusion_grade``,
+``annotations``). An empty cell means that modality is missing for that patient — recorded, not an
+error. Every problem is collected and reported at once, by row and column, in one
+:class:`ManifestError`.
+
+Example
+-------
+>>> cohort = load_manifest("cohort.csv")            # doctest: +SKIP
+>>> cohort.frame.loc["P0001", "wsi"]                # absolute Path, or None if missing
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "site")
+PATH_COLUMNS: tuple[str, ...] = (
+    "mri_t1", "mri_t2", "mri_ce", "mri_mask", "wsi", "annotations",
+)
+MRI_SEQUENCES: tuple[str, ...] = ("mri_t1", "mri_t2", "mri_ce")
+MODALITY_COLUMNS: tuple[str, ...] = (*MRI_SEQUENCES, "mri_mask", "wsi", "rna_sample")
+TIME_COLUMNS: tuple[str, ...] = ("os_time", "pfs_time")
+EVENT_COLUMNS: dict[str, str] = {"os_event": "os_time", "pfs_event": "pfs_time"}
+NUMERIC_COLUMNS: dict[str, tuple[float | None, float | None]] = {
+    # column: (minimum, maximum), inclusive
+    "age": (0.0, 130.0),
+    "volume_cc": (0.0, None),
+    "wsi_mpp": (0.0, None),
+    "os_time": (0.0, None),
+    "pfs_time": (0.0, None),
+}
+BINARY_COLUMNS: tuple[str, ...] = ("os_event", "pfs_event", "response")
+GRADE_COLUMNS: tuple[str, ...] = ("fibrosis_grade", "exclusion_grade")
+#: Short headers of :meth:`Cohort.summary`.
+SUMMARY_NAMES: dict[str, str] = {
+    "mri_t1": "T1", "mri_t2": "T2", "mri_ce": "CE", "mri_mask": "mask", "wsi": "WSI",
+    "rna_sample": "RNA", "os_event": "OS events", "pfs_event": "PFS events",
+}
+KNOWN_COLUMNS: tuple[str, ...] = (
+    "patient_id", "site", *PATH_COLUMNS[:5], "wsi_mpp", "rna_sample", "age", "sex", "location",
+    "volume_cc", "os_time", "os_event", "pfs_time", "pfs_event", "treatment", "response",
+    "fibrosis_grade", "exclusion_grade", "annotations",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the manifest: where (row is 1-based as in a spreadsheet, after the
+    header; None for the whole file) and what."""
+
+    row: int | None
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.column is not None:
+            where.append(f"column '{self.column}'")
+        return f"{', '.join(where) or 'manifest'}: {self.message}"
+
+
+class ManifestError(ValueError):
+    """The manifest has problems; ``problems`` lists every one of them."""
+
+    def __init__(self, path: Path, problems: list[Problem]):
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s) in the cohort manifest\n{lines}")
+
+
+@dataclass
+class Cohort:
+    """A validated manifest.
+
+    ``frame`` is indexed by ``patient_id``; path columns hold absolute :class:`Path` objects or
+    ``None`` where the modality is missing. ``missing`` is a boolean frame (patients ×
+    modalities), True where the modality is missing.
+    """
+
+    path: Path
+    frame: pd.DataFrame
+    missing: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def patients(self) -> list[str]:
+        return list(self.frame.index)
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.frame["site"].unique())
+
+    def summary(self) -> pd.DataFrame:
+        """Per site: patients, how many have each modality, and OS/PFS events."""
+        present = ~self.missing
+        rows = {}
+        for site, idx in self.frame.groupby("site").groups.items():
+            row = {"patients": len(idx)}
+            for col in present.columns:
+                row[SUMMARY_NAMES[col]] = int(present.loc[idx, col].sum())
+            for col in EVENT_COLUMNS:
+                if col in self.frame:
+                    row[SUMMARY_NAMES[col]] = int(
+                        np.nansum(self.frame.loc[idx, col].astype("float"))
+                    )
+            rows[site] = row
+        table = pd.DataFrame.from_dict(rows, orient="index")
+        table.loc["all"] = table.sum(numeric_only=True)
+        table.index.name = "site"
+        return table.astype(int)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV, TSV or parquet manifest with every cell as a string (empty = missing)."""
+    suffixes = "".join(path.suffixes).lower()
+    if suffixes.endswith(".parquet") or suffixes.endswith(".pq"):
+        frame = pd.read_parquet(path)
+        frame = frame.astype(object).where(frame.notna(), "")
+        return frame.map(lambda v: "" if v is None else str(v))
+    sep = "\t" if suffixes.endswith((".tsv", ".tsv.gz", ".txt")) else ","
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[])
+
+
+def _is_empty(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def load_manifest(
+    path: Path | str,
+    *,
+    sites: Iterable[str] | None = None,
+    check_files: bool = True,
+    expression_samples: Iterable[str] | None = None,
+) -> Cohort:
+    """Load and validate a cohort manifest.
+
+    Parameters
+    ----------
+    path : the manifest (``.csv``, ``.tsv`` or ``.parquet``).
+    sites : the allowed site labels; every row's site must be one of them. By default any
+        non-empty label is accepted.
+    check_files : check that every referenced file exists.
+    expression_samples : sample ids of the expression table; every non-empty ``rna_sample``
+        must be among them.
+
+    Raises
+    ------
+    ManifestError
+        listing every problem found, by row and column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(path, [Problem(None, None, "file not found")])
+    try:
+        raw = read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any parser failure is one clear problem
+        raise ManifestError(path, [Problem(None, None, f"cannot be read: {exc}")]) from None
+    raw.columns = [str(c).strip() for c in raw.columns]
+    problems: list[Problem] = []
+    warnings: list[str] = []
+
+    missing_cols = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    for col in missing_cols:
+        problems.append(Problem(None, col, "required column is absent"))
+    duplicated_cols = raw.columns[raw.columns.duplicated()].unique()
+    for col in duplicated_cols:
+        problems.append(Problem(None, col, "column appears more than once"))
+    if missing_cols or len(duplicated_cols):
+        raise ManifestError(path, problems)
+    unknown = [c for c in raw.columns if c not in KNOWN_COLUMNS]
+    if unknown:
+        warnings.append(f"extra columns kept as they are: {', '.join(unknown)}")
+    if raw.empty:
+        raise ManifestError(path, [Problem(None, None, "no patients (the manifest is empty)")])
+
+    raw = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
+    row_number = {i: i + 1 for i in range(len(raw))}  # 1-based data row
+
+    # Identity.
+    ids = raw["patient_id"]
+    for i, pid in ids.items():
+        if _is_empty(pid):
+            problems.append(Problem(row_number[i], "patient_id", "empty patient id"))
+    dup = ids[ids.duplicated(keep=False) & (ids != "")]
+    for pid, group in dup.groupby(dup):
+        rows = ", ".join(str(row_number[i]) for i in group.index)
+        problems.append(Problem(None, "patient_id", f"'{pid}' is not unique (rows {rows})"))
+    allowed_sites = set(sites) if sites is not None else None
+    for i, site in raw["site"].items():
+        if _is_empty(site):
+            problems.append(Problem(row_number[i], "site", "empty site"))
+        elif allowed_sites is not None and site not in allowed_sites:
+            problems.append(Problem(row_number[i], "site", f"unknown site '{site}' (known: "
+                                    f"{', '.join(sorted(allowed_sites))})"))
+
+    # Numbers, times, events and grades.
+    numbers: dict[str, pd.Series] = {}
+    for col, (low, high) in NUMERIC_COLUMNS.items():
+        if col not in raw:
+            continue
+        values = pd.to_numeric(raw[col].mask(raw[col] == ""), errors="coerce")
+        for i, (text, value) in enumerate(zip(raw[col], values, strict=True)):
+            if _is_empty(text):
+                continue
+            if np.isnan(value):
+                problems.append(Problem(row_number[i], col, f"'{text}' is not a number"))
+            elif low is not None and value < low:
+                what = "a time" if col in TIME_COLUMNS else "it"
+                problems.append(Problem(row_number[i], col,
+                                        f"{value:g} is negative; {what} must be ≥ {low:g}"
+                                        if low == 0 else f"{value:g} is below {low:g}"))
+            elif high is not None and value > high:
+                problems.append(Problem(row_number[i], col, f"{value:g} is above {high:g}"))
+            elif col == "wsi_mpp" and value == 0:
+                problems.append(Problem(row_number[i], col, "µm/px must be positive"))
+        numbers[col] = values
+    for col in BINARY_COLUMNS:
+        if col not in raw:
+            continue
+        for i, text in enumerate(raw[col]):
+            if not _is_empty(text) and text not in {"0", "1", "0.0", "1.0"}:
+                problems.append(Problem(row_number[i], col, f"'{text}' must be 0 or 1"))
+    for event_col, time_col in EVENT_COLUMNS.items():
+        if event_col in raw and time_col not in raw:
+            problems.append(Problem(None, time_col, f"'{event_col}' is given without '{time_col}'"))
+        elif event_col in raw:
+            for i, (event, time) in enumerate(zip(raw[event_col], raw[time_col], strict=True)):
+                if _is_empty(event) != _is_empty(time):
+                    problems.append(Problem(row_number[i], event_col if _is_empty(event)
+                                            else time_col,
+                                            f"'{time_col}' and '{event_col}' must be both given or "
+                                            "both empty"))
+    for col in GRADE_COLUMNS:
+        if col not in raw:
+            continue
+        for i, text in enumerate(raw[col]):
+            if not _is_empty(text) and text not in {"0", "1", "2", "3"}:
+                problems.append(Problem(row_number[i], col, f"'{text}' must be a grade 0–3"))
+
+    # Files.
+    base = path.parent
+    resolved = {}
+    for col in PATH_COLUMNS:
+        if col not in raw:
+            continue
+        paths = []
+        for i, text in enumerate(raw[col]):
+            if _is_empty(text):
+                paths.append(None)
+                continue
+            p = Path(text).expanduser()
+            p = p if p.is_absolute() else (base / p)
+            if check_files and not p.exists():
+                problems.append(Problem(row_number[i], col, f"file not found: {text}"))
+            paths.append(p)
+        resolved[col] = paths
+    if "mri_mask" in raw:
+        for i in range(len(raw)):
+            has_seq = any(not _is_empty(raw[c].iloc[i]) for c in MRI_SEQUENCES if c in raw)
+            if has_seq and _is_empty(raw["mri_mask"].iloc[i]):
+                problems.append(Problem(row_number[i], "mri_mask",
+                                        "MRI sequences are given but no tumour mask"))
+
+    # RNA samples.
+    if "rna_sample" in raw:
+        samples = raw["rna_sample"]
+        dup = samples[samples.duplicated(keep=False) & (samples != "")]
+        for sample, group in dup.groupby(dup):
+            rows = ", ".join(str(row_number[i]) for i in group.index)
+            problems.append(Problem(None, "rna_sample", f"'{sample}' is used by more than one "
+                                    f"patient (rows {rows})"))
+        if expression_samples is not None:
+            available = set(expression_samples)
+            for i, sample in samples.items():
+                if not _is_empty(sample) and sample not in available:
+                    problems.append(Problem(row_number[i], "rna_sample",
+                                            f"sample '{sample}' is not in the expression table"))
+
+    if problems:
+        raise ManifestError(path, problems)
+
+    frame = raw.copy()
+    for col, values in numbers.items():
+        frame[col] = values
+    for col in BINARY_COLUMNS + GRADE_COLUMNS:
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col].mask(frame[col] == "")).astype("Int64")
+    for col, paths in resolved.items():
+        frame[col] = paths
+    for col in ("rna_sample", "sex", "location", "treatment"):
+        if col in frame:
+            frame[col] = frame[col].mask(frame[col] == "", None)
+    frame = frame.set_index("patient_id")
+    missing = pd.DataFrame(
+        {col: (frame[col].isna() if col in frame else True) for col in MODALITY_COLUMNS},
+        index=frame.index,
+    )
+    return Cohort(path=path, frame=frame, missing=missing, warnings=warnings)

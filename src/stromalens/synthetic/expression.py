@@ -1,0 +1,272 @@
+"""Bulk RNA-seq of the synthetic cohort from a cell-mixture model.
+
+Each sample is a mixture of pure cell-type profiles,
+
+    E[x_ig] ∝ Σ_c f_ic · m_c · r_cg(i),
+
+where ``f_ic`` are the cell (number) fractions, ``m_c`` the mRNA content per cell of type c and
+``r_cg(i)`` the expression profile of type c, modulated in patient i by the latent biology:
+
+* an ER-stress / hypoxia programme is switched on in CAFs in proportion to ``a``
+  (and, independently, in tumour cells by the nuisance latent ``u``),
+* the ligands of the ERS–CAF → immune axes rise in CAFs, and their receptors in the receiving
+  immune types, in proportion to ``b``,
+* the fractions come from a softmax whose temperature rises with ``h``, so the Shannon entropy
+  of the fractions follows ``h``.
+
+Counts are drawn from a gamma–Poisson (negative binomial) with gene lengths and library sizes,
+so the table has the zeros, ties and over-dispersion of real data; TPM are computed from the
+counts (Wagner, Kin & Lynch 2012, Theory Biosci 131:281).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+#: Non-immune cell types, then the ten immune types of the quanTIseq TIL10 signature (same names).
+CELL_TYPES: tuple[str, ...] = (
+    "CAF",
+    "Tumour",
+    "Endothelial",
+    "B.cells",
+    "Macrophages.M1",
+    "Macrophages.M2",
+    "Monocytes",
+    "Neutrophils",
+    "NK.cells",
+    "T.cells.CD4",
+    "T.cells.CD8",
+    "Tregs",
+    "Dendritic.cells",
+)
+IMMUNE_TYPES: tuple[str, ...] = CELL_TYPES[3:]
+
+#: Canonical markers of each cell type (highly and specifically expressed in it).
+MARKERS: dict[str, tuple[str, ...]] = {
+    "CAF": ("COL1A1", "COL1A2", "COL3A1", "DCN", "LUM", "PDGFRB", "PDGFRA", "FAP", "ACTA2",
+            "POSTN", "THY1", "FN1", "SPARC", "MMP2", "TAGLN", "CTHRC1", "COL6A3"),
+    "Tumour": ("TBXT", "KRT8", "KRT18", "KRT19", "SOX9", "CD24", "ACAN", "COL2A1", "SOX5",
+               "SOX6", "LGALS3", "S100B"),
+    "Endothelial": ("PECAM1", "VWF", "CDH5", "KDR", "CLDN5", "ESAM", "EMCN", "TEK", "PLVAP"),
+    "B.cells": ("CD19", "MS4A1", "CD79A", "CD79B", "PAX5", "BANK1", "FCRL1", "CD22"),
+    "Macrophages.M1": ("CD80", "CD86", "IL1B", "TNF", "CXCL9", "CXCL10", "IDO1"),
+    "Macrophages.M2": ("CD163", "MRC1", "MS4A4A", "F13A1", "STAB1", "CD209", "FOLR2"),
+    "Monocytes": ("CD14", "LYZ", "FCN1", "S100A8", "S100A9", "VCAN"),
+    "Neutrophils": ("CSF3R", "FCGR3B", "CXCR2", "FPR1", "MNDA", "CMTM2"),
+    "NK.cells": ("NCAM1", "KLRD1", "KLRF1", "NKG7", "GNLY", "PRF1", "SH2D1B"),
+    "T.cells.CD4": ("CD4", "CD3E", "CD3D", "IL7R", "CCR7", "CD40LG"),
+    "T.cells.CD8": ("CD8A", "CD8B", "CD3E", "CD3D", "GZMK", "GZMH", "CRTAM"),
+    "Tregs": ("FOXP3", "IL2RA", "CTLA4", "IKZF2", "CD3E", "CD4"),
+    "Dendritic.cells": ("CD1C", "CLEC10A", "FCER1A", "CLEC9A", "XCR1", "LAMP3"),
+}
+#: Pan-leukocyte genes expressed by every immune type.
+LEUKOCYTE_GENES: tuple[str, ...] = ("PTPRC", "CORO1A", "LCP1")
+
+#: ER-stress / unfolded-protein-response core, switched on in CAFs by a (and tumour cells by u).
+UPR_GENES: tuple[str, ...] = ("HSPA5", "XBP1", "ATF6", "ERN1", "EIF2AK3", "ATF4", "DDIT3",
+                              "HERPUD1", "DNAJB9", "HSP90B1", "HYOU1", "CALR", "PDIA3", "PDIA4",
+                              "PDIA6", "SDF2L1", "CRELD2", "MANF", "ERO1A")
+#: Hypoxia / early-response genes reported for chordoma ERS–CAFs; switched on in CAFs by a.
+HYPOXIA_GENES: tuple[str, ...] = ("IER2", "VEGFA", "ADM", "BNIP3", "NDRG1", "GMFG")
+
+#: ERS–CAF → immune axes: (ligand in CAFs, receptor, receiving immune types).
+LR_AXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("CXCL12", "CXCR4", ("T.cells.CD4", "T.cells.CD8", "B.cells", "Tregs")),
+    ("CCL2", "CCR2", ("Monocytes", "Macrophages.M2")),
+    ("TGFB1", "TGFBR2", ("T.cells.CD8", "NK.cells", "Tregs")),
+    ("CSF1", "CSF1R", ("Macrophages.M2", "Monocytes")),
+    ("MIF", "CD74", ("B.cells", "Dendritic.cells", "Macrophages.M2")),
+    ("SPP1", "CD44", ("T.cells.CD8", "Macrophages.M1")),
+    ("IL6", "IL6R", ("Monocytes", "Neutrophils")),
+    ("LGALS9", "HAVCR2", ("T.cells.CD8", "NK.cells")),
+    ("CD274", "PDCD1", ("T.cells.CD8",)),
+    ("NECTIN2", "TIGIT", ("Tregs", "T.cells.CD8")),
+    ("C3", "C3AR1", ("Macrophages.M2",)),
+)
+
+#: mRNA content per cell, relative units (tumour cells and CAFs are large, neutrophils small).
+MRNA_CONTENT: dict[str, float] = {
+    "CAF": 1.6, "Tumour": 2.0, "Endothelial": 1.0, "B.cells": 0.65, "Macrophages.M1": 1.4,
+    "Macrophages.M2": 1.2, "Monocytes": 1.3, "Neutrophils": 0.3, "NK.cells": 1.2,
+    "T.cells.CD4": 0.65, "T.cells.CD8": 0.7, "Tregs": 0.7, "Dendritic.cells": 1.4,
+}
+
+# Baseline logits of the fraction model, and how the latents move them.
+_BASE_LOGITS: dict[str, float] = {
+    "CAF": 1.3, "Tumour": 2.2, "Endothelial": 0.1, "B.cells": -1.0, "Macrophages.M1": -0.8,
+    "Macrophages.M2": -0.2, "Monocytes": -0.6, "Neutrophils": -1.4, "NK.cells": -1.2,
+    "T.cells.CD4": -0.3, "T.cells.CD8": -0.5, "Tregs": -1.1, "Dendritic.cells": -1.5,
+}
+_A_LOADING: dict[str, float] = {"CAF": 0.55, "Endothelial": 0.15}
+_B_LOADING: dict[str, float] = {"Macrophages.M2": 0.45, "Tregs": 0.45, "Monocytes": 0.35,
+                                "T.cells.CD8": 0.15, "T.cells.CD4": 0.15, "B.cells": 0.1}
+_TEMPERATURE_SLOPE = 0.45  # fractions = softmax(logits · exp(−slope · h))
+
+#: Programme strengths (log2 fold change per unit latent).
+UPR_LOG2FC_PER_A = 0.9
+HYPOXIA_LOG2FC_PER_A = 0.8
+UPR_LOG2FC_PER_U = 0.9
+LR_LOG2FC_PER_B = 0.9
+
+
+@lru_cache(maxsize=1)
+def gene_universe() -> tuple[str, ...]:
+    """The real gene symbols of the synthetic transcriptome (see the resource's header)."""
+    text = resources.files(__package__).joinpath("resources/gene_universe.txt").read_text()
+    return tuple(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def simulate_fractions(patients: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """True cell-number fractions (patients × CELL_TYPES), rows summing to 1.
+
+    f_i = softmax(ℓ_i · exp(−0.45 h_i)), ℓ_ic = base_c + α_c a_i + β_c b_i + ε_ic, ε ~ N(0, 0.3²).
+    """
+    rng = np.random.default_rng([seed, 2])
+    n = len(patients)
+    logits = np.array([_BASE_LOGITS[c] for c in CELL_TYPES])[None, :].repeat(n, axis=0)
+    a = patients["a"].to_numpy()[:, None]
+    b = patients["b"].to_numpy()[:, None]
+    logits += a * np.array([_A_LOADING.get(c, 0.0) for c in CELL_TYPES])
+    logits += b * np.array([_B_LOADING.get(c, 0.0) for c in CELL_TYPES])
+    logits += rng.normal(0.0, 0.3, logits.shape)
+    scaled = logits * np.exp(-_TEMPERATURE_SLOPE * patients["h"].to_numpy())[:, None]
+    scaled -= scaled.max(axis=1, keepdims=True)
+    fractions = np.exp(scaled)
+    fractions /= fractions.sum(axis=1, keepdims=True)
+    return pd.DataFrame(fractions, index=patients.index, columns=list(CELL_TYPES))
+
+
+def shannon_entropy(fractions: pd.DataFrame) -> pd.Series:
+    """H = −Σ_c p_c log p_c (natural log) of each row."""
+    p = fractions.to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return pd.Series(-terms.sum(axis=1), index=fractions.index, name="entropy")
+
+
+def reference_profiles(seed: int) -> pd.DataFrame:
+    """Pure cell-type expression profiles (genes × cell types), TPM scale (columns sum to 1e6).
+
+    Baseline log2 expression per gene ~ 0.8·N(3, 1.8²) + 0.2·N(−5.5, 2²), cell-type deviations ~ N(0, 0.6²), markers
+    +5 log2 in their own type and −2 elsewhere. The same profiles are written next to the cohort
+    in CIBERSORT signature format, as a user's own single-cell reference would be.
+    """
+    rng = np.random.default_rng([seed, 3])
+    genes = gene_universe()
+    index = {g: i for i, g in enumerate(genes)}
+    # Most genes are moderately expressed; a fifth are barely expressed (zeros in the counts).
+    baseline = np.where(
+        rng.uniform(size=len(genes)) < 0.8,
+        rng.normal(3.0, 1.8, len(genes)),
+        rng.normal(-5.5, 2.0, len(genes)),
+    )
+    log2 = baseline[:, None] + rng.normal(0.0, 0.6, (len(genes), len(CELL_TYPES)))
+    marker_rows = {g for markers in MARKERS.values() for g in markers}
+    for g in marker_rows:
+        log2[index[g], :] = rng.normal(0.5, 0.5, len(CELL_TYPES)) - 1.5
+    for j, cell_type in enumerate(CELL_TYPES):
+        for g in MARKERS[cell_type]:
+            log2[index[g], j] = 7.5 + rng.normal(0.0, 0.5)
+    for g in LEUKOCYTE_GENES:
+        log2[index[g], 3:] = 8.0 + rng.normal(0.0, 0.3, len(IMMUNE_TYPES))
+        log2[index[g], :3] = 0.0
+    # Programme genes: modest baseline, to be modulated per patient.
+    for g in UPR_GENES + HYPOXIA_GENES:
+        log2[index[g], :] = 4.0 + rng.normal(0.0, 0.3, len(CELL_TYPES))
+    for ligand, receptor, receivers in LR_AXES:
+        log2[index[ligand], :] = 1.0
+        log2[index[ligand], 0] = 6.0  # ligands are made by CAFs
+        log2[index[receptor], :] = 1.0
+        for r in receivers:
+            log2[index[receptor], CELL_TYPES.index(r)] = 6.0
+    tpm = np.exp2(log2)
+    tpm *= 1e6 / tpm.sum(axis=0, keepdims=True)
+    return pd.DataFrame(tpm, index=pd.Index(genes, name="gene"), columns=list(CELL_TYPES))
+
+
+def _programme_multipliers(patients: pd.DataFrame, genes: tuple[str, ...]) -> np.ndarray:
+    """Per-patient, per-gene, per-cell-type fold changes (n × G × C) of the latent programmes.
+
+    Only a handful of genes are touched, so this is built sparsely over those genes.
+    """
+    index = {g: i for i, g in enumerate(genes)}
+    n = len(patients)
+    a = patients["a"].to_numpy()
+    b = patients["b"].to_numpy()
+    u = patients["u"].to_numpy()
+    caf = CELL_TYPES.index("CAF")
+    tumour = CELL_TYPES.index("Tumour")
+    touched: dict[int, np.ndarray] = {}
+
+    def log2fc(gene: str) -> np.ndarray:
+        return touched.setdefault(index[gene], np.zeros((n, len(CELL_TYPES))))
+
+    for g in UPR_GENES:
+        log2fc(g)[:, caf] += UPR_LOG2FC_PER_A * a
+        log2fc(g)[:, tumour] += UPR_LOG2FC_PER_U * u
+    for g in HYPOXIA_GENES:
+        log2fc(g)[:, caf] += HYPOXIA_LOG2FC_PER_A * a
+    for ligand, receptor, receivers in LR_AXES:
+        log2fc(ligand)[:, caf] += LR_LOG2FC_PER_B * b
+        for r in receivers:
+            log2fc(receptor)[:, CELL_TYPES.index(r)] += LR_LOG2FC_PER_B * b
+    return touched
+
+
+def simulate_expression(
+    patients: pd.DataFrame,
+    fractions: pd.DataFrame,
+    site_batch_sd: dict[str, float],
+    seed: int,
+    *,
+    dispersion: float = 0.08,
+    biological_sd: float = 0.25,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Counts and TPM, each genes × samples (columns are the patients' ``rna_sample`` ids).
+
+    Parameters
+    ----------
+    patients : DataFrame with latents ``a, b, u``, ``site`` and ``rna_sample``.
+    fractions : true cell fractions from :func:`simulate_fractions`.
+    site_batch_sd : per-site SD of gene-wise log2 batch offsets.
+    dispersion : negative-binomial dispersion φ (Var = μ + φ μ²).
+    biological_sd : SD of patient-specific log2 noise per gene.
+    """
+    rng = np.random.default_rng([seed, 4])
+    genes = gene_universe()
+    profiles = reference_profiles(seed).to_numpy()  # (G, C)
+    n = len(patients)
+    weights = fractions[list(CELL_TYPES)].to_numpy() * np.array(
+        [MRNA_CONTENT[c] for c in CELL_TYPES]
+    )  # (n, C)
+    mixture = weights @ profiles.T  # (n, G)
+    for gene_index, log2fc in _programme_multipliers(patients, genes).items():
+        # exact re-mixing of the modulated genes: Σ_c w_ic r_cg 2^{fc_icg}
+        mixture[:, gene_index] = (weights * profiles[gene_index] * np.exp2(log2fc)).sum(axis=1)
+    mixture /= weights.sum(axis=1, keepdims=True)
+
+    log_noise = rng.normal(0.0, biological_sd, mixture.shape)
+    sites = patients["site"].to_numpy()
+    for site in np.unique(sites):
+        offsets = rng.normal(0.0, site_batch_sd.get(site, 0.1), len(genes))
+        log_noise[sites == site] += offsets
+    expected_tpm = mixture * np.exp2(log_noise)
+
+    gene_length = np.exp(rng.normal(np.log(2500.0), 0.6, len(genes))).round()  # bp
+    library = rng.uniform(15e6, 45e6, n)
+    rate = expected_tpm * gene_length
+    mu = rate / rate.sum(axis=1, keepdims=True) * library[:, None]
+    # Gamma–Poisson: λ ~ Gamma(shape 1/φ, scale φ μ), counts ~ Poisson(λ).
+    counts = rng.poisson(rng.gamma(1.0 / dispersion, dispersion * mu)).astype(np.int64)
+    per_length = counts / gene_length
+    tpm = per_length / per_length.sum(axis=1, keepdims=True) * 1e6
+
+    samples = list(patients["rna_sample"])
+    gene_index = pd.Index(genes, name="gene")
+    counts_df = pd.DataFrame(counts.T, index=gene_index, columns=samples)
+    tpm_df = pd.DataFrame(tpm.T.round(4), index=gene_index, columns=samples)
+    return counts_df, tpm_df
