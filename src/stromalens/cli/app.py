@@ -46,7 +46,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except (ManifestError, ConfigError, ValueError, FileNotFoundError) as exc:
-        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

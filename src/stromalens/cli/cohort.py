@@ -38,12 +38,13 @@ def validate(
         expression_samples=samples,
     )
     summary = cohort.summary()
-    table = Table(title=f"{manifest} — {len(cohort.patients)} patients, valid")
+    table = Table(title="patients and modalities per site")
     table.add_column("site")
     for col in summary.columns:
         table.add_column(col, justify="right")
     for site, row in summary.iterrows():
         table.add_row(str(site), *(str(v) for v in row))
     console.print(table)
+    console.print(f"{manifest}: {len(cohort.patients)} patients, valid", soft_wrap=True)
     for warning in cohort.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small synthetic cohorts generated once per test session (per xdist worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stromalens.config import MissingRates, SlideConfig, SynthConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+#: Small slides keep the fixtures fast; everything else is the default generator.
+SMALL_SLIDES = SlideConfig(width=2048, height=1536)
+
+
+def small_config(**overrides) -> SynthConfig:
+    settings = {
+        "patients": 10,
+        "seed": 3,
+        "slide": SMALL_SLIDES,
+        # High rates so the fixture has missing modalities to check.
+        "missing": MissingRates(wsi=0.2, mri_t1=0.1, mri_t2=0.1, mri_ce=0.3),
+        "workers": 1,
+    }
+    return SynthConfig(**(settings | overrides))
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """A 10-patient development cohort; returns its manifest path."""
+    from stromalens.synthetic import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("cohort"), small_config(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def external_cohort(tmp_path_factory) -> Path:
+    """A 4-patient external (WSI-only) cohort; returns its manifest path."""
+    from stromalens.synthetic import generate_cohort
+
+    return generate_cohort(
+        tmp_path_factory.mktemp("external"),
+        small_config(patients=4, external=True, missing=MissingRates(wsi=0.0)),
+        progress=False,
+    )

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stromalens.config import ConfigError, StudyConfig, SynthConfig, load_config
+
+
+def test_import_does_not_load_heavy_dependencies():
+    code = (
+        "import sys, stromalens, stromalens.cohort, stromalens.config, stromalens.cli;"
+        "heavy = [m for m in ('torch', 'openslide', 'radiomics', 'SimpleITK', 'tiffslide')"
+        " if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_console_script_prints_version():
+    import stromalens
+
+    script = Path(sys.executable).parent / "stromalens"
+    out = subprocess.run([str(script), "version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == stromalens.__version__
+
+
+def test_pinned_torch_is_the_one_installed():
+    """The environment was built from the project's pins (the builds that lie on disk)."""
+    from importlib.metadata import version
+
+    assert version("torch").split("+")[0] == "2.14.1"
+    assert version("torchvision").split("+")[0] == "0.29.1"
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("cohort:\n  manifest: cohort.csv\nsynth:\n  patients: -3\n  sede: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "synth.patients" in message
+    assert "synth.sede" in message
+
+
+def test_config_is_never_executed(tmp_path):
+    """yaml.safe_load refuses python tags instead of running them."""
+    path = tmp_path / "evil.yaml"
+    path.write_text("cohort: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_valid_config_round_trips(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("cohort:\n  manifest: cohort.csv\nsynth:\n  patients: 12\n")
+    config = load_config(path)
+    assert isinstance(config, StudyConfig)
+    assert config.synth.patients == 12
+    assert SynthConfig().patients == 126
