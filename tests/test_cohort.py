@@ -9,9 +9,11 @@ import pytest
 
 from stromalens.cohort import ManifestError, load_manifest
 
-HEADER = ("patient_id,site,mri_t1,mri_t2,mri_ce,mri_mask,wsi,wsi_mpp,rna_sample,age,sex,location,"
-          "volume_cc,os_time,os_event,pfs_time,pfs_event,treatment,response,fibrosis_grade,"
-          "exclusion_grade,annotations")
+HEADER = (
+    "patient_id,site,mri_t1,mri_t2,mri_ce,mri_mask,wsi,wsi_mpp,rna_sample,age,sex,location,"
+    "volume_cc,os_time,os_event,pfs_time,pfs_event,treatment,response,fibrosis_grade,"
+    "exclusion_grade,annotations"
+)
 
 
 @pytest.fixture
@@ -22,14 +24,57 @@ def files(tmp_path) -> Path:
     return tmp_path
 
 
-def row(pid="P1", site="A", t1="data/t1.nii.gz", t2="data/t2.nii.gz", ce="data/ce.nii.gz",
-        mask="data/mask.nii.gz", wsi="data/s1.tiff", mpp="", rna=None, age="60", sex="M",
-        location="sacrum", volume="50", os_time="12.5", os_event="1", pfs_time="6",
-        pfs_event="1", treatment="surgery", response="1", fib="2", exc="1",
-        ann="data/a.geojson"):
+def row(
+    pid="P1",
+    site="A",
+    t1="data/t1.nii.gz",
+    t2="data/t2.nii.gz",
+    ce="data/ce.nii.gz",
+    mask="data/mask.nii.gz",
+    wsi="data/s1.tiff",
+    mpp="",
+    rna=None,
+    age="60",
+    sex="M",
+    location="sacrum",
+    volume="50",
+    os_time="12.5",
+    os_event="1",
+    pfs_time="6",
+    pfs_event="1",
+    treatment="surgery",
+    response="1",
+    fib="2",
+    exc="1",
+    ann="data/a.geojson",
+):
     rna = rna if rna is not None else f"R-{pid}"
-    return ",".join([pid, site, t1, t2, ce, mask, wsi, mpp, rna, age, sex, location, volume,
-                     os_time, os_event, pfs_time, pfs_event, treatment, response, fib, exc, ann])
+    return ",".join(
+        [
+            pid,
+            site,
+            t1,
+            t2,
+            ce,
+            mask,
+            wsi,
+            mpp,
+            rna,
+            age,
+            sex,
+            location,
+            volume,
+            os_time,
+            os_event,
+            pfs_time,
+            pfs_event,
+            treatment,
+            response,
+            fib,
+            exc,
+            ann,
+        ]
+    )
 
 
 def write(folder: Path, *rows: str, name="cohort.csv") -> Path:
@@ -49,8 +94,12 @@ def test_valid_manifest_resolves_paths_relative_to_itself(files):
 
 
 def test_empty_cells_are_missing_modalities_not_errors(files):
-    path = write(files, row("P1", wsi="", ann=""), row("P2", ce="", rna=""),
-                 row("P3", t1="", t2="", ce="", mask=""))
+    path = write(
+        files,
+        row("P1", wsi="", ann=""),
+        row("P2", ce="", rna=""),
+        row("P3", t1="", t2="", ce="", mask=""),
+    )
     cohort = load_manifest(path)
     assert cohort.frame.loc["P1", "wsi"] is None
     assert cohort.missing.loc["P1", "wsi"]
@@ -145,13 +194,15 @@ def test_tsv_and_parquet_read_like_csv(files):
 def test_cli_validate_exits_non_zero_with_one_clear_message(files):
     script = Path(sys.executable).parent / "stromalens"
     good = write(files, row("P1"), row("P2", site="B"))
-    out = subprocess.run([str(script), "cohort", "validate", str(good)], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [str(script), "cohort", "validate", str(good)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "2 patients, valid" in out.stdout
     bad = write(files, row("P1"), row("P1", os_time="-2"), name="bad.csv")
-    out = subprocess.run([str(script), "cohort", "validate", str(bad)], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [str(script), "cohort", "validate", str(bad)], capture_output=True, text=True
+    )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "3 problem(s)" in out.stderr  # duplicate id, duplicate RNA sample, negative time

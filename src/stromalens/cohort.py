@@ -25,7 +25,12 @@ import pandas as pd
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "site")
 PATH_COLUMNS: tuple[str, ...] = (
-    "mri_t1", "mri_t2", "mri_ce", "mri_mask", "wsi", "annotations",
+    "mri_t1",
+    "mri_t2",
+    "mri_ce",
+    "mri_mask",
+    "wsi",
+    "annotations",
 )
 MRI_SEQUENCES: tuple[str, ...] = ("mri_t1", "mri_t2", "mri_ce")
 MODALITY_COLUMNS: tuple[str, ...] = (*MRI_SEQUENCES, "mri_mask", "wsi", "rna_sample")
@@ -43,13 +48,34 @@ BINARY_COLUMNS: tuple[str, ...] = ("os_event", "pfs_event", "response")
 GRADE_COLUMNS: tuple[str, ...] = ("fibrosis_grade", "exclusion_grade")
 #: Short headers of :meth:`Cohort.summary`.
 SUMMARY_NAMES: dict[str, str] = {
-    "mri_t1": "T1", "mri_t2": "T2", "mri_ce": "CE", "mri_mask": "mask", "wsi": "WSI",
-    "rna_sample": "RNA", "os_event": "OS events", "pfs_event": "PFS events",
+    "mri_t1": "T1",
+    "mri_t2": "T2",
+    "mri_ce": "CE",
+    "mri_mask": "mask",
+    "wsi": "WSI",
+    "rna_sample": "RNA",
+    "os_event": "OS events",
+    "pfs_event": "PFS events",
 }
 KNOWN_COLUMNS: tuple[str, ...] = (
-    "patient_id", "site", *PATH_COLUMNS[:5], "wsi_mpp", "rna_sample", "age", "sex", "location",
-    "volume_cc", "os_time", "os_event", "pfs_time", "pfs_event", "treatment", "response",
-    "fibrosis_grade", "exclusion_grade", "annotations",
+    "patient_id",
+    "site",
+    *PATH_COLUMNS[:5],
+    "wsi_mpp",
+    "rna_sample",
+    "age",
+    "sex",
+    "location",
+    "volume_cc",
+    "os_time",
+    "os_event",
+    "pfs_time",
+    "pfs_event",
+    "treatment",
+    "response",
+    "fibrosis_grade",
+    "exclusion_grade",
+    "annotations",
 )
 
 
@@ -203,8 +229,13 @@ def load_manifest(
         if _is_empty(site):
             problems.append(Problem(row_number[i], "site", "empty site"))
         elif allowed_sites is not None and site not in allowed_sites:
-            problems.append(Problem(row_number[i], "site", f"unknown site '{site}' (known: "
-                                    f"{', '.join(sorted(allowed_sites))})"))
+            problems.append(
+                Problem(
+                    row_number[i],
+                    "site",
+                    f"unknown site '{site}' (known: {', '.join(sorted(allowed_sites))})",
+                )
+            )
 
     # Numbers, times, events and grades.
     numbers: dict[str, pd.Series] = {}
@@ -219,9 +250,15 @@ def load_manifest(
                 problems.append(Problem(row_number[i], col, f"'{text}' is not a number"))
             elif low is not None and value < low:
                 what = "a time" if col in TIME_COLUMNS else "it"
-                problems.append(Problem(row_number[i], col,
-                                        f"{value:g} is negative; {what} must be ≥ {low:g}"
-                                        if low == 0 else f"{value:g} is below {low:g}"))
+                problems.append(
+                    Problem(
+                        row_number[i],
+                        col,
+                        f"{value:g} is negative; {what} must be ≥ {low:g}"
+                        if low == 0
+                        else f"{value:g} is below {low:g}",
+                    )
+                )
             elif high is not None and value > high:
                 problems.append(Problem(row_number[i], col, f"{value:g} is above {high:g}"))
             elif col == "wsi_mpp" and value == 0:
@@ -239,10 +276,13 @@ def load_manifest(
         elif event_col in raw:
             for i, (event, time) in enumerate(zip(raw[event_col], raw[time_col], strict=True)):
                 if _is_empty(event) != _is_empty(time):
-                    problems.append(Problem(row_number[i], event_col if _is_empty(event)
-                                            else time_col,
-                                            f"'{time_col}' and '{event_col}' must be both given or "
-                                            "both empty"))
+                    problems.append(
+                        Problem(
+                            row_number[i],
+                            event_col if _is_empty(event) else time_col,
+                            f"'{time_col}' and '{event_col}' must be both given or both empty",
+                        )
+                    )
     for col in GRADE_COLUMNS:
         if col not in raw:
             continue
@@ -271,8 +311,9 @@ def load_manifest(
         for i in range(len(raw)):
             has_seq = any(not _is_empty(raw[c].iloc[i]) for c in MRI_SEQUENCES if c in raw)
             if has_seq and _is_empty(raw["mri_mask"].iloc[i]):
-                problems.append(Problem(row_number[i], "mri_mask",
-                                        "MRI sequences are given but no tumour mask"))
+                problems.append(
+                    Problem(row_number[i], "mri_mask", "MRI sequences are given but no tumour mask")
+                )
 
     # RNA samples.
     if "rna_sample" in raw:
@@ -280,14 +321,22 @@ def load_manifest(
         dup = samples[samples.duplicated(keep=False) & (samples != "")]
         for sample, group in dup.groupby(dup):
             rows = ", ".join(str(row_number[i]) for i in group.index)
-            problems.append(Problem(None, "rna_sample", f"'{sample}' is used by more than one "
-                                    f"patient (rows {rows})"))
+            problems.append(
+                Problem(
+                    None, "rna_sample", f"'{sample}' is used by more than one patient (rows {rows})"
+                )
+            )
         if expression_samples is not None:
             available = set(expression_samples)
             for i, sample in samples.items():
                 if not _is_empty(sample) and sample not in available:
-                    problems.append(Problem(row_number[i], "rna_sample",
-                                            f"sample '{sample}' is not in the expression table"))
+                    problems.append(
+                        Problem(
+                            row_number[i],
+                            "rna_sample",
+                            f"sample '{sample}' is not in the expression table",
+                        )
+                    )
 
     if problems:
         raise ManifestError(path, problems)

@@ -81,6 +81,11 @@ def load_config(path: Path | str, model: type[BaseModel] = StudyConfig) -> BaseM
         raise ConfigError(f"configuration file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_settings(model, data, source=str(path))
+
+
+def validate_settings(model: type[BaseModel], data: dict, source: str = "settings") -> BaseModel:
+    """Validate ``data`` into ``model``; errors become one :class:`ConfigError` naming each key."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -88,4 +93,4 @@ def load_config(path: Path | str, model: type[BaseModel] = StudyConfig) -> BaseM
             f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         ]
-        raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(lines)) from None
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None

@@ -17,10 +17,14 @@ def validate(
     manifest: Path = typer.Argument(..., help="Cohort manifest (CSV, TSV or parquet)."),
     sites: str = typer.Option(None, "--sites", help="Comma-separated allowed site labels."),
     expression: Path = typer.Option(
-        None, "--expression", help="Expression table (genes × samples TSV/CSV) whose sample ids "
-        "the manifest's rna_sample must match."),
-    no_file_check: bool = typer.Option(False, "--no-file-check",
-                                       help="Do not check that referenced files exist."),
+        None,
+        "--expression",
+        help="Expression table (genes × samples TSV/CSV) whose sample ids "
+        "the manifest's rna_sample must match.",
+    ),
+    no_file_check: bool = typer.Option(
+        False, "--no-file-check", help="Do not check that referenced files exist."
+    ),
 ) -> None:
     """Validate MANIFEST and print a summary per site; exit non-zero if it is invalid."""
     from ..cohort import load_manifest

@@ -21,8 +21,9 @@ def demo(
     patients: int = typer.Option(126, "--patients", help="Development-cohort size."),
     external_patients: int = typer.Option(60, "--external-patients"),
     seed: int = typer.Option(0, "--seed"),
-    quick: bool = typer.Option(False, "--quick", help="A small cohort (12 + 6 patients) for "
-                               "smoke tests."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A small cohort (12 + 6 patients) for smoke tests."
+    ),
 ) -> None:
     """Generate the synthetic cohorts and run every available stage on them."""
     from ..cohort import load_manifest
@@ -33,8 +34,9 @@ def demo(
         patients, external_patients = 12, 6
     started = time.perf_counter()
     dev = generate_cohort(out / "cohort", SynthConfig(patients=patients, seed=seed))
-    ext = generate_cohort(out / "external",
-                          SynthConfig(patients=external_patients, seed=seed, external=True))
+    ext = generate_cohort(
+        out / "external", SynthConfig(patients=external_patients, seed=seed, external=True)
+    )
     summaries = {}
     for name, manifest in (("development", dev), ("external", ext)):
         cohort = load_manifest(manifest)
@@ -42,9 +44,15 @@ def demo(
         console.print(f"[bold]{name} cohort[/] ({manifest})")
         console.print(summaries[name].to_string())
     elapsed = time.perf_counter() - started
-    (out / "demo.json").write_text(json.dumps({
-        "development_manifest": str(dev), "external_manifest": str(ext),
-        "seconds": round(elapsed, 1),
-        "stages": ["synthetic cohort", "external cohort", "manifest validation"],
-    }, indent=2))
+    (out / "demo.json").write_text(
+        json.dumps(
+            {
+                "development_manifest": str(dev),
+                "external_manifest": str(ext),
+                "seconds": round(elapsed, 1),
+                "stages": ["synthetic cohort", "external cohort", "manifest validation"],
+            },
+            indent=2,
+        )
+    )
     console.print(f"[green]demo finished[/] in {elapsed:.0f} s — outputs under {out}")

@@ -25,8 +25,9 @@ EXCLUSION_CLASS = {"name": "Immune exclusion", "color": [40, 90, 230]}
 
 def grade(latent: np.ndarray, rng: np.random.Generator, noise_sd: float = 0.5) -> np.ndarray:
     """Semi-quantitative grade 0–3 of a latent score observed with noise."""
-    return np.digitize(np.asarray(latent) + rng.normal(0.0, noise_sd, np.shape(latent)),
-                       GRADE_CUTS).astype(int)
+    return np.digitize(
+        np.asarray(latent) + rng.normal(0.0, noise_sd, np.shape(latent)), GRADE_CUTS
+    ).astype(int)
 
 
 def mask_to_polygons(mask: np.ndarray, downsample: int, min_area_px: float = 400.0) -> list:
@@ -34,8 +35,9 @@ def mask_to_polygons(mask: np.ndarray, downsample: int, min_area_px: float = 400
 
     Uses OpenCV's two-level contour hierarchy (outer boundaries and their holes).
     """
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP,
-                                           cv2.CHAIN_APPROX_SIMPLE)
+    contours, hierarchy = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
+    )
     polygons = []
     if hierarchy is None:
         return polygons
@@ -60,23 +62,30 @@ def mask_to_polygons(mask: np.ndarray, downsample: int, min_area_px: float = 400
 
 def annotation_features(labels: np.ndarray, downsample: int, exclusion_points: np.ndarray) -> dict:
     """FeatureCollection with the fibrosis region and the immune-exclusion points."""
-    stroma = cv2.morphologyEx((labels == 1).astype(np.uint8), cv2.MORPH_OPEN,
-                              np.ones((5, 5), np.uint8))
+    stroma = cv2.morphologyEx(
+        (labels == 1).astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)
+    )
     features = []
     polygons = mask_to_polygons(stroma, downsample)
     if polygons:
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "MultiPolygon", "coordinates": polygons},
-            "properties": {"objectType": "annotation", "classification": FIBROSIS_CLASS},
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "MultiPolygon", "coordinates": polygons},
+                "properties": {"objectType": "annotation", "classification": FIBROSIS_CLASS},
+            }
+        )
     if len(exclusion_points):
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "MultiPoint",
-                         "coordinates": np.asarray(exclusion_points, float).tolist()},
-            "properties": {"objectType": "annotation", "classification": EXCLUSION_CLASS},
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "MultiPoint",
+                    "coordinates": np.asarray(exclusion_points, float).tolist(),
+                },
+                "properties": {"objectType": "annotation", "classification": EXCLUSION_CLASS},
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 

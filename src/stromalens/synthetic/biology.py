@@ -20,7 +20,8 @@ Survival follows proportional-hazards models with Weibull baselines,
 sampled by inversion, T = s · (−log U · exp(−βᵀx))^(1/k) with U ~ Uniform(0, 1)
 (Bender, Augustin & Blettner 2005, Stat Med 24:1713). Overall survival and progression each have
 their own cause-specific hazard; PFS is the first of progression and death. A Cox model fitted on
-the true covariates recovers ``OS_COEFFICIENTS`` (and, with death censored, ``PROGRESSION_COEFFICIENTS``).
+the true covariates recovers ``OS_COEFFICIENTS`` (and, with death censored,
+``PROGRESSION_COEFFICIENTS``).
 """
 
 from __future__ import annotations

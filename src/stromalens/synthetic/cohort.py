@@ -39,9 +39,28 @@ from . import annotations, biology, expression, mri, slides
 log = get_logger(__name__)
 
 MANIFEST_COLUMNS = (
-    "patient_id", "site", "mri_t1", "mri_t2", "mri_ce", "mri_mask", "wsi", "wsi_mpp",
-    "rna_sample", "age", "sex", "location", "volume_cc", "os_time", "os_event", "pfs_time",
-    "pfs_event", "treatment", "response", "fibrosis_grade", "exclusion_grade", "annotations",
+    "patient_id",
+    "site",
+    "mri_t1",
+    "mri_t2",
+    "mri_ce",
+    "mri_mask",
+    "wsi",
+    "wsi_mpp",
+    "rna_sample",
+    "age",
+    "sex",
+    "location",
+    "volume_cc",
+    "os_time",
+    "os_event",
+    "pfs_time",
+    "pfs_event",
+    "treatment",
+    "response",
+    "fibrosis_grade",
+    "exclusion_grade",
+    "annotations",
 )
 EXTERNAL_SITE = "X"
 
@@ -70,8 +89,12 @@ def _patient_job(job: dict) -> dict:
         t0 = time.perf_counter()
         geometry = job["geometry"]
         rendered = slides.render_slide(
-            pd.Series(job["fractions"]), job["latents"], site, geometry,
-            [job["seed"], job["index"], 11], morphology=job["morphology"],
+            pd.Series(job["fractions"]),
+            job["latents"],
+            site,
+            geometry,
+            [job["seed"], job["index"], 11],
+            morphology=job["morphology"],
         )
         slides.write_pyramidal_tiff(out / job["wsi"], rendered.rgb, geometry)
 
@@ -84,8 +107,9 @@ def _patient_job(job: dict) -> dict:
         rendered.cells.to_parquet(cells_path.with_name("partial-" + cells_path.name))
         cells_path.with_name("partial-" + cells_path.name).replace(cells_path)
         annotations.write_json(
-            annotations.annotation_features(rendered.labels, geometry.label_downsample,
-                                            rendered.exclusion_points),
+            annotations.annotation_features(
+                rendered.labels, geometry.label_downsample, rendered.exclusion_points
+            ),
             out / job["annotations"],
         )
         record["artefacts"] = [s["kind"] for s in rendered.artefact_shapes]
@@ -95,9 +119,13 @@ def _patient_job(job: dict) -> dict:
         timings["wsi_s"] = round(time.perf_counter() - t0, 3)
     if job["mri_sequences"]:
         t0 = time.perf_counter()
-        images, mask = mri.render_mri(job["latents"], job["volume_cc"], site,
-                                      [job["seed"], job["index"], 13],
-                                      sequences=job["mri_sequences"])
+        images, mask = mri.render_mri(
+            job["latents"],
+            job["volume_cc"],
+            site,
+            [job["seed"], job["index"], 13],
+            sequences=job["mri_sequences"],
+        )
         folder = out / "mri" / pid
         folder.mkdir(parents=True, exist_ok=True)
         for seq, image in images.items():
@@ -109,8 +137,9 @@ def _patient_job(job: dict) -> dict:
     return record
 
 
-def generate_cohort(out: Path | str, config: SynthConfig | None = None, *,
-                    progress: bool = True) -> Path:
+def generate_cohort(
+    out: Path | str, config: SynthConfig | None = None, *, progress: bool = True
+) -> Path:
     """Generate the synthetic cohort described by ``config`` under ``out``; return the manifest.
 
     Example
@@ -127,7 +156,10 @@ def generate_cohort(out: Path | str, config: SynthConfig | None = None, *,
     sites = (EXTERNAL_SITE,) if external else biology.SITES
     shares = (1.0,) if external else biology.SITE_SHARES
     patients = biology.simulate_patients(
-        config.patients, seed, sites=sites, site_shares=shares,
+        config.patients,
+        seed,
+        sites=sites,
+        site_shares=shares,
         id_prefix="X" if external else "P",
     )
     ids = patients.index
@@ -140,8 +172,9 @@ def generate_cohort(out: Path | str, config: SynthConfig | None = None, *,
     )
     _write_table(counts, out / "rnaseq" / "counts.tsv")
     _write_table(tpm, out / "rnaseq" / "tpm.tsv")
-    _write_table(expression.reference_profiles(seed).round(4),
-                 out / "rnaseq" / "reference_profiles.tsv")
+    _write_table(
+        expression.reference_profiles(seed).round(4), out / "rnaseq" / "reference_profiles.tsv"
+    )
 
     # Missing modalities (a fixed draw per patient; the external cohort has no MRI).
     rng = np.random.default_rng([seed, 5])
@@ -155,27 +188,45 @@ def generate_cohort(out: Path | str, config: SynthConfig | None = None, *,
     patients["fibrosis_grade"] = annotations.grade(patients["a"].to_numpy(), grades_rng)
     patients["exclusion_grade"] = annotations.grade(patients["b"].to_numpy(), grades_rng)
 
-    geometry = slides.SlideGeometry(width=config.slide.width, height=config.slide.height,
-                                    mpp=config.slide.mpp, jpeg_quality=config.slide.jpeg_quality)
+    geometry = slides.SlideGeometry(
+        width=config.slide.width,
+        height=config.slide.height,
+        mpp=config.slide.mpp,
+        jpeg_quality=config.slide.jpeg_quality,
+    )
     settings = _settings_hash(config)
     jobs = []
     for i, pid in enumerate(ids):
         row = patients.loc[pid]
         sequences = tuple(s for s in mri.SEQUENCES if seq_present[s][i])
-        jobs.append((pid, {
-            "out": out, "patient_id": pid, "index": i, "seed": seed, "settings": settings,
-            "site_effects": site_effects[row["site"]],
-            "latents": {k: float(row[k]) for k in ("a", "b", "h")},
-            "fractions": fractions.loc[pid].to_dict(),
-            "volume_cc": float(row["volume_cc"]),
-            "geometry": geometry,
-            "morphology": "chondrosarcoma" if external else "chordoma",
-            "wsi": f"wsi/{pid}.tiff" if has_wsi[i] else None,
-            "annotations": f"annotations/{pid}.geojson",
-            "mri_sequences": sequences,
-        }))
-    results = run_items(_patient_job, jobs, workers=config.workers,
-                        description="synthetic patients", progress=progress)
+        jobs.append(
+            (
+                pid,
+                {
+                    "out": out,
+                    "patient_id": pid,
+                    "index": i,
+                    "seed": seed,
+                    "settings": settings,
+                    "site_effects": site_effects[row["site"]],
+                    "latents": {k: float(row[k]) for k in ("a", "b", "h")},
+                    "fractions": fractions.loc[pid].to_dict(),
+                    "volume_cc": float(row["volume_cc"]),
+                    "geometry": geometry,
+                    "morphology": "chondrosarcoma" if external else "chordoma",
+                    "wsi": f"wsi/{pid}.tiff" if has_wsi[i] else None,
+                    "annotations": f"annotations/{pid}.geojson",
+                    "mri_sequences": sequences,
+                },
+            )
+        )
+    results = run_items(
+        _patient_job,
+        jobs,
+        workers=config.workers,
+        description="synthetic patients",
+        progress=progress,
+    )
     failed = [r for r in results if not r.ok]
     if failed:
         details = "\n".join(f"{r.key}: {r.error.splitlines()[0]}" for r in failed)
@@ -185,24 +236,48 @@ def generate_cohort(out: Path | str, config: SynthConfig | None = None, *,
     manifest = pd.DataFrame(index=ids)
     manifest["site"] = patients["site"]
     for seq in mri.SEQUENCES:
-        manifest[f"mri_{seq}"] = [f"mri/{pid}/{seq}.nii.gz" if seq_present[seq][i] else ""
-                                  for i, pid in enumerate(ids)]
+        manifest[f"mri_{seq}"] = [
+            f"mri/{pid}/{seq}.nii.gz" if seq_present[seq][i] else "" for i, pid in enumerate(ids)
+        ]
     any_mri = np.any([seq_present[s] for s in mri.SEQUENCES], axis=0)
-    manifest["mri_mask"] = [f"mri/{pid}/mask.nii.gz" if any_mri[i] else ""
-                            for i, pid in enumerate(ids)]
+    manifest["mri_mask"] = [
+        f"mri/{pid}/mask.nii.gz" if any_mri[i] else "" for i, pid in enumerate(ids)
+    ]
     manifest["wsi"] = [job["wsi"] or "" for _, job in jobs]
     manifest["wsi_mpp"] = ""
-    for col in ("rna_sample", "age", "sex", "location", "volume_cc", "os_time", "os_event",
-                "pfs_time", "pfs_event", "treatment", "response", "fibrosis_grade",
-                "exclusion_grade"):
+    for col in (
+        "rna_sample",
+        "age",
+        "sex",
+        "location",
+        "volume_cc",
+        "os_time",
+        "os_event",
+        "pfs_time",
+        "pfs_event",
+        "treatment",
+        "response",
+        "fibrosis_grade",
+        "exclusion_grade",
+    ):
         manifest[col] = patients[col]
     manifest["annotations"] = [job["annotations"] if job["wsi"] else "" for _, job in jobs]
     manifest = manifest.reset_index()[list(MANIFEST_COLUMNS)]
     manifest_path = out / "cohort.csv"
     _atomic_csv(manifest, manifest_path)
 
-    truth = patients[["site", "a", "b", "h", "u", "os_linear_predictor",
-                      "progression_linear_predictor", "progression_event"]].copy()
+    truth = patients[
+        [
+            "site",
+            "a",
+            "b",
+            "h",
+            "u",
+            "os_linear_predictor",
+            "progression_linear_predictor",
+            "progression_event",
+        ]
+    ].copy()
     truth["entropy"] = expression.shannon_entropy(fractions)
     truth["exclusion"] = 1.0 / (1.0 + np.exp(-1.8 * patients["b"]))
     for cell_type in fractions.columns:
@@ -231,15 +306,24 @@ def generate_cohort(out: Path | str, config: SynthConfig | None = None, *,
             "time_unit": "months",
         },
         "response_coefficients": biology.RESPONSE_COEFFICIENTS,
-        "expression": {"counts": "rnaseq/counts.tsv", "tpm": "rnaseq/tpm.tsv",
-                       "orientation": "genes-x-samples",
-                       "reference_profiles": "rnaseq/reference_profiles.tsv"},
+        "expression": {
+            "counts": "rnaseq/counts.tsv",
+            "tpm": "rnaseq/tpm.tsv",
+            "orientation": "genes-x-samples",
+            "reference_profiles": "rnaseq/reference_profiles.tsv",
+        },
         "seconds": round(elapsed, 2),
         "resumed_patients": sum(bool(r.get("resumed")) for r in records.values()),
     }
     annotations.write_json(metadata, out / "synth.json")
-    event(log, "synthetic cohort written", out=str(out), patients=len(ids),
-          seconds=round(elapsed, 1), external=external)
+    event(
+        log,
+        "synthetic cohort written",
+        out=str(out),
+        patients=len(ids),
+        seconds=round(elapsed, 1),
+        external=external,
+    )
     return manifest_path
 
 

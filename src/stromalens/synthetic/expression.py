@@ -47,10 +47,39 @@ IMMUNE_TYPES: tuple[str, ...] = CELL_TYPES[3:]
 
 #: Canonical markers of each cell type (highly and specifically expressed in it).
 MARKERS: dict[str, tuple[str, ...]] = {
-    "CAF": ("COL1A1", "COL1A2", "COL3A1", "DCN", "LUM", "PDGFRB", "PDGFRA", "FAP", "ACTA2",
-            "POSTN", "THY1", "FN1", "SPARC", "MMP2", "TAGLN", "CTHRC1", "COL6A3"),
-    "Tumour": ("TBXT", "KRT8", "KRT18", "KRT19", "SOX9", "CD24", "ACAN", "COL2A1", "SOX5",
-               "SOX6", "LGALS3", "S100B"),
+    "CAF": (
+        "COL1A1",
+        "COL1A2",
+        "COL3A1",
+        "DCN",
+        "LUM",
+        "PDGFRB",
+        "PDGFRA",
+        "FAP",
+        "ACTA2",
+        "POSTN",
+        "THY1",
+        "FN1",
+        "SPARC",
+        "MMP2",
+        "TAGLN",
+        "CTHRC1",
+        "COL6A3",
+    ),
+    "Tumour": (
+        "TBXT",
+        "KRT8",
+        "KRT18",
+        "KRT19",
+        "SOX9",
+        "CD24",
+        "ACAN",
+        "COL2A1",
+        "SOX5",
+        "SOX6",
+        "LGALS3",
+        "S100B",
+    ),
     "Endothelial": ("PECAM1", "VWF", "CDH5", "KDR", "CLDN5", "ESAM", "EMCN", "TEK", "PLVAP"),
     "B.cells": ("CD19", "MS4A1", "CD79A", "CD79B", "PAX5", "BANK1", "FCRL1", "CD22"),
     "Macrophages.M1": ("CD80", "CD86", "IL1B", "TNF", "CXCL9", "CXCL10", "IDO1"),
@@ -67,9 +96,27 @@ MARKERS: dict[str, tuple[str, ...]] = {
 LEUKOCYTE_GENES: tuple[str, ...] = ("PTPRC", "CORO1A", "LCP1")
 
 #: ER-stress / unfolded-protein-response core, switched on in CAFs by a (and tumour cells by u).
-UPR_GENES: tuple[str, ...] = ("HSPA5", "XBP1", "ATF6", "ERN1", "EIF2AK3", "ATF4", "DDIT3",
-                              "HERPUD1", "DNAJB9", "HSP90B1", "HYOU1", "CALR", "PDIA3", "PDIA4",
-                              "PDIA6", "SDF2L1", "CRELD2", "MANF", "ERO1A")
+UPR_GENES: tuple[str, ...] = (
+    "HSPA5",
+    "XBP1",
+    "ATF6",
+    "ERN1",
+    "EIF2AK3",
+    "ATF4",
+    "DDIT3",
+    "HERPUD1",
+    "DNAJB9",
+    "HSP90B1",
+    "HYOU1",
+    "CALR",
+    "PDIA3",
+    "PDIA4",
+    "PDIA6",
+    "SDF2L1",
+    "CRELD2",
+    "MANF",
+    "ERO1A",
+)
 #: Hypoxia / early-response genes reported for chordoma ERS–CAFs; switched on in CAFs by a.
 HYPOXIA_GENES: tuple[str, ...] = ("IER2", "VEGFA", "ADM", "BNIP3", "NDRG1", "GMFG")
 
@@ -90,20 +137,46 @@ LR_AXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 #: mRNA content per cell, relative units (tumour cells and CAFs are large, neutrophils small).
 MRNA_CONTENT: dict[str, float] = {
-    "CAF": 1.6, "Tumour": 2.0, "Endothelial": 1.0, "B.cells": 0.65, "Macrophages.M1": 1.4,
-    "Macrophages.M2": 1.2, "Monocytes": 1.3, "Neutrophils": 0.3, "NK.cells": 1.2,
-    "T.cells.CD4": 0.65, "T.cells.CD8": 0.7, "Tregs": 0.7, "Dendritic.cells": 1.4,
+    "CAF": 1.6,
+    "Tumour": 2.0,
+    "Endothelial": 1.0,
+    "B.cells": 0.65,
+    "Macrophages.M1": 1.4,
+    "Macrophages.M2": 1.2,
+    "Monocytes": 1.3,
+    "Neutrophils": 0.3,
+    "NK.cells": 1.2,
+    "T.cells.CD4": 0.65,
+    "T.cells.CD8": 0.7,
+    "Tregs": 0.7,
+    "Dendritic.cells": 1.4,
 }
 
 # Baseline logits of the fraction model, and how the latents move them.
 _BASE_LOGITS: dict[str, float] = {
-    "CAF": 1.3, "Tumour": 2.2, "Endothelial": 0.1, "B.cells": -1.0, "Macrophages.M1": -0.8,
-    "Macrophages.M2": -0.2, "Monocytes": -0.6, "Neutrophils": -1.4, "NK.cells": -1.2,
-    "T.cells.CD4": -0.3, "T.cells.CD8": -0.5, "Tregs": -1.1, "Dendritic.cells": -1.5,
+    "CAF": 1.3,
+    "Tumour": 2.2,
+    "Endothelial": 0.1,
+    "B.cells": -1.0,
+    "Macrophages.M1": -0.8,
+    "Macrophages.M2": -0.2,
+    "Monocytes": -0.6,
+    "Neutrophils": -1.4,
+    "NK.cells": -1.2,
+    "T.cells.CD4": -0.3,
+    "T.cells.CD8": -0.5,
+    "Tregs": -1.1,
+    "Dendritic.cells": -1.5,
 }
 _A_LOADING: dict[str, float] = {"CAF": 0.55, "Endothelial": 0.15}
-_B_LOADING: dict[str, float] = {"Macrophages.M2": 0.45, "Tregs": 0.45, "Monocytes": 0.35,
-                                "T.cells.CD8": 0.15, "T.cells.CD4": 0.15, "B.cells": 0.1}
+_B_LOADING: dict[str, float] = {
+    "Macrophages.M2": 0.45,
+    "Tregs": 0.45,
+    "Monocytes": 0.35,
+    "T.cells.CD8": 0.15,
+    "T.cells.CD4": 0.15,
+    "B.cells": 0.1,
+}
 _TEMPERATURE_SLOPE = 0.45  # fractions = softmax(logits · exp(−slope · h))
 
 #: Programme strengths (log2 fold change per unit latent).
@@ -151,7 +224,8 @@ def shannon_entropy(fractions: pd.DataFrame) -> pd.Series:
 def reference_profiles(seed: int) -> pd.DataFrame:
     """Pure cell-type expression profiles (genes × cell types), TPM scale (columns sum to 1e6).
 
-    Baseline log2 expression per gene ~ 0.8·N(3, 1.8²) + 0.2·N(−5.5, 2²), cell-type deviations ~ N(0, 0.6²), markers
+    Baseline log2 expression per gene ~ 0.8·N(3, 1.8²) + 0.2·N(−5.5, 2²), cell-type deviations
+    ~ N(0, 0.6²), markers
     +5 log2 in their own type and −2 elsewhere. The same profiles are written next to the cohort
     in CIBERSORT signature format, as a user's own single-cell reference would be.
     """

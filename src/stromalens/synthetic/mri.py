@@ -66,8 +66,9 @@ def _smooth(shape, sigma_mm, rng) -> np.ndarray:
     """Unit-variance smooth Gaussian random field (1 mm voxels), drawn on a 2 mm grid."""
     coarse = tuple(int(np.ceil(n / 2)) + 1 for n in shape)
     f = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma_mm / 2)
-    mats = [_resampling_matrix(c, np.arange(n) / 2.0, 0.0) for c, n in zip(coarse, shape,
-                                                                           strict=True)]
+    mats = [
+        _resampling_matrix(c, np.arange(n) / 2.0, 0.0) for c, n in zip(coarse, shape, strict=True)
+    ]
     f = _apply_separable(f, mats)
     return ((f - f.mean()) / (f.std() + 1e-12)).astype(np.float32)
 
@@ -91,8 +92,10 @@ def _lobulated_distance(grid, centre, lobulation, elongation, rng) -> np.ndarray
     radial = np.ones_like(r)
     for _ in range(6):
         omega = rng.normal(0.0, 2.5, 3)
-        radial += lobulation * rng.uniform(0.3, 1.0) * np.cos(
-            np.tensordot(omega, n, axes=1) + rng.uniform(0, 2 * np.pi)
+        radial += (
+            lobulation
+            * rng.uniform(0.3, 1.0)
+            * np.cos(np.tensordot(omega, n, axes=1) + rng.uniform(0, 2 * np.pi))
         )
     return r / np.maximum(radial, 0.2)
 
@@ -104,7 +107,7 @@ def render_mri(
     seed_sequence,
     *,
     sequences=SEQUENCES,
-) -> tuple[dict[str, "SimpleITK.Image"], "SimpleITK.Image"]:  # noqa: F821
+) -> tuple[dict[str, SimpleITK.Image], SimpleITK.Image]:  # noqa: F821
     """Render the patient's MRI on the site's grid.
 
     Returns the images of ``sequences`` (int16, ``SimpleITK.Image``) and the tumour mask (uint8),
@@ -160,8 +163,13 @@ def render_mri(
     )
     enhance_field = _smooth(box_shape, scale_mm * 1.5, rng)
     enhancing = _sigmoid(
-        3.0 * (enhance_field - _threshold_for_share(
-            enhance_field, inside, float(0.05 + 0.4 * _sigmoid(1.2 * b - 0.3))))
+        3.0
+        * (
+            enhance_field
+            - _threshold_for_share(
+                enhance_field, inside, float(0.05 + 0.4 * _sigmoid(1.2 * b - 0.3))
+            )
+        )
     )
     texture = _smooth(box_shape, max(1.0, scale_mm / 2.5), rng) * float(
         0.05 + 0.05 * np.exp(0.5 * h)
@@ -181,8 +189,14 @@ def render_mri(
 
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in out_shape], indexing="ij")
     poly = rng.normal(0, 1, 6)
-    bias = poly[0] * xx + poly[1] * yy + poly[2] * zz + poly[3] * xx * yy + poly[4] * xx**2 \
+    bias = (
+        poly[0] * xx
+        + poly[1] * yy
+        + poly[2] * zz
+        + poly[3] * xx * yy
+        + poly[4] * xx**2
         + poly[5] * yy**2
+    )
     bias = 1.0 + site.mri_bias_amplitude * bias / (np.abs(bias).max() + 1e-12)
 
     images = {}

@@ -156,8 +156,12 @@ def _sprites(morphology: str) -> dict[str, tuple[Sprite, ...]]:
         inner = np.pad(inner, pad)
         wall = np.clip(outer - inner, 0, 1)
         vessel.append(Sprite(h=0.35 * wall, e=0.5 * wall + 0.9 * inner * 0.6, alpha=outer))
-    return {"lymphocyte": lymph, "fibroblast": tuple(spindle), "tumour": tuple(tumour),
-            "endothelial": tuple(vessel)}
+    return {
+        "lymphocyte": lymph,
+        "fibroblast": tuple(spindle),
+        "tumour": tuple(tumour),
+        "endothelial": tuple(vessel),
+    }
 
 
 def _stamp(shape, centres: np.ndarray, variants: np.ndarray, sprites, channels) -> list:
@@ -196,8 +200,9 @@ def _smooth_field(shape, sigma, rng) -> np.ndarray:
 
 
 def _upsample(field_lowres: np.ndarray, shape) -> np.ndarray:
-    return cv2.resize(field_lowres.astype(np.float32), (shape[1], shape[0]),
-                      interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        field_lowres.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR
+    )
 
 
 def _top_share(score: np.ndarray, allowed: np.ndarray, share: float) -> np.ndarray:
@@ -207,9 +212,13 @@ def _top_share(score: np.ndarray, allowed: np.ndarray, share: float) -> np.ndarr
     return allowed & (score >= threshold)
 
 
+def _immune_total(fractions: pd.Series) -> float:
+    return float(sum(v for k, v in fractions.items() if k not in ("CAF", "Tumour", "Endothelial")))
+
+
 def compartment_shares(fractions: pd.Series) -> dict[str, float]:
     """Area shares of stroma, tumour and immune clusters within the tissue."""
-    immune = float(sum(v for k, v in fractions.items() if k not in ("CAF", "Tumour", "Endothelial")))
+    immune = _immune_total(fractions)
     weights = {
         "stroma": float(fractions["CAF"] + fractions["Endothelial"]) + 0.12,
         "tumour": float(fractions["Tumour"]),
@@ -225,8 +234,9 @@ def _layout(geometry: SlideGeometry, shares, h: float, exclusion: float, rng):
     shape = (geometry.height // ds, geometry.width // ds)
     coarse = (geometry.height // (ds * 16), geometry.width // (ds * 16))
     yy, xx = np.mgrid[0 : coarse[0], 0 : coarse[1]]
-    cy, cx = coarse[0] / 2 + rng.normal(0, coarse[0] * 0.04), coarse[1] / 2 + rng.normal(
-        0, coarse[1] * 0.04
+    cy, cx = (
+        coarse[0] / 2 + rng.normal(0, coarse[0] * 0.04),
+        coarse[1] / 2 + rng.normal(0, coarse[1] * 0.04),
     )
     ry, rx = coarse[0] * rng.uniform(0.36, 0.44), coarse[1] * rng.uniform(0.36, 0.44)
     envelope = 1.0 - ((yy - cy) / ry) ** 2 - ((xx - cx) / rx) ** 2
@@ -281,9 +291,7 @@ def render_slide(
     ds = geometry.label_downsample
     height, width = geometry.height, geometry.width
     shape = (height, width)
-    immune_total = float(
-        sum(v for k, v in fractions.items() if k not in ("CAF", "Tumour", "Endothelial"))
-    )
+    immune_total = _immune_total(fractions)
     exclusion = float(1.0 / (1.0 + np.exp(-1.8 * latents["b"])))
 
     labels = _layout(geometry, compartment_shares(fractions), latents["h"], exclusion, rng)
@@ -299,8 +307,9 @@ def render_slide(
         wfield = _upsample(_smooth_field((quarter[0] // 32, quarter[1] // 32), 1.5, rng), quarter)
         streak = ndimage.gaussian_filter(rng.standard_normal(quarter, np.float32), (0.5, 3.0))
         rot = cv2.getRotationMatrix2D((quarter[1] / 2, quarter[0] / 2), angle, 1.0)
-        streak = cv2.warpAffine(streak, rot, (quarter[1], quarter[0]),
-                                borderMode=cv2.BORDER_REFLECT)
+        streak = cv2.warpAffine(
+            streak, rot, (quarter[1], quarter[0]), borderMode=cv2.BORDER_REFLECT
+        )
         w = np.exp(2.0 * wfield)
         fibres += w * streak / (streak.std() + 1e-6)
         wsum += w
@@ -326,40 +335,77 @@ def render_slide(
     # Cells.
     sprites = _sprites(morphology)
     caf_density = float(np.clip(0.12 + 1.6 * fractions["CAF"], 0.08, 0.95))
-    fibroblasts = _select(_jittered_grid(geometry, 20.0, rng), labels, ds,
-                          lambda lab: lab == 1, caf_density, rng)
-    cluster_lymph = _select(_jittered_grid(geometry, 12.5, rng), labels, ds,
-                            lambda lab: lab == 3, 0.85, rng)
-    stromal_lymph = _select(_jittered_grid(geometry, 28.0, rng), labels, ds,
-                            lambda lab: lab == 1, float(np.clip(0.05 + 1.2 * immune_total, 0, 0.8)),
-                            rng)
-    infiltrating = _select(_jittered_grid(geometry, 26.0, rng), labels, ds,
-                           lambda lab: lab == 2,
-                           float(np.clip(1.6 * immune_total * (1.0 - exclusion), 0, 0.8)), rng)
+    fibroblasts = _select(
+        _jittered_grid(geometry, 20.0, rng), labels, ds, lambda lab: lab == 1, caf_density, rng
+    )
+    cluster_lymph = _select(
+        _jittered_grid(geometry, 12.5, rng), labels, ds, lambda lab: lab == 3, 0.85, rng
+    )
+    stromal_lymph = _select(
+        _jittered_grid(geometry, 28.0, rng),
+        labels,
+        ds,
+        lambda lab: lab == 1,
+        float(np.clip(0.05 + 1.2 * immune_total, 0, 0.8)),
+        rng,
+    )
+    infiltrating = _select(
+        _jittered_grid(geometry, 26.0, rng),
+        labels,
+        ds,
+        lambda lab: lab == 2,
+        float(np.clip(1.6 * immune_total * (1.0 - exclusion), 0, 0.8)),
+        rng,
+    )
     # Rim lymphocytes: stroma within ~60 µm of a tumour nest, denser with exclusion.
     distance = ndimage.distance_transform_edt(labels != 2) * ds  # level-0 px
     rim_map = (labels == 1) & (distance < 120)
     rim_labels = np.where(rim_map, 9, 0).astype(np.uint8)
-    rim_lymph = _select(_jittered_grid(geometry, 14.0, rng), rim_labels, ds, lambda lab: lab == 9,
-                        float(np.clip(0.9 * exclusion * (0.2 + 3.0 * immune_total), 0, 0.8)), rng)
+    rim_lymph = _select(
+        _jittered_grid(geometry, 14.0, rng),
+        rim_labels,
+        ds,
+        lambda lab: lab == 9,
+        float(np.clip(0.9 * exclusion * (0.2 + 3.0 * immune_total), 0, 0.8)),
+        rng,
+    )
     tumour_cells = _select(
         _jittered_grid(geometry, 38.0 if morphology == "chordoma" else 34.0, rng),
-        labels, ds, lambda lab: lab == 2, 0.85, rng)
-    vessels = _select(_jittered_grid(geometry, 110.0, rng), labels, ds, lambda lab: lab == 1,
-                      float(np.clip(4.0 * fractions["Endothelial"], 0, 0.6)), rng)
+        labels,
+        ds,
+        lambda lab: lab == 2,
+        0.85,
+        rng,
+    )
+    vessels = _select(
+        _jittered_grid(geometry, 110.0, rng),
+        labels,
+        ds,
+        lambda lab: lab == 1,
+        float(np.clip(4.0 * fractions["Endothelial"], 0, 0.6)),
+        rng,
+    )
     lymphocytes = np.concatenate([cluster_lymph, stromal_lymph, infiltrating, rim_lymph])
 
     def variants(points, kind):
         return rng.integers(0, len(sprites[kind]), len(points))
 
     # Tumour cells replace matrix where they sit (vacuoles look clear, not myxoid).
-    t_alpha, t_h, t_e = _stamp(shape, tumour_cells, variants(tumour_cells, "tumour"),
-                               sprites["tumour"], ("alpha", "h", "e"))
+    t_alpha, t_h, t_e = _stamp(
+        shape,
+        tumour_cells,
+        variants(tumour_cells, "tumour"),
+        sprites["tumour"],
+        ("alpha", "h", "e"),
+    )
     cover = np.minimum(t_alpha, 1.0)
     od_h = od_h * (1.0 - cover) + t_h
     od_e = od_e * (1.0 - cover) + t_e
-    for kind, pts in (("fibroblast", fibroblasts), ("lymphocyte", lymphocytes),
-                      ("endothelial", vessels)):
+    for kind, pts in (
+        ("fibroblast", fibroblasts),
+        ("lymphocyte", lymphocytes),
+        ("endothelial", vessels),
+    ):
         s_h, s_e = _stamp(shape, pts, variants(pts, kind), sprites[kind], ("h", "e"))
         od_h += s_h
         od_e += s_e
@@ -371,15 +417,24 @@ def render_slide(
     od_pen = None
     if rng.uniform() < probs["fold"]:
         thickness = int(rng.uniform(40, 90))
-        p0 = (int(rng.uniform(0, width)), 0)
-        p1 = (int(rng.uniform(0, width)), height - 1)
+        # A straight fold through a random tissue point, at a random angle.
+        ty, tx = np.nonzero(labels > 0)
+        k = rng.integers(len(ty)) if len(ty) else 0
+        cy, cx = (ty[k] * ds, tx[k] * ds) if len(ty) else (height // 2, width // 2)
+        angle = rng.uniform(0, np.pi)
+        reach = width + height
+        p0 = (int(cx - reach * np.cos(angle)), int(cy - reach * np.sin(angle)))
+        p1 = (int(cx + reach * np.cos(angle)), int(cy + reach * np.sin(angle)))
         band = np.zeros(shape, np.uint8)
         cv2.line(band, p0, p1, 1, thickness)
         band = band.astype(bool) & tissue
         od_h[band] *= 2.2
         od_e[band] *= 2.2
-        small = cv2.resize(band.astype(np.uint8), (labels.shape[1], labels.shape[0]),
-                           interpolation=cv2.INTER_NEAREST).astype(bool)
+        small = cv2.resize(
+            band.astype(np.uint8),
+            (labels.shape[1], labels.shape[0]),
+            interpolation=cv2.INTER_NEAREST,
+        ).astype(bool)
         artefacts[small] |= 4
         shapes.append({"kind": "fold", "line": [p0, p1], "width_px": thickness})
     if rng.uniform() < probs["pen"]:
@@ -392,11 +447,13 @@ def render_slide(
         pen = np.zeros(shape, np.uint8)
         cv2.polylines(pen, [pts], False, 1, thickness)
         od_pen = pen.astype(np.float32) * 0.9
-        small = cv2.resize(pen, (labels.shape[1], labels.shape[0]),
-                           interpolation=cv2.INTER_NEAREST).astype(bool)
+        small = cv2.resize(
+            pen, (labels.shape[1], labels.shape[0]), interpolation=cv2.INTER_NEAREST
+        ).astype(bool)
         artefacts[small] |= 2
-        shapes.append({"kind": "pen", "colour": colour, "polyline": pts.tolist(),
-                       "width_px": thickness})
+        shapes.append(
+            {"kind": "pen", "colour": colour, "polyline": pts.tolist(), "width_px": thickness}
+        )
     else:
         colour = "green"
 
@@ -419,7 +476,8 @@ def render_slide(
         ty, tx = np.nonzero(labels > 0)
         k = rng.integers(len(ty)) if len(ty) else 0
         cy, cx = (ty[k] * ds, tx[k] * ds) if len(ty) else (height // 2, width // 2)
-        x0, y0 = int(np.clip(cx - bw // 2, 0, width - bw)), int(np.clip(cy - bh // 2, 0, height - bh))
+        x0 = int(np.clip(cx - bw // 2, 0, width - bw))
+        y0 = int(np.clip(cy - bh // 2, 0, height - bh))
         rgb[y0 : y0 + bh, x0 : x0 + bw] = cv2.GaussianBlur(
             rgb[y0 : y0 + bh, x0 : x0 + bw], (0, 0), 4.0
         )
@@ -428,13 +486,17 @@ def render_slide(
 
     cells = pd.DataFrame(
         {
-            "x": np.concatenate([fibroblasts[:, 0], lymphocytes[:, 0], tumour_cells[:, 0],
-                                 vessels[:, 0]]).astype(np.int32),
-            "y": np.concatenate([fibroblasts[:, 1], lymphocytes[:, 1], tumour_cells[:, 1],
-                                 vessels[:, 1]]).astype(np.int32),
+            "x": np.concatenate(
+                [fibroblasts[:, 0], lymphocytes[:, 0], tumour_cells[:, 0], vessels[:, 0]]
+            ).astype(np.int32),
+            "y": np.concatenate(
+                [fibroblasts[:, 1], lymphocytes[:, 1], tumour_cells[:, 1], vessels[:, 1]]
+            ).astype(np.int32),
             "kind": pd.Categorical(
-                ["fibroblast"] * len(fibroblasts) + ["lymphocyte"] * len(lymphocytes)
-                + ["tumour"] * len(tumour_cells) + ["endothelial"] * len(vessels),
+                ["fibroblast"] * len(fibroblasts)
+                + ["lymphocyte"] * len(lymphocytes)
+                + ["tumour"] * len(tumour_cells)
+                + ["endothelial"] * len(vessels),
                 categories=list(CELL_KINDS),
             ),
         }
@@ -442,13 +504,23 @@ def render_slide(
     # Immune-exclusion points: lymphocytes gathered at the rim of tumour nests.
     n_points = int(round(40 * exclusion))
     take = rng.permutation(len(rim_lymph))[:n_points]
-    return RenderedSlide(rgb=rgb, labels=labels, artefacts=artefacts, cells=cells,
-                         artefact_shapes=shapes, exclusion_points=rim_lymph[take])
+    return RenderedSlide(
+        rgb=rgb,
+        labels=labels,
+        artefacts=artefacts,
+        cells=cells,
+        artefact_shapes=shapes,
+        exclusion_points=rim_lymph[take],
+    )
 
 
 # --------------------------------------------------------------------------- writing
-def write_pyramidal_tiff(path: Path, rgb: np.ndarray, geometry: SlideGeometry,
-                         description: str = "stromalens synthetic H&E") -> None:
+def write_pyramidal_tiff(
+    path: Path,
+    rgb: np.ndarray,
+    geometry: SlideGeometry,
+    description: str = "stromalens synthetic H&E",
+) -> None:
     """Write a tiled, JPEG-compressed pyramidal TIFF that OpenSlide and tiffslide both read.
 
     One full-resolution page then one reduced-resolution page per pyramid level (OpenSlide's
@@ -461,9 +533,15 @@ def write_pyramidal_tiff(path: Path, rgb: np.ndarray, geometry: SlideGeometry,
     tmp = path.with_name(path.name + ".partial")
     with tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 3_500_000_000) as writer:
         for level, downsample in enumerate(geometry.downsamples):
-            image = rgb if downsample == 1 else cv2.resize(
-                rgb, (rgb.shape[1] // downsample, rgb.shape[0] // downsample),
-                interpolation=cv2.INTER_AREA)
+            image = (
+                rgb
+                if downsample == 1
+                else cv2.resize(
+                    rgb,
+                    (rgb.shape[1] // downsample, rgb.shape[0] // downsample),
+                    interpolation=cv2.INTER_AREA,
+                )
+            )
             pixels_per_cm = 1e4 / (geometry.mpp * downsample)
             writer.write(
                 image,

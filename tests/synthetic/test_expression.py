@@ -1,0 +1,112 @@
+"""The cell-mixture RNA-seq: fractions, programmes following the latents, realistic counts."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from stromalens.synthetic import biology, expression
+
+
+@pytest.fixture(scope="module")
+def data():
+    patients = biology.simulate_patients(400, seed=21)
+    patients["rna_sample"] = [f"S{i}" for i in range(len(patients))]
+    fractions = expression.simulate_fractions(patients, seed=21)
+    batch = {s: biology.make_site_effects(s, 0).rna_batch_sd for s in biology.SITES}
+    counts, tpm = expression.simulate_expression(patients, fractions, batch, seed=21)
+    return patients, fractions, counts, tpm
+
+
+def test_fractions_are_compositions_and_entropy_follows_h(data):
+    patients, fractions, _, _ = data
+    assert np.allclose(fractions.sum(axis=1), 1.0)
+    assert (fractions.to_numpy() > 0).all()
+    assert len(expression.IMMUNE_TYPES) >= 8
+    entropy = expression.shannon_entropy(fractions)
+    assert stats.pearsonr(entropy, patients["h"])[0] > 0.8
+    assert stats.pearsonr(fractions["CAF"], patients["a"])[0] > 0.4
+
+
+def test_shannon_entropy_known_values():
+    uniform = pd.DataFrame([[0.25] * 4, [1.0, 0.0, 0.0, 0.0]])
+    # H(uniform over 4) = log 4 (scipy.stats.entropy gives the same); H(point mass) = 0.
+    assert expression.shannon_entropy(uniform).tolist() == pytest.approx(
+        [stats.entropy([0.25] * 4), 0.0]
+    )
+
+
+def test_counts_are_realistic(data):
+    _, _, counts, tpm = data
+    values = counts.to_numpy()
+    assert values.dtype.kind == "i" and (values >= 0).all()
+    assert 0.01 < (values == 0).mean() < 0.5  # zeros, but not mostly zeros
+    per_gene_ties = np.mean([len(np.unique(v)) < len(v) for v in values[:500]])
+    assert per_gene_ties > 0.1  # ties among samples, as in real counts
+    assert np.allclose(tpm.sum(axis=0), 1e6, rtol=1e-4)
+    # Over-dispersion: variance exceeds the Poisson variance for well-expressed genes.
+    mean = values.mean(axis=1)
+    var = values.var(axis=1)
+    expressed = mean > 100
+    assert np.median(var[expressed] / mean[expressed]) > 5
+
+
+def test_real_gene_symbols_and_orientation(data):
+    _, _, counts, _ = data
+    for gene in (
+        "HSPA5",
+        "XBP1",
+        "COL1A1",
+        "FAP",
+        "CXCL12",
+        "CXCR4",
+        "CCL2",
+        "CCR2",
+        "PTPRC",
+        "CD8A",
+        "FOXP3",
+        "TBXT",
+    ):
+        assert gene in counts.index
+    assert counts.index.is_unique
+    assert counts.columns.tolist()[:2] == ["S0", "S1"]  # genes × samples
+
+
+def _log(tpm):
+    return np.log2(tpm + 1.0)
+
+
+def test_programmes_follow_their_latents(data):
+    patients, _, _, tpm = data
+    log = _log(tpm)
+    upr = log.loc[list(expression.UPR_GENES)].mean()
+    caf_anchor = log.loc[["COL1A1", "COL1A2", "DCN", "LUM", "FAP"]].mean()
+    ligands = log.loc[[lig for lig, _, _ in expression.LR_AXES]].mean()
+    receptors = log.loc[[rec for _, rec, _ in expression.LR_AXES]].mean()
+    assert stats.pearsonr(upr, patients["a"])[0] > 0.2
+    assert stats.pearsonr(caf_anchor, patients["a"])[0] > 0.4
+    assert stats.pearsonr(ligands, patients["b"])[0] > 0.5
+    assert stats.pearsonr(receptors, patients["b"])[0] > 0.4
+    # Tumour-intrinsic ER stress confounds the UPR genes: it is why CAF anchoring matters.
+    assert stats.pearsonr(upr, patients["u"])[0] > 0.3
+
+
+def test_site_batch_effect_present(data):
+    patients, _, _, tpm = data
+    log = _log(tpm)
+    expressed = log.loc[log.mean(axis=1) > 3].iloc[:300]
+    p_values = [
+        stats.f_oneway(*[row[patients["site"].to_numpy() == s] for s in biology.SITES]).pvalue
+        for _, row in expressed.iterrows()
+    ]
+    # Under no batch effect ~5% of genes would reach p < 0.05.
+    assert np.mean(np.array(p_values) < 0.05) > 0.3
+
+
+def test_reference_profiles_are_tpm_and_marker_specific():
+    profiles = expression.reference_profiles(seed=0)
+    assert np.allclose(profiles.sum(axis=0), 1e6)
+    assert list(profiles.columns) == list(expression.CELL_TYPES)
+    for cell_type, markers in expression.MARKERS.items():
+        own = profiles.loc[list(markers), cell_type]
+        assert (own > 10 * profiles.loc[list(markers)].median(axis=1)).mean() > 0.5, cell_type
