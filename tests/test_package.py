@@ -59,3 +59,42 @@ def test_valid_config_round_trips(tmp_path):
     assert isinstance(config, StudyConfig)
     assert config.synth.patients == 12
     assert SynthConfig().patients == 126
+
+
+def test_pyradiomics_was_built_by_the_set_up():
+    from importlib.metadata import version
+
+    import radiomics  # noqa: F401 - the import itself is the check
+
+    assert version("pyradiomics") == "3.0.1"
+
+
+def test_structured_log_file(tmp_path):
+    import json
+
+    script = Path(sys.executable).parent / "stromalens"
+    log = tmp_path / "log.jsonl"
+    out = tmp_path / "c"
+    config = tmp_path / "s.yaml"
+    config.write_text("slide: {width: 1024, height: 1024}\n")
+    subprocess.run(
+        [
+            str(script),
+            "--log-file",
+            str(log),
+            "synth",
+            "--out",
+            str(out),
+            "--patients",
+            "1",
+            "--workers",
+            "1",
+            "--config",
+            str(config),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    written = [r for r in records if r["message"] == "synthetic cohort written"]
+    assert written and written[0]["patients"] == 1 and written[0]["level"] == "INFO"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -28,8 +29,11 @@ error_console = Console(stderr=True)
 @app.callback()
 def _root(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    log_file: Path = typer.Option(
+        None, "--log-file", help="Also write structured logs here, one JSON object per line."
+    ),
 ) -> None:
-    configure_logging(log_level.upper())
+    configure_logging(log_level.upper(), json_file=log_file)
 
 
 @app.command("version")
