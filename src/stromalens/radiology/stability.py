@@ -143,24 +143,27 @@ def perturbation_array(perturbed: pd.DataFrame, patients=None) -> tuple[np.ndarr
     """Reshape the long perturbation table to (patients, perturbations, features).
 
     ``perturbed`` has a MultiIndex ``(patient_id, perturbation)`` and one column per feature
-    (the runner's ``perturbations.parquet``). Only patients with every perturbation and
-    features finite for all of them are used.
+    (the runner's ``perturbations.parquet``). Only patients with every perturbation are used,
+    and only features finite for all of them.
     """
+    table = _complete_patients(perturbed, patients)
+    table = table.dropna(axis=1, how="any")
+    ids = list(dict.fromkeys(table.index.get_level_values(0)))
+    k = len(table) // max(len(ids), 1)
+    array = table.to_numpy(dtype=float).reshape(len(ids), k, table.shape[1])
+    return array, ids, list(table.columns)
+
+
+def _complete_patients(perturbed: pd.DataFrame, patients=None) -> pd.DataFrame:
     if not isinstance(perturbed.index, pd.MultiIndex) or perturbed.index.nlevels != 2:
         raise ValueError("perturbations must be indexed by (patient_id, perturbation)")
     if patients is not None:
-        wanted = set(patients)
-        perturbed = perturbed[perturbed.index.get_level_values(0).isin(wanted)]
+        perturbed = perturbed[perturbed.index.get_level_values(0).isin(set(patients))]
     counts = perturbed.groupby(level=0).size()
     if counts.empty:
         raise ValueError("no perturbed patients to compute the ICC from")
-    k = int(counts.max())
-    complete = counts.index[counts == k]
-    table = perturbed.loc[perturbed.index.get_level_values(0).isin(set(complete))].sort_index()
-    table = table.dropna(axis=1, how="any")
-    ids = list(dict.fromkeys(table.index.get_level_values(0)))
-    array = table.to_numpy(dtype=float).reshape(len(ids), k, table.shape[1])
-    return array, ids, list(table.columns)
+    complete = counts.index[counts == counts.max()]
+    return perturbed.loc[perturbed.index.get_level_values(0).isin(set(complete))].sort_index()
 
 
 def stability_table(
@@ -173,21 +176,41 @@ def stability_table(
 ) -> pd.DataFrame:
     """ICC and its CI per feature (``stability.parquet``), with ``stable = icc ≥ threshold``.
 
-    ``patients`` restricts the computation (e.g. to a training fold).
+    ``patients`` restricts the computation (e.g. to a training fold). Features missing for some
+    patients (a sequence that a patient lacks) get their ICC from the patients that have them:
+    features are grouped by which patients have them and each group is computed at once.
     """
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold {threshold} is not in [0, 1]")
-    array, ids, features = perturbation_array(perturbed, patients)
-    result = icc(array, kind, alpha)
-    table = pd.DataFrame(
-        {key: result[key] for key in ("icc", "ci_low", "ci_high", "F", "pval")},
-        index=pd.Index(features, name="feature"),
-    )
-    table["kind"] = _kind(kind)
-    table["n_patients"] = len(ids)
-    table["n_perturbations"] = array.shape[1]
-    table["stable"] = (table["icc"] >= threshold).fillna(False).astype(bool)
-    return table
+    kind = _kind(kind)
+    table = _complete_patients(perturbed, patients)
+    ids = list(dict.fromkeys(table.index.get_level_values(0)))
+    k = len(table) // len(ids)
+    finite = np.isfinite(table.to_numpy(dtype=float)).reshape(len(ids), k, -1).all(axis=1)
+    groups: dict[bytes, list[int]] = {}
+    for j in range(table.shape[1]):
+        groups.setdefault(finite[:, j].tobytes(), []).append(j)
+    parts = []
+    for key, cols in groups.items():
+        rows = np.frombuffer(key, dtype=bool)
+        if rows.sum() < 2:
+            continue
+        values = table.iloc[:, cols].to_numpy(dtype=float).reshape(len(ids), k, len(cols))
+        result = icc(values[rows], kind, alpha)
+        part = pd.DataFrame(
+            {key_: result[key_] for key_ in ("icc", "ci_low", "ci_high", "F", "pval")},
+            index=table.columns[cols],
+        )
+        part["n_patients"] = int(rows.sum())
+        parts.append(part)
+    if not parts:
+        raise ValueError("fewer than 2 patients have complete perturbations")
+    out = pd.concat(parts).reindex([c for c in table.columns if any(c in p.index for p in parts)])
+    out.index.name = "feature"
+    out.insert(5, "kind", kind)
+    out["n_perturbations"] = k
+    out["stable"] = (out["icc"] >= threshold).fillna(False).astype(bool)
+    return out
 
 
 def select_stable(
