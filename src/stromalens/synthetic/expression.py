@@ -239,7 +239,9 @@ def reference_profiles(seed: int) -> pd.DataFrame:
         rng.normal(-5.5, 2.0, len(genes)),
     )
     log2 = baseline[:, None] + rng.normal(0.0, 0.6, (len(genes), len(CELL_TYPES)))
-    marker_rows = {g for markers in MARKERS.values() for g in markers}
+    # A sorted list, not a set: set order changes between processes (string hashing), and the
+    # random draws below must come in the same order every time.
+    marker_rows = sorted({g for markers in MARKERS.values() for g in markers})
     for g in marker_rows:
         log2[index[g], :] = rng.normal(0.5, 0.5, len(CELL_TYPES)) - 1.5
     for j, cell_type in enumerate(CELL_TYPES):
