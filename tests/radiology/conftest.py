@@ -18,12 +18,12 @@ def require(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def mri_cohort(tmp_path_factory) -> Path:
-    """Eight patients with MRI only (no slides, so it is quick); returns the manifest."""
+    """Six patients with MRI only (no slides, so it is quick); returns the manifest."""
     from stromalens.config import MissingRates, SynthConfig
     from stromalens.synthetic import generate_cohort
 
     config = SynthConfig(
-        patients=8,
+        patients=6,
         seed=5,
         missing=MissingRates(wsi=1.0, mri_t1=0.0, mri_t2=0.3, mri_ce=0.0),
         workers=1,

@@ -1,0 +1,130 @@
+"""Reading (NIfTI, NRRD, DICOM series), mask checks, and preprocessing invariants."""
+
+import numpy as np
+import pytest
+
+from stromalens.radiology import io, preprocess
+from stromalens.radiology.settings import PreprocessSettings, StabilitySettings
+
+from .conftest import RADIOLOGY, require
+
+sitk = pytest.importorskip("SimpleITK")
+
+
+def _phantom(shape=(20, 40, 40), spacing=(0.8, 0.8, 2.5), bias=0.0, radius=7):
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    cz, cy, cx = shape[0] // 2, shape[1] // 2, shape[2] // 2
+    body = ((y - cy) ** 2 + (x - cx) ** 2) < (0.45 * shape[1]) ** 2
+    tumour = ((z - cz) ** 2 * 6 + (y - cy) ** 2 + (x - cx - 2) ** 2) < radius**2
+    rng = np.random.default_rng(0)
+    values = np.where(body, 100.0, 0.0) + np.where(tumour, 60.0, 0.0) + rng.normal(0, 2, shape)
+    values *= 1 + bias * (x / shape[2] - 0.5)
+    image = sitk.GetImageFromArray(np.clip(values, 0, None).astype(np.float32))
+    mask = sitk.GetImageFromArray(tumour.astype(np.uint8))
+    for im in (image, mask):
+        im.SetSpacing(spacing)
+        im.SetOrigin((-10.0, 5.0, 3.0))
+    return image, mask
+
+
+def test_reads_nifti_and_nrrd():
+    folder = require(RADIOLOGY / "ibsi_sts" / "STS_001")
+    image = io.read_image(folder / "MR_T1_image.nii.gz")
+    mask = io.check_mask(image, io.read_image(folder / "MR_T1_mask.nii.gz"), patient="STS_001")
+    assert mask.GetSize() == image.GetSize()
+    nrrd = io.read_image(require(RADIOLOGY / "pyradiomics") / "breast1_image.nrrd")
+    assert nrrd.GetSize() == (45, 120, 21)
+
+
+def test_reads_a_dicom_series(tmp_path):
+    image, _ = _phantom()
+    image = sitk.Cast(sitk.RescaleIntensity(image, 0, 1000), sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1"
+    for k in range(image.GetDepth()):
+        piece = image[:, :, k]
+        origin = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in {
+            "0008|0060": "MR",
+            "0020|000e": series,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "0.8\\0.8",
+            "0018|0050": "2.5",
+        }.items():
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.Execute(piece)
+    read = io.read_image(tmp_path)
+    assert read.GetSize() == image.GetSize()
+    np.testing.assert_allclose(read.GetSpacing(), image.GetSpacing(), rtol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+
+
+def test_mask_mismatch_is_named_or_resampled():
+    image, mask = _phantom()
+    shifted = sitk.Image(mask)
+    shifted.SetOrigin((-9.0, 5.0, 3.0))
+    with pytest.raises(io.GeometryError, match="patient P7, sequence t2: .*origin"):
+        io.check_mask(image, shifted, patient="P7", sequence="t2")
+    fixed = io.check_mask(image, shifted, on_mismatch="resample")
+    assert fixed.GetOrigin() == image.GetOrigin() and sitk.GetArrayViewFromImage(fixed).any()
+    with pytest.raises(io.GeometryError, match="no voxel of label 1"):
+        io.check_mask(image, mask * 0, patient="P7")
+    outside = sitk.Image(mask)
+    outside.SetOrigin((500.0, 5.0, 3.0))
+    with pytest.raises(io.GeometryError, match="outside the image"):
+        io.check_mask(image, outside, on_mismatch="resample")
+    with pytest.raises(FileNotFoundError):
+        io.read_image("/nonexistent/t1.nii.gz")
+
+
+def test_resampling_to_1mm_keeps_volume_and_grid():
+    image, mask = _phantom()
+    prepared = preprocess.prepare(image, mask, PreprocessSettings(), n4=False)
+    img, msk = preprocess.resample_pair(prepared, (1.0, 1.0, 1.0))
+    assert img.GetSpacing() == (1.0, 1.0, 1.0) and msk.GetSize() == img.GetSize()
+    native = sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing())
+    resampled = sitk.GetArrayViewFromImage(msk).sum()
+    assert resampled == pytest.approx(native, rel=0.1)
+
+
+def test_normalisation_is_z_scored_over_the_roi():
+    image, mask = _phantom()
+    prepared = preprocess.prepare(image, mask, PreprocessSettings(), n4=False)
+    values = sitk.GetArrayViewFromImage(prepared.image)[
+        sitk.GetArrayViewFromImage(prepared.mask) > 0
+    ]
+    assert values.mean() == pytest.approx(0, abs=1e-5) and values.std() == pytest.approx(
+        1, rel=1e-4
+    )
+
+
+def test_n4_removes_a_bias_field():
+    image, mask = _phantom(bias=0.6)
+    body = sitk.GetArrayViewFromImage(image) > 50
+    corrected = preprocess.n4_correct(image, fit_spacing_mm=2.0, iterations=(50, 50))
+
+    def gradient(img):  # body intensity trend along x, relative to the mean
+        array = sitk.GetArrayFromImage(img)
+        columns = np.array([array[..., i][body[..., i]].mean() for i in range(8, 32)])
+        return np.polyfit(np.arange(len(columns)), columns / columns.mean(), 1)[0]
+
+    assert abs(gradient(corrected)) < 0.5 * abs(gradient(image))
+
+
+def test_perturbations_are_small_and_seeded():
+    image, mask = _phantom(shape=(24, 64, 64), spacing=(1.0, 1.0, 2.0), radius=16)
+    pre = PreprocessSettings()
+    prepared = preprocess.prepare(image, mask, pre, n4=False)
+    stab = StabilitySettings()
+    a = preprocess.perturb(prepared, pre, stab, np.random.default_rng(1))
+    b = preprocess.perturb(prepared, pre, stab, np.random.default_rng(1))
+    c = preprocess.perturb(prepared, pre, stab, np.random.default_rng(2))
+    arr = [sitk.GetArrayFromImage(m) for _, m in (a, b, c)]
+    np.testing.assert_array_equal(arr[0], arr[1])
+    assert not np.array_equal(arr[0], arr[2])
+    overlap = 2 * (arr[0] & arr[2]).sum() / (arr[0].sum() + arr[2].sum())
+    assert 0.7 < overlap < 1.0  # perturbed, not destroyed
