@@ -110,3 +110,13 @@ def test_reference_profiles_are_tpm_and_marker_specific():
     for cell_type, markers in expression.MARKERS.items():
         own = profiles.loc[list(markers), cell_type]
         assert (own > 10 * profiles.loc[list(markers)].median(axis=1)).mean() > 0.5, cell_type
+
+
+def test_signature_matrix_is_a_discriminative_subset():
+    signature = expression.signature_matrix(seed=0)
+    assert 50 < len(signature) < 1000
+    assert list(signature.columns) == list(expression.CELL_TYPES)
+    # Every cell type has genes where it stands out (a usable signature).
+    log = np.log2(signature + 1)
+    top = log.idxmax(axis=1).value_counts()
+    assert set(top.index) == set(expression.CELL_TYPES)

@@ -7,7 +7,9 @@ Layout of the output directory::
     synth.json                 generator settings, version, timings
     rnaseq/counts.tsv          genes × samples, integer counts
     rnaseq/tpm.tsv             genes × samples, TPM
-    rnaseq/reference_profiles.tsv   pure cell-type profiles (CIBERSORT signature layout)
+    rnaseq/signature.tsv       deconvolution signature from the pure cell-type profiles
+                               (CIBERSORT layout: genes × cell types, TPM)
+    rnaseq/mrna_content.tsv    mRNA per cell of each cell type (for mRNA-scaled fractions)
     wsi/<id>.tiff              pyramidal tiled TIFF (JPEG), 0.5 µm/px at level 0
     wsi/<id>.labels.png        compartment label map (codes in synth.json), 1/4 resolution
     wsi/<id>.artefacts.png     artefact bit map (blur 1, pen 2, fold 4), 1/4 resolution
@@ -172,8 +174,10 @@ def generate_cohort(
     )
     _write_table(counts, out / "rnaseq" / "counts.tsv")
     _write_table(tpm, out / "rnaseq" / "tpm.tsv")
+    _write_table(expression.signature_matrix(seed).round(4), out / "rnaseq" / "signature.tsv")
     _write_table(
-        expression.reference_profiles(seed).round(4), out / "rnaseq" / "reference_profiles.tsv"
+        pd.Series(expression.MRNA_CONTENT, name="mrna_per_cell").rename_axis("cell_type"),
+        out / "rnaseq" / "mrna_content.tsv",
     )
 
     # Missing modalities (a fixed draw per patient; the external cohort has no MRI).
@@ -310,7 +314,8 @@ def generate_cohort(
             "counts": "rnaseq/counts.tsv",
             "tpm": "rnaseq/tpm.tsv",
             "orientation": "genes-x-samples",
-            "reference_profiles": "rnaseq/reference_profiles.tsv",
+            "signature": "rnaseq/signature.tsv",
+            "mrna_content": "rnaseq/mrna_content.tsv",
         },
         "seconds": round(elapsed, 2),
         "resumed_patients": sum(bool(r.get("resumed")) for r in records.values()),

@@ -264,6 +264,17 @@ def reference_profiles(seed: int) -> pd.DataFrame:
     return pd.DataFrame(tpm, index=pd.Index(genes, name="gene"), columns=list(CELL_TYPES))
 
 
+def signature_matrix(seed: int, *, min_log2_spread: float = 2.0, min_tpm: float = 20.0):
+    """A deconvolution signature (genes × cell types) derived from the pure profiles, as a user
+    would derive one from single-cell data: genes expressed ≥ ``min_tpm`` in some cell type and
+    ≥ ``min_log2_spread`` log2 units above their median over cell types there."""
+    profiles = reference_profiles(seed)
+    log = np.log2(profiles + 1.0)
+    spread = log.max(axis=1) - log.median(axis=1)
+    keep = (spread >= min_log2_spread) & (profiles.max(axis=1) >= min_tpm)
+    return profiles.loc[keep]
+
+
 def _programme_multipliers(patients: pd.DataFrame, genes: tuple[str, ...]) -> np.ndarray:
     """Per-patient, per-gene, per-cell-type fold changes (n × G × C) of the latent programmes.
 
