@@ -10,7 +10,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..logs import configure_logging
-from . import cohort, demo, radiomics, synth, wsi
+from . import cohort, demo, radiomics, synth, targets, wsi
 
 app = typer.Typer(
     name="stromalens",
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(cohort.app, name="cohort")
 app.command("synth")(synth.synth)
+app.command("targets")(targets.targets)
 app.command("radiomics")(radiomics.radiomics)
 app.command("demo")(demo.demo)
 app.add_typer(wsi.app, name="wsi")

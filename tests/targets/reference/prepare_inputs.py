@@ -91,6 +91,9 @@ def main(out: Path) -> None:
     hoek = hoek_counts()
     hoek.T.to_csv(out / "hoek_genes_x_samples.csv")
     write_gmt(sets_for(hoek.columns), out / "hoek_sets.gmt")
+    signature, mixture = til10_hoek_inputs()
+    signature.to_csv(out / "til10_signature_aligned.csv")
+    mixture.T.to_csv(out / "hoek_til10_genes_x_samples.csv")
     synth = synthetic_counts()
     synth.T.to_csv(out / "synthetic_genes_x_samples.csv")
     write_gmt(sets_for(synth.columns), out / "synthetic_sets.gmt")
@@ -112,6 +115,20 @@ def synthetic_counts() -> pd.DataFrame:
     counts, _ = expression.simulate_expression(patients, fractions, batch, seed=0)
     counts = counts.T
     return counts.loc[:, (counts >= 1).all(axis=0)].astype(float)
+
+
+def til10_hoek_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """TIL10 (minus quanTIseq's removed genes) aligned with the Hoek PBMC TPM (samples × genes),
+    for the ν-SVR (CIBERSORT algorithm) reference."""
+    from stromalens.targets.deconvolution import til10_removed_genes, til10_signature
+
+    tpm = pd.read_csv(
+        SHARED / "rnaseq" / "hoek_pbmc" / "bulk_mat_hoek_pbmc_tpm.tsv.gz", sep="\t", index_col=0
+    )
+    tpm = tpm.loc[~tpm.index.duplicated()].clip(lower=0).T
+    signature = til10_signature().drop(index=til10_removed_genes(), errors="ignore")
+    genes = [g for g in signature.index if g in tpm.columns]
+    return signature.loc[genes], tpm[genes]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""The targets stage end to end: synthetic cohort (planted truth) and the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stromalens.synthetic import biology, expression
+from stromalens.targets.pipeline import compute_targets
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    patients = biology.simulate_patients(80, seed=7)
+    patients["rna_sample"] = list(patients.index)
+    fractions = expression.simulate_fractions(patients, seed=7)
+    batch = {s: biology.make_site_effects(s, 0).rna_batch_sd for s in biology.SITES}
+    _, tpm = expression.simulate_expression(patients, fractions, batch, seed=7)
+    result = compute_targets(
+        tpm.T,
+        signature=expression.signature_matrix(7),
+        mrna_scaling=expression.MRNA_CONTENT,
+        n_boot=300,
+    )
+    return patients, fractions, result
+
+
+def test_each_target_follows_its_planted_latent(synthetic):
+    patients, fractions, result = synthetic
+    t = result.targets.join(patients[["a", "b", "h"]])
+    r = {
+        name: np.corrcoef(t[name], t[latent])[0, 1]
+        for name, latent in (("ers_caf", "a"), ("lr", "b"), ("heterogeneity", "h"))
+    }
+    assert r["ers_caf"] > 0.45 and r["lr"] > 0.3 and r["heterogeneity"] > 0.6, r
+    true_h = expression.shannon_entropy(fractions)
+    assert np.corrcoef(t["heterogeneity"], true_h)[0, 1] > 0.7
+    assert t["ers_caf"].mean() == pytest.approx(0.0, abs=1e-12)  # z-scored
+    for target in ("ers_caf", "lr", "heterogeneity"):
+        rel = result.reliability[target]
+        assert 0 < rel["ceiling"] <= 1 and rel["ci_low"] <= rel["r"] <= rel["ci_high"]
+
+
+def test_coverage_below_threshold_fails_with_counts(synthetic):
+    _, _, result = synthetic
+    tpm = pd.DataFrame(np.ones((5, 3)) + np.arange(3), columns=["HSPA5", "XBP1", "GAPDH"])
+    with pytest.raises(ValueError, match=r"ERS_CAF: 2 of 33 genes found"):
+        compute_targets(tpm)
+
+
+def test_cli_writes_the_targets_files(small_cohort, tmp_path):
+    folder = small_cohort.parent
+    script = Path(sys.executable).parent / "stromalens"
+    out = tmp_path / "targets"
+    run = subprocess.run(
+        [
+            str(script),
+            "targets",
+            "--manifest",
+            str(small_cohort),
+            "--expression",
+            str(folder / "rnaseq" / "tpm.tsv"),
+            "--signature",
+            str(folder / "rnaseq" / "signature.tsv"),
+            "--mrna-scaling",
+            str(folder / "rnaseq" / "mrna_content.tsv"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    targets = pd.read_parquet(out / "targets.parquet")
+    assert targets.index.name == "patient_id" and len(targets) == 10
+    assert {
+        "ers_caf",
+        "lr",
+        "heterogeneity",
+        "ers_caf_gsva",
+        "lr_cellchat",
+        "heterogeneity_lsq",
+    } <= set(targets.columns)
+    fractions = pd.read_parquet(out / "fractions.parquet")
+    assert "nusvr__CAF" in fractions and "lsq__other" in fractions
+    reliability = json.loads((out / "reliability.json").read_text())
+    assert set(reliability) == {"ers_caf", "lr", "heterogeneity"}
+    meta = json.loads((out / "targets.json").read_text())
+    assert len(meta["inputs"]["expression_sha256"]) == 64 and "versions" in meta
+
+
+def test_cli_reports_samples_without_expression(small_cohort, tmp_path):
+    folder = small_cohort.parent
+    tpm = pd.read_csv(folder / "rnaseq" / "tpm.tsv", sep="\t", index_col=0)
+    partial = tmp_path / "partial.tsv"
+    tpm.iloc[:, 2:].to_csv(partial, sep="\t")
+    dup = tmp_path / "dup.tsv"
+    pd.concat([tpm, tpm.iloc[:2]]).to_csv(dup, sep="\t")
+    script = Path(sys.executable).parent / "stromalens"
+    for path, message in (
+        (partial, "is not in the expression table"),
+        (dup, "duplicated gene ids"),
+    ):
+        run = subprocess.run(
+            [
+                str(script),
+                "targets",
+                "--manifest",
+                str(small_cohort),
+                "--expression",
+                str(path),
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
