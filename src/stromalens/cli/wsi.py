@@ -1,0 +1,205 @@
+"""``stromalens wsi``: tile, embed, prompts, train-clip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Whole-slide images: tiles, QC, stain normalisation, CLIP features.")
+console = Console()
+
+_SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".svslide"}
+
+
+def _jobs(source: Path, mpp: float | None):
+    from ..wsi.embed import SlideJob, jobs_from_manifest
+
+    if source.suffix.lower() in _SLIDE_SUFFIXES:
+        if not source.is_file():
+            raise FileNotFoundError(f"slide not found: {source}")
+        return [SlideJob(source.stem, source, mpp)]
+    jobs = jobs_from_manifest(source)
+    if mpp is not None:
+        jobs = [SlideJob(j.slide_id, j.path, j.mpp or mpp) for j in jobs]
+    return jobs
+
+
+def _settings(
+    target_mpp, tile_px, min_tissue, batch_size, num_workers, stain, reference, overwrite
+):
+    from ..wsi.embed import EmbedSettings
+    from ..wsi.tiling import TilingSpec
+
+    return EmbedSettings(
+        tiling=TilingSpec(
+            target_mpp=target_mpp, tile_px=tile_px, stride_px=tile_px, min_tissue=min_tissue
+        ),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        stain=stain,
+        stain_reference=str(reference) if reference else None,
+        overwrite=overwrite,
+    )
+
+
+def _report(results: list[dict]) -> None:
+    table = Table(title="slides")
+    for col in ("slide", "status", "tiles", "seconds", "error"):
+        table.add_column(col)
+    failed = 0
+    for r in results:
+        status = r["status"]
+        style = {"failed": "red", "empty": "yellow"}.get(status, "")
+        failed += status == "failed"
+        table.add_row(
+            r["slide"],
+            f"[{style}]{status}[/]" if style else status,
+            str(r.get("n_tiles", "")),
+            str(r.get("seconds", "")),
+            (r.get("error") or "")[:80],
+        )
+    console.print(table)
+    empty = [r["slide"] for r in results if r["status"] == "empty"]
+    if empty:
+        console.print(f"[bold yellow]warning:[/] {len(empty)} slide(s) yielded zero tiles: {empty}")
+    if failed:
+        console.print(f"[bold red]{failed} slide(s) failed[/] (reported above; the rest are done)")
+        raise typer.Exit(1)
+
+
+_SOURCE = typer.Argument(..., help="Cohort manifest (CSV/TSV/parquet) or a single slide file.")
+_MPP = typer.Option(None, "--mpp", help="µm/px override for slides without it in metadata.")
+_EXECUTOR = typer.Option("local", "--executor", help="local, process or ray.")
+
+
+@app.command("tile")
+def tile(
+    source: Path = _SOURCE,
+    out: Path = typer.Option(..., "--out", help="Output directory (one HDF5 per slide)."),
+    mpp: float | None = _MPP,
+    target_mpp: float = typer.Option(0.5, "--target-mpp"),
+    tile_px: int = typer.Option(224, "--tile-px"),
+    min_tissue: float = typer.Option(0.5, "--min-tissue"),
+    executor: str = _EXECUTOR,
+    workers: int | None = typer.Option(None, "--workers"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Tissue mask, tiles and QC (no encoder): HDF5 with coords + QC, GeoJSON, QC thumbnail."""
+    from ..wsi.embed import embed_cohort
+
+    settings = _settings(target_mpp, tile_px, min_tissue, 64, 0, "none", None, overwrite)
+    results = embed_cohort(
+        _jobs(source, mpp), out, None, settings=settings, executor=executor, workers=workers
+    )
+    _report(results)
+
+
+@app.command("embed")
+def embed(
+    source: Path = _SOURCE,
+    out: Path = typer.Option(..., "--out", help="Output directory (one HDF5 per slide)."),
+    encoder: str = typer.Option("synthclip", "--encoder", help="Registered encoder name."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Local weight file or snapshot directory; 'random' for timing."
+    ),
+    allow_download: bool = typer.Option(
+        False, "--allow-download", help="Allow fetching weights from a hub (--weights hub)."
+    ),
+    mpp: float | None = _MPP,
+    target_mpp: float = typer.Option(0.5, "--target-mpp"),
+    tile_px: int = typer.Option(224, "--tile-px"),
+    min_tissue: float = typer.Option(0.5, "--min-tissue"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    num_workers: int = typer.Option(1, "--num-workers", help="Decode processes per slide."),
+    stain: str = typer.Option("macenko", "--stain", help="macenko or none."),
+    stain_reference: Path | None = typer.Option(
+        None, "--stain-reference", help="Reference H&E image (default: the bundled one)."
+    ),
+    executor: str = _EXECUTOR,
+    workers: int | None = typer.Option(None, "--workers", help="Slides in parallel."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Tile, QC, Macenko-normalise and embed every slide; finished slides are skipped."""
+    from ..wsi.embed import embed_cohort
+
+    settings = _settings(
+        target_mpp, tile_px, min_tissue, batch_size, num_workers, stain, stain_reference, overwrite
+    )
+    results = embed_cohort(
+        _jobs(source, mpp),
+        out,
+        encoder,
+        weights,
+        settings,
+        executor=executor,
+        workers=workers,
+        allow_download=allow_download,
+    )
+    _report(results)
+
+
+@app.command("prompts")
+def prompts(
+    banks: Path = typer.Option(Path("configs/prompts"), "--banks", help="Directory of banks."),
+    out: Path = typer.Option(..., "--out", help="Cache directory for text embeddings."),
+    encoder: str = typer.Option("synthclip", "--encoder"),
+    weights: str | None = typer.Option(None, "--weights"),
+    allow_download: bool = typer.Option(False, "--allow-download"),
+) -> None:
+    """Embed every prompt bank with the encoder's text tower (cached per encoder)."""
+    from ..wsi.encoders import get_encoder
+    from ..wsi.prompts import embed_bank, load_banks
+
+    enc = get_encoder(encoder, weights, allow_download=allow_download)
+    for target, bank in load_banks(banks).items():
+        table = embed_bank(bank, enc, cache_dir=out)
+        counts = table.groupby("group").size().to_dict()
+        console.print(f"{target}: {len(table)} prompts {counts}")
+
+
+@app.command("train-clip")
+def train_clip(
+    manifest: list[Path] = typer.Option(
+        None, "--manifest", help="Synthetic cohort manifest(s); default: generate a small one."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Checkpoint path (.safetensors)."),
+    seconds: float = typer.Option(150.0, "--seconds", help="Training time budget."),
+    patients: int = typer.Option(16, "--patients", help="Size of the generated cohort."),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Retrain even if a checkpoint exists."),
+) -> None:
+    """Train the small synthetic CLIP (cached; loaded by the 'synthclip' encoder)."""
+    from ..wsi.synthclip import (
+        TrainSettings,
+        default_cache_dir,
+        default_checkpoint,
+        train_synthclip,
+    )
+
+    out = out or default_checkpoint()
+    if out.is_file() and not force:
+        console.print(f"synthetic CLIP already trained: {out} (use --force to retrain)")
+        return
+    if not manifest:
+        from ..config import SlideConfig, SynthConfig
+        from ..synthetic import generate_cohort
+
+        cohort_dir = default_cache_dir() / "synthclip" / f"cohort-{patients}-{seed}"
+        manifest = [
+            generate_cohort(
+                cohort_dir,
+                SynthConfig(
+                    patients=patients,
+                    seed=seed + 1000,
+                    slide=SlideConfig(width=2048, height=1536),
+                ),
+            )
+        ]
+    slides = [job.path for m in manifest for job in _jobs(Path(m), None)]
+    summary = train_synthclip(slides, out, TrainSettings(max_seconds=seconds, seed=seed))
+    console.print(json.dumps(summary["heldout_retrieval"], indent=2))
+    console.print(f"trained in {summary['training']['train_seconds']} s → {out}")

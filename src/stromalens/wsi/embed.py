@@ -1,0 +1,435 @@
+"""Slide → tiles → QC → Macenko → frozen encoder → one HDF5 per slide, overlapped and resumable.
+
+Per slide: the tissue mask and tile grid are planned from the thumbnail (:mod:`.tiling`); the
+Macenko normaliser is fitted once on an evenly spread sample of candidate tiles; then worker
+processes (a torch ``DataLoader`` over read blocks) decode each block, compute every tile's QC,
+normalise the kept tiles and apply the encoder's transforms, while the main process runs the
+encoder on fixed-size batches. Decoding, QC, normalisation and encoding therefore overlap.
+
+The store (:mod:`.store`) is written atomically; a complete store is skipped on re-run; a slide
+that fails (unreadable, truncated, no µm/px) is reported and the others go on; a slide without
+tiles is written with zero rows and reported loudly.
+
+Example
+-------
+>>> enc = get_encoder("synthclip")                                  # doctest: +SKIP
+>>> embed_slide("P0001.tiff", "features/P0001.h5", enc)
+{'slide': 'P0001', 'status': 'done', 'n_tiles': 31, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..logs import event, get_logger
+from .reader import open_slide
+from .stain import MacenkoNormalizer, StainReference, reference_from_image
+from .store import SlideFeatures, empty_qc, feature_path, is_complete, write_slide
+from .tiling import QC_FIELDS, TilePlan, TilingSpec, iter_blocks, plan_tiles, qc_pass, read_block
+
+log = get_logger("wsi.embed")
+
+
+@dataclass
+class EmbedSettings:
+    """How slides are tiled, normalised and embedded."""
+
+    tiling: TilingSpec = field(default_factory=TilingSpec)
+    batch_size: int = 64
+    num_workers: int = 1
+    stain: str = "macenko"
+    stain_reference: str | None = None
+    stain_sample_tiles: int = 16
+    overwrite: bool = False
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stain not in ("macenko", "none"):
+            raise ValueError(f"stain must be 'macenko' or 'none', got {self.stain!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be ≥ 0, got {self.num_workers!r}")
+
+
+def _stream_class():
+    import torch
+
+    class TileStream(torch.utils.data.IterableDataset):
+        """Blocks of one slide: (indices, kept mask, qc, transformed kept tiles)."""
+
+        def __init__(self, path, mpp, plan, normaliser, transform, spec):
+            self.path, self.mpp, self.plan = path, mpp, plan
+            self.normaliser, self.transform, self.spec = normaliser, transform, spec
+
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            shard = (info.id, info.num_workers) if info is not None else (0, 1)
+            with open_slide(self.path, mpp=self.mpp) as slide:
+                for indices, tiles, qc in iter_blocks(slide, self.plan, shard):
+                    kept = qc_pass(qc, self.spec)
+                    chosen = tiles[kept]  # (k, T, T, 3) uint8
+                    if self.normaliser is not None and len(chosen):
+                        chosen = self.normaliser.transform(chosen)
+                    if self.transform is not None and len(chosen):
+                        chosen = self.transform(chosen)  # (k, 3, S, S) float
+                    else:
+                        chosen = torch.as_tensor(np.ascontiguousarray(chosen))
+                    yield indices, kept, qc, chosen
+
+    return TileStream
+
+
+def _worker_init(_):
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _fit_stain(slide, plan: TilePlan, settings: EmbedSettings):
+    if settings.stain == "none" or len(plan) == 0:
+        return None, {"method": "none"}
+    reference = reference_from_image(settings.stain_reference) if settings.stain_reference else None
+    picks = np.unique(np.linspace(0, len(plan) - 1, settings.stain_sample_tiles).astype(int))
+    sample = np.concatenate([read_block(slide, plan, np.array([i])) for i in picks])
+    try:
+        normaliser = MacenkoNormalizer(reference).fit(sample)
+    except ValueError as exc:
+        event(log, "stain fit failed; tiles left unnormalised", logging.WARNING, error=str(exc))
+        return None, {"method": "none", "reason": str(exc)}
+    return normaliser, normaliser.params()
+
+
+def embed_slide(
+    slide_path: Path | str,
+    out_path: Path | str,
+    encoder=None,
+    settings: EmbedSettings | None = None,
+    *,
+    mpp: float | None = None,
+    progress=None,
+) -> dict:
+    """Tile, QC, normalise and (if ``encoder`` is given) embed one slide into ``out_path``.
+
+    Returns a summary dict: ``status`` is ``done``, ``skipped`` (already complete) or ``empty``
+    (no tile passed; the store holds zero rows). Errors propagate (the cohort driver isolates
+    them).
+    """
+    import torch
+
+    settings = settings or EmbedSettings()
+    slide_path, out_path = Path(slide_path), Path(out_path)
+    slide_id = out_path.stem
+    if not settings.overwrite and is_complete(out_path, require_features=encoder is not None):
+        return {"slide": slide_id, "status": "skipped", "path": str(out_path)}
+    started = time.perf_counter()
+    spec = settings.tiling
+    with open_slide(slide_path, mpp=mpp) as slide:
+        plan = plan_tiles(slide, spec)
+        normaliser, stain_params = _fit_stain(slide, plan, settings)
+        slide_mpp, mpp_source, backend = slide.mpp, slide.mpp_source, slide.backend
+        dims = slide.dimensions
+    thumbnail, mask = plan.thumbnail, plan.mask
+    plan.thumbnail = None  # not shipped to the workers
+
+    n = len(plan)
+    qc = {k: np.zeros(n, np.float32) for k in QC_FIELDS}
+    kept_all = np.zeros(n, bool)
+    feats_parts, idx_parts = [], []
+    if n:
+        stream = _stream_class()(
+            slide_path,
+            mpp,
+            plan,
+            normaliser,
+            encoder.transforms if encoder is not None else None,
+            spec,
+        )
+        workers = min(settings.num_workers, len(plan.blocks()))
+        loader = torch.utils.data.DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=4 if workers else None,
+        )
+        pending, pending_idx = [], []
+
+        def flush(force: bool):
+            nonlocal pending, pending_idx
+            total = sum(len(p) for p in pending)
+            while total >= settings.batch_size or (force and total):
+                x = torch.cat(pending)  # (N, 3, S, S)
+                ids = np.concatenate(pending_idx)
+                take = min(settings.batch_size, len(x))
+                with torch.inference_mode():
+                    y = encoder.image_fn(x[:take].to(encoder.precision)).float()  # (B, D)
+                feats_parts.append(y.numpy())
+                idx_parts.append(ids[:take])
+                pending, pending_idx = [x[take:]], [ids[take:]]
+                total -= take
+
+        task = progress.add_task(slide_id, total=n) if progress is not None else None
+        for indices, kept, block_qc, chosen in loader:
+            indices = np.asarray(indices)
+            kept = np.asarray(kept)
+            for key in QC_FIELDS:
+                qc[key][indices] = np.asarray(block_qc[key])
+            kept_all[indices] = kept
+            if encoder is not None and len(chosen):
+                pending.append(chosen)
+                pending_idx.append(indices[kept])
+                flush(False)
+            if task is not None:
+                progress.advance(task, len(indices))
+        if encoder is not None:
+            flush(True)
+        if task is not None:
+            progress.remove_task(task)
+
+    order_idx = np.flatnonzero(kept_all)
+    features = None
+    if encoder is not None:
+        dim = encoder.embed_dim
+        features = np.zeros((len(order_idx), dim), np.float32)
+        if idx_parts:
+            ids = np.concatenate(idx_parts)
+            rows = np.searchsorted(order_idx, ids)
+            features[rows] = np.concatenate(feats_parts)
+    qc_out = empty_qc() if n == 0 else dict(qc)
+    if n:
+        qc_out["coords"] = plan.coords
+        qc_out["kept"] = kept_all
+    attrs = {
+        "slide": str(slide_path),
+        "slide_id": slide_id,
+        "backend": backend,
+        "mpp": float(slide_mpp),
+        "mpp_source": mpp_source,
+        "target_mpp": float(spec.target_mpp),
+        "tile_px": int(spec.tile_px),
+        "stride_px": int(spec.stride_px),
+        "level": int(plan.level),
+        "level_mpp": float(plan.level_mpp),
+        "read_px": int(plan.read_px),
+        "tile_level0_px": float(plan.tile_level0_px),
+        "dimensions": list(dims),
+        "encoder": encoder.name if encoder is not None else "none",
+        "weights_sha256": encoder.weights_sha256 if encoder is not None else "",
+        "weights": encoder.weights if encoder is not None else "",
+        "stain": stain_params,
+        "tiling": asdict(spec),
+        "n_candidates": int(n),
+        "stromalens_version": __version__,
+    }
+    write_slide(
+        out_path,
+        SlideFeatures(coords=plan.coords[order_idx], features=features, qc=qc_out, attrs=attrs),
+    )
+    if settings.export:
+        from .export import write_geojson, write_qc_thumbnail
+
+        write_geojson(out_path.with_suffix(".geojson"), plan, mask, kept_all, qc)
+        write_qc_thumbnail(out_path.with_suffix(".qc.png"), thumbnail, plan, mask, kept_all)
+    seconds = time.perf_counter() - started
+    status = "done" if len(order_idx) else "empty"
+    if status == "empty":
+        event(
+            log,
+            "SLIDE YIELDED ZERO TILES",
+            logging.WARNING,
+            slide=slide_id,
+            candidates=n,
+            grid=plan.n_grid,
+        )
+    return {
+        "slide": slide_id,
+        "status": status,
+        "path": str(out_path),
+        "n_tiles": int(len(order_idx)),
+        "n_candidates": int(n),
+        "seconds": round(seconds, 2),
+    }
+
+
+# --------------------------------------------------------------------------- cohorts
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide of a cohort run."""
+
+    slide_id: str
+    path: Path
+    mpp: float | None = None
+
+
+def jobs_from_manifest(manifest: Path | str) -> list[SlideJob]:
+    """Slides of a cohort manifest (patients without a slide are left out)."""
+    from ..cohort import load_manifest
+
+    cohort = load_manifest(manifest)
+    frame = cohort.frame
+    jobs = []
+    for pid, row in frame.iterrows():
+        path = row.get("wsi")
+        if path is None or (isinstance(path, float) and np.isnan(path)):
+            continue
+        override = row.get("wsi_mpp") if "wsi_mpp" in frame else None
+        try:
+            override = float(override) if override not in (None, "") else None
+        except (TypeError, ValueError):
+            override = None
+        if override is not None and not np.isfinite(override):
+            override = None
+        jobs.append(SlideJob(str(pid), Path(path), override))
+    return jobs
+
+
+_ENCODER_CACHE: dict = {}
+
+
+def _cached_encoder(name, weights, allow_download):
+    from .encoders import get_encoder
+
+    key = (name, str(weights), allow_download)
+    if key not in _ENCODER_CACHE:
+        _ENCODER_CACHE.clear()
+        _ENCODER_CACHE[key] = get_encoder(name, weights, allow_download=allow_download)
+    return _ENCODER_CACHE[key]
+
+
+def _embed_item(arg: dict) -> dict:
+    """One slide in a worker process (module level, so pools and Ray can pickle it)."""
+    encoder = None
+    if arg["encoder"]:
+        import torch
+
+        torch.set_num_threads(max(1, arg["threads"]))
+        encoder = _cached_encoder(arg["encoder"], arg["weights"], arg["allow_download"])
+    settings = arg["settings"]
+    return embed_slide(arg["path"], arg["out"], encoder, settings, mpp=arg["mpp"])
+
+
+def embed_cohort(
+    jobs: list[SlideJob],
+    out_dir: Path | str,
+    encoder_name: str | None = "synthclip",
+    weights=None,
+    settings: EmbedSettings | None = None,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    allow_download: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Embed (or, with ``encoder_name=None``, only tile) every slide of ``jobs`` into ``out_dir``.
+
+    ``executor='local'`` runs slides one after another in this process (the encoder loaded
+    once, decode workers feeding it); ``'process'`` and ``'ray'`` spread slides over worker
+    processes (:func:`stromalens.executors.run_items`), each loading the encoder once.
+    Failures are isolated: each slide's summary carries ``status='failed'`` and the error.
+    """
+    from ..executors import default_workers, run_items
+
+    settings = settings or EmbedSettings()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if executor not in ("local", "process", "ray"):
+        raise ValueError(f"executor must be 'local', 'process' or 'ray', got {executor!r}")
+    results: list[dict] = []
+    if executor == "local":
+        encoder = _cached_encoder(encoder_name, weights, allow_download) if encoder_name else None
+        bar = _progress(progress)
+        with bar:
+            task = bar.add_task("slides", total=len(jobs))
+            for job in jobs:
+                try:
+                    summary = embed_slide(
+                        job.path,
+                        feature_path(out_dir, job.slide_id),
+                        encoder,
+                        settings,
+                        mpp=job.mpp,
+                        progress=bar if progress else None,
+                    )
+                except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
+                    summary = {
+                        "slide": job.slide_id,
+                        "status": "failed",
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                    event(log, "slide failed", logging.ERROR, slide=job.slide_id, error=str(exc))
+                results.append(summary)
+                bar.advance(task)
+    else:
+        workers = workers or default_workers()
+        threads = max(1, default_workers() // workers)
+        inner = EmbedSettings(**{**asdict(settings), "tiling": settings.tiling, "num_workers": 0})
+        items = [
+            (
+                job.slide_id,
+                {
+                    "path": job.path,
+                    "out": feature_path(out_dir, job.slide_id),
+                    "mpp": job.mpp,
+                    "encoder": encoder_name,
+                    "weights": weights,
+                    "allow_download": allow_download,
+                    "settings": inner,
+                    "threads": threads,
+                },
+            )
+            for job in jobs
+        ]
+        for item in run_items(
+            _embed_item,
+            items,
+            workers=workers,
+            description="slides",
+            progress=progress,
+            executor=executor,
+            mp_context="forkserver",
+        ):
+            if item.ok:
+                results.append(item.value)
+            else:
+                first = item.error.splitlines()[0]
+                event(log, "slide failed", logging.ERROR, slide=item.key, error=first)
+                results.append({"slide": item.key, "status": "failed", "error": first})
+    _write_run_summary(out_dir, results, encoder_name, weights, settings)
+    return results
+
+
+def _write_run_summary(out_dir: Path, results, encoder_name, weights, settings) -> None:
+    payload = {
+        "encoder": encoder_name,
+        "weights": str(weights) if weights is not None else None,
+        "settings": {**asdict(settings), "tiling": asdict(settings.tiling)},
+        "slides": results,
+        "stromalens_version": __version__,
+    }
+    tmp = out_dir / "run.json.partial"
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(out_dir / "run.json")
+
+
+def _progress(enabled: bool):
+    from ..executors import _progress as make
+
+    return make(enabled)
+
+
+__all__ = [
+    "EmbedSettings",
+    "SlideJob",
+    "StainReference",
+    "embed_cohort",
+    "embed_slide",
+    "jobs_from_manifest",
+]

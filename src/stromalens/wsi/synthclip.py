@@ -1,0 +1,424 @@
+"""A small CLIP of open_clip's architecture, trained from scratch on synthetic tile–caption pairs.
+
+No pathology CLIP weights can be downloaded here, so the default encoder is trained in a few
+minutes on tiles of the synthetic slides, whose composition is known exactly: each tile's
+compartment shares come from the slide's label map and its cell counts from the cells table.
+A tile's caption names its dominant compartment (and a secondary one when it covers at least a
+quarter of the tile), the density of fibroblasts in stroma and of lymphocytes, and sometimes a
+compartment it lacks ("no tumour cells"), each phrase drawn from a list of synonyms and wrapped
+in a template — so curated prompts, their synonyms and their negations land where they should.
+
+Training minimises the symmetric contrastive (InfoNCE) loss of CLIP (Radford et al. 2021), with
+tiles of the same composition class counted as positives of each other (soft targets):
+
+    L = ½ [ CE(softmax(τ · I Tᵀ), Y) + CE(softmax(τ · T Iᵀ), Yᵀ) ],
+
+with I, T the L2-normalised image and text embeddings of a batch, τ the learnt temperature and
+Y the row-normalised same-class indicator. The checkpoint is written as safetensors with a JSON
+sidecar (architecture, training settings, metrics) and loaded through the encoder registry's
+local-checkpoint path, exactly like real weights.
+
+References
+----------
+Radford A et al. Learning transferable visual models from natural language supervision.
+ICML 2021. Ilharco G et al. OpenCLIP (2021), whose ``CLIP`` class is used unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..logs import event, get_logger
+
+log = get_logger("wsi.synthclip")
+
+#: Architecture of the synthetic CLIP (open_clip ``CLIP`` configuration).
+SYNTHCLIP_CONFIG: dict = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": 3, "width": 128, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 96, "heads": 4, "layers": 2},
+}
+CHECKPOINT_NAME = "synthclip-v1.safetensors"
+
+COMPARTMENT_NAMES = ("stroma", "tumour", "immune")
+#: Synonyms of each compartment; the first is the canonical phrase.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "stroma": (
+        "fibrous stroma",
+        "collagen-rich stroma",
+        "desmoplastic stroma",
+        "fibroblasts in collagen",
+        "stromal tissue",
+        "cancer-associated fibroblasts",
+    ),
+    "tumour": (
+        "tumour cells",
+        "tumor cells",
+        "neoplastic cells",
+        "tumour nests",
+        "malignant cells",
+        "vacuolated tumour cells",
+    ),
+    "immune": (
+        "lymphocytes",
+        "immune cells",
+        "lymphoid aggregate",
+        "inflammatory infiltrate",
+        "immune infiltrate",
+        "lymphocytic infiltrate",
+    ),
+}
+TEMPLATES = (
+    "{x}",
+    "an H&E image of {x}",
+    "histology showing {x}",
+    "a tile of {x}",
+    "H&E stained {x}",
+    "a microscopy image of {x}",
+)
+JOINERS = ("{a} and {b}", "{a} with {b}", "{a} mixed with {b}")
+NEGATIONS = ("no {x}", "without {x}", "free of {x}")
+FIBRO_WORDS = {True: ("many fibroblasts", "dense fibroblasts"), False: ("few fibroblasts",)}
+LYMPH_WORDS = ("scattered lymphocytes", "infiltrating lymphocytes")
+
+
+def default_cache_dir() -> Path:
+    """``$STROMALENS_CACHE`` or ``~/.cache/stromalens``."""
+    return Path(os.environ.get("STROMALENS_CACHE", Path.home() / ".cache" / "stromalens"))
+
+
+def default_checkpoint() -> Path:
+    """Where the trained synthetic CLIP is cached."""
+    return default_cache_dir() / "synthclip" / CHECKPOINT_NAME
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class TileSet:
+    """Synthetic tiles at model resolution and their known composition."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8
+    shares: np.ndarray  # (N, 3) stroma, tumour, immune share of the tile area
+    fibroblasts: np.ndarray  # (N,) fibroblasts per mm² of stroma
+    lymphocytes: np.ndarray  # (N,) lymphocytes in the tile
+    slide: np.ndarray  # (N,) slide index
+    classes: np.ndarray  # (N,) composition class index into CLASS_NAMES
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, mask: np.ndarray) -> TileSet:
+        return TileSet(**{k: v[mask] for k, v in asdict(self).items()})
+
+
+def composition_classes() -> list[tuple[str, str | None]]:
+    """(dominant, secondary) composition classes; index = class id."""
+    out: list[tuple[str, str | None]] = [(c, None) for c in COMPARTMENT_NAMES]
+    out += [(a, b) for a in COMPARTMENT_NAMES for b in COMPARTMENT_NAMES if a != b]
+    return out
+
+
+def canonical_caption(dominant: str, secondary: str | None) -> str:
+    """The canonical caption of a composition class (used for retrieval evaluation)."""
+    a = SYNONYMS[dominant][0]
+    return a if secondary is None else f"{a} and {SYNONYMS[secondary][0]}"
+
+
+def classify(shares: np.ndarray, secondary_min: float = 0.25) -> np.ndarray:
+    """Composition class of each tile from its (stroma, tumour, immune) shares."""
+    classes = composition_classes()
+    index = {c: i for i, c in enumerate(classes)}
+    order = np.argsort(-shares, axis=1)
+    out = np.empty(len(shares), np.int64)
+    for n, (row, rank) in enumerate(zip(shares, order, strict=True)):
+        dom = COMPARTMENT_NAMES[rank[0]]
+        sec = COMPARTMENT_NAMES[rank[1]] if row[rank[1]] >= secondary_min else None
+        out[n] = index[(dom, sec)]
+    return out
+
+
+def extract_tiles(
+    slide_paths: list[Path],
+    *,
+    tile_px: int = 224,
+    stride_px: int = 112,
+    image_size: int = 64,
+    min_tissue: float = 0.6,
+) -> TileSet:
+    """Tiles of synthetic slides (``<id>.tiff`` with ``.labels.png`` and ``.cells.parquet``)."""
+    import cv2
+    import pandas as pd
+
+    from .reader import open_slide
+
+    images, shares, fibro, lymph, slide_idx = [], [], [], [], []
+    for s, path in enumerate(slide_paths):
+        path = Path(path)
+        stem = path.with_suffix("")
+        labels = cv2.imread(str(stem) + ".labels.png", cv2.IMREAD_UNCHANGED)
+        if labels is None:
+            raise ValueError(f"{path}: no label map {stem}.labels.png beside the slide")
+        cells = pd.read_parquet(str(stem) + ".cells.parquet")
+        with open_slide(path) as slide:
+            rgb = slide.read_level(0)
+            mpp = slide.mpp
+        ds = rgb.shape[0] // labels.shape[0]
+        height, width = rgb.shape[:2]
+        cx, cy = cells["x"].to_numpy(), cells["y"].to_numpy()
+        kind = cells["kind"].astype(str).to_numpy()
+        for y in range(0, height - tile_px + 1, stride_px):
+            for x in range(0, width - tile_px + 1, stride_px):
+                lab = labels[y // ds : (y + tile_px) // ds, x // ds : (x + tile_px) // ds]
+                counts = np.bincount(lab.ravel(), minlength=4)[:4] / lab.size
+                if 1.0 - counts[0] < min_tissue:
+                    continue
+                inside = (cx >= x) & (cx < x + tile_px) & (cy >= y) & (cy < y + tile_px)
+                k = kind[inside]
+                stroma_mm2 = counts[1] * (tile_px * mpp / 1000.0) ** 2
+                fibro.append(np.sum(k == "fibroblast") / max(stroma_mm2, 1e-3))
+                lymph.append(np.sum(k == "lymphocyte"))
+                tile = rgb[y : y + tile_px, x : x + tile_px]
+                images.append(
+                    cv2.resize(tile, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                )
+                shares.append(counts[1:] / max(counts[1:].sum(), 1e-9))
+                slide_idx.append(s)
+    if not images:
+        raise ValueError("no tissue tiles in the given synthetic slides")
+    shares_arr = np.asarray(shares, np.float32)
+    return TileSet(
+        images=np.stack(images),
+        shares=shares_arr,
+        fibroblasts=np.asarray(fibro, np.float32),
+        lymphocytes=np.asarray(lymph, np.float32),
+        slide=np.asarray(slide_idx),
+        classes=classify(shares_arr),
+    )
+
+
+def make_caption(
+    shares: np.ndarray,
+    fibro_high: bool,
+    lymph_present: bool,
+    rng: np.random.Generator,
+    secondary_min: float = 0.25,
+) -> str:
+    """A random caption of one tile's composition (synonym, template, modifiers, negation)."""
+    order = np.argsort(-shares)
+    dom = COMPARTMENT_NAMES[order[0]]
+    phrase = str(rng.choice(SYNONYMS[dom]))
+    if dom == "stroma" and rng.uniform() < 0.4:
+        phrase += " with " + str(rng.choice(FIBRO_WORDS[fibro_high]))
+    if shares[order[1]] >= secondary_min:
+        sec = str(rng.choice(SYNONYMS[COMPARTMENT_NAMES[order[1]]]))
+        phrase = str(rng.choice(JOINERS)).format(a=phrase, b=sec)
+    elif lymph_present and dom != "immune" and rng.uniform() < 0.4:
+        phrase += " with " + str(rng.choice(LYMPH_WORDS))
+    absent = [c for c, v in zip(COMPARTMENT_NAMES, shares, strict=True) if v < 0.02]
+    if absent and rng.uniform() < 0.35:
+        neg = str(rng.choice(NEGATIONS)).format(
+            x=str(rng.choice(SYNONYMS[str(rng.choice(absent))]))
+        )
+        phrase += ", " + neg
+    return str(rng.choice(TEMPLATES)).format(x=phrase)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainSettings:
+    """Settings of :func:`train_synthclip` (saved inside the checkpoint's JSON)."""
+
+    max_seconds: float = 150.0
+    max_steps: int = 3000
+    batch_size: int = 96
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    # One thread: on a shared 2-core machine two threads thrash (measured 2.8× slower).
+    threads: int | None = 1
+
+
+def _augment(batch, rng):
+    """Random flips and 90° rotations of uint8 tiles (B, S, S, 3)."""
+    k = int(rng.integers(4))
+    batch = np.rot90(batch, k, axes=(1, 2))
+    if rng.uniform() < 0.5:
+        batch = batch[:, :, ::-1]
+    return np.ascontiguousarray(batch)
+
+
+def retrieval_accuracy(model, tokenizer, transform, tiles: TileSet) -> dict:
+    """Top-1 tile→caption retrieval among the canonical captions of all composition classes."""
+    import torch
+
+    classes = composition_classes()
+    captions = [canonical_caption(*c) for c in classes]
+    with torch.inference_mode():
+        text = model.encode_text(tokenizer(captions))
+        text = text / text.norm(dim=-1, keepdim=True)  # (K, D)
+        preds = []
+        for start in range(0, len(tiles.images), 256):
+            img = model.encode_image(transform(tiles.images[start : start + 256]))
+            img = img / img.norm(dim=-1, keepdim=True)  # (B, D)
+            preds.append((img @ text.T).argmax(dim=1).numpy())
+    pred = np.concatenate(preds)
+    dominant_true = np.array([COMPARTMENT_NAMES.index(classes[c][0]) for c in tiles.classes])
+    dominant_pred = np.array([COMPARTMENT_NAMES.index(classes[c][0]) for c in pred])
+    counts = np.bincount(tiles.classes, minlength=len(classes))
+    return {
+        "n_tiles": int(len(pred)),
+        "n_classes": len(classes),
+        "top1_class": float(np.mean(pred == tiles.classes)),
+        "top1_dominant": float(np.mean(dominant_pred == dominant_true)),
+        "majority_class_rate": float(counts.max() / max(counts.sum(), 1)),
+    }
+
+
+def train_synthclip(
+    slide_paths: list[Path],
+    out: Path | None = None,
+    settings: TrainSettings | None = None,
+    config: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the synthetic CLIP on ``slide_paths`` and write ``out`` (safetensors + JSON).
+
+    Slides are split by slide into training and held-out sets; the held-out retrieval accuracy
+    and the training time go into the JSON sidecar and the returned summary.
+    """
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from .encoders import TileTransform, sha256_file
+
+    settings = settings or TrainSettings()
+    config = config or SYNTHCLIP_CONFIG
+    out = Path(out) if out is not None else default_checkpoint()
+    slide_paths = [Path(p) for p in slide_paths]
+    if len(slide_paths) < 2:
+        raise ValueError(f"train-clip needs at least 2 synthetic slides, got {len(slide_paths)}")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+
+    t0 = time.perf_counter()
+    size = config["vision_cfg"]["image_size"]
+    tiles = extract_tiles(slide_paths, image_size=size)
+    n_slides = len(slide_paths)
+    n_hold = max(1, int(round(settings.holdout_fraction * n_slides)))
+    held_slides = rng.permutation(n_slides)[:n_hold]
+    held = np.isin(tiles.slide, held_slides)
+    train, test = tiles.subset(~held), tiles.subset(held)
+    fibro_cut = float(np.median(train.fibroblasts[train.shares[:, 0] > 0.5])) if len(train) else 0
+    lymph_cut = 8.0
+    data_seconds = time.perf_counter() - t0
+    event(log, "synthetic tiles", train=len(train), held_out=len(test), seconds=round(data_seconds))
+
+    model = open_clip.CLIP(
+        embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=config["text_cfg"]
+    )
+    tokenizer = open_clip.get_tokenizer(
+        "ViT-B-32", context_length=config["text_cfg"]["context_length"]
+    )
+    transform = TileTransform(size)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": settings.weight_decay},
+            {"params": other, "weight_decay": 0},
+        ],
+        lr=settings.lr,
+    )
+    t_train = time.perf_counter()
+    step, losses = 0, []
+    model.train()
+    while step < settings.max_steps and time.perf_counter() - t_train < settings.max_seconds:
+        idx = rng.choice(
+            len(train.images), size=min(settings.batch_size, len(train.images)), replace=False
+        )
+        images = transform(_augment(train.images[idx], rng))  # (B, 3, S, S)
+        captions = [
+            make_caption(
+                train.shares[i],
+                bool(train.fibroblasts[i] > fibro_cut),
+                bool(train.lymphocytes[i] >= lymph_cut),
+                rng,
+            )
+            for i in idx
+        ]
+        tokens = tokenizer(captions)  # (B, L)
+        warm = min(1.0, (step + 1) / settings.warmup_steps)
+        frac = min(1.0, (time.perf_counter() - t_train) / settings.max_seconds)
+        for group in optimiser.param_groups:
+            group["lr"] = settings.lr * warm * 0.5 * (1 + np.cos(np.pi * frac))
+        img, txt, scale = model(images, tokens)  # (B, D), (B, D), ()
+        logits = scale * img @ txt.T  # (B, B)
+        same = torch.as_tensor(train.classes[idx][:, None] == train.classes[idx][None, :])
+        target = same.float() / same.float().sum(dim=1, keepdim=True)  # (B, B)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        losses.append(float(loss.detach()))
+        step += 1
+        if progress and step % 100 == 0:
+            event(log, "train-clip", step=step, loss=round(float(np.mean(losses[-100:])), 3))
+    train_seconds = time.perf_counter() - t_train
+    model.eval()
+    metrics = retrieval_accuracy(model, tokenizer, transform, test)
+    metrics_train = retrieval_accuracy(
+        model, tokenizer, transform, train.subset(np.arange(len(train)) < 2000)
+    )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    os.replace(tmp, out)
+    summary = {
+        "model": config,
+        "training": asdict(settings)
+        | {
+            "steps": step,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "train_seconds": round(train_seconds, 1),
+            "data_seconds": round(data_seconds, 1),
+            "n_train_tiles": int(len(train)),
+            "n_heldout_tiles": int(len(test)),
+            "n_slides": n_slides,
+            "heldout_slides": [slide_paths[i].name for i in sorted(held_slides)],
+            "fibroblast_cut_per_mm2": fibro_cut,
+            "lymphocyte_cut": lymph_cut,
+        },
+        "heldout_retrieval": metrics,
+        "train_retrieval": metrics_train,
+        "weights_sha256": sha256_file(out),
+        "captions": {"synonyms": SYNONYMS, "templates": TEMPLATES, "negations": NEGATIONS},
+    }
+    sidecar = out.with_suffix(".json")
+    tmp_json = sidecar.with_name(sidecar.name + ".partial")
+    tmp_json.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp_json, sidecar)
+    event(
+        log,
+        "synthetic CLIP trained",
+        steps=step,
+        seconds=round(train_seconds),
+        heldout_top1=round(metrics["top1_class"], 3),
+        path=str(out),
+    )
+    return summary

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from stromalens.wsi.encoders import get_encoder, list_encoders, load_state_dict, sha256_file
+
+#: Entries whose own package is optional: skipped with a reason when it is absent.
+OPTIONAL = {"plip": "transformers", "conch": "conch"}
+#: Entries too large for the default tier (forward pass checked under -m slow).
+LARGE = {"openclip-vit-l-14"}
+
+
+def _tiles(n=2, size=224):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_encoders()],
+)
+def test_every_registered_encoder_runs_forward(name):
+    if name in OPTIONAL:
+        pytest.importorskip(OPTIONAL[name], reason=f"{name} needs the optional {OPTIONAL[name]}")
+    if name == "conch":
+        pytest.skip("CONCH has no random-weight mode; needs the user's gated checkpoint")
+    encoder = get_encoder(name, weights="random")
+    model, transforms, precision = encoder
+    assert precision == torch.float32
+    x = transforms(_tiles())
+    assert x.shape[:2] == (2, 3)
+    feats = encoder.encode_images(_tiles())
+    assert feats.shape == (2, encoder.embed_dim)
+    assert torch.isfinite(feats).all()
+    if encoder.has_text:
+        text = encoder.encode_texts(["fibrous stroma", "tumour cells", "lymphocytes"])
+        assert text.shape == (3, encoder.embed_dim)
+    else:
+        with pytest.raises(ValueError, match="no text tower"):
+            encoder.encode_texts(["x"])
+
+
+def test_unknown_encoder_and_missing_weights_are_named():
+    with pytest.raises(ValueError, match="no-such-encoder"):
+        get_encoder("no-such-encoder")
+    with pytest.raises(ValueError, match="needs weights"):
+        get_encoder("openclip-vit-b-32")
+    with pytest.raises(ValueError, match="allow_download"):
+        get_encoder("quiltnet-b-32", weights="hub")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt", "dir"])
+def test_local_checkpoint_round_trip_records_sha256(tmp_path, random_synthclip, fmt):
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in random_synthclip.model.state_dict().items()}
+    if fmt == "safetensors":
+        path = tmp_path / "w.safetensors"
+        save_file(state, str(path))
+        file = path
+    elif fmt == "pt":
+        path = tmp_path / "w.pt"
+        torch.save({"state_dict": state}, path)
+        file = path
+    else:
+        path = tmp_path / "snapshot"
+        path.mkdir()
+        file = path / "open_clip_model.safetensors"
+        save_file(state, str(file))
+    loaded = get_encoder("synthclip", weights=path)
+    assert loaded.weights_sha256 == sha256_file(file)
+    tiles = _tiles()
+    assert torch.allclose(loaded.encode_images(tiles), random_synthclip.encode_images(tiles))
+    _, sha = load_state_dict(path)
+    assert sha == loaded.weights_sha256
+
+
+def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"x": Evil()}, fh, protocol=2)
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict(path)
