@@ -65,10 +65,14 @@ def read_expression(
                 table = table.set_index(table.columns[0])
         else:
             sep = "," if ".csv" in name else "\t"
-            table = pd.read_csv(path, sep=sep, index_col=0)
+            # Read the header as data: pandas would silently rename duplicated column ids
+            # ("S1", "S1.1"), hiding duplicated samples or genes.
+            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0]
+            table = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0)
+            table.columns = header.iloc[1:].to_numpy()
         frame = table.T if orientation == "genes-x-samples" else table
-    frame.index = frame.index.astype(str)
-    frame.columns = frame.columns.astype(str)
+    frame.index = frame.index.astype(str).rename(None)
+    frame.columns = frame.columns.astype(str).rename(None)
     if not frame.index.is_unique:
         dup = frame.index[frame.index.duplicated()].unique()[:5]
         raise ValueError(f"{path}: duplicated sample ids: {', '.join(dup)}")
