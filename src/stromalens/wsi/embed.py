@@ -158,7 +158,7 @@ def embed_slide(
             batch_size=None,
             num_workers=workers,
             worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=4 if workers else None,
+            prefetch_factor=2 if workers else None,
         )
         pending, pending_idx = [], []
 
