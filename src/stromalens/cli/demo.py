@@ -2,8 +2,9 @@
 
 Runs every stage that exists so far, in order, each timed and recorded in ``demo.json``:
 the synthetic development cohort and its external cohort, validation of both manifests, and the
-transcriptomic targets of both cohorts (checked against the planted truth). Later stages join
-here as they land.
+transcriptomic targets of both cohorts (checked against the planted truth), and the whole-slide
+stage (the synthetic CLIP, trained once and cached; tiles, QC, Macenko and embeddings of every
+slide). Later stages join here as they land.
 """
 
 from __future__ import annotations
@@ -75,6 +76,43 @@ def _synthetic_targets(cohort_dir: Path, out: Path) -> dict:
     return r | ceilings
 
 
+def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
+    """Train the synthetic CLIP on the development slides unless a checkpoint is cached."""
+    from ..wsi.embed import jobs_from_manifest
+    from ..wsi.synthclip import TrainSettings, default_checkpoint, train_synthclip
+
+    checkpoint = default_checkpoint()
+    if checkpoint.is_file():
+        return {"checkpoint": str(checkpoint), "cached": True}
+    slides = [job.path for job in jobs_from_manifest(cohort_dir / "cohort.csv")[:24]]
+    summary = train_synthclip(slides, checkpoint, TrainSettings(max_seconds=train_seconds))
+    return {
+        "checkpoint": str(checkpoint),
+        "cached": False,
+        "train_seconds": summary["training"]["train_seconds"],
+        "heldout_retrieval_top1": summary["heldout_retrieval"]["top1_class"],
+    }
+
+
+def _embed(cohort_dir: Path, out: Path) -> dict:
+    """Tile, QC, normalise and embed a cohort's slides with the synthetic CLIP (2 processes)."""
+    from ..wsi.embed import EmbedSettings, embed_cohort, jobs_from_manifest
+    from ..wsi.synthclip import default_checkpoint
+
+    results = embed_cohort(
+        jobs_from_manifest(cohort_dir / "cohort.csv"),
+        out / "features" / cohort_dir.name,
+        "synthclip",
+        default_checkpoint(),
+        EmbedSettings(),
+        executor="process",
+    )
+    counts: dict = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return {"slides": counts, "tiles": int(sum(r.get("n_tiles", 0) for r in results))}
+
+
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory."),
     patients: int = typer.Option(126, "--patients", help="Development-cohort size."),
@@ -123,6 +161,12 @@ def demo(
     stages.run("manifest validation", validate)
     stages.run("targets (development)", lambda: _synthetic_targets(dev_dir, out / "targets"))
     stages.run("targets (external)", lambda: _synthetic_targets(ext_dir, out / "external_targets"))
+    stages.run(
+        "wsi: synthetic CLIP",
+        lambda: _train_synthclip(dev_dir, train_seconds=60.0 if quick else 120.0),
+    )
+    stages.run("wsi: tile + QC + Macenko + embed (development)", lambda: _embed(dev_dir, out))
+    stages.run("wsi: tile + QC + Macenko + embed (external)", lambda: _embed(ext_dir, out))
 
     elapsed = time.perf_counter() - started
     (out / "demo.json").write_text(
