@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
+# Text files and subprocess output are UTF-8 whatever the machine's locale (CI may run in an
+# ASCII "C" locale).
+export PYTHONUTF8 = 1
 
 .PHONY: install demo test test-slow lint clean
 

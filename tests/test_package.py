@@ -98,3 +98,22 @@ def test_structured_log_file(tmp_path):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     written = [r for r in records if r["message"] == "synthetic cohort written"]
     assert written and written[0]["patients"] == 1 and written[0]["level"] == "INFO"
+
+
+def test_resources_read_under_an_ascii_locale():
+    """Shipped YAML/TSV resources hold non-ASCII text (α, –, ≥); they must load even where the
+    locale's encoding is ASCII (Python's UTF-8 mode and locale coercion switched off)."""
+    code = (
+        "import locale; assert locale.getpreferredencoding(False).lower() in "
+        "('ascii', 'ansi_x3.4-1968'), locale.getpreferredencoding(False);"
+        "from stromalens.targets.pipeline import default_gene_sets_path;"
+        "from stromalens.targets.genesets import as_gene_sets;"
+        "from stromalens.targets.lr import curated_triplets;"
+        "from stromalens.synthetic.expression import gene_universe;"
+        "assert len(as_gene_sets(default_gene_sets_path())['ERS_CAF']) == 33;"
+        "assert len(curated_triplets()) > 10 and len(gene_universe()) > 5000"
+    )
+    env = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PATH": ""}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
+    assert run.returncode == 0, run.stderr.decode("utf-8", "replace")

@@ -76,7 +76,7 @@ def load_config(path: Path | str, model: type[BaseModel] = StudyConfig) -> BaseM
     """Read a YAML file (safely) and validate it into ``model``."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {path}") from None
     except yaml.YAMLError as exc:

@@ -98,6 +98,7 @@ def synthetic():
     return expr, prepare_inputs.sets_for(expr.columns)
 
 
+@needs_shared  # the gene sets are the Hallmark collection from ../shared/data
 @pytest.mark.slow  # 80 million Poisson CDFs: ~35 s here
 def test_gsva_poisson_matches_on_synthetic_counts(synthetic):
     """126 samples of counts from the synthetic mixture model; R: kcdf="Poisson"."""
@@ -106,6 +107,7 @@ def test_gsva_poisson_matches_on_synthetic_counts(synthetic):
     assert diff.max() < 1e-10
 
 
+@needs_shared
 def test_gsva_gaussian_matches_on_synthetic_log_counts(synthetic):
     expr, sets = synthetic  # R: gsva(log2(x + 1), sets, kcdf="Gaussian")
     diff, _ = compare(gsva(np.log2(expr + 1), sets), "gsva_gaussian_mxdiff_synthetic")

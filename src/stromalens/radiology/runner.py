@@ -51,7 +51,7 @@ def settings_hash(config: RadiomicsConfig) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
@@ -85,7 +85,7 @@ def process_patient(job: dict) -> dict:
 
     record_path = Path(job["record"])
     if record_path.exists():
-        record = json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("settings") == job["settings"]:
             return record | {"resumed": True}
     import SimpleITK as sitk

@@ -93,5 +93,5 @@ def write_json(obj, path: Path) -> None:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj))
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
     tmp.replace(path)

@@ -78,7 +78,7 @@ def _patient_job(job: dict) -> dict:
     pid = job["patient_id"]
     record_path = out / ".progress" / f"{pid}.json"
     if record_path.exists():
-        record = json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("settings") == job["settings"]:
             return record | {"resumed": True}
     import cv2

@@ -42,19 +42,19 @@ _RESOURCES = resources.files(__package__).joinpath("resources")
 
 def til10_signature() -> pd.DataFrame:
     """quanTIseq's TIL10 signature (170 genes × 10 immune cell types), TPM scale."""
-    with _RESOURCES.joinpath("TIL10_signature.txt").open() as handle:
+    with _RESOURCES.joinpath("TIL10_signature.txt").open(encoding="utf-8") as handle:
         return pd.read_csv(handle, sep="\t", index_col=0)
 
 
 def til10_mrna_scaling() -> pd.Series:
     """mRNA content per cell of the TIL10 cell types (quanTIseq's scaling factors)."""
-    with _RESOURCES.joinpath("TIL10_mRNA_scaling.txt").open() as handle:
+    with _RESOURCES.joinpath("TIL10_mRNA_scaling.txt").open(encoding="utf-8") as handle:
         return pd.read_csv(handle, sep="\t", header=None, index_col=0).iloc[:, 0].rename(None)
 
 
 def til10_removed_genes() -> list[str]:
     """Genes quanTIseq removes before deconvolving (aberrantly expressed in tumours)."""
-    return _RESOURCES.joinpath("TIL10_rmgenes.txt").read_text().split()
+    return _RESOURCES.joinpath("TIL10_rmgenes.txt").read_text(encoding="utf-8").split()
 
 
 def read_signature(path: Path | str) -> pd.DataFrame:

@@ -28,7 +28,7 @@ def _unique(genes) -> list[str]:
 def read_gmt(path: Path | str) -> dict[str, list[str]]:
     """Read a GMT file: ``name <tab> description <tab> gene <tab> gene ...`` per line."""
     sets: dict[str, list[str]] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.rstrip("\n").split("\t")
@@ -52,7 +52,7 @@ def read_yaml_sets(path: Path | str) -> dict[str, list[str]]:
     """
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if "gene_sets" in data:
         data = data["gene_sets"]
     sets = {}

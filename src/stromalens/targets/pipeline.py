@@ -196,5 +196,5 @@ def write_targets(
         ("targets", result.metadata | (extra_metadata or {})),
     ):
         tmp = out / f"partial-{name}.json"
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
         tmp.replace(out / f"{name}.json")
