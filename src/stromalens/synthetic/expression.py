@@ -189,7 +189,11 @@ LR_LOG2FC_PER_B = 0.9
 @lru_cache(maxsize=1)
 def gene_universe() -> tuple[str, ...]:
     """The real gene symbols of the synthetic transcriptome (see the resource's header)."""
-    text = resources.files(__package__).joinpath("resources/gene_universe.txt").read_text(encoding="utf-8")
+    text = (
+        resources.files(__package__)
+        .joinpath("resources/gene_universe.txt")
+        .read_text(encoding="utf-8")
+    )
     return tuple(line for line in text.splitlines() if line and not line.startswith("#"))
 
 

@@ -29,7 +29,11 @@ import pandas as pd
 
 def curated_triplets() -> pd.DataFrame:
     """The shipped ERS–CAF → immune triplets with provenance (see the file's header)."""
-    with resources.files(__package__).joinpath("resources/ers_caf_lr_triplets.csv").open(encoding="utf-8") as f:
+    with (
+        resources.files(__package__)
+        .joinpath("resources/ers_caf_lr_triplets.csv")
+        .open(encoding="utf-8") as f
+    ):
         return pd.read_csv(f, comment="#")
 
 
