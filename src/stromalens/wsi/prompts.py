@@ -85,7 +85,7 @@ def load_bank(path: Path | str) -> PromptBank:
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"prompt bank not found: {path}") from None
     return validate_settings(PromptBank, data, source=str(path))
