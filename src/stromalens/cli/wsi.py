@@ -67,8 +67,9 @@ def _report(results: list[dict]) -> None:
     if empty:
         console.print(f"[bold yellow]warning:[/] {len(empty)} slide(s) yielded zero tiles: {empty}")
     if failed:
-        console.print(f"[bold red]{failed} slide(s) failed[/] (reported above; the rest are done)")
-        raise typer.Exit(1)
+        # One clear line and exit 1 (the root app turns ValueError into that).
+        names = [r["slide"] for r in results if r["status"] == "failed"]
+        raise ValueError(f"{failed} slide(s) failed (the others are done): {', '.join(names)}")
 
 
 _SOURCE = typer.Argument(..., help="Cohort manifest (CSV/TSV/parquet) or a single slide file.")

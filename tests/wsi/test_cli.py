@@ -1,0 +1,40 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from stromalens.wsi.store import read_slide
+
+SCRIPT = Path(sys.executable).parent / "stromalens"
+
+
+def test_wsi_tile_on_a_single_slide(tmp_path, synthetic_slides):
+    slide = synthetic_slides[0]
+    out = subprocess.run(
+        [str(SCRIPT), "wsi", "tile", str(slide), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    data = read_slide(tmp_path / f"{slide.stem}.h5")
+    assert len(data.coords) > 0 and data.features is None
+    assert (tmp_path / f"{slide.stem}.geojson").is_file()
+
+
+def test_wsi_embed_reports_a_slide_without_mpp(tmp_path, broken_slides):
+    out = subprocess.run(
+        [
+            str(SCRIPT),
+            "wsi",
+            "embed",
+            str(broken_slides["no_mpp"]),
+            "--out",
+            str(tmp_path),
+            "--weights",
+            "random",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "failed" in out.stdout
