@@ -57,6 +57,7 @@ SUMMARY_NAMES: dict[str, str] = {
     "os_event": "OS events",
     "pfs_event": "PFS events",
 }
+#: Every column of the manifest format (DESIGN.md), in the order stromalens writes them.
 KNOWN_COLUMNS: tuple[str, ...] = (
     "patient_id",
     "site",

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..cohort import KNOWN_COLUMNS
 from ..config import SynthConfig
 from ..executors import run_items
 from ..logs import event, get_logger
@@ -40,30 +41,7 @@ from . import annotations, biology, expression, mri, slides
 
 log = get_logger(__name__)
 
-MANIFEST_COLUMNS = (
-    "patient_id",
-    "site",
-    "mri_t1",
-    "mri_t2",
-    "mri_ce",
-    "mri_mask",
-    "wsi",
-    "wsi_mpp",
-    "rna_sample",
-    "age",
-    "sex",
-    "location",
-    "volume_cc",
-    "os_time",
-    "os_event",
-    "pfs_time",
-    "pfs_event",
-    "treatment",
-    "response",
-    "fibrosis_grade",
-    "exclusion_grade",
-    "annotations",
-)
+MANIFEST_COLUMNS = KNOWN_COLUMNS  # the manifest columns of DESIGN.md, in their order
 EXTERNAL_SITE = "X"
 
 
