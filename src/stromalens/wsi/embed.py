@@ -88,9 +88,14 @@ def _stream_class():
 
 
 def _worker_init(_):
+    import os
+
     import torch
 
     torch.set_num_threads(1)
+    # Decoding yields to the encoder: on a machine with as many encoder threads as cores, an
+    # equal-priority decoder preempts one OpenMP thread and stalls every parallel op.
+    os.nice(int(os.environ.get("STROMALENS_DECODE_NICE", "10")))
 
 
 def _fit_stain(slide, plan: TilePlan, settings: EmbedSettings):
