@@ -19,6 +19,7 @@ from . import baselines, clip_mil, fusion  # noqa: F401 - registers the models
 from .base import MILBatch, MILModel, MILOutput, ModelSpec
 from .losses import (
     MonotoneCalibrator,
+    calibration_loss,
     coral_loss,
     distillation_loss,
     heteroscedastic_loss,
@@ -26,6 +27,7 @@ from .losses import (
 from .registry import create_model, list_models, model_info, register_model
 
 __all__ = [
+    "calibration_loss",
     "MILBatch",
     "MILModel",
     "MILOutput",

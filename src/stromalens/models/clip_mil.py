@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import MILBatch, MILModel, MILOutput, MLPEncoder, ModelSpec, TrunkHeads, masked_softmax
+from .losses import MonotoneCalibrator
 from .registry import register_model
 
 
@@ -132,6 +133,7 @@ class ClipMIL(MILModel):
         super().__init__(spec)
         prompts = check_prompts(prompts, spec)
         self.pool = ClipGuidedPooling(prompts, spec.tau, self.prompt_mode)
+        self.calibrator = MonotoneCalibrator(spec.n_targets)  # stage I
         self.e_wsi = MLPEncoder(spec.n_targets * spec.tile_dim, spec.hidden, spec.dropout)
         self.head = TrunkHeads(spec.hidden, spec.hidden, spec.n_targets, spec.dropout)
 

@@ -1,0 +1,374 @@
+"""The three-stage curriculum and the distillation, as one readable training loop.
+
+Stage I (WSI branch, CLIP encoders frozen: only cached embeddings are seen). The pooled slide
+representation's prompt similarity u^(j) = p^(j)ᵀ t̄^(j) is calibrated to the training-fold
+min–max scaled target by the monotone calibrator g_j(u) = σ(a_j u + b_j), a_j = softplus(â_j):
+
+    L_I = Σ_j mean_i (g_j(u_ij) − ỹ_ij)²                       trains γ (and a_j, b_j)
+
+(E_wsi does not enter u, so it receives its first gradient in stage II.)
+
+Stage II. Heteroscedastic multi-task regression of the z-scored targets, with modality dropout
+(probability q, one branch's latent zeroed for a patient who has both) and γ fine-tuned:
+
+    L_II = Σ_j [ (1/2σ_j²) · MSE_j + log σ_j ]
+
+Stage III. Continues from stage II with CORAL over the sites of the fused features (Eq. 24) and
+weight decay (AdamW):
+
+    L_III = L_II + λ_coral · Σ_d (‖μ_d − μ‖² + ‖Σ_d − Σ‖_F²)
+
+The ablation "without CORAL" continues from the same stage-II weights for the same number of
+epochs with λ_coral = 0, so that the two differ by CORAL alone.
+
+Distillation (Eq. 26). The MRI-only student starts from the teacher's E_rad, trunk and heads and
+is trained on the teacher's predictions for the training patients:
+
+    L_KD = mean_i ‖ŷ_S(x_i^rad) − ŷ_T(x_i)‖²
+
+Baselines are trained with the stage-II loss (modality dropout for fusion baselines). Each stage
+writes ``<name>.safetensors`` + ``<name>.json`` (model name, spec, settings, stage, history); a
+stage whose checkpoint exists with the same configuration is loaded instead of retrained.
+Deterministic on CPU for a seed (``torch.manual_seed`` and a numpy Generator per stage).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..logs import event, get_logger
+from .data import FoldArrays, make_batch
+
+log = get_logger("training.curriculum")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of the curriculum (the nested grid overrides some of them)."""
+
+    hidden: int = 64
+    dropout: float = 0.1
+    tau: float = 0.5
+    lr: float = 3e-3
+    lr_prompts: float = 5e-2
+    batch_size: int = 32
+    epochs_stage1: int = 20
+    epochs_stage2: int = 60
+    epochs_stage3: int = 20
+    epochs_distill: int = 40
+    epochs_baseline: int = 60
+    modality_dropout: float = 0.25
+    lambda_coral: float = 0.1
+    weight_decay: float = 1e-3
+    max_tiles: int | None = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.modality_dropout < 1:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if self.lambda_coral < 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"lambda_coral ({self.lambda_coral}) and weight_decay ({self.weight_decay}) "
+                "must be ≥ 0"
+            )
+        for f in fields(self):
+            if f.name.startswith("epochs") and getattr(self, f.name) < 0:
+                raise ValueError(f"{f.name} must be ≥ 0, got {getattr(self, f.name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
+    def with_(self, **changes) -> TrainSettings:
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {sorted(unknown)}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_spec(arrays: FoldArrays, tile_dim: int, settings: TrainSettings, n_sites: int):
+    from ..models import ModelSpec
+
+    return ModelSpec(
+        tile_dim=tile_dim,
+        rad_dim=arrays.rad.shape[1],
+        n_targets=arrays.y.shape[1],
+        hidden=settings.hidden,
+        dropout=settings.dropout,
+        tau=settings.tau,
+        n_sites=n_sites,
+    )
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _with(path: Path, suffix: str) -> Path:
+    """``path`` plus ``suffix`` (names hold dots, e.g. ``gated_fusion.stage1``)."""
+    return path.with_name(path.name + suffix)
+
+
+def save_checkpoint(path: Path | str, model, config: dict, log_sigma=None) -> Path:
+    """``<path>.safetensors`` (weights; ``loss.log_sigma`` included) + ``<path>.json``, atomic."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if log_sigma is not None:
+        state["loss.log_sigma"] = log_sigma.detach().clone()
+    tmp = path.with_name(path.name + ".safetensors.partial")
+    save_file(state, str(tmp))
+    os.replace(tmp, _with(path, ".safetensors"))
+    meta = {
+        "model": model.model_name,
+        "spec": model.spec.to_dict(),
+        "config": config,
+        "digest": _digest(config),
+        "torch": torch.__version__,
+    }
+    tmp = path.with_name(path.name + ".json.partial")
+    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, _with(path, ".json"))
+    return path
+
+
+def load_checkpoint(path: Path | str):
+    """Rebuild a model from ``<path>.json`` + ``<path>.safetensors``; returns (model, meta,
+    log_sigma or None). Prompts come back from the saved buffers."""
+    from safetensors.torch import load_file
+
+    from ..models import ModelSpec, create_model, model_info
+
+    path = Path(path)
+    meta = json.loads(_with(path, ".json").read_text(encoding="utf-8"))
+    state = load_file(str(_with(path, ".safetensors")))
+    log_sigma = state.pop("loss.log_sigma", None)
+    spec = ModelSpec.from_dict(meta["spec"])
+    prompts = None
+    if model_info(meta["model"]).needs_prompts:
+        prompts = state["pool.prompts.text"]
+    model = create_model(meta["model"], spec, prompts=prompts)
+    model.load_state_dict(state)
+    return model.eval(), meta, log_sigma
+
+
+def _cached(path: Path | None, config: dict):
+    if path is None or not _with(path, ".json").is_file():
+        return None
+    meta = json.loads(_with(path, ".json").read_text(encoding="utf-8"))
+    if meta.get("digest") != _digest(config):
+        return None
+    return load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------- the loop
+def _modality_dropout(batch, q: float, rng: np.random.Generator):
+    """For each patient with both modalities, with probability q zero one of them (chosen at
+    random): the slide's mask or the radiomics flag."""
+    import torch
+
+    both = (batch.wsi_present() & batch.has_rad).numpy()
+    drop = both & (rng.random(len(batch)) < q)
+    which = rng.random(len(batch)) < 0.5  # True: drop the slide
+    drop_wsi = torch.from_numpy(drop & which)
+    drop_rad = torch.from_numpy(drop & ~which)
+    return batch.replace(
+        mask=batch.mask & ~drop_wsi.unsqueeze(1),
+        has_wsi=batch.has_wsi & ~drop_wsi,
+        has_rad=batch.has_rad & ~drop_rad,
+    )
+
+
+def train_stage(
+    model,
+    arrays: FoldArrays,
+    stage: str,
+    settings: TrainSettings,
+    log_sigma=None,
+    teacher_pred: np.ndarray | None = None,
+) -> dict:
+    """Train ``model`` in place for one stage: ``"I"``, ``"II"``, ``"III"``, ``"III-0"`` (stage
+    III with λ_coral = 0), ``"distill"`` or ``"baseline"``. Returns the loss history."""
+    import torch
+
+    from ..models import calibration_loss, coral_loss, distillation_loss, heteroscedastic_loss
+    from ..models.registry import model_info
+
+    epochs = {
+        "I": settings.epochs_stage1,
+        "II": settings.epochs_stage2,
+        "III": settings.epochs_stage3,
+        "III-0": settings.epochs_stage3,
+        "distill": settings.epochs_distill,
+        "baseline": settings.epochs_baseline,
+    }
+    if stage not in epochs:
+        raise ValueError(f"unknown stage {stage!r}; one of {sorted(epochs)}")
+    if stage == "distill" and teacher_pred is None:
+        raise ValueError("the distillation stage needs the teacher's predictions")
+    seed = settings.seed * 1000 + sorted(epochs).index(stage)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    fusion = len(model_info(model.model_name).modalities) == 2
+    y = torch.from_numpy(arrays.y01 if stage == "I" else arrays.y)  # (P, J)
+    teacher = torch.from_numpy(teacher_pred.astype(np.float32)) if stage == "distill" else None
+
+    if stage == "I":
+        prompt_params = list(model.pool.prompts.parameters())
+        with torch.no_grad():
+            model.eval()
+            u = torch.cat([model(make_batch(arrays, idx)).u for idx in _chunks(len(arrays), 64)])
+        model.calibrator.initialise(u, y)
+        groups = [
+            {"params": prompt_params, "lr": settings.lr_prompts},
+            {"params": list(model.calibrator.parameters()), "lr": settings.lr_prompts},
+        ]
+        optimiser = torch.optim.Adam(groups)
+    else:
+        calibrator = (
+            set(map(id, model.calibrator.parameters())) if hasattr(model, "calibrator") else set()
+        )
+        params = [p for p in model.parameters() if id(p) not in calibrator]
+        if log_sigma is not None and stage != "distill":
+            params.append(log_sigma)
+        decay = settings.weight_decay if stage in ("III", "III-0") else 0.0
+        optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=decay)
+
+    history = []
+    n = len(arrays)
+    for _epoch in range(epochs[stage]):
+        model.train()
+        order = rng.permutation(n)
+        total = 0.0
+        for idx in _chunks(n, settings.batch_size, order):
+            batch = make_batch(arrays, idx, settings.max_tiles, rng)
+            if fusion and stage in ("II", "III", "III-0", "baseline") and settings.modality_dropout:
+                batch = _modality_dropout(batch, settings.modality_dropout, rng)
+            out = model(batch)
+            if stage == "I":
+                loss = calibration_loss(model.calibrator(out.u), y[idx])
+            elif stage == "distill":
+                loss = distillation_loss(out.pred, teacher[idx])
+            else:
+                loss = heteroscedastic_loss(out.pred, y[idx], log_sigma) + out.aux_loss
+                if stage == "III" and settings.lambda_coral > 0 and out.fused is not None:
+                    loss = loss + settings.lambda_coral * coral_loss(out.fused, batch.site)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        history.append(total / n)
+    model.eval()
+    return {"stage": stage, "epochs": epochs[stage], "loss": [round(v, 5) for v in history]}
+
+
+def _chunks(n: int, size: int, order=None):
+    order = np.arange(n) if order is None else order
+    for start in range(0, n, size):
+        yield order[start : start + size]
+
+
+def predict(model, arrays: FoldArrays, batch_size: int = 64) -> np.ndarray:
+    """Predictions (P, J) of ``model`` (eval mode, every tile) on ``arrays``."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                model(make_batch(arrays, idx)).pred.numpy()
+                for idx in _chunks(len(arrays), batch_size)
+            ]
+        )
+
+
+# ---------------------------------------------------------------------------- one model's fit
+def fit_model(
+    name: str,
+    arrays: FoldArrays,
+    prompts,
+    tile_dim: int,
+    n_sites: int,
+    settings: TrainSettings,
+    checkpoint_dir: Path | str | None = None,
+    with_student: bool = True,
+) -> dict:
+    """Fit registered model ``name`` on a fold's training ``arrays``; returns ``{output name:
+    model}``. ``gated_fusion`` runs the whole curriculum and returns ``gated_fusion`` (stage III,
+    λ_coral = 0), ``gated_fusion_coral`` (stage III with CORAL) and ``student``; CLIP-guided MIL
+    models run stages I and II; the others are trained with the stage-II loss."""
+    import torch
+
+    from ..models import create_model, model_info
+
+    info = model_info(name)
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    spec = model_spec(arrays, tile_dim, settings, n_sites)
+    base_config = {
+        "model": name,
+        "settings": settings.to_dict(),
+        "spec": spec.to_dict(),
+        "patients": _digest({"ids": list(arrays.patients)}),
+    }
+    started = time.perf_counter()
+
+    def run(model, stage: str, ckname: str, log_sigma=None, teacher=None, parent=None):
+        config = base_config | {"stage": stage, "parent": parent}
+        path = ckdir / ckname if ckdir is not None else None
+        cached = _cached(path, config)
+        if cached is not None:
+            loaded, _, sigma = cached
+            if log_sigma is not None and sigma is not None:
+                with torch.no_grad():
+                    log_sigma.copy_(sigma)
+            return loaded, config
+        history = train_stage(model, arrays, stage, settings, log_sigma, teacher)
+        if path is not None:
+            save_checkpoint(path, model, config | {"history": history}, log_sigma)
+        return model, config
+
+    torch.manual_seed(settings.seed)
+    model = create_model(
+        name, spec, prompts=torch.as_tensor(prompts) if info.needs_prompts else None
+    )
+    log_sigma = torch.nn.Parameter(torch.zeros(spec.n_targets))
+    outputs = {}
+    if name == "gated_fusion":
+        model, c1 = run(model, "I", "gated_fusion.stage1")
+        model, c2 = run(model, "II", "gated_fusion.stage2", log_sigma, parent=_digest(c1))
+        sigma2 = log_sigma.detach().clone()
+        plain = copy.deepcopy(model)
+        plain, _ = run(plain, "III-0", "gated_fusion.stage3", log_sigma, parent=_digest(c2))
+        with torch.no_grad():
+            log_sigma.copy_(sigma2)
+        coral, _ = run(model, "III", "gated_fusion.stage3_coral", log_sigma, parent=_digest(c2))
+        outputs = {"gated_fusion": plain, "gated_fusion_coral": coral}
+        if with_student:
+            teacher_pred = predict(coral, arrays)
+            student = create_model("student", spec).load_from_teacher(coral)
+            student, _ = run(student, "distill", "student", teacher=teacher_pred)
+            outputs["student"] = student
+    elif name.startswith("clip_mil"):
+        model, c1 = run(model, "I", f"{name}.stage1")
+        model, _ = run(model, "II", f"{name}.stage2", log_sigma, parent=_digest(c1))
+        outputs = {name: model}
+    elif name == "student":
+        raise ValueError("'student' is trained by distillation inside the 'gated_fusion' fit")
+    else:
+        model, _ = run(model, "baseline", name, log_sigma)
+        outputs = {name: model}
+    event(log, "model fitted", model=name, seconds=round(time.perf_counter() - started, 2))
+    return outputs

@@ -1,0 +1,391 @@
+"""Training data: tile bags (HDF5 feature stores), radiomics, targets and prompt embeddings, and
+the per-fold preprocessing fitted on training patients only.
+
+:class:`StudyData` holds one cohort in memory (bags as float32 arrays, radiomics and targets as
+DataFrames indexed by ``patient_id``). :class:`FoldPreprocessor` is a scikit-learn-style
+estimator: ``fit(data, train_ids)`` learns everything that is fitted from data — the ICC
+stability filter (from the perturbed extractions of training patients), the ComBat site
+harmonisation, the radiomics standardisation, the target z-scoring and min–max scaling — from
+the training patients only, and ``transform(data, ids)`` applies it unchanged to any patients,
+returning tensors ready for :func:`make_batch`.
+
+Stage I targets are min–max scaled on the training fold, ỹ = (y − min) / (max − min + ε),
+ε = 1e-8; stages II/III regress the z-scored targets z = (y − μ̂) / σ̂.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..logs import event, get_logger
+
+log = get_logger("training.data")
+
+TARGETS: tuple[str, ...] = ("ers_caf", "lr", "heterogeneity")
+EPS = 1e-8
+
+
+@dataclass
+class StudyData:
+    """A cohort in memory.
+
+    patients    list of patient ids (the row order everywhere)
+    sites       (P,) site labels
+    bags        {patient_id: (n_i, D) float32} for patients with a slide
+    radiomics   DataFrame (patients × features), NaN where a sequence is missing; may be empty
+    targets     DataFrame (patients × J) in TARGETS order, NaN where unknown
+    prompts     (J, M, D) float32 prompt text embeddings (curated prompts), or None
+    perturbations  the radiomics perturbation table (MultiIndex patient_id, perturbation) or None
+    """
+
+    patients: list[str]
+    sites: np.ndarray
+    bags: dict[str, np.ndarray]
+    radiomics: pd.DataFrame
+    targets: pd.DataFrame
+    prompts: np.ndarray | None = None
+    perturbations: pd.DataFrame | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(set(self.patients)) != len(self.patients):
+            raise ValueError("duplicate patient ids in the study data")
+        self.sites = np.asarray(self.sites).astype(str)
+        if len(self.sites) != len(self.patients):
+            raise ValueError(f"{len(self.sites)} site labels for {len(self.patients)} patients")
+        self.radiomics = self.radiomics.reindex(self.patients)
+        self.targets = self.targets.reindex(self.patients)
+        dims = {b.shape[1] for b in self.bags.values() if len(b)}
+        if len(dims) > 1:
+            raise ValueError(f"tile feature dimensions differ between slides: {sorted(dims)}")
+
+    @property
+    def tile_dim(self) -> int:
+        for bag in self.bags.values():
+            return int(bag.shape[1])
+        if self.prompts is not None:
+            return int(self.prompts.shape[2])
+        raise ValueError("no slide features and no prompts: the tile dimension is unknown")
+
+    def site_of(self) -> pd.Series:
+        return pd.Series(self.sites, index=self.patients, name="site")
+
+    def subset(self, ids) -> StudyData:
+        ids = list(ids)
+        keep = set(ids)
+        sites = self.site_of().loc[ids].to_numpy()
+        return StudyData(
+            patients=ids,
+            sites=sites,
+            bags={k: v for k, v in self.bags.items() if k in keep},
+            radiomics=self.radiomics.loc[ids],
+            targets=self.targets.loc[ids],
+            prompts=self.prompts,
+            perturbations=self.perturbations,
+            meta=self.meta,
+        )
+
+
+# ---------------------------------------------------------------------------- loading
+def read_bags(
+    features_dir: Path | str, patients, max_tiles: int | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Tile embeddings ``<features_dir>/<patient_id>.h5`` of each patient that has one.
+
+    Bags larger than ``max_tiles`` keep a random subset (fixed by ``seed`` and the patient id),
+    so very large slides stay within memory and time; ``None`` keeps every tile.
+    """
+    from ..wsi.store import feature_path, is_complete, read_slide
+
+    bags: dict[str, np.ndarray] = {}
+    for pid in patients:
+        path = feature_path(features_dir, str(pid))
+        if not is_complete(path, require_features=True):
+            continue
+        feats = np.asarray(read_slide(path).features, np.float32)
+        if not len(feats):
+            continue
+        if max_tiles is not None and len(feats) > max_tiles:
+            rng = np.random.default_rng([seed, *str(pid).encode()])
+            feats = feats[np.sort(rng.choice(len(feats), max_tiles, replace=False))]
+        bags[str(pid)] = feats
+    return bags
+
+
+def prompt_embeddings(
+    banks_dir: Path | str,
+    encoder: str = "synthclip",
+    weights=None,
+    cache_dir: Path | str | None = None,
+    targets=TARGETS,
+) -> np.ndarray:
+    """(J, M, D) text embeddings of the curated prompts of each target, in ``targets`` order.
+
+    Targets with fewer curated prompts than the largest bank repeat their prompts cyclically
+    (which leaves the mixture's span unchanged)."""
+    from ..wsi.encoders import get_encoder
+    from ..wsi.prompts import embed_bank, embedding_matrix, load_banks
+
+    banks = load_banks(banks_dir)
+    missing = [t for t in targets if t not in banks]
+    if missing:
+        raise ValueError(f"no prompt bank for target(s) {missing} in {banks_dir}")
+    enc = get_encoder(encoder, weights)
+    mats = []
+    for target in targets:
+        table = embed_bank(banks[target], enc, cache_dir=cache_dir)
+        mats.append(embedding_matrix(table[table["group"] == "curated"]))
+    m = max(len(x) for x in mats)
+    return np.stack([np.resize(x, (m, x.shape[1])) for x in mats]).astype(np.float32)
+
+
+def load_study_data(
+    manifest: Path | str,
+    targets: Path | str,
+    features_dir: Path | str | None = None,
+    radiomics_dir: Path | str | None = None,
+    prompts: np.ndarray | None = None,
+    max_tiles: int | None = None,
+    seed: int = 0,
+) -> StudyData:
+    """Assemble a :class:`StudyData` from the stages' outputs.
+
+    ``targets`` is ``targets.parquet`` (index patient_id; TARGETS columns); ``features_dir`` holds
+    one HDF5 per patient; ``radiomics_dir`` holds ``radiomics.parquet`` (and, optionally,
+    ``perturbations.parquet`` for the in-fold ICC filter). Patients without targets are dropped.
+    """
+    from ..cohort import load_manifest
+
+    cohort = load_manifest(manifest).frame
+    table = pd.read_parquet(targets)
+    missing = [t for t in TARGETS if t not in table.columns]
+    if missing:
+        raise ValueError(f"{targets}: target column(s) {missing} missing")
+    table.index = table.index.astype(str)
+    patients = [str(p) for p in cohort.index if str(p) in table.index]
+    if not patients:
+        raise ValueError(f"no patient of {manifest} has targets in {targets}")
+    sites = cohort.loc[patients, "site"].astype(str).to_numpy()
+    bags = read_bags(features_dir, patients, max_tiles, seed) if features_dir else {}
+    radiomics = pd.DataFrame(index=patients)
+    perturbations = None
+    if radiomics_dir is not None:
+        radiomics_dir = Path(radiomics_dir)
+        radiomics = pd.read_parquet(radiomics_dir / "radiomics.parquet")
+        radiomics.index = radiomics.index.astype(str)
+        radiomics = radiomics.select_dtypes("number")
+        pert = radiomics_dir / "perturbations.parquet"
+        if pert.is_file():
+            perturbations = pd.read_parquet(pert)
+    data = StudyData(
+        patients=patients,
+        sites=sites,
+        bags=bags,
+        radiomics=radiomics,
+        targets=table.loc[patients, list(TARGETS)].astype(float),
+        prompts=prompts,
+        perturbations=perturbations,
+    )
+    event(
+        log,
+        "study data loaded",
+        patients=len(patients),
+        slides=len(bags),
+        radiomics=int(data.radiomics.notna().any(axis=1).sum()),
+        features=data.radiomics.shape[1],
+    )
+    return data
+
+
+# ---------------------------------------------------------------------------- preprocessing
+@dataclass
+class FoldArrays:
+    """A fold's patients, transformed: the inputs of :func:`make_batch`."""
+
+    patients: list[str]
+    bags: list[np.ndarray | None]
+    rad: np.ndarray  # (P, R) standardised, 0 where missing
+    has_rad: np.ndarray  # (P,) bool
+    site: np.ndarray  # (P,) int codes
+    y: np.ndarray  # (P, J) z-scored targets, NaN unknown
+    y01: np.ndarray  # (P, J) min–max scaled targets, NaN unknown
+
+    def __len__(self) -> int:
+        return len(self.patients)
+
+
+class FoldPreprocessor:
+    """Everything fitted from data, fitted on a fold's training patients only.
+
+    Parameters
+    ----------
+    harmonise : bool
+        ComBat site harmonisation of the radiomics (fitted on the training patients).
+    icc_threshold : float or None
+        Keep radiomics features with perturbation ICC ≥ threshold among the training patients
+        (needs the perturbation table; skipped when absent or None).
+    min_present : float
+        Drop radiomics features present (non-NaN) in fewer than this share of training patients.
+
+    Attributes (set by ``fit``)
+    ---------------------------
+    features_ : list of kept radiomics features
+    combat_ : fitted :class:`~stromalens.radiology.ComBat` or None
+    rad_mean_, rad_scale_ : Series, the standardisation of the (harmonised) features
+    target_scaler_ : fitted :class:`~stromalens.targets.scaling.TargetScaler`
+    y_min_, y_max_ : Series, the min–max scaling of stage I
+    sites_ : list of site labels (their codes are positions in this list)
+    """
+
+    def __init__(
+        self, harmonise: bool = True, icc_threshold: float | None = 0.75, min_present: float = 0.5
+    ) -> None:
+        self.harmonise = harmonise
+        self.icc_threshold = icc_threshold
+        self.min_present = min_present
+
+    def fit(self, data: StudyData, train_ids) -> FoldPreprocessor:
+        from ..targets.scaling import TargetScaler
+
+        train_ids = list(train_ids)
+        unknown = set(train_ids) - set(data.patients)
+        if unknown:
+            raise ValueError(f"training patients not in the study: {sorted(unknown)[:5]}")
+        self.sites_ = sorted(set(data.sites))
+        y = data.targets.loc[train_ids]
+        self.target_scaler_ = TargetScaler().fit(y)
+        self.y_min_, self.y_max_ = y.min(), y.max()
+
+        rad = data.radiomics.loc[train_ids]
+        rows = rad.notna().any(axis=1)
+        rad = rad[rows]
+        features = [c for c in rad.columns if rad[c].notna().mean() >= self.min_present]
+        if features and self.icc_threshold is not None and data.perturbations is not None:
+            from ..radiology import select_stable
+
+            stable = set(
+                select_stable(data.perturbations, threshold=self.icc_threshold, patients=train_ids)
+            )
+            features = [c for c in features if c in stable]
+        rad = rad[features]
+        if features:
+            sd = rad.std(ddof=1)
+            features = [c for c in features if np.isfinite(sd[c]) and sd[c] > 1e-12]
+            rad = rad[features]
+        self.features_ = features
+        self.fill_ = rad.mean()
+        rad = rad.fillna(self.fill_)
+        self.combat_ = None
+        site_of = data.site_of()
+        if self.harmonise and features and len(rad) > 2:
+            from ..radiology import ComBat
+
+            counts = site_of.loc[rad.index].value_counts()
+            if (counts >= 2).sum() >= 2:
+                self.combat_ = ComBat(unseen_site="pooled").fit(rad, site_of.loc[rad.index])
+                rad = self.combat_.transform(rad, site_of.loc[rad.index])
+        self.rad_mean_ = rad.mean() if features else pd.Series(dtype=float)
+        sd = rad.std(ddof=1) if features else pd.Series(dtype=float)
+        self.rad_scale_ = sd.where(sd > 1e-12, 1.0)
+        return self
+
+    def _check(self) -> None:
+        if not hasattr(self, "features_"):
+            raise RuntimeError("FoldPreprocessor is not fitted; call fit() on the training fold")
+
+    def transform_radiomics(self, data: StudyData, ids) -> tuple[np.ndarray, np.ndarray]:
+        self._check()
+        ids = list(ids)
+        raw = data.radiomics.reindex(columns=self.features_).loc[ids]
+        has = raw.notna().any(axis=1).to_numpy() if self.features_ else np.zeros(len(ids), bool)
+        if not self.features_:
+            return np.zeros((len(ids), 1), np.float32), has
+        x = raw.fillna(self.fill_)
+        if self.combat_ is not None:
+            x = self.combat_.transform(x, data.site_of().loc[ids])
+        x = ((x - self.rad_mean_) / self.rad_scale_).to_numpy(np.float32)
+        x[~has] = 0.0
+        return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), has
+
+    def transform(self, data: StudyData, ids) -> FoldArrays:
+        self._check()
+        ids = list(ids)
+        rad, has_rad = self.transform_radiomics(data, ids)
+        y_raw = data.targets.loc[ids, list(TARGETS)]
+        y = self.target_scaler_.transform(y_raw).to_numpy(np.float32)
+        y01 = ((y_raw - self.y_min_) / (self.y_max_ - self.y_min_ + EPS)).to_numpy(np.float32)
+        codes = {s: i for i, s in enumerate(self.sites_)}
+        site = np.array([codes.get(s, -1) for s in data.site_of().loc[ids]], np.int64)
+        return FoldArrays(
+            patients=ids,
+            bags=[data.bags.get(p) for p in ids],
+            rad=rad,
+            has_rad=has_rad,
+            site=site,
+            y=y,
+            y01=y01,
+        )
+
+    def inverse_targets(self, z: np.ndarray) -> np.ndarray:
+        """z-scored predictions (P, J) back to target units."""
+        self._check()
+        scale = self.target_scaler_.scale_[list(TARGETS)].to_numpy()
+        mean = self.target_scaler_.mean_[list(TARGETS)].to_numpy()
+        return z * scale + mean
+
+    def state(self) -> dict:
+        """The fitted state as plain JSON-able values (for checkpoints and the leakage test)."""
+        self._check()
+        state = {
+            "features": list(self.features_),
+            "fill": self.fill_.round(12).to_dict(),
+            "rad_mean": self.rad_mean_.round(12).to_dict(),
+            "rad_scale": self.rad_scale_.round(12).to_dict(),
+            "target_mean": self.target_scaler_.mean_.round(12).to_dict(),
+            "target_scale": self.target_scaler_.scale_.round(12).to_dict(),
+            "y_min": self.y_min_.round(12).to_dict(),
+            "y_max": self.y_max_.round(12).to_dict(),
+            "sites": list(self.sites_),
+        }
+        if self.combat_ is not None:
+            state["combat_gamma_star"] = self.combat_.gamma_star_.round(10).to_dict()
+            state["combat_delta_star"] = self.combat_.delta_star_.round(10).to_dict()
+            state["combat_grand_mean"] = self.combat_.grand_mean_.round(10).to_dict()
+        return state
+
+
+def make_batch(arrays: FoldArrays, index=None, max_tiles: int | None = None, rng=None):
+    """A padded :class:`~stromalens.models.MILBatch` of ``arrays`` rows ``index``.
+
+    ``max_tiles`` (training only) samples at most that many tiles per bag with ``rng``."""
+    import torch
+
+    from ..models import MILBatch
+
+    index = np.arange(len(arrays)) if index is None else np.asarray(index)
+    bags = []
+    for i in index:
+        bag = arrays.bags[i]
+        if bag is not None and max_tiles is not None and len(bag) > max_tiles:
+            bag = bag[np.sort(rng.choice(len(bag), max_tiles, replace=False))]
+        bags.append(bag)
+    d = next((b.shape[1] for b in arrays.bags if b is not None), 1)
+    n = max([len(b) for b in bags if b is not None] + [1])
+    tiles = np.zeros((len(index), n, d), np.float32)  # (B, N, D)
+    mask = np.zeros((len(index), n), bool)  # (B, N)
+    for row, bag in enumerate(bags):
+        if bag is not None:
+            tiles[row, : len(bag)] = bag
+            mask[row, : len(bag)] = True
+    return MILBatch(
+        tiles=torch.from_numpy(tiles),
+        mask=torch.from_numpy(mask),
+        rad=torch.from_numpy(arrays.rad[index]),
+        has_wsi=torch.from_numpy(mask.any(1)),
+        has_rad=torch.from_numpy(arrays.has_rad[index]),
+        site=torch.from_numpy(arrays.site[index]),
+    )

@@ -1,0 +1,196 @@
+"""Training: folds, leakage-free preprocessing, determinism, checkpoints and the CV run files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stromalens.training import (
+    FoldPreprocessor,
+    TrainSettings,
+    assign_folds,
+    fit_model,
+    load_checkpoint,
+    make_batch,
+    predict,
+    run_cv,
+)
+from stromalens.training.cv import parameter_grid
+from stromalens.training.data import TARGETS
+
+from .conftest import make_study
+
+FAST = TrainSettings(
+    hidden=8,
+    epochs_stage1=2,
+    epochs_stage2=3,
+    epochs_stage3=2,
+    epochs_distill=2,
+    epochs_baseline=3,
+    batch_size=8,
+    max_tiles=16,
+)
+
+
+def test_folds_are_patient_level_stratified_and_deterministic():
+    patients = [f"P{i}" for i in range(53)]
+    sites = np.array(["A"] * 25 + ["B"] * 17 + ["C"] * 8 + ["D"] * 3)
+    folds = assign_folds(patients, sites, k=5, seed=1)
+    assert folds.index.tolist() == patients and set(folds) == set(range(5))
+    sizes = folds.value_counts()
+    assert sizes.max() - sizes.min() <= 1
+    table = pd.crosstab(pd.Series(sites, index=patients), folds)
+    assert (table.max(axis=1) - table.min(axis=1) <= 1).all()  # every site spread evenly
+    pd.testing.assert_series_equal(folds, assign_folds(patients, sites, k=5, seed=1))
+    with pytest.raises(ValueError, match="folds"):
+        assign_folds(patients, sites, k=1)
+
+
+def test_parameter_grid_is_the_cartesian_product():
+    assert parameter_grid(None) == [{}]
+    grid = parameter_grid({"tau": [0.1, 1.0], "hidden": [8]})
+    assert grid == [{"hidden": 8, "tau": 0.1}, {"hidden": 8, "tau": 1.0}]
+    with pytest.raises(ValueError, match="tau"):
+        parameter_grid({"tau": []})
+
+
+def test_settings_validation_names_the_value():
+    with pytest.raises(ValueError, match="modality_dropout"):
+        TrainSettings(modality_dropout=1.5)
+    with pytest.raises(ValueError, match="nope"):
+        TrainSettings().with_(nope=1)
+
+
+def test_make_batch_pads_and_masks(study):
+    prep = FoldPreprocessor().fit(study, study.patients)
+    arrays = prep.transform(study, study.patients)
+    batch = make_batch(arrays, np.arange(6))
+    lengths = [0 if b is None else len(b) for b in arrays.bags[:6]]
+    assert batch.tiles.shape == (6, max(lengths), 16)
+    assert batch.mask.sum(1).tolist() == lengths
+    assert not batch.has_wsi[4] and not batch.has_rad[5]  # the planted gaps
+    assert float(batch.tiles[~batch.mask].abs().sum()) == 0
+
+
+def _perturb_heldout(study, test_ids):
+    """A copy of ``study`` whose held-out patients' inputs and targets are all changed."""
+    other = make_study()
+    rng = np.random.default_rng(99)
+    other.radiomics.loc[test_ids] = rng.normal(size=(len(test_ids), 12)) * 50
+    other.targets.loc[test_ids] = rng.normal(size=(len(test_ids), 3)) * 50
+    for pid in test_ids:
+        if pid in other.bags:
+            other.bags[pid] = rng.normal(size=other.bags[pid].shape).astype(np.float32) * 5
+    pert = other.perturbations.copy()
+    held = pert.index.get_level_values(0).isin(test_ids)
+    pert.loc[held] = rng.normal(size=(int(held.sum()), 12)) * 50
+    other.perturbations = pert
+    return other
+
+
+def test_perturbing_the_heldout_fold_leaves_the_fitted_state_unchanged(study):
+    folds = assign_folds(study.patients, study.sites, k=3)
+    train_ids = folds.index[folds != 0].tolist()
+    test_ids = folds.index[folds == 0].tolist()
+    changed = _perturb_heldout(study, test_ids)
+
+    a = FoldPreprocessor().fit(study, train_ids)
+    b = FoldPreprocessor().fit(changed, train_ids)
+    assert a.state() == b.state()
+    assert a.combat_ is not None and 0 < len(a.features_) < 12  # ICC dropped the unstable ones
+    assert all(f"f{k}" not in " ".join(a.features_) for k in (8, 9, 10, 11))
+    # a model trained on the training fold is the same too
+    arrays_a, arrays_b = a.transform(study, train_ids), b.transform(changed, train_ids)
+    fit_a = fit_model("gated_fusion", arrays_a, study.prompts, 16, 3, FAST, with_student=False)
+    fit_b = fit_model("gated_fusion", arrays_b, changed.prompts, 16, 3, FAST, with_student=False)
+    for key, value in fit_a["gated_fusion_coral"].state_dict().items():
+        np.testing.assert_array_equal(
+            value.numpy(), fit_b["gated_fusion_coral"].state_dict()[key].numpy()
+        )
+    # while the held-out fold's transformed inputs do differ
+    assert not np.allclose(a.transform(study, test_ids).rad, b.transform(changed, test_ids).rad)
+
+
+def test_training_is_deterministic_for_a_seed_and_checkpoints_resume(study, tmp_path):
+    prep = FoldPreprocessor().fit(study, study.patients)
+    arrays = prep.transform(study, study.patients)
+    first = fit_model("gated_fusion", arrays, study.prompts, 16, 3, FAST, tmp_path / "ck")
+    second = fit_model("gated_fusion", arrays, study.prompts, 16, 3, FAST)
+    assert set(first) == {"gated_fusion", "gated_fusion_coral", "student"}
+    for name in first:
+        np.testing.assert_array_equal(predict(first[name], arrays), predict(second[name], arrays))
+    files = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    for stage in ("stage1", "stage2", "stage3", "stage3_coral"):
+        assert (
+            f"gated_fusion.{stage}.safetensors" in files and f"gated_fusion.{stage}.json" in files
+        )
+    assert "student.safetensors" in files
+    meta = json.loads((tmp_path / "ck" / "gated_fusion.stage2.json").read_text())
+    assert meta["config"]["settings"]["epochs_stage2"] == 3 and meta["model"] == "gated_fusion"
+    model, _, log_sigma = load_checkpoint(tmp_path / "ck" / "gated_fusion.stage3_coral")
+    np.testing.assert_allclose(predict(model, arrays), predict(first["gated_fusion_coral"], arrays))
+    assert log_sigma is not None and log_sigma.shape == (3,)
+    # a rerun loads every stage instead of training it: same predictions
+    again = fit_model("gated_fusion", arrays, study.prompts, 16, 3, FAST, tmp_path / "ck")
+    np.testing.assert_array_equal(
+        predict(again["student"], arrays), predict(first["student"], arrays)
+    )
+    # a different setting is a different configuration: that stage is retrained
+    other = fit_model("mri_only", arrays, None, 16, 3, FAST.with_(seed=1), tmp_path / "ck")
+    assert "mri_only" in other
+
+
+def test_cv_writes_out_of_fold_predictions_for_every_model(tmp_path):
+    study = make_study(n=24)
+    models = ["gated_fusion", "mean_pool", "mri_only"]
+    metrics = run_cv(
+        study,
+        tmp_path,
+        FAST.with_(epochs_stage2=2, epochs_baseline=2),
+        models=models,
+        folds=3,
+        inner_folds=2,
+        grid={"tau": [0.25, 1.0]},
+    )
+    predictions = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert list(predictions.columns) == [
+        "patient_id",
+        "fold",
+        "model",
+        "target",
+        "y_true",
+        "y_pred",
+    ]
+    expected = {
+        "gated_fusion",
+        "gated_fusion_coral",
+        "student",
+        "mean_pool",
+        "mri_only",
+        "clip_mil",
+    }
+    assert set(predictions["model"]) == expected
+    counts = predictions.groupby(["model", "target", "patient_id"]).size()
+    assert (counts == 1).all() and len(counts) == len(expected) * 3 * 24  # every patient once
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    merged = predictions.merge(folds, on="patient_id", suffixes=("", "_csv"))
+    assert (merged["fold"] == merged["fold_csv"]).all()
+    truth = study.targets.stack().rename("t").reset_index()
+    truth.columns = ["patient_id", "target", "t"]
+    check = predictions.merge(truth, on=["patient_id", "target"])
+    np.testing.assert_allclose(check["y_true"], check["t"])
+    assert set(metrics["models"]) == expected
+    assert set(metrics["models"]["gated_fusion"]["targets"]) == set(TARGETS)
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "selection.csv").is_file()
+    assert (tmp_path / "checkpoints" / "fold0" / "preprocessor.json").is_file()
+    assert len(pd.read_csv(tmp_path / "selection.csv")) == 3 * 2  # folds × grid points
+
+
+def test_unknown_models_are_value_errors(tmp_path, study):
+    with pytest.raises(ValueError, match="nope"):
+        run_cv(study, tmp_path, FAST, models=["nope"])
+    with pytest.raises(ValueError, match="student"):
+        run_cv(study, tmp_path, FAST, models=["student"])
