@@ -54,11 +54,36 @@ class CohortConfig(_Strict):
     check_files: bool = True
 
 
+class TrainingConfig(_Strict):
+    """Models, curriculum and validation (``stromalens train``); paths as given (relative to the
+    working directory). See ``configs/study.yaml`` for every key with a comment."""
+
+    targets: Path = Field(description="targets.parquet of the targets stage")
+    features: Path | None = Field(None, description="directory of per-slide HDF5 feature stores")
+    radiomics: Path | None = Field(None, description="radiomics run directory")
+    prompts: Path = Field(Path("configs/prompts"), description="directory of prompt banks")
+    encoder: str = "synthclip"
+    encoder_weights: str | None = None
+    prompt_cache: Path | None = None
+    models: tuple[str, ...] | None = Field(None, description="registered models; default: all")
+    folds: int = Field(5, ge=2)
+    inner_folds: int = Field(3, ge=2)
+    grid: dict[str, list] = Field(default_factory=dict, description="nested-selection grid")
+    harmonise: bool = True
+    icc_threshold: float | None = Field(0.75, ge=0, le=1)
+    max_tiles: int | None = Field(2048, ge=1, description="tiles kept per slide when loading")
+    leave_site_out: bool = True
+    permuted_control: bool = Field(False, description="also run CV on shuffled targets")
+    workers: int = Field(1, ge=1, description="folds trained in parallel processes")
+    settings: dict = Field(default_factory=dict, description="TrainSettings overrides")
+
+
 class StudyConfig(_Strict):
     """The whole study; later stages add their blocks here."""
 
     cohort: CohortConfig
     synth: SynthConfig = SynthConfig()
+    training: TrainingConfig | None = None
 
     @field_validator("cohort", mode="before")
     @classmethod

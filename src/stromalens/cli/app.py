@@ -10,7 +10,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..logs import configure_logging
-from . import cohort, demo, radiomics, synth, targets, wsi
+from . import cohort, demo, radiomics, synth, targets, train, wsi
 
 app = typer.Typer(
     name="stromalens",
@@ -24,6 +24,7 @@ app.command("synth")(synth.synth)
 app.command("targets")(targets.targets)
 app.command("radiomics")(radiomics.radiomics)
 app.command("demo")(demo.demo)
+app.command("train")(train.train)
 app.add_typer(wsi.app, name="wsi")
 
 error_console = Console(stderr=True)
@@ -51,7 +52,8 @@ def main() -> None:
     from ..config import ConfigError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns (not raises) the code of a `typer.Exit`.
+        code = app(standalone_mode=False)
     except (ManifestError, ConfigError, ValueError, FileNotFoundError) as exc:
         error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
@@ -69,3 +71,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)

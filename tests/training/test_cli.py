@@ -1,0 +1,32 @@
+"""``stromalens train``: configuration errors are one clear line and exit 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from stromalens.config import StudyConfig, load_config
+
+SCRIPT = Path(sys.executable).parent / "stromalens"
+
+
+def test_train_without_a_training_block_exits_1(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text("cohort:\n  manifest: cohort.csv\n")
+    run = subprocess.run(
+        [str(SCRIPT), "train", "--config", str(config), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert "no 'training' block" in run.stderr
+
+
+def test_the_example_study_config_validates():
+    root = Path(__file__).resolve().parents[2]
+    study = load_config(root / "configs" / "study.yaml", StudyConfig)
+    assert study.training.folds == 5 and study.training.grid["tau"] == [0.25, 1.0]
+    from stromalens.training import TrainSettings
+
+    TrainSettings().with_(**study.training.settings)  # every override is a known setting
