@@ -117,3 +117,29 @@ def test_resources_read_under_an_ascii_locale():
            "PATH": ""}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
     assert run.returncode == 0, run.stderr.decode("utf-8", "replace")
+
+
+def test_typer_exit_codes_reach_the_shell():
+    """A command ending in typer.Exit(code) exits with that code (click returns it, not raises,
+    outside standalone mode)."""
+    import importlib
+
+    import typer
+
+    app_module = importlib.import_module("stromalens.cli.app")  # the module, not the Typer app
+
+    @app_module.app.command("_exit_probe", hidden=True)
+    def _probe(code: int = 3) -> None:
+        raise typer.Exit(code)
+
+    argv = sys.argv
+    try:
+        sys.argv = ["stromalens", "_exit_probe", "--code", "4"]
+        with pytest.raises(SystemExit) as info:
+            app_module.main()
+    finally:
+        sys.argv = argv
+        app_module.app.registered_commands = [
+            c for c in app_module.app.registered_commands if c.name != "_exit_probe"
+        ]
+    assert info.value.code == 4
