@@ -46,7 +46,8 @@ def targets(
     import pandas as pd
 
     from ..cohort import load_manifest
-    from ..targets.io import file_sha256, read_expression
+    from ..hashing import sha256_file
+    from ..targets.io import read_expression
     from ..targets.pipeline import compute_targets, write_targets
 
     expr = read_expression(expression, orientation=orientation, duplicates=duplicates)
@@ -75,9 +76,9 @@ def targets(
             "inputs": {
                 "manifest": str(manifest),
                 "expression": str(expression),
-                "expression_sha256": file_sha256(expression),
+                "expression_sha256": sha256_file(expression),
                 "gene_sets": str(gene_sets) if gene_sets else "stromalens ERS_CAF (shipped)",
-                "gene_sets_sha256": file_sha256(gene_sets) if gene_sets else None,
+                "gene_sets_sha256": sha256_file(gene_sets) if gene_sets else None,
                 "signature": str(signature) if signature else "TIL10 (shipped)",
             },
             "patients": len(samples),

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
 
 ORIENTATIONS = ("genes-x-samples", "samples-x-genes")
 DUPLICATE_POLICIES = ("error", "sum", "mean", "max")
-
-
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def aggregate_duplicates(frame: pd.DataFrame, how: str, axis_name: str = "gene") -> pd.DataFrame:

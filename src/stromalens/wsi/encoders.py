@@ -32,13 +32,14 @@ Example
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..hashing import sha256_file
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -142,15 +143,6 @@ class Encoder:
 
 
 # --------------------------------------------------------------------------- weights
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_weights(path: Path | str) -> Path:
     """A weight file: ``path`` itself or the first of :data:`WEIGHT_FILES` inside a directory."""
     path = Path(path).expanduser()
@@ -295,7 +287,7 @@ def _synthclip(weights=None, allow_download=False) -> Encoder:
     if weights != "random":
         sidecar = resolve_weights(weights).with_suffix(".json")
         if sidecar.is_file():
-            config = json.loads(sidecar.read_text())["model"]
+            config = json.loads(sidecar.read_text(encoding="utf-8"))["model"]
     return build_open_clip("synthclip", config, weights)
 
 

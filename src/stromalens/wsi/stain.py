@@ -57,7 +57,7 @@ class StainReference:
 def default_reference() -> StainReference:
     """The bundled H&E reference (TIAToolbox's target tile, BSD-3)."""
     text = resources.files("stromalens.wsi").joinpath("resources/macenko_reference.json")
-    data = json.loads(text.read_text())
+    data = json.loads(text.read_text(encoding="utf-8"))
     return StainReference(
         np.asarray(data["stain_matrix"], float),
         np.asarray(data["max_concentrations"], float),
