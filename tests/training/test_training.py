@@ -170,7 +170,6 @@ def test_cv_writes_out_of_fold_predictions_for_every_model(tmp_path):
         "student",
         "mean_pool",
         "mri_only",
-        "clip_mil",
     }
     assert set(predictions["model"]) == expected
     counts = predictions.groupby(["model", "target", "patient_id"]).size()
