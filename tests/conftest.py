@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Commands the tests start write UTF-8 whatever the machine's locale (CI may run in "C").
+os.environ.setdefault("PYTHONUTF8", "1")
 
 from stromalens.config import MissingRates, SlideConfig, SynthConfig
 

@@ -195,13 +195,13 @@ def test_cli_validate_exits_non_zero_with_one_clear_message(files):
     script = Path(sys.executable).parent / "stromalens"
     good = write(files, row("P1"), row("P2", site="B"))
     out = subprocess.run(
-        [str(script), "cohort", "validate", str(good)], capture_output=True, text=True
+        [str(script), "cohort", "validate", str(good)], capture_output=True, encoding="utf-8"
     )
     assert out.returncode == 0, out.stderr
     assert "2 patients, valid" in out.stdout
     bad = write(files, row("P1"), row("P1", os_time="-2"), name="bad.csv")
     out = subprocess.run(
-        [str(script), "cohort", "validate", str(bad)], capture_output=True, text=True
+        [str(script), "cohort", "validate", str(bad)], capture_output=True, encoding="utf-8"
     )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr

@@ -14,7 +14,9 @@ def test_import_does_not_load_heavy_dependencies():
         " if m in sys.modules];"
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True
+    )
     assert out.stdout.strip() == ""
 
 
@@ -22,7 +24,9 @@ def test_console_script_prints_version():
     import stromalens
 
     script = Path(sys.executable).parent / "stromalens"
-    out = subprocess.run([str(script), "version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(script), "version"], capture_output=True, encoding="utf-8", check=True
+    )
     assert out.stdout.strip() == stromalens.__version__
 
 
@@ -113,8 +117,7 @@ def test_resources_read_under_an_ascii_locale():
         "assert len(as_gene_sets(default_gene_sets_path())['ERS_CAF']) == 33;"
         "assert len(curated_triplets()) > 10 and len(gene_universe()) > 5000"
     )
-    env = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
-           "PATH": ""}
+    env = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PATH": ""}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
     assert run.returncode == 0, run.stderr.decode("utf-8", "replace")
 

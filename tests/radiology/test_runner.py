@@ -152,7 +152,7 @@ def test_real_cases_nifti_mr_ct_and_nrrd_via_cli(tmp_path):
         [str(script), "radiomics", "--manifest", str(manifest), "--out", str(out)]
         + ["--config", str(config), "--workers", "2", "--no-progress"],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert result.returncode == 0, result.stderr
     features = pd.read_parquet(out / "radiomics.parquet")
@@ -178,7 +178,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
         [str(script), "radiomics", "--manifest", str(manifest), "--out", str(tmp_path / "o")]
         + ["--config", str(config)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert result.returncode == 1
     assert "mri_t1x" in result.stderr and "Traceback" not in result.stderr

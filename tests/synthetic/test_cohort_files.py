@@ -125,7 +125,7 @@ def test_cli_synth_then_validate(tmp_path):
             "1",
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert run.returncode == 0, run.stderr
     assert (out / "cohort.csv").exists()
@@ -141,12 +141,14 @@ def test_cli_synth_then_validate(tmp_path):
             str(out / "rnaseq" / "counts.tsv"),
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert check.returncode == 0, check.stderr
     assert "2 patients, valid" in check.stdout
     bad = subprocess.run(
-        [str(script), "synth", "--out", str(out), "--patients", "0"], capture_output=True, text=True
+        [str(script), "synth", "--out", str(out), "--patients", "0"],
+        capture_output=True,
+        encoding="utf-8",
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "patients" in bad.stderr
@@ -178,7 +180,7 @@ def test_deterministic_across_processes():
         subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
             check=True,
             env={"PYTHONHASHSEED": str(seed), "PATH": ""},
         ).stdout

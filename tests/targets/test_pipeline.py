@@ -72,7 +72,7 @@ def test_cli_writes_the_targets_files(small_cohort, tmp_path):
             str(out),
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert run.returncode == 0, run.stderr
     targets = pd.read_parquet(out / "targets.parquet")
@@ -117,6 +117,6 @@ def test_cli_reports_samples_without_expression(small_cohort, tmp_path):
                 str(tmp_path / "o"),
             ],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
         )
         assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr

@@ -17,7 +17,7 @@ def test_train_without_a_training_block_exits_1(tmp_path):
     run = subprocess.run(
         [str(SCRIPT), "train", "--config", str(config), "--out", str(tmp_path / "run")],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert run.returncode == 1
     assert "no 'training' block" in run.stderr

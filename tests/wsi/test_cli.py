@@ -12,7 +12,7 @@ def test_wsi_tile_on_a_single_slide(tmp_path, synthetic_slides):
     out = subprocess.run(
         [str(SCRIPT), "wsi", "tile", str(slide), "--out", str(tmp_path)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert out.returncode == 0, out.stderr
     data = read_slide(tmp_path / f"{slide.stem}.h5")
@@ -33,7 +33,7 @@ def test_wsi_embed_reports_a_slide_without_mpp(tmp_path, broken_slides):
             "random",
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
     )
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
