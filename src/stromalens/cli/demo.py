@@ -1,8 +1,9 @@
 """``stromalens demo``: the main job on the embedded synthetic cohort.
 
 Runs every stage that exists so far, in order, each timed and recorded in ``demo.json``:
-the synthetic development cohort and its external cohort, validation of both manifests, and the
-transcriptomic targets of both cohorts (checked against the planted truth), and the whole-slide
+the synthetic development cohort and its external cohort, validation of both manifests, the
+transcriptomic targets of both cohorts (checked against the planted truth), the radiomics of the
+development cohort (lighter demo settings, configs/radiomics_demo.yaml), and the whole-slide
 stage (the synthetic CLIP, trained once and cached; tiles, QC, Macenko and embeddings of every
 slide). Later stages join here as they land.
 """
@@ -113,6 +114,29 @@ def _embed(cohort_dir: Path, out: Path) -> dict:
     return {"slides": counts, "tiles": int(sum(r.get("n_tiles", 0) for r in results))}
 
 
+def _radiomics(cohort_dir: Path, out: Path) -> dict:
+    """Radiomics of the development cohort with the demo's lighter settings (fewer filters and
+    perturbations, stated in configs/radiomics_demo.yaml)."""
+    from ..config import load_config
+    from ..radiology.runner import run_radiomics
+    from ..radiology.settings import RadiomicsConfig
+
+    config = Path(__file__).resolve().parents[3] / "configs" / "radiomics_demo.yaml"
+    if not config.exists():
+        console.print(f"[yellow]radiomics skipped:[/] {config} not found (run from a checkout)")
+        return {"skipped": "configs/radiomics_demo.yaml not found"}
+    summary = run_radiomics(cohort_dir / "cohort.csv", out, load_config(config, RadiomicsConfig))
+    report = {k: summary[k] for k in ("patients_ok", "patients_failed", "features")}
+    check = summary.get("site_check", {}).get("balanced_accuracy")
+    if check:
+        report["site_balanced_accuracy"] = check
+        console.print(
+            f"  site predictable from features (balanced accuracy, out of fold): "
+            f"raw {check['raw']}, after ComBat {check['combat']}"
+        )
+    return report
+
+
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory."),
     patients: int = typer.Option(126, "--patients", help="Development-cohort size."),
@@ -161,6 +185,7 @@ def demo(
     stages.run("manifest validation", validate)
     stages.run("targets (development)", lambda: _synthetic_targets(dev_dir, out / "targets"))
     stages.run("targets (external)", lambda: _synthetic_targets(ext_dir, out / "external_targets"))
+    stages.run("radiomics (development)", lambda: _radiomics(dev_dir, out / "radiomics"))
     stages.run(
         "wsi: synthetic CLIP",
         lambda: _train_synthclip(dev_dir, train_seconds=60.0 if quick else 120.0),
