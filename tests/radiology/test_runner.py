@@ -182,3 +182,9 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     )
     assert result.returncode == 1
     assert "mri_t1x" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_executor_is_chosen_by_name(small_cohort, tmp_path):
+    """Patients go to a local pool or to Ray by name; an unknown executor is a clear error."""
+    with pytest.raises(ValueError, match="executor must be 'process' or 'ray'"):
+        run_radiomics(small_cohort, tmp_path / "r", executor="slurm", progress=False)

@@ -15,6 +15,9 @@ def radiomics(
     ),
     workers: int = typer.Option(None, "--workers", help="Processes (default: all cores)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    executor: str = typer.Option(
+        "process", "--executor", help="process (local pool) or ray (needs the ray extra)."
+    ),
 ) -> None:
     """Extract radiomics per patient (resumable), write radiomics.parquet and stability.parquet."""
     import json
@@ -24,7 +27,9 @@ def radiomics(
     from ..radiology.settings import RadiomicsConfig
 
     settings = load_config(config, RadiomicsConfig) if config else RadiomicsConfig()
-    summary = run_radiomics(manifest, out, settings, workers=workers, progress=not no_progress)
+    summary = run_radiomics(
+        manifest, out, settings, workers=workers, progress=not no_progress, executor=executor
+    )
     typer.echo(json.dumps({k: summary[k] for k in ("patients_ok", "patients_failed", "features")}))
     check = summary.get("site_check", {}).get("balanced_accuracy")
     if check:

@@ -155,8 +155,13 @@ def run_radiomics(
     workers: int | None = None,
     progress: bool = True,
     check: bool | None = None,
+    executor: str = "process",
 ) -> dict:
-    """Run the radiomics stage over a cohort manifest; returns the summary in radiomics.json."""
+    """Run the radiomics stage over a cohort manifest; returns the summary in radiomics.json.
+
+    Patients run in a local process pool (``executor="process"``) or as Ray tasks
+    (``executor="ray"``, the optional extra; connects to a running cluster if there is one).
+    """
     from ..cohort import load_manifest
 
     config = config or RadiomicsConfig()
@@ -206,6 +211,7 @@ def run_radiomics(
         workers=workers or config.workers,
         description="radiomics",
         progress=progress,
+        executor=executor,
     )
     elapsed = time.perf_counter() - started
 
