@@ -18,9 +18,10 @@ fibrosis region and the exclusion points are restricted to the tiled area ``D`` 
 the slide's tiles): fibrosis outside ``D`` (background, tiles removed by QC) would otherwise
 cap the IoU below 1 whatever the model did.
 
-Top-K. ``T`` is the union of the ``K`` tiles of highest attention (ties broken by row order, a
-stable sort), with ``K = max(1, round(k_fraction · N))`` of the slide's ``N`` tiles unless
-``k`` is given (``min(k, N)``).
+Top-K. ``T`` is the union of the ``K`` tiles of highest attention, with ``K = max(1,
+round(k_fraction · N))`` of the slide's ``N`` tiles unless ``k`` is given (``min(k, N)``). Ties
+are broken by position: :func:`colocalisation` first sorts a slide's tiles by ``y``, then ``x``,
+so no result depends on the row order of the table.
 
 IoU (Jaccard index) of the top-K tiles and the fibrosis region ``F = F_annotated ∩ D``, in
 area (cells):
@@ -50,12 +51,13 @@ seed derived from ``seed`` and the slide's (patient, model, target).
 
 Summary: per model × target × grade stratum × metric, the mean observed and shuffled values,
 ``n`` and the two-sided Wilcoxon signed-rank p of the paired differences observed − shuffled
-(Wilcoxon 1945; ``scipy.stats.wilcoxon``, zero differences dropped; ``NaN`` when every
-difference is 0 or n = 0). IoU is stratified by the fibrosis grade and the hit-rate by the
-exclusion grade, ``0-1`` against ``2-3``; rows of stratum ``all`` pool every patient. The strata
-are compared by a two-sided Mann–Whitney U test (Mann & Whitney 1947) of the per-patient excess
-observed − shuffled (``p_strata``): the excess, not the observed value, since a larger fibrosis
-region alone raises the IoU of any attention.
+(Wilcoxon 1945; ``scipy.stats.wilcoxon``, zero differences dropped, exact null distribution up
+to 50 untied differences, else the normal approximation; ``NaN`` when every difference is 0).
+IoU is stratified by the fibrosis grade and the hit-rate by the exclusion grade, ``0-1`` against
+``2-3``; rows of stratum ``all`` pool every patient. The strata are compared by a two-sided
+Mann–Whitney U test (Mann & Whitney 1947) of the per-patient excess observed − shuffled
+(``p_strata``): the excess, not the observed value, since a larger fibrosis region alone raises
+the IoU of any attention.
 
 References
 ----------
@@ -604,6 +606,7 @@ def colocalisation(
         if annotations is None:
             skipped.append({"patient_id": pid, "model": model, "target": target, "reason": reason})
             continue
+        slide = slide.sort_values(["y", "x"], kind="stable")  # row order never matters
         metrics = colocalise_slide(
             slide["x"].to_numpy(),
             slide["y"].to_numpy(),
@@ -648,9 +651,15 @@ def colocalisation(
 def _wilcoxon_p(diff: np.ndarray) -> float:
     from scipy import stats
 
-    if len(diff) == 0 or not np.any(diff != 0):
+    diff = np.asarray(diff, float)
+    diff = diff[diff != 0]  # Wilcoxon's convention: zero differences are dropped
+    if len(diff) == 0:
         return float("nan")
-    return float(stats.wilcoxon(diff, zero_method="wilcox").pvalue)
+    # Exact null distribution without ties, else the normal approximation with tie correction
+    # (never scipy's random permutation fallback, so p is reproducible).
+    tied = len(np.unique(np.abs(diff))) < len(diff)
+    method = "exact" if len(diff) <= 50 and not tied else "approx"
+    return float(stats.wilcoxon(diff, method=method).pvalue)
 
 
 def _mannwhitney_p(a: np.ndarray, b: np.ndarray) -> float:
