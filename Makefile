@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet numpy setuptools wheel versioneer
 	$(BIN)/python -m pip install --quiet --no-build-isolation pyradiomics==3.0.1
 	$(BIN)/python -m pip install --quiet -e '.[test,radiomics]'
+	# Debian's headless Chromium renders the report in its test (which skips without it);
+	# root installs it, others through `sudo -n` when they may.
+	command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO='sudo -n'; else SUDO=false; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	} || echo "chromium not installed: the report-rendering test will skip"
 	touch $@
 
 install: $(VENV)/.installed

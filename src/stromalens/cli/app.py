@@ -11,6 +11,7 @@ from rich.console import Console
 from .. import __version__
 from ..logs import configure_logging
 from . import cohort, demo, radiomics, synth, targets, train, wsi
+from . import report as report_cli
 
 app = typer.Typer(
     name="stromalens",
@@ -26,6 +27,7 @@ app.command("radiomics")(radiomics.radiomics)
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.add_typer(wsi.app, name="wsi")
+app.command("report")(report_cli.report)
 
 error_console = Console(stderr=True)
 

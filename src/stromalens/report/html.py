@@ -1,0 +1,723 @@
+"""Assemble the report: one self-contained HTML file (figures embedded as base64 PNG) rendered
+with Jinja2 from ``templates/report.html.j2``.
+
+Every section is a list of blocks (figure, table, metrics, note, preformatted text). A block
+whose input file is absent becomes the note "not run: <file> missing"; a figure that fails to
+draw becomes "figure failed: <error>", so one bad table never costs the whole report.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation.naming import PROPOSED, registered_name
+from . import figures
+from .inputs import RunFiles, flatten
+
+log = logging.getLogger(__name__)
+
+TARGETS = figures.TARGETS
+#: Models of the study's own design, listed first in the tables (the rest: baselines).
+STUDY_MODELS: tuple[str, ...] = ("fusion", "fusion_no_coral", "wsi_clip", "mri", "mri_student")
+
+
+@dataclass
+class Metric:
+    """One number of ``evaluation/metrics.json`` (``key`` set) or derived from them."""
+
+    label: str
+    value: float | None
+    digits: int = 2
+    key: str | None = None
+    sign: bool = False
+
+    @property
+    def text(self) -> str:
+        if self.value is None or not math.isfinite(self.value):
+            return "n/a"
+        return f"{self.value:+.{self.digits}f}" if self.sign else f"{self.value:.{self.digits}f}"
+
+
+@dataclass
+class Card:
+    """A headline item: a title, a main metric and smaller ones beside it."""
+
+    title: str
+    main: Metric
+    detail: list[Metric] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Block:
+    kind: str  # figure | table | note | pre | metrics
+    title: str = ""
+    caption: str = ""
+    image: str = ""  # data: URI
+    alt: str = ""
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    text: str = ""
+    items: list[Metric] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    intro: str
+    blocks: list[Block]
+    collapsible: bool = False
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if not math.isfinite(value):
+            return "n/a"
+        if value != 0 and abs(value) < 10 ** (-digits):
+            return f"{value:.1e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(value, low, high, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return _fmt(float(value), digits)
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _table(frame: pd.DataFrame, title: str, caption: str = "", digits: int = 3) -> Block:
+    return Block(
+        kind="table",
+        title=title,
+        caption=caption,
+        columns=[str(c) for c in frame.columns],
+        rows=[[_fmt(v, digits) for v in row] for row in frame.itertuples(index=False)],
+    )
+
+
+def _note(text: str) -> Block:
+    return Block(kind="note", text=text)
+
+
+def _missing(names: list[str]) -> Block:
+    return _note("; ".join(f"not run: {name} missing" for name in names))
+
+
+def _png(fig) -> str:
+    data = figures.to_png(fig)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure(title: str, caption: str, draw: Callable[[], object], alt: str = "") -> Block:
+    try:
+        fig = draw()
+        image = _png(fig)
+    except Exception as exc:  # one bad table must not cost the whole report
+        log.warning("report figure %r failed: %s", title, exc)
+        return _note(f"figure failed: {title}: {type(exc).__name__}: {exc}")
+    return Block(kind="figure", title=title, caption=caption, image=image, alt=alt or title)
+
+
+def _load(run: RunFiles, name: str) -> tuple[pd.DataFrame | None, str]:
+    """A table by the name the sections use, and its label for 'not run' notes."""
+    if name == "targets":
+        return run.targets(), str(run.targets_path or "training.targets (config.yaml)")
+    if name == "truth":
+        where = run.manifest_path.parent / "truth.parquet" if run.manifest_path else None
+        return run.truth(), str(where or "truth.parquet")
+    if name == "predictions.parquet":
+        return run.predictions(), "predictions.parquet"
+    return run.evaluation(name), f"evaluation/{name}"
+
+
+def _need(run: RunFiles, *names: str) -> tuple[list[pd.DataFrame | None], list[str]]:
+    frames, missing = [], []
+    for name in names:
+        frame, label = _load(run, name)
+        frames.append(frame)
+        if frame is None:
+            missing.append(label)
+    return frames, missing
+
+
+def _model_order(models, macro: pd.Series | None = None) -> list[str]:
+    models = list(dict.fromkeys(models))
+    study = [m for m in STUDY_MODELS if m in models]
+    rest = [m for m in models if m not in study]
+    if macro is not None:
+        rest.sort(key=lambda m: -float(macro.get(m, -np.inf)))
+    return study + rest
+
+
+# ------------------------------------------------------------------------------------------
+# headline
+def headline(run: RunFiles) -> list[Card]:
+    """The first screen: macro-r of the proposed model with its fold SD, per-target r beside the
+    noise ceiling, the survival C-index gain and the external r."""
+    cards: list[Card] = []
+    p = PROPOSED
+    key = f"cv.{p}.macro_r"
+    sd = run.metric(f"cv.{p}.macro_r_fold_sd")
+    sd_key = f"cv.{p}.macro_r_fold_sd" if sd is not None else None
+    if sd is None:
+        macro = run.evaluation("fidelity_macro.csv")
+        if macro is not None and p in set(macro["model"]):
+            sd = float(macro.set_index("model").loc[p, "macro_r_fold_sd"])
+    detail = [Metric("fold SD ±", sd, 2, sd_key)] if sd is not None else []
+    cards.append(
+        Card(f"{p}: out-of-fold macro-r", Metric("macro-r", run.metric(key), 2, key), detail)
+    )
+    fidelity = run.evaluation("fidelity.csv")
+    for target in TARGETS:
+        key = f"cv.{p}.r.{target}"
+        ceiling = run.metric(f"ceiling.{target}")
+        ckey = f"ceiling.{target}" if ceiling is not None else None
+        if ceiling is None and fidelity is not None:
+            rows = fidelity[(fidelity["target"] == target) & fidelity["ceiling"].notna()]
+            if len(rows):
+                ceiling = float(rows["ceiling"].iloc[0])
+        items = [Metric("noise ceiling", ceiling, 2, ckey)] if ceiling is not None else []
+        cards.append(
+            Card(
+                f"r, {figures.target_label(target)}",
+                Metric("r", run.metric(key), 2, key),
+                items,
+            )
+        )
+    for endpoint in ("os", "pfs"):
+        k0 = f"survival.{endpoint}.c_index.clinical"
+        k1 = f"survival.{endpoint}.c_index.clinical_ai"
+        c0, c1 = run.metric(k0), run.metric(k1)
+        if c0 is None and c1 is None:
+            continue
+        gain = c1 - c0 if c0 is not None and c1 is not None else None
+        cards.append(
+            Card(
+                f"{endpoint.upper()} C-index gain (clinical + AI vs clinical)",
+                Metric("ΔC", gain, 3, None, sign=True),
+                [Metric("clinical", c0, 3, k0), Metric("clinical + AI", c1, 3, k1)],
+            )
+        )
+    external: dict[str, list[Metric]] = {}
+    for key in run.metrics:
+        parts = key.split(".")
+        if len(parts) == 4 and parts[0] == "external" and parts[2] == "r":
+            external.setdefault(parts[1], []).append(Metric(parts[3], run.metric(key), 2, key))
+    for cohort, items in external.items():
+        items.sort(key=lambda m: TARGETS.index(m.label) if m.label in TARGETS else 99)
+        values = [m.value for m in items if m.value is not None]
+        mean = float(np.mean(values)) if values else None
+        cards.append(
+            Card(
+                f"external {cohort}: zero-shot r",
+                Metric("mean r", mean, 2),
+                items,
+                note="mean over targets",
+            )
+        )
+    return cards
+
+
+def overview(run: RunFiles) -> str:
+    cohort = run.cohort()
+    parts = []
+    if cohort is not None:
+        sites = cohort["site"].nunique() if "site" in cohort else 0
+        parts.append(f"{len(cohort)} patients at {sites} sites")
+    if run.train_metrics and "folds" in run.train_metrics:
+        parts.append(f"{run.train_metrics['folds']}-fold site-stratified cross-validation")
+    if run.manifest and "seed" in run.manifest:
+        parts.append(f"seed {run.manifest['seed']}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------
+# sections
+def section_configuration(run: RunFiles) -> Section:
+    blocks: list[Block] = []
+    note = run.demo_note()
+    if note:
+        blocks.append(_note(f"Demo configuration: {note}"))
+    if run.config_text is not None:
+        blocks.append(Block(kind="pre", title="config.yaml", text=run.config_text))
+    else:
+        blocks.append(_missing(["config.yaml"]))
+    if run.manifest:
+        flat = flatten(run.manifest)
+        frame = pd.DataFrame({"setting": list(flat), "value": [str(v) for v in flat.values()]})
+        blocks.append(_table(frame, "manifest.json (versions, seed, settings, sizes)"))
+    if run.train_metrics:
+        keep = {k: v for k, v in run.train_metrics.items() if k != "models"}
+        flat = flatten(keep)
+        frame = pd.DataFrame({"key": list(flat), "value": [str(v) for v in flat.values()]})
+        if len(frame):
+            blocks.append(_table(frame, "Training run (metrics.json, without per-model scores)"))
+    if run.study_manifest:
+        blocks.append(
+            Block(
+                kind="pre",
+                title="study manifest.json",
+                text=json.dumps(run.study_manifest, indent=2, default=str),
+            )
+        )
+    return Section(
+        "configuration",
+        "Configuration",
+        "The settings of this run, as written by the training stage.",
+        blocks,
+        collapsible=True,
+    )
+
+
+def section_landscape(run: RunFiles) -> Section:
+    (targets,), missing = _need(run, "targets")
+    blocks = (
+        [_missing(missing)]
+        if missing
+        else [
+            _figure(
+                "Fig. 1. Surrogate landscape",
+                "Distributions of the RNA-derived targets, pairwise scatter with Pearson r and "
+                "two-sided p, and the correlation of every score in the targets table "
+                "(targets and their alternative pipelines).",
+                lambda: figures.surrogate_landscape(targets),
+            )
+        ]
+    )
+    return Section(
+        "fig1", "Fig. 1 — Surrogate landscape", "What the models learn to predict.", blocks
+    )
+
+
+def section_attention(run: RunFiles) -> Section:
+    (summary, table), missing = _need(run, "attention_summary.csv", "attention.csv")
+    overlays = run.overlays()
+    blocks: list[Block] = []
+    if summary is None:
+        blocks.append(_missing(missing))
+    else:
+        from matplotlib.image import imread
+
+        images = {pid: imread(path) for pid, path in list(overlays.items())[:4]}
+        captions = {}
+        if table is not None:
+            grades = table.drop_duplicates("patient_id").set_index("patient_id")["grade"]
+            captions = {
+                pid: f"{pid}, fibrosis grade {int(grades[pid])}"
+                for pid in images
+                if pid in grades.index and pd.notna(grades[pid])
+            }
+        blocks.append(
+            _figure(
+                "Fig. 2. Attention co-localisation",
+                "Top: attention overlays (evaluation/attention/*.png). Bottom: IoU and hit-rate "
+                "of the top-k attended tiles with the pathologist's annotation by fibrosis-grade "
+                "stratum, observed vs attention shuffled across tiles (p: permutation).",
+                lambda: figures.attention_colocalisation(summary, images, captions),
+            )
+        )
+        cols = [
+            c
+            for c in (
+                "model",
+                "target",
+                "grade_stratum",
+                "metric",
+                "observed",
+                "shuffled",
+                "n",
+                "p",
+            )
+            if c in summary
+        ]
+        blocks.append(_table(summary[cols], "Attention co-localisation summary"))
+        if not overlays:
+            blocks.append(_missing(["evaluation/attention/*.png"]))
+        if table is None:
+            blocks.append(_missing(["evaluation/attention.csv"]))
+    return Section(
+        "fig2",
+        "Fig. 2 — Attention co-localisation",
+        "Does the model look where pathologists see fibrosis?",
+        blocks,
+    )
+
+
+def fidelity_tables(fidelity: pd.DataFrame, macro: pd.DataFrame | None) -> tuple[Block, Block]:
+    """Table 1 (r [95% CI] per target, macro-r ± fold SD, noise-ceiling row) and Table 2 (RMSE ±
+    fold SD and calibration slope per target)."""
+    macro_r = macro.set_index("model")["macro_r"] if macro is not None else None
+    models = _model_order(fidelity["model"], macro_r)
+    targets = [t for t in TARGETS if t in set(fidelity["target"])]
+    by = fidelity.set_index(["model", "target"])
+    rows1, rows2 = [], []
+    for m in models:
+        row1, row2 = [m], [m]
+        for t in targets:
+            if (m, t) in by.index:
+                r = by.loc[(m, t)]
+                row1.append(_ci(r["r"], r.get("r_ci_low"), r.get("r_ci_high")))
+                row2.append(f"{r['rmse']:.3f} ± {r.get('rmse_fold_sd', float('nan')):.3f}")
+                row2.append(_fmt(r.get("calibration_slope"), 2))
+            else:
+                row1.append("")
+                row2 += ["", ""]
+        if macro is not None and m in set(macro["model"]):
+            mm = macro.set_index("model").loc[m]
+            row1.append(f"{mm['macro_r']:.2f} ± {mm['macro_r_fold_sd']:.2f}")
+        else:
+            row1.append("")
+        rows1.append(row1)
+        rows2.append(row2)
+    ceiling = ["noise ceiling"]
+    for t in targets:
+        c = fidelity[(fidelity["target"] == t) & fidelity["ceiling"].notna()]
+        ceiling.append(
+            _ci(c["ceiling"].iloc[0], c["ceiling_ci_low"].iloc[0], c["ceiling_ci_high"].iloc[0])
+            if len(c)
+            else "n/a"
+        )
+    rows1.append(ceiling + [""])
+    n = int(fidelity["n"].max()) if "n" in fidelity else 0
+    t1 = Block(
+        kind="table",
+        title="Table 1. Fidelity: Pearson r [95% CI] of out-of-fold predictions",
+        caption=f"n = {n} patients. Macro-r: mean r over targets ± SD over folds. "
+        "Noise ceiling: agreement of the alternative target pipelines [95% CI].",
+        columns=["model"] + [f"r, {t}" for t in targets] + ["macro-r ± fold SD"],
+        rows=rows1,
+    )
+    cols2 = ["model"]
+    for t in targets:
+        cols2 += [f"RMSE {t} ± fold SD", f"calibration slope {t}"]
+    t2 = Block(
+        kind="table",
+        title="Table 2. Error and calibration of every model",
+        caption="RMSE in target units (± SD over folds); calibration slope of y_true on y_pred "
+        "(1 = calibrated).",
+        columns=cols2,
+        rows=rows2,
+    )
+    return t1, t2
+
+
+def section_fidelity(run: RunFiles) -> Section:
+    (fidelity, macro), missing = _need(run, "fidelity.csv", "fidelity_macro.csv")
+    blocks: list[Block] = []
+    if fidelity is None:
+        blocks.append(_missing(missing))
+    else:
+        t1, t2 = fidelity_tables(fidelity, macro)
+        blocks += [
+            t1,
+            t2,
+            _figure(
+                "Fidelity of every model against the noise ceiling",
+                "Pearson r (95% CI) per target; dashed: noise ceiling, shaded: its 95% CI; "
+                f"the proposed model ({PROPOSED}) in vermillion.",
+                lambda: figures.fidelity(fidelity, PROPOSED),
+            ),
+        ]
+        if macro is None:
+            blocks.append(_missing(["evaluation/fidelity_macro.csv"]))
+    return Section(
+        "tables12",
+        "Tables 1–2 — Fidelity",
+        "How well each model predicts the "
+        "RNA-derived targets from images, against the noise ceiling.",
+        blocks,
+    )
+
+
+def section_survival(run: RunFiles) -> Section:
+    (hr, cindex, auc, dc, diff, treatment), missing = _need(
+        run,
+        "survival_hr.csv",
+        "survival_cindex.csv",
+        "survival_auc.csv",
+        "decision_curve.csv",
+        "survival_cindex_diff.csv",
+        "treatment.csv",
+    )
+    blocks: list[Block] = []
+    if hr is None or cindex is None:
+        blocks.append(_missing([m for m in missing if "hr" in m or m.endswith("cindex.csv")]))
+    else:
+        blocks.append(
+            _figure(
+                "Fig. 3. Survival",
+                "Per endpoint: Cox hazard ratios (95% CI); Harrell's and Uno's C-index of the "
+                "clinical model and of clinical + AI (95% CI); time-dependent AUC; decision "
+                "curves (net benefit).",
+                lambda: figures.survival(hr, cindex, auc, dc),
+            )
+        )
+        blocks.append(_table(hr, "Cox hazard ratios"))
+        if diff is not None:
+            blocks.append(_table(diff, "C-index difference (clinical + AI − clinical)"))
+    if treatment is not None:
+        blocks.append(_table(treatment, "Treatment response model"))
+    rest = [m for m in missing if m.endswith(("auc.csv", "curve.csv", "diff.csv", "ent.csv"))]
+    if rest and hr is not None and cindex is not None:
+        blocks.append(_missing(rest))
+    return Section(
+        "fig3",
+        "Fig. 3 — Prognosis",
+        "Do the image-derived scores add to clinical "
+        "variables for overall and progression-free survival?",
+        blocks,
+    )
+
+
+def section_prompts(run: RunFiles) -> Section:
+    (pert, tiles), missing = _need(run, "prompt_perturbation.csv", "attention_tiles.parquet")
+    blocks: list[Block] = []
+    if pert is None:
+        blocks.append(_missing(missing))
+    else:
+        blocks.append(
+            _figure(
+                "Fig. 4. Prompt perturbation and attention with and without text",
+                "Left: r per prompt set (± fold SD). Right: tile attention of the same slides "
+                "with the text prompts and without text (viridis: attention weight).",
+                lambda: figures.prompt_perturbation(pert, tiles),
+            )
+        )
+        blocks.append(_table(pert, "Prompt perturbation"))
+        if tiles is None:
+            blocks.append(_missing(["evaluation/attention_tiles.parquet"]))
+    return Section("fig4", "Fig. 4 — Text prompts", "How much the text guidance matters.", blocks)
+
+
+def section_gating(run: RunFiles) -> Section:
+    (gates, missing_mod), missing = _need(run, "gate_strata.csv", "missing_modalities.csv")
+    blocks: list[Block] = []
+    if gates is None and missing_mod is None:
+        blocks.append(_missing(missing))
+    else:
+        if gates is not None:
+            blocks.append(
+                _figure(
+                    "Fig. 5. Gate weights and missing modalities",
+                    "Top: mean gate weight of the WSI and MRI branches by stratum (± SD). "
+                    "Bottom: macro-r as slides or MRI are removed from a growing fraction of "
+                    "patients (± SD over repeats).",
+                    lambda: figures.gating(gates, missing_mod, PROPOSED),
+                )
+            )
+            blocks.append(_table(gates, "Gate weights by stratum"))
+        if missing:
+            blocks.append(_missing(missing))
+    return Section(
+        "fig5",
+        "Fig. 5 — Gating and missing modalities",
+        "What the fused model relies on, and how it degrades when a modality is missing.",
+        blocks,
+    )
+
+
+def section_sites(run: RunFiles) -> Section:
+    (emb, align), missing = _need(run, "embedding_2d.parquet", "site_alignment.csv")
+    blocks: list[Block] = []
+    items = [
+        Metric(
+            f"site entropy {stage}", run.metric(f"site_entropy.{stage}"), 3, f"site_entropy.{stage}"
+        )
+        for stage in ("before", "after")
+        if run.metric(f"site_entropy.{stage}") is not None
+    ]
+    lso = sorted({k.split(".")[1] for k in run.metrics if k.startswith("lso.")})
+    for site in lso:
+        for stage in ("before", "after"):
+            key = f"lso.{site}.{stage}"
+            if run.metric(key) is not None:
+                items.append(
+                    Metric(f"leave-site-out macro-r, site {site}, {stage}", run.metric(key), 2, key)
+                )
+    if items:
+        blocks.append(Block(kind="metrics", title="Site alignment (metrics.json)", items=items))
+    if emb is None:
+        blocks.append(_missing(missing))
+    else:
+        blocks.append(
+            _figure(
+                "Fig. 6. Sites before and after CORAL",
+                "Patient embeddings coloured by site before and after CORAL alignment; right: "
+                "leave-site-out macro-r of each held-out site without and with CORAL.",
+                lambda: figures.site_alignment(emb, align),
+            )
+        )
+        if align is not None:
+            blocks.append(_table(align, "Leave-site-out macro-r"))
+        else:
+            blocks.append(_missing(["evaluation/site_alignment.csv"]))
+    return Section(
+        "fig6",
+        "Fig. 6 — Sites",
+        "Is the representation free of the acquisition "
+        "site, and does the model transfer to an unseen site?",
+        blocks,
+    )
+
+
+def section_external(run: RunFiles) -> Section:
+    (external,), missing = _need(run, "external.csv")
+    blocks = (
+        [_missing(missing)]
+        if external is None
+        else [
+            _figure(
+                "Fig. 7. Zero-shot external concordance",
+                "Pearson r with the external cohort's RNA-derived targets (thin: 95% CI; thick: "
+                "bootstrap CI); beside each point the p-value of the permutation control "
+                "(predictions shuffled across patients).",
+                lambda: figures.external_concordance(external),
+            )
+        ]
+    )
+    return Section(
+        "fig7",
+        "Fig. 7 — External cohorts",
+        "Zero-shot application to cohorts the model never saw.",
+        blocks,
+    )
+
+
+def section_deployability(run: RunFiles) -> Section:
+    (external, distil), missing = _need(run, "external.csv", "distillation.csv")
+    blocks: list[Block] = []
+    if external is not None:
+        frame = external.copy()
+        frame["r [95% CI]"] = [
+            _ci(r, lo, hi)
+            for r, lo, hi in zip(frame["r"], frame["r_ci_low"], frame["r_ci_high"], strict=True)
+        ]
+        cols = ["cohort", "model", "target", "n", "r [95% CI]"] + [
+            c for c in ("p", "p_perm", "q_fdr") if c in frame
+        ]
+        blocks.append(_table(frame[cols], "Table 3a. External generalisation"))
+    if distil is not None:
+        blocks.append(
+            _table(
+                distil,
+                "Table 3b. Deployability of the MRI-only student",
+                "Retention: student r / teacher r; speed and memory: teacher / student.",
+            )
+        )
+    if missing:
+        blocks.append(_missing(missing))
+    return Section(
+        "table3",
+        "Table 3 — Generalisation and deployability",
+        "External r and what the distilled MRI student keeps at what cost.",
+        blocks,
+    )
+
+
+def section_truth(run: RunFiles) -> Section:
+    (truth, preds), missing = _need(run, "truth", "predictions.parquet")
+    table = run.evaluation("truth.csv")
+    blocks: list[Block] = []
+    if truth is None or preds is None:
+        text = "; ".join(f"not run: {m} missing" for m in missing)
+        if truth is None:
+            text += " (only synthetic cohorts have a planted truth)"
+        blocks.append(_note(text))
+    else:
+        reg = registered_name(PROPOSED)
+        mine = preds[preds["model"] == reg]
+        label = f"{PROPOSED} ({reg})"
+        if mine.empty:
+            label = str(preds["model"].iloc[0])
+            mine = preds[preds["model"] == label]
+        blocks.append(
+            _figure(
+                "Predictions against the planted truth",
+                "Out-of-fold predictions against the latent planted by the generator "
+                "(a: ERS–CAF, b: crosstalk, h: heterogeneity).",
+                lambda: figures.planted_truth(mine, truth, label),
+            )
+        )
+    if table is not None:
+        blocks.append(_table(table, "Correlation of every model's predictions with the truth"))
+    elif truth is not None:
+        blocks.append(_missing(["evaluation/truth.csv"]))
+    return Section(
+        "truth",
+        "Synthetic cohort — planted truth",
+        "On a synthetic cohort the biology behind the targets is known: do predictions recover it?",
+        blocks,
+    )
+
+
+SECTIONS: tuple[Callable[[RunFiles], Section], ...] = (
+    section_configuration,
+    section_landscape,
+    section_attention,
+    section_fidelity,
+    section_survival,
+    section_prompts,
+    section_gating,
+    section_sites,
+    section_external,
+    section_deployability,
+    section_truth,
+)
+
+
+def render(run: RunFiles) -> str:
+    """The report of ``run`` as one HTML string."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(
+        loader=PackageLoader("stromalens.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    from .. import __version__
+
+    sections = [build(run) for build in SECTIONS]
+    return env.get_template("report.html.j2").render(
+        title=f"stromalens report — {run.train_dir.resolve().name}",
+        train_dir=str(run.train_dir),
+        generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        overview=overview(run),
+        demo_note=run.demo_note(),
+        cards=headline(run),
+        sections=sections,
+        missing=sorted(run.missing),
+    )
+
+
+def write(run: RunFiles, out: Path) -> Path:
+    """Render and write atomically (temporary name, then rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render(run), encoding="utf-8")
+    tmp.replace(out)
+    return out
