@@ -7,9 +7,17 @@ executed. Unknown keys are errors, so a typo is reported instead of silently ign
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -45,12 +53,76 @@ class SynthConfig(_Strict):
     workers: int | None = Field(None, ge=1, description="processes; default: all cores")
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
 class CohortConfig(_Strict):
     """Where a study's cohort lives."""
 
     manifest: Path
-    expression: Path | None = None
+    expression: Path | None = Field(None, description="expression table in linear TPM")
+    name: str = Field("development", pattern=_NAME, description="folder name of its features")
     sites: tuple[str, ...] | None = Field(None, description="allowed site labels, if restricted")
+    check_files: bool = True
+
+
+class TargetsConfig(_Strict):
+    """How the transcriptomic targets are computed (``stromalens targets``)."""
+
+    orientation: Literal["genes-x-samples", "samples-x-genes"] = "genes-x-samples"
+    gene_sets: Path | None = Field(None, description="GMT/YAML with ERS_CAF; null: shipped set")
+    signature: Path | None = Field(None, description="CIBERSORT-format matrix; null: TIL10")
+    mrna_scaling: Path | None = Field(None, description="TSV cell type → mRNA per cell")
+    duplicates: Literal["error", "sum", "mean", "max"] = "error"
+    lr_weights: Literal["resources", "uniform"] = "resources"
+    min_coverage: float = Field(0.5, ge=0, le=1)
+
+
+class WsiConfig(_Strict):
+    """Tiling, stain normalisation and the frozen encoder (``stromalens wsi embed``)."""
+
+    encoder: str = "synthclip"
+    weights: str | None = Field(None, description="local file/dir, 'random'; null: default")
+    allow_download: bool = False
+    target_mpp: float = Field(0.5, gt=0)
+    tile_px: int = Field(224, ge=16)
+    min_tissue: float = Field(0.5, ge=0, le=1)
+    stain: Literal["macenko", "none"] = "macenko"
+    stain_reference: Path | None = None
+    batch_size: int = Field(64, ge=1)
+    executor: Literal["local", "process", "ray"] = "process"
+    workers: int | None = Field(None, ge=1, description="slides in parallel; default: all cores")
+
+
+class RadiomicsStageConfig(_Strict):
+    """The radiomics stage: a radiomics YAML (``configs/radiomics.yaml``) or inline settings."""
+
+    config: Path | None = Field(None, description="radiomics YAML; null: built-in settings")
+    settings: dict | None = Field(None, description="inline radiomics settings (same keys)")
+    executor: Literal["process", "ray"] = "process"
+    workers: int | None = Field(None, ge=1, description="patients in parallel")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.config is not None and self.settings is not None:
+            raise ValueError("give either 'config' (a file) or 'settings' (inline), not both")
+        if self.settings is not None:
+            from .radiology.settings import RadiomicsConfig
+
+            try:
+                RadiomicsConfig.model_validate(self.settings)
+            except ValidationError as exc:
+                raise ValueError("settings." + _first_error(exc)) from None
+        return self
+
+
+class ExternalCohortConfig(_Strict):
+    """A cohort the frozen models are applied to (zero-shot; WSI, targets if it has RNA-seq)."""
+
+    name: str = Field(pattern=_NAME, description="folder name under STUDY/external/")
+    manifest: Path
+    expression: Path | None = Field(None, description="TPM table: its targets are computed")
+    targets: TargetsConfig | None = Field(None, description="override the study's targets block")
     check_files: bool = True
 
 
@@ -58,7 +130,9 @@ class TrainingConfig(_Strict):
     """Models, curriculum and validation (``stromalens train``); paths as given (relative to the
     working directory). See ``configs/study.yaml`` for every key with a comment."""
 
-    targets: Path = Field(description="targets.parquet of the targets stage")
+    targets: Path | None = Field(
+        None, description="targets.parquet of the targets stage (`stromalens run` fills it)"
+    )
     features: Path | None = Field(None, description="directory of per-slide HDF5 feature stores")
     radiomics: Path | None = Field(None, description="radiomics run directory")
     prompts: Path = Field(Path("configs/prompts"), description="directory of prompt banks")
@@ -78,12 +152,38 @@ class TrainingConfig(_Strict):
     settings: dict = Field(default_factory=dict, description="TrainSettings overrides")
 
 
-class StudyConfig(_Strict):
-    """The whole study; later stages add their blocks here."""
+class EvaluationConfig(_Strict):
+    """Options of ``stromalens evaluate`` (``stromalens.evaluation.evaluate_run``)."""
 
+    n_boot: int = Field(1000, ge=100, description="bootstrap resamples of every CI")
+    repeats: int = Field(3, ge=1, description="repeats of the random missing-modality probes")
+    k_fraction: float = Field(0.1, gt=0, le=1, description="top-K share of attended tiles")
+    max_overlays: int = Field(6, ge=0, description="attention heat-map PNGs written")
+    seed: int = Field(0, ge=0)
+
+
+class StudyConfig(_Strict):
+    """The whole study: one block per stage (``configs/study.yaml``)."""
+
+    name: str = Field("study", description="shown in the report and the summary")
+    notes: str = Field("", description="free text stated in the report (e.g. lighter settings)")
     cohort: CohortConfig
     synth: SynthConfig = SynthConfig()
+    targets: TargetsConfig = TargetsConfig()
+    wsi: WsiConfig = WsiConfig()
+    radiomics: RadiomicsStageConfig = RadiomicsStageConfig()
     training: TrainingConfig | None = None
+    external: tuple[ExternalCohortConfig, ...] = ()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @field_validator("external")
+    @classmethod
+    def _unique_external(cls, value):
+        names = [c.name for c in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"external cohort names must be unique; repeated: {repeated}")
+        return value
 
     @field_validator("cohort", mode="before")
     @classmethod
@@ -91,6 +191,12 @@ class StudyConfig(_Strict):
         if value is None:
             raise ValueError("the 'cohort' block is required")
         return value
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "<root>"
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 class ConfigError(ValueError):
@@ -115,7 +221,8 @@ def validate_settings(model: type[BaseModel], data: dict, source: str = "setting
         return model.model_validate(data)
     except ValidationError as exc:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()
         ]
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None

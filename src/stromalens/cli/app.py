@@ -10,7 +10,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..logs import configure_logging
-from . import cohort, demo, radiomics, synth, targets, train, wsi
+from . import cohort, demo, radiomics, run, synth, targets, train, wsi
 from . import report as report_cli
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("targets")(targets.targets)
 app.command("radiomics")(radiomics.radiomics)
 app.command("demo")(demo.demo)
 app.command("train")(train.train)
+app.command("run")(run.run)
 app.add_typer(wsi.app, name="wsi")
 app.command("report")(report_cli.report)
 

@@ -31,6 +31,8 @@ def run_training(config_path: Path, out: Path, workers: int | None = None) -> di
     cfg = study.training
     if cfg is None:
         raise ValueError(f"{config_path}: no 'training' block")
+    if cfg.targets is None:
+        raise ValueError(f"{config_path}: training.targets is required (`stromalens run` fills it)")
     settings = TrainSettings().with_(**cfg.settings)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -1,0 +1,333 @@
+"""The study runner: the stage graph, content hashing and ``STUDY/manifest.json``.
+
+A stage's *digest* is the sha256 of (its name, the configuration blocks it reads, the content
+hashes of its input files, the digests of the stages it depends on). ``manifest.json`` records
+for every stage ``{status, digest, settings_digest, inputs_digest, inputs, upstream, outputs,
+seconds, started, finished, summary}``. A stage is skipped when the manifest records it ``done``
+with the same digest and its outputs exist; so an interrupted study resumes at the first stage
+that did not finish, and changing one setting reruns that stage and the stages downstream of it
+only. A stage that must rerun for new inputs or settings starts from empty output folders; a
+stage that was interrupted with the same digest keeps them, so its own per-item resumability
+(slides, patients, checkpoints) still saves work. ``manifest.json`` is rewritten atomically after
+every change, and a lock (``STUDY/.lock``, released by the operating system when the process
+dies) keeps two runners out of one study folder.
+
+Example
+-------
+>>> from stromalens.study import run_study                      # doctest: +SKIP
+>>> result = run_study("configs/study.yaml", "runs/my_study")
+>>> result.records["train"]["status"]
+'done'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..config import ConfigError, StudyConfig, load_config
+from ..hashing import sha256_file
+from ..logs import event, get_logger
+
+log = get_logger("study.runner")
+
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------------------- hashing
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def digest_of(payload) -> str:
+    """sha256 of a JSON-serialisable payload (keys sorted, paths as strings)."""
+    return _sha256_text(json.dumps(payload, sort_keys=True, default=str))
+
+
+def listing_digest(paths: Iterable[Path]) -> str:
+    """sha256 of a file listing: each file's path and size (contents not read).
+
+    Used for the many large files of a cohort (slides, MRI volumes): re-reading every slide's
+    bytes on each run would cost more than the stage it guards. A file replaced by one of a
+    different size, added or removed changes the digest."""
+    lines = []
+    for path in sorted({Path(p) for p in paths}, key=str):
+        size = path.stat().st_size if path.exists() else -1
+        lines.append(f"{path}\t{size}")
+    return _sha256_text("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Input:
+    """A hashed input of a stage: a file (content sha256) or a listing (path + size)."""
+
+    label: str
+    path: Path | None = None
+    listing: tuple[Path, ...] | None = None
+
+    def digest(self) -> str | None:
+        if self.listing is not None:
+            return "listing:" + listing_digest(self.listing)
+        if self.path is None:
+            return None
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.label}: file not found: {self.path}")
+        return "sha256:" + sha256_file(self.path)
+
+
+# ---------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class Stage:
+    """One node of the study graph.
+
+    ``run(config, study)`` does the work and returns a JSON-serialisable summary (with a
+    ``skipped`` list of ``{item, reason}`` for patients or slides it left out); ``settings``
+    returns the configuration it reads; ``inputs`` the files it reads; ``outputs`` the paths
+    (relative to the study folder) that must exist after it; ``clean`` the folders it owns,
+    emptied before it reruns for new inputs or settings."""
+
+    name: str
+    run: Callable[[StudyConfig, Path], dict]
+    settings: Callable[[StudyConfig], dict]
+    inputs: Callable[[StudyConfig], list[Input]]
+    outputs: Callable[[StudyConfig], list[str]]
+    clean: Callable[[StudyConfig], list[str]]
+    after: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` did: the manifest's stage records and what ran or was skipped."""
+
+    study: Path
+    records: dict
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def read_manifest(study: Path | str) -> dict:
+    """``STUDY/manifest.json`` (an empty skeleton when there is none yet)."""
+    path = Path(study) / MANIFEST
+    if not path.is_file():
+        return {"stages": {}}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_manifest(study: Path, manifest: dict) -> None:
+    path = study / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _lock(study: Path):
+    """An exclusive lock on the study folder; the OS releases it if the process dies."""
+    import fcntl
+
+    handle = open(study / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{study}: another `stromalens run` is using this folder") from None
+        yield
+    finally:
+        handle.close()
+
+
+def stage_digests(config: StudyConfig, stages: list[Stage]) -> dict[str, dict]:
+    """Every stage's digest and its parts, in graph order (inputs hashed here)."""
+    out: dict[str, dict] = {}
+    for stage in stages:
+        settings = stage.settings(config)
+        inputs = {i.label: i.digest() for i in stage.inputs(config)}
+        upstream = {name: out[name]["digest"] for name in stage.after}
+        settings_digest = digest_of(settings)
+        inputs_digest = digest_of(inputs)
+        out[stage.name] = {
+            "digest": digest_of(
+                {
+                    "stage": stage.name,
+                    "settings": settings_digest,
+                    "inputs": inputs_digest,
+                    "upstream": upstream,
+                }
+            ),
+            "settings_digest": settings_digest,
+            "inputs_digest": inputs_digest,
+            "inputs": inputs,
+            "upstream": upstream,
+        }
+    return out
+
+
+def _check_order(stages: list[Stage]) -> None:
+    seen: set[str] = set()
+    for stage in stages:
+        missing = [a for a in stage.after if a not in seen]
+        if missing:
+            raise ValueError(f"stage {stage.name!r} runs before {missing}")
+        seen.add(stage.name)
+
+
+def _outputs_exist(study: Path, outputs: list[str]) -> bool:
+    return all((study / rel).exists() for rel in outputs)
+
+
+def _clean(study: Path, folders: list[str]) -> None:
+    root = study.resolve()
+    for rel in folders:
+        path = (study / rel).resolve()
+        if root not in path.parents:
+            raise ValueError(f"refusing to clean {path}: outside the study folder {root}")
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def run_study(
+    config: StudyConfig | Path | str,
+    study: Path | str,
+    *,
+    stages: list[Stage] | None = None,
+    only: Iterable[str] | None = None,
+    force: Iterable[str] = (),
+    on_stage: Callable[[str, str, dict], None] | None = None,
+) -> StudyResult:
+    """Run every stage of the study in order, skipping the ones already done for the same
+    inputs and settings.
+
+    ``only`` restricts the run to some stages (their upstream must be done); ``force`` reruns
+    stages even when done. ``on_stage(name, event, record)`` is called with ``event`` in
+    ``"start" | "done" | "skipped"`` (the CLI prints from it)."""
+    from .stages import default_stages, validate_study
+
+    if not isinstance(config, StudyConfig):
+        config_path = Path(config)
+        config = load_config(config_path, StudyConfig)
+    else:
+        config_path = None
+    if stages is None:
+        validate_study(config)
+        stages = default_stages(config)
+    _check_order(stages)
+    names = [s.name for s in stages]
+    for name in list(only or []) + list(force):
+        if name not in names:
+            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(names)}")
+    study = Path(study)
+    study.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result = StudyResult(study=study, records={})
+    with _lock(study):
+        manifest = read_manifest(study)
+        manifest.update(
+            {
+                "stromalens": __version__,
+                "config": str(config_path.resolve()) if config_path else None,
+                "study": str(study.resolve()),
+                "order": names,
+            }
+        )
+        records = manifest.setdefault("stages", {})
+        (study / "study.yaml").write_text(_config_yaml(config), encoding="utf-8")
+        digests = stage_digests(config, stages)
+        selected = set(only) if only else set(names)
+        for stage in stages:
+            parts = digests[stage.name]
+            previous = records.get(stage.name, {})
+            outputs = stage.outputs(config)
+            done = (
+                previous.get("status") == "done"
+                and previous.get("digest") == parts["digest"]
+                and _outputs_exist(study, outputs)
+            )
+            if stage.name not in selected:
+                if not done:
+                    raise ValueError(
+                        f"stage {stage.name!r} is not done for these settings; run it first"
+                    )
+                continue
+            if done and stage.name not in force:
+                event(log, "stage skipped", stage=stage.name, reason="done, same digest")
+                result.skipped.append(stage.name)
+                if on_stage:
+                    on_stage(stage.name, "skipped", previous)
+                continue
+            resuming = previous.get("digest") == parts["digest"] and stage.name not in force
+            if not resuming:
+                _clean(study, stage.clean(config))
+            record = {
+                "status": "running",
+                **parts,
+                "description": stage.description,
+                "outputs": outputs,
+                "resumed": resuming and bool(previous),
+                "started": _now(),
+            }
+            records[stage.name] = record
+            _write_manifest(study, manifest)
+            if on_stage:
+                on_stage(stage.name, "start", record)
+            event(log, "stage started", stage=stage.name, digest=parts["digest"][:12])
+            t0 = time.perf_counter()
+            try:
+                summary = stage.run(config, study) or {}
+            except BaseException as exc:
+                record.update(
+                    status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                    error=f"{type(exc).__name__}: {exc}".strip(),
+                    seconds=round(time.perf_counter() - t0, 1),
+                    finished=_now(),
+                )
+                _write_manifest(study, manifest)
+                raise
+            missing = [rel for rel in outputs if not (study / rel).exists()]
+            if missing:
+                record.update(status="failed", error=f"outputs missing: {missing}")
+                _write_manifest(study, manifest)
+                raise RuntimeError(f"stage {stage.name!r} did not write {missing}")
+            record.update(
+                status="done",
+                seconds=round(time.perf_counter() - t0, 1),
+                finished=_now(),
+                summary=summary,
+            )
+            _write_manifest(study, manifest)
+            event(log, "stage done", stage=stage.name, seconds=record["seconds"])
+            result.ran.append(stage.name)
+            if on_stage:
+                on_stage(stage.name, "done", record)
+        result.seconds = round(time.perf_counter() - started, 1)
+        manifest["last_run"] = {
+            "finished": _now(),
+            "seconds": result.seconds,
+            "ran": result.ran,
+            "skipped": result.skipped,
+        }
+        _write_manifest(study, manifest)
+    result.records = records
+    return result
+
+
+def _config_yaml(config: StudyConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)

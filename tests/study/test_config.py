@@ -1,0 +1,77 @@
+"""The study configuration: validated on load, every error names its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from stromalens.config import ConfigError, StudyConfig, load_config, validate_settings
+from stromalens.study.stages import validate_study
+
+from .conftest import ROOT, tiny_study, write_study
+
+
+def _errors(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_settings(StudyConfig, data)
+    return str(info.value)
+
+
+def test_unknown_and_invalid_keys_are_named():
+    message = _errors(
+        {
+            "cohort": {"manifest": "c.csv"},
+            "wsi": {"tile_pz": 224, "stain": "reinhard"},
+            "evaluation": {"n_boot": 5},
+            "training": {"folds": 1},
+        }
+    )
+    for key in ("wsi.tile_pz", "wsi.stain", "evaluation.n_boot", "training.folds"):
+        assert key in message
+
+
+def test_inline_radiomics_settings_are_validated_with_their_key():
+    message = _errors(
+        {
+            "cohort": {"manifest": "c.csv"},
+            "radiomics": {"settings": {"extraction": {"imageType": {"Fourier": {}}}}},
+        }
+    )
+    assert "radiomics" in message and "settings.extraction.imageType" in message
+    assert "Fourier" in message
+
+
+def test_external_cohorts_need_unique_names():
+    message = _errors(
+        {
+            "cohort": {"manifest": "c.csv"},
+            "external": [{"name": "x", "manifest": "a.csv"}, {"name": "x", "manifest": "b.csv"}],
+        }
+    )
+    assert "external" in message and "unique" in message
+
+
+def test_the_study_checks_name_the_key(small_cohort, tmp_path):
+    data = tiny_study(small_cohort)
+    data["cohort"].pop("expression")
+    data["targets"]["signature"] = str(tmp_path / "missing.tsv")
+    data["training"] = dict(data["training"], encoder="plip", targets="t.parquet")
+    with pytest.raises(ConfigError) as info:
+        validate_study(load_config(write_study(tmp_path / "s.yaml", data)))
+    message = str(info.value)
+    for key in ("cohort.expression", "targets.signature", "training.encoder", "training.targets"):
+        assert key in message
+
+
+@pytest.mark.parametrize("name", ["study.yaml", "demo.yaml"])
+def test_the_shipped_configurations_validate(name):
+    config = load_config(ROOT / "configs" / name, StudyConfig)
+    assert config.training is not None and config.training.models is None  # every model
+
+
+def test_the_demo_configuration_points_at_the_generated_cohorts(tmp_path):
+    from stromalens.cli.demo import demo_config
+
+    config = demo_config(tmp_path / "cohort", tmp_path / "ext", quick=True)
+    assert config.cohort.manifest == tmp_path / "cohort" / "cohort.csv"
+    assert config.external[0].targets.signature == tmp_path / "ext" / "rnaseq" / "signature.tsv"
+    assert config.training.folds == 3 and config.training.models is None
