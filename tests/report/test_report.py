@@ -201,18 +201,15 @@ def test_a_missing_run_directory_is_one_clear_error(tmp_path, monkeypatch, capsy
 
 def test_pearson_matches_scipy():
     import numpy as np
-    from scipy import stats
 
     from stromalens.report.figures import pearson
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=25)
-    y = 0.5 * x + rng.normal(size=25)
-    y[3] = np.nan
+    x = [0.3, -1.2, 0.8, 1.5, -0.4, 0.1, 2.2, -0.9, 0.6, -1.7, 5.0]
+    y = [0.1, -0.8, 1.1, 0.9, 0.3, -0.2, 1.8, -1.1, -0.3, -1.0, np.nan]
     r, p, n = pearson(x, y)
-    ok = ~np.isnan(y)
-    expected = stats.pearsonr(x[ok], y[ok])  # scipy.stats.pearsonr(x, y) over complete pairs
-    assert n == 24
-    assert r == pytest.approx(expected.statistic, abs=1e-12)
-    assert p == pytest.approx(expected.pvalue, rel=1e-9)
+    # scipy.stats.pearsonr(x[:10], y[:10]):
+    #   statistic 0.8996410962361006, pvalue 3.925687878566953e-4
+    assert n == 10
+    assert r == pytest.approx(0.8996410962361006, abs=1e-12)
+    assert p == pytest.approx(3.925687878566953e-4, rel=1e-9)
     assert np.isnan(pearson([1, 1, 1], [1, 2, 3])[0])

@@ -116,6 +116,21 @@ def _table(frame: pd.DataFrame, title: str, caption: str = "", digits: int = 3) 
     )
 
 
+def _wide(frame: pd.DataFrame, index: str, title: str, cell, order=()) -> Block:
+    """One row per ``index`` value, one column per target; ``cell(row)`` formats a cell."""
+    targets = [t for t in TARGETS if t in set(frame["target"])]
+    targets += [t for t in dict.fromkeys(frame["target"]) if t not in targets]
+    keys = [k for k in order if k in set(frame[index])]
+    keys += [k for k in dict.fromkeys(frame[index]) if k not in keys]
+    cells = {(r[index], r["target"]): cell(r) for _, r in frame.iterrows()}
+    return Block(
+        kind="table",
+        title=title,
+        columns=[index] + targets,
+        rows=[[str(k)] + [cells.get((k, t), "") for t in targets] for k in keys],
+    )
+
+
 def _note(text: str) -> Block:
     return Block(kind="note", text=text)
 
@@ -273,6 +288,10 @@ def section_configuration(run: RunFiles) -> Section:
         frame = pd.DataFrame({"key": list(flat), "value": [str(v) for v in flat.values()]})
         if len(frame):
             blocks.append(_table(frame, "Training run (metrics.json, without per-model scores)"))
+    meta = {k: v for k, v in run.metrics.items() if k.startswith("meta.")}
+    if meta:
+        frame = pd.DataFrame({"key": list(meta), "value": [str(v) for v in meta.values()]})
+        blocks.append(_table(frame, "Evaluation (evaluation/metrics.json, meta.*)"))
     if run.study_manifest:
         blocks.append(
             Block(
@@ -504,7 +523,15 @@ def section_prompts(run: RunFiles) -> Section:
                 lambda: figures.prompt_perturbation(pert, tiles),
             )
         )
-        blocks.append(_table(pert, "Prompt perturbation"))
+        blocks.append(
+            _wide(
+                pert,
+                "prompt_set",
+                "Prompt perturbation: Pearson r ± fold SD",
+                lambda r: f"{r['r']:.2f} ± {r['r_fold_sd']:.2f}",
+                figures.PROMPT_SETS,
+            )
+        )
         if tiles is None:
             blocks.append(_missing(["evaluation/attention_tiles.parquet"]))
     return Section("fig4", "Fig. 4 — Text prompts", "How much the text guidance matters.", blocks)
@@ -660,7 +687,15 @@ def section_truth(run: RunFiles) -> Section:
             )
         )
     if table is not None:
-        blocks.append(_table(table, "Correlation of every model's predictions with the truth"))
+        blocks.append(
+            _wide(
+                table,
+                "model",
+                "Pearson r of every model's predictions with the planted latent",
+                lambda r: f"{r['r']:.2f} ({r['latent']}, n = {int(r['n'])})",
+                _model_order(table["model"]),
+            )
+        )
     elif truth is not None:
         blocks.append(_missing(["evaluation/truth.csv"]))
     return Section(
