@@ -64,3 +64,24 @@ def simulate_cohort(n: int = 300, seed: int = 0, signal: bool = True, k: int = 5
         clinical[f"{endpoint}_event"] = (t_event <= t_cens).astype(int)
     folds = pd.Series(rng.permutation(np.arange(n) % k), index=ids, name="fold")
     return scores, clinical, folds
+
+
+#: Planted log odds ratio of response per SD of the LR surrogate, and per treatment vs RT.
+LOG_OR_LR = -0.9
+LOG_OR_TREATMENT = {"RT": 0.0, "surgery": 0.4, "surgery+RT": 0.9}
+
+
+def simulate_response(n: int = 400, seed: int = 0):
+    """(scores, clinical) with ``response`` logistic in LR per SD (``LOG_OR_LR``) and treatment;
+    the clinical covariates carry no effect."""
+    scores, clinical, _ = simulate_cohort(n, seed=seed)
+    rng = np.random.default_rng([seed, 7])
+    clinical["treatment"] = rng.choice(list(LOG_OR_TREATMENT), n, p=[0.3, 0.3, 0.4])
+    lr = scores["lr"]
+    logit = (
+        0.2
+        + LOG_OR_LR * (lr - lr.mean()) / lr.std(ddof=1)
+        + clinical["treatment"].map(LOG_OR_TREATMENT)
+    )
+    clinical["response"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return scores, clinical
