@@ -201,3 +201,17 @@ def test_errors_name_the_problem():
         survival_analysis(scores, clinical, folds.drop("P0002"), horizons=(), n_boot=1)
     with pytest.raises(ValueError, match="unknown endpoint"):
         survival_analysis(scores, clinical, folds, endpoints=("dfs",))
+
+
+def test_separated_tertile_is_logged_not_raised(caplog):
+    scores, clinical, folds = simulate_cohort(90, seed=8)
+    # No event in the lowest ERS–CAF tertile: the T2/T3 vs T1 hazard ratios are unbounded.
+    low = scores["ers_caf"] <= scores["ers_caf"].quantile(1 / 3)
+    clinical.loc[low, "os_event"] = 0
+    with caplog.at_level(logging.WARNING, logger="stromalens.evaluation.survival"):
+        tables = survival_analysis(
+            scores, clinical, folds, endpoints=("os",), horizons=(), n_boot=2
+        )
+    assert any("did not converge" in r.getMessage() for r in caplog.records)
+    hr = tables["survival_hr"].set_index("term")
+    assert hr.loc["ers_caf_T3_vs_T1", "hr"] > 1e3 and hr.loc["ers_caf_T3_vs_T1", "p"] > 0.5

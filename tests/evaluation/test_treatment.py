@@ -118,3 +118,14 @@ def test_errors_name_the_problem():
         treatment_analysis(bad, clinical)
     with pytest.raises(ValueError, match=r"scores lack column\(s\) \['lr'\]"):
         treatment_analysis(scores.drop(columns="lr"), clinical)
+
+
+def test_separation_is_logged_not_raised(caplog):
+    scores, clinical = simulate_response(120, seed=6)
+    # Every sacral tumour responds and no other does: the location terms separate the outcome.
+    clinical = clinical.assign(response=(clinical["location"] == "sacrum").astype(int))
+    with caplog.at_level(logging.WARNING, logger="stromalens.evaluation.treatment"):
+        rows = treatment_analysis(scores, clinical, n_boot=20).set_index("term")
+    assert any("logistic fit problem" in r.getMessage() for r in caplog.records)
+    assert rows.loc["location_sacrum", "estimate"] > 1e3
+    assert rows["auc"].iloc[0] == pytest.approx(1.0)

@@ -186,12 +186,16 @@ def treatment_analysis(
     auc = _auc(y, fitted)
     auc_low, auc_high = bootstrap_ci(_auc, y, fitted, n_boot=n_boot, seed=seed, alpha=alpha)
     event(log, "treatment: logistic model", n=len(frame), responders=int(y.sum()), auc=auc)
+    # Under (quasi-)separation |β| and its SE grow without bound (logged by fit_logistic);
+    # exp then overflows to inf, which is the honest value of an unbounded odds ratio.
+    with np.errstate(over="ignore"):
+        odds = np.exp(np.column_stack([beta.to_numpy(), ci[0].to_numpy(), ci[1].to_numpy()]))
     return pd.DataFrame(
         {
             "term": terms,
-            "estimate": np.exp(beta.to_numpy()),
-            "ci_low": np.exp(ci[0].to_numpy()),
-            "ci_high": np.exp(ci[1].to_numpy()),
+            "estimate": odds[:, 0],
+            "ci_low": odds[:, 1],
+            "ci_high": odds[:, 2],
             "p": result.pvalues[terms].to_numpy(),
             "auc": auc,
             "auc_ci_low": auc_low,
