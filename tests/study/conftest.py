@@ -10,7 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Tiny radiomics: original image, two feature classes, no N4, 2 perturbations of 4 patients.
+#: Tiny radiomics: original image, two feature classes, no N4, 2 perturbations of each patient.
 TINY_RADIOMICS = {
     "preprocess": {"n4": {"enabled": False}, "crop_margin_mm": 5},
     "extraction": {
@@ -18,7 +18,7 @@ TINY_RADIOMICS = {
         "featureClass": {"firstorder": [], "glcm": []},
         "setting": {"binCount": 8},
     },
-    "stability": {"perturbations": 2, "patients": 4},
+    "stability": {"perturbations": 2, "patients": None},
     "harmonisation_check": {"enabled": False},
     "workers": 1,
 }
@@ -29,6 +29,7 @@ TINY_TRAINING = {
     "inner_folds": 2,
     "grid": {"tau": [0.25, 1.0]},
     "leave_site_out": False,
+    "harmonise": False,  # 10 patients over 5 sites: a training fold may hold one of a site
     "workers": 1,
     "max_tiles": 64,
     "settings": {
@@ -47,7 +48,10 @@ def tiny_study(manifest: Path, **overrides) -> dict:
     """The study dict of a tiny study on the cohort of ``manifest``."""
     data = {
         "name": "tiny test study",
-        "cohort": {"manifest": str(manifest), "expression": str(manifest.parent / "rnaseq" / "tpm.tsv")},
+        "cohort": {
+            "manifest": str(manifest),
+            "expression": str(manifest.parent / "rnaseq" / "tpm.tsv"),
+        },
         "targets": {
             "signature": str(manifest.parent / "rnaseq" / "signature.tsv"),
             "mrna_scaling": str(manifest.parent / "rnaseq" / "mrna_content.tsv"),

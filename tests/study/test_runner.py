@@ -120,3 +120,13 @@ def test_the_manifest_is_valid_json_with_one_record_per_stage(tmp_path):
     )
     assert record["upstream"] == {"a": manifest["stages"]["a"]["digest"]}
     assert not list(tmp_path.glob(".manifest.json.*"))  # written atomically, no leftovers
+
+
+def test_only_runs_the_named_stages_once_their_upstream_is_done(tmp_path):
+    calls: list = []
+    run_study(_config(), tmp_path, stages=_graph(calls), only=["a"])
+    assert calls == ["a"]
+    run_study(_config(), tmp_path, stages=_graph(calls), only=["b"])
+    assert calls == ["a", "b"]
+    with pytest.raises(ValueError, match="'b' is not done"):
+        run_study(_config(folds=2), tmp_path, stages=_graph(calls), only=["c"])

@@ -1,80 +1,104 @@
-"""``stromalens demo``: the main job on the embedded synthetic cohort.
+"""``stromalens demo``: the main job — the synthetic cohorts, then the full study on them.
 
-Runs every stage that exists so far, in order, each timed and recorded in ``demo.json``:
-the synthetic development cohort and its external cohort, validation of both manifests, the
-transcriptomic targets of both cohorts (checked against the planted truth), the radiomics of the
-development cohort (lighter demo settings, configs/radiomics_demo.yaml), and the whole-slide
-stage (the synthetic CLIP, trained once and cached; tiles, QC, Macenko and embeddings of every
-slide). Later stages join here as they land.
+1. the synthetic development cohort (``OUT/cohort``) and its external WSI cohort of another
+   cancer (``OUT/external_cohort``), both resumable per patient;
+2. the synthetic CLIP, trained once and cached (skipped when the checkpoint exists);
+3. ``stromalens run`` with ``configs/demo.yaml`` (paths pointed at the generated cohorts), the
+   study folder being ``OUT`` itself: targets, WSI, radiomics, training, external application,
+   evaluation and report, each stage skipped when already done for the same inputs;
+4. the targets checked against the planted truth, and the end-of-run summary.
+
+``demo.json`` records each step's seconds (the study stages' come from ``OUT/manifest.json``).
+``--quick`` runs the same pipeline on 12 + 6 patients with tiny settings (:data:`QUICK`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import typer
+import yaml
 from rich.console import Console
 
 console = Console()
 
+#: Overrides of configs/demo.yaml for ``--quick`` (a smoke test of every stage, not a study).
+QUICK: dict = {
+    "notes": "Quick demo (stromalens demo --quick): 12 + 6 patients and tiny settings, a smoke "
+    "test of every stage, not a study; numbers are not meaningful. Radiomics on the original "
+    "image only; no ComBat inside the folds (sites of one or two patients).",
+    "radiomics": {
+        "settings": {
+            "stability": {"perturbations": 2, "patients": None},
+            "harmonisation_check": {"enabled": True, "folds": 2},
+        }
+    },
+    "training": {
+        "harmonise": False,
+        "folds": 3,
+        "inner_folds": 2,
+        "settings": {
+            "hidden": 16,
+            "epochs_stage1": 2,
+            "epochs_stage2": 3,
+            "epochs_stage3": 2,
+            "epochs_distill": 2,
+            "epochs_baseline": 3,
+            "max_tiles": 64,
+        },
+    },
+    "evaluation": {"n_boot": 100, "repeats": 1, "max_overlays": 2},
+}
 
-class _Stages:
-    """Run named stages in order, timing each and keeping what they report."""
 
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def run(self, name: str, fn: Callable[[], dict | None]) -> dict:
-        console.rule(f"[bold]{name}")
-        started = time.perf_counter()
-        report = fn() or {}
-        seconds = round(time.perf_counter() - started, 1)
-        self.records.append({"stage": name, "seconds": seconds, **report})
-        console.print(f"[green]{name}[/] done in {seconds:.0f} s")
-        return report
+def _merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
-def _synthetic_targets(cohort_dir: Path, out: Path) -> dict:
-    """Targets of a synthetic cohort (its own signature), and their r with the planted latents."""
-    import numpy as np
-    import pandas as pd
+def demo_config_path() -> Path:
+    path = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the demo from a checkout of stromalens")
+    return path
 
-    from ..cohort import load_manifest
-    from ..targets.io import read_expression
-    from ..targets.pipeline import compute_targets, write_targets
 
-    cohort = load_manifest(cohort_dir / "cohort.csv")
-    tpm = read_expression(cohort_dir / "rnaseq" / "tpm.tsv")
-    samples = cohort.frame["rna_sample"].dropna()
-    scaling = pd.read_csv(cohort_dir / "rnaseq" / "mrna_content.tsv", sep="\t", index_col=0).iloc[
-        :, 0
-    ]
-    result = compute_targets(
-        tpm.loc[samples.to_numpy()],
-        signature=cohort_dir / "rnaseq" / "signature.tsv",
-        mrna_scaling=scaling,
-    )
-    write_targets(
-        result,
-        out,
-        patient_of_sample=dict(zip(samples, samples.index, strict=True)),
-        extra_metadata={"inputs": {"cohort": str(cohort_dir)}},
-    )
-    truth = pd.read_parquet(cohort_dir / "truth.parquet")
-    targets = pd.read_parquet(out / "targets.parquet").join(truth)
-    r = {
-        f"r({target}, {latent})": round(
-            float(np.corrcoef(targets[target], targets[latent])[0, 1]), 3
-        )
-        for target, latent in (("ers_caf", "a"), ("lr", "b"), ("heterogeneity", "h"))
+def demo_config(dev_dir: Path, ext_dir: Path, quick: bool = False):
+    """configs/demo.yaml with its cohort paths pointed at ``dev_dir`` and ``ext_dir``."""
+    from ..config import StudyConfig, validate_settings
+
+    path = demo_config_path()
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["cohort"] |= {
+        "manifest": str(dev_dir / "cohort.csv"),
+        "expression": str(dev_dir / "rnaseq" / "tpm.tsv"),
     }
-    ceilings = {f"ceiling({k})": round(v["ceiling"], 3) for k, v in result.reliability.items()}
-    for key, value in (r | ceilings).items():
-        console.print(f"  {key} = {value}")
-    return r | ceilings
+    data["targets"] |= {
+        "signature": str(dev_dir / "rnaseq" / "signature.tsv"),
+        "mrna_scaling": str(dev_dir / "rnaseq" / "mrna_content.tsv"),
+    }
+    (external,) = data["external"]
+    external |= {
+        "manifest": str(ext_dir / "cohort.csv"),
+        "expression": str(ext_dir / "rnaseq" / "tpm.tsv"),
+    }
+    external["targets"] |= {
+        "signature": str(ext_dir / "rnaseq" / "signature.tsv"),
+        "mrna_scaling": str(ext_dir / "rnaseq" / "mrna_content.tsv"),
+    }
+    data["training"]["prompts"] = str(path.parents[1] / "configs" / "prompts")
+    if quick:
+        data = _merge(data, QUICK)
+        data["radiomics"]["settings"]["extraction"]["imageType"] = {"Original": {}}
+    return validate_settings(StudyConfig, data, source=str(path))
 
 
 def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
@@ -84,6 +108,7 @@ def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
 
     checkpoint = default_checkpoint()
     if checkpoint.is_file():
+        console.print(f"cached: {checkpoint}")
         return {"checkpoint": str(checkpoint), "cached": True}
     slides = [job.path for job in jobs_from_manifest(cohort_dir / "cohort.csv")[:24]]
     summary = train_synthclip(slides, checkpoint, TrainSettings(max_seconds=train_seconds))
@@ -95,46 +120,19 @@ def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
     }
 
 
-def _embed(cohort_dir: Path, out: Path) -> dict:
-    """Tile, QC, normalise and embed a cohort's slides with the synthetic CLIP (2 processes)."""
-    from ..wsi.embed import EmbedSettings, embed_cohort, jobs_from_manifest
-    from ..wsi.synthclip import default_checkpoint
+def _truth_check(cohort_dir: Path, targets_path: Path) -> dict:
+    """r of each target with its planted latent (the synthetic cohort's truth)."""
+    import numpy as np
+    import pandas as pd
 
-    results = embed_cohort(
-        jobs_from_manifest(cohort_dir / "cohort.csv"),
-        out / "features" / cohort_dir.name,
-        "synthclip",
-        default_checkpoint(),
-        EmbedSettings(),
-        executor="process",
-    )
-    counts: dict = {}
-    for r in results:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return {"slides": counts, "tiles": int(sum(r.get("n_tiles", 0) for r in results))}
-
-
-def _radiomics(cohort_dir: Path, out: Path) -> dict:
-    """Radiomics of the development cohort with the demo's lighter settings (fewer filters and
-    perturbations, stated in configs/radiomics_demo.yaml)."""
-    from ..config import load_config
-    from ..radiology.runner import run_radiomics
-    from ..radiology.settings import RadiomicsConfig
-
-    config = Path(__file__).resolve().parents[3] / "configs" / "radiomics_demo.yaml"
-    if not config.exists():
-        console.print(f"[yellow]radiomics skipped:[/] {config} not found (run from a checkout)")
-        return {"skipped": "configs/radiomics_demo.yaml not found"}
-    summary = run_radiomics(cohort_dir / "cohort.csv", out, load_config(config, RadiomicsConfig))
-    report = {k: summary[k] for k in ("patients_ok", "patients_failed", "features")}
-    check = summary.get("site_check", {}).get("balanced_accuracy")
-    if check:
-        report["site_balanced_accuracy"] = check
-        console.print(
-            f"  site predictable from features (balanced accuracy, out of fold): "
-            f"raw {check['raw']}, after ComBat {check['combat']}"
+    truth = pd.read_parquet(cohort_dir / "truth.parquet")
+    targets = pd.read_parquet(targets_path).join(truth, how="inner")
+    return {
+        f"r({target}, {latent})": round(
+            float(np.corrcoef(targets[target], targets[latent])[0, 1]), 3
         )
-    return report
+        for target, latent in (("ers_caf", "a"), ("lr", "b"), ("heterogeneity", "h"))
+    }
 
 
 def demo(
@@ -143,26 +141,36 @@ def demo(
     external_patients: int = typer.Option(60, "--external-patients"),
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(
-        False, "--quick", help="A small cohort (12 + 6 patients) for smoke tests."
+        False, "--quick", help="12 + 6 patients and tiny settings: a smoke test (≤ 3 min)."
     ),
 ) -> None:
-    """Generate the synthetic cohorts and run every available stage on them."""
+    """Generate the synthetic cohorts and run the full study on them (stromalens run)."""
     from ..cohort import load_manifest
     from ..config import SynthConfig
     from ..synthetic import generate_cohort
+    from .run import run_and_summarise
 
     if quick:
         patients, external_patients = 12, 6
     started = time.perf_counter()
-    stages = _Stages()
-    dev_dir, ext_dir = out / "cohort", out / "external"
-    stages.run(
+    steps: list[dict] = []
+
+    def step(name: str, fn) -> dict:
+        console.rule(f"[bold]{name}")
+        t0 = time.perf_counter()
+        report = fn() or {}
+        steps.append({"stage": name, "seconds": round(time.perf_counter() - t0, 1), **report})
+        console.print(f"[green]{name}[/] done in {steps[-1]['seconds']:.0f} s")
+        return report
+
+    dev_dir, ext_dir = out / "cohort", out / "external_cohort"
+    step(
         "synthetic development cohort",
         lambda: {
             "manifest": str(generate_cohort(dev_dir, SynthConfig(patients=patients, seed=seed)))
         },
     )
-    stages.run(
+    step(
         "synthetic external cohort",
         lambda: {
             "manifest": str(
@@ -172,32 +180,49 @@ def demo(
             )
         },
     )
-
-    def validate() -> dict:
-        report = {}
-        for name, folder in (("development", dev_dir), ("external", ext_dir)):
-            cohort = load_manifest(folder / "cohort.csv")
-            console.print(f"[bold]{name} cohort[/]")
-            console.print(cohort.summary().to_string())
-            report[f"{name}_patients"] = len(cohort.patients)
-        return report
-
-    stages.run("manifest validation", validate)
-    stages.run("targets (development)", lambda: _synthetic_targets(dev_dir, out / "targets"))
-    stages.run("targets (external)", lambda: _synthetic_targets(ext_dir, out / "external_targets"))
-    stages.run("radiomics (development)", lambda: _radiomics(dev_dir, out / "radiomics"))
-    stages.run(
-        "wsi: synthetic CLIP",
-        lambda: _train_synthclip(dev_dir, train_seconds=60.0 if quick else 120.0),
+    for name, folder in (("development", dev_dir), ("external", ext_dir)):
+        console.print(f"[bold]{name} cohort[/]")
+        console.print(load_manifest(folder / "cohort.csv").summary().to_string())
+    step(
+        "synthetic CLIP", lambda: _train_synthclip(dev_dir, train_seconds=60.0 if quick else 120.0)
     )
-    stages.run("wsi: tile + QC + Macenko + embed (development)", lambda: _embed(dev_dir, out))
-    stages.run("wsi: tile + QC + Macenko + embed (external)", lambda: _embed(ext_dir, out))
+    config = demo_config(dev_dir, ext_dir, quick=quick)
+    console.rule("[bold]stromalens run (configs/demo.yaml)")
+    summary = run_and_summarise(config, out)
+    truth = _truth_check(dev_dir, out / "targets" / "targets.parquet")
+    shown = ", ".join(f"{k} = {v}" for k, v in truth.items())
+    console.print(f"targets vs planted latents: {shown}")
 
     elapsed = time.perf_counter() - started
+    stages = steps + [
+        {
+            "stage": f"run: {name}",
+            "seconds": s["seconds"] if s["this_run"] == "ran" else None,
+            "status": s["status"] if s["this_run"] == "ran" else "skipped (done before)",
+        }
+        for name, s in summary["stages"].items()
+    ]
     (out / "demo.json").write_text(
-        json.dumps({"seconds": round(elapsed, 1), "stages": stages.records}, indent=2)
+        json.dumps(
+            {
+                "seconds": round(elapsed, 1),
+                "quick": quick,
+                "patients": patients,
+                "external_patients": external_patients,
+                "stages": stages,
+                "truth": truth,
+                "headline": summary["headline"],
+                "report": summary["report"],
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
     )
     console.rule()
     console.print(f"[green]demo finished[/] in {elapsed:.0f} s — outputs under {out}")
-    for record in stages.records:
-        console.print(f"  {record['stage']}: {record['seconds']:.0f} s")
+    for record in stages:
+        seconds = record["seconds"]
+        shown = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "skipped"
+        console.print(f"  {record['stage']}: {shown}")
+    if summary["report"]:
+        console.print(f"[bold green]report:[/] {summary['report']}", soft_wrap=True)

@@ -250,6 +250,10 @@ def run_study(
         (study / "study.yaml").write_text(_config_yaml(config), encoding="utf-8")
         digests = stage_digests(config, stages)
         selected = set(only) if only else set(names)
+        needed = set()  # the stages upstream of a selected one: they must be done already
+        for stage in reversed(stages):
+            if stage.name in selected or stage.name in needed:
+                needed.update(stage.after)
         for stage in stages:
             parts = digests[stage.name]
             previous = records.get(stage.name, {})
@@ -260,7 +264,7 @@ def run_study(
                 and _outputs_exist(study, outputs)
             )
             if stage.name not in selected:
-                if not done:
+                if stage.name in needed and not done:
                     raise ValueError(
                         f"stage {stage.name!r} is not done for these settings; run it first"
                     )

@@ -63,6 +63,7 @@ def evaluation_headline(metrics: dict) -> dict:
     def wanted(k: str) -> bool:
         return (
             k.startswith(prefixes)
+            and not k.endswith("_fold_sd")
             and (not k.startswith("external.") or k.count(".") == 3)
             and (not k.startswith("survival.") or ".c_index." in k)
         )
