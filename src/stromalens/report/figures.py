@@ -203,7 +203,8 @@ def attention_colocalisation(
         for xi, obs, p in zip(x, rows["observed"], rows["p"], strict=True):
             ax.text(xi - 0.2, obs, format_p(p), ha="center", va="bottom", fontsize=6)
         ax.set_ylabel(f"{names[metric]} (0–1)")
-        ax.set_ylim(0, max(1.0, float(np.nanmax(rows[["observed", "shuffled"]].to_numpy()))))
+        top = float(np.nanmax(rows[["observed", "shuffled"]].to_numpy(dtype=float)))
+        ax.set_ylim(0, min(1.0, 1.3 * top) if top > 0 else 1.0)
         ax.set_title(f"{names[metric]} by fibrosis grade — {model}", fontsize=10)
         ax.legend(fontsize=8, frameon=False, loc="upper right")
     if not metrics:
@@ -297,7 +298,7 @@ def survival(
         )
         ax.axvline(1, color="black", lw=0.8, ls="--")
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator([0.1, 0.25, 0.5, 1, 2, 4, 10]))
+        ax.xaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.5, 1, 2, 5, 10]))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_yticks(yy, rows["term"], fontsize=8)
@@ -332,7 +333,7 @@ def survival(
         ax.axhline(0.5, color=GREY, lw=0.8, ls=":")
         ax.set_xticks(
             x,
-            [m.replace("uno_", "Uno, ") + (" mo" if "uno" in m else "") for m in metrics],
+            [m.replace("uno_", "Uno\n") + (" mo" if "uno" in m else "") for m in metrics],
             fontsize=8,
         )
         ax.set_ylim(0.4, 1.0)
