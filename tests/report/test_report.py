@@ -142,6 +142,8 @@ def test_the_demo_configuration_is_noted(report_html):
         ({"demo": True}, None, "lighter demo configuration"),
         ({"cohort": {}}, {"config": "configs/demo.yaml"}, "demo.yaml"),
         ({"cohort": {}}, {"note": "Demo run with lighter settings"}, "Demo run"),
+        ({"notes": "Demo configuration (configs/demo.yaml), lighter"}, None, "configs/demo"),
+        ({"notes": "A real study"}, {"config": "/x/configs/study.yaml"}, None),
         ({"cohort": {}}, {"stages": {}}, None),
     ],
 )
