@@ -11,6 +11,7 @@ from rich.console import Console
 from .. import __version__
 from ..logs import configure_logging
 from . import cohort, demo, radiomics, run, synth, targets, train, wsi
+from . import evaluate as evaluate_cli
 from . import report as report_cli
 
 app = typer.Typer(
@@ -29,6 +30,8 @@ app.command("train")(train.train)
 app.command("run")(run.run)
 app.add_typer(wsi.app, name="wsi")
 app.command("report")(report_cli.report)
+app.command("evaluate")(evaluate_cli.evaluate)
+app.command("predict")(evaluate_cli.predict)
 
 error_console = Console(stderr=True)
 

@@ -6,4 +6,26 @@ The run-directory contract (what is read and written) is in ``docs/run_directory
 
 from .naming import PROPOSED, STUDY_NAMES, registered_name, study_name
 
-__all__ = ["PROPOSED", "STUDY_NAMES", "registered_name", "study_name"]
+
+def evaluate_run(*args, **kwargs):
+    """See :func:`stromalens.evaluation.evaluate.evaluate_run` (imported lazily: torch)."""
+    from .evaluate import evaluate_run as run
+
+    return run(*args, **kwargs)
+
+
+def predict_cohort(*args, **kwargs):
+    """See :func:`stromalens.evaluation.external.predict_cohort` (imported lazily: torch)."""
+    from .external import predict_cohort as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = [
+    "PROPOSED",
+    "STUDY_NAMES",
+    "evaluate_run",
+    "predict_cohort",
+    "registered_name",
+    "study_name",
+]

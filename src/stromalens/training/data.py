@@ -109,11 +109,17 @@ def read_bags(
         feats = np.asarray(read_slide(path).features, np.float32)
         if not len(feats):
             continue
-        if max_tiles is not None and len(feats) > max_tiles:
-            rng = np.random.default_rng([seed, *str(pid).encode()])
-            feats = feats[np.sort(rng.choice(len(feats), max_tiles, replace=False))]
-        bags[str(pid)] = feats
+        bags[str(pid)] = feats[bag_subset(len(feats), max_tiles, seed, pid)]
     return bags
+
+
+def bag_subset(n: int, max_tiles: int | None, seed: int, patient_id) -> np.ndarray:
+    """Sorted indices of the tiles :func:`read_bags` keeps of a slide with ``n`` tiles: all of
+    them, or ``max_tiles`` drawn at random with a generator fixed by ``seed`` and the patient."""
+    if max_tiles is None or n <= max_tiles:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, *str(patient_id).encode()])
+    return np.sort(rng.choice(n, max_tiles, replace=False))
 
 
 def prompt_embeddings(

@@ -1,0 +1,476 @@
+"""Probes of the trained fold models: what the evaluation needs beyond the out-of-fold
+predictions, computed by reloading each outer fold's checkpoints.
+
+Each fold's :class:`~stromalens.training.data.FoldPreprocessor` is re-fitted on that fold's
+training patients (``folds.csv``) exactly as training did (it is deterministic), and its state is
+checked against the saved ``preprocessor.json`` — a mismatch means the stages' outputs changed
+since training, and the probes refuse to run. Then, on the fold's held-out patients only:
+
+* **missing modalities** — predictions with a random share of each slide's tiles removed
+  (0, 20, …, 100 %; at 100 % the slide is absent) and with MRI sequences removed (0, 1, 2 or
+  all 3 of T1/T2/CE; every combination; a removed sequence's features are missing and take the
+  training mean, as any missing value does; with all three removed the patient has no MRI);
+* **gate weights** of the gated fusion (stage III + CORAL): the mean gate value g over the MRI
+  half and the WSI half of h = g ⊙ [z_rad; z_wsi];
+* **fused embeddings** before (``fusion_no_coral``) and after (``fusion``) CORAL — of every
+  patient, by each fold's model (embeddings of different folds live in different spaces);
+* **prompt perturbation** — the CLIP-guided MIL (CUR prompts) with its frozen text embeddings
+  replaced by the synonym (SYN), antonym (ANTI) or out-of-domain (OOD) prompts of each bank;
+  NONE and COOP are their own trained models (out-of-fold predictions);
+* **tile attention** of the fusion and WSI models with each tile's level-0 position, for the
+  co-localisation with the pathologist's annotations;
+* **inference cost** of the teacher (fusion) and the MRI-only student: time per patient, and
+  peak resident memory of a fresh process that loads the model and its inputs and predicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..logs import event, get_logger
+from ..training.data import TARGETS, FoldPreprocessor, StudyData
+from .naming import study_name
+from .rundir import RunDirError, RunFiles
+
+log = get_logger("evaluation.probes")
+
+#: output name → checkpoint file stem (``checkpoints/fold<k>/<stem>.safetensors``)
+CHECKPOINTS = {
+    "gated_fusion_coral": "gated_fusion.stage3_coral",
+    "gated_fusion": "gated_fusion.stage3",
+    "student": "student",
+}
+
+#: the models whose robustness to missing modalities is measured (registered names)
+MISSING_MODELS = ("gated_fusion_coral", "gated_fusion", "clip_mil", "mri_only", "student")
+TILE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+SEQUENCES = ("t1", "t2", "ce")
+#: prompt-bank group → perturbation label
+PROMPT_GROUPS = {"synonym": "SYN", "antonym": "ANTI", "ood": "OOD"}
+
+
+def checkpoint_stem(name: str) -> str:
+    if name in CHECKPOINTS:
+        return CHECKPOINTS[name]
+    if name.startswith("clip_mil"):
+        return f"{name}.stage2"
+    return name
+
+
+# ---------------------------------------------------------------------------- loading
+def load_data(run: RunFiles) -> StudyData:
+    """The study data the run was trained on, from the paths in its ``config.yaml``."""
+    from ..training.data import load_study_data, prompt_embeddings
+    from .rundir import _resolve
+
+    cfg = run.training
+    prompts = prompt_embeddings(
+        _resolve(cfg.get("prompts", "configs/prompts"), run.root),
+        cfg.get("encoder", "synthclip"),
+        cfg.get("encoder_weights"),
+        cfg.get("prompt_cache") or run.root / "prompts",
+    )
+    seed = (cfg.get("settings") or {}).get("seed", 0)
+    return load_study_data(
+        run.manifest_path,
+        _resolve(cfg["targets"], run.root),
+        _resolve(cfg.get("features"), run.root),
+        _resolve(cfg.get("radiomics"), run.root),
+        prompts=prompts,
+        max_tiles=cfg.get("max_tiles"),
+        seed=seed,
+    )
+
+
+def _canonical(state: dict) -> str:
+    return json.dumps(json.loads(json.dumps(state, default=str)), sort_keys=True)
+
+
+@dataclasses.dataclass
+class Fold:
+    """One outer fold, re-fitted: its preprocessor, held-out arrays and a model loader."""
+
+    fold: int
+    train_ids: list[str]
+    test_ids: list[str]
+    prep: FoldPreprocessor
+    directory: Path
+
+    def has(self, name: str) -> bool:
+        return (self.directory / f"{checkpoint_stem(name)}.safetensors").is_file()
+
+    def load(self, name: str):
+        from ..training.curriculum import load_checkpoint
+
+        model, _, _ = load_checkpoint(self.directory / checkpoint_stem(name))
+        return model
+
+
+def refit_folds(run: RunFiles, data: StudyData) -> list[Fold]:
+    """Re-fit each outer fold's preprocessor and check it against the saved one."""
+    cfg = run.training
+    folds = []
+    for k in sorted(run.folds.unique()):
+        directory = run.root / "checkpoints" / f"fold{k}"
+        if not directory.is_dir():
+            raise RunDirError(f"{directory} missing: the run was trained without checkpoints")
+        train_ids = [p for p in run.folds.index[run.folds != k] if p in set(data.patients)]
+        test_ids = [p for p in run.folds.index[run.folds == k] if p in set(data.patients)]
+        prep = FoldPreprocessor(cfg.get("harmonise", True), cfg.get("icc_threshold", 0.75))
+        prep.fit(data, train_ids)
+        saved = directory / "preprocessor.json"
+        if saved.is_file():
+            if _canonical(prep.state()) != _canonical(json.loads(saved.read_text("utf-8"))):
+                raise RunDirError(
+                    f"fold {k}: the preprocessing re-fitted from the run's inputs differs from "
+                    f"{saved}; the targets, features or radiomics changed since training"
+                )
+        folds.append(Fold(int(k), train_ids, test_ids, prep, directory))
+    return folds
+
+
+def _predict_rows(model, arrays, fold: Fold, name: str, **extra) -> list[dict]:
+    from ..training.curriculum import predict
+
+    pred = fold.prep.inverse_targets(predict(model, arrays))
+    truth = fold.prep.inverse_targets(arrays.y)
+    rows = []
+    for j, target in enumerate(TARGETS):
+        for i, pid in enumerate(arrays.patients):
+            rows.append(
+                {
+                    "fold": fold.fold,
+                    "model": study_name(name),
+                    "target": target,
+                    "patient_id": pid,
+                    "y_true": truth[i, j],
+                    "y_pred": pred[i, j],
+                    **extra,
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------- probes
+def _drop_tiles(arrays, share: float, rng: np.random.Generator):
+    bags = []
+    for bag in arrays.bags:
+        if bag is None or share >= 1.0:
+            # an empty bag, not None: the batch keeps the tile dimension (no slide → masked)
+            bags.append(None if bag is None else bag[:0])
+            continue
+        keep = max(1, int(round(len(bag) * (1.0 - share))))
+        bags.append(bag[np.sort(rng.choice(len(bag), keep, replace=False))])
+    return dataclasses.replace(arrays, bags=bags)
+
+
+def missing_modalities(data: StudyData, fold: Fold, repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Prediction rows with tiles dropped (``modality="wsi"``) or sequences removed (``"mri"``);
+    ``level`` is the share removed, ``repeat`` the draw (tiles) or the combination (MRI)."""
+    rows: list[dict] = []
+    arrays = fold.prep.transform(data, fold.test_ids)
+    models = {m: fold.load(m) for m in MISSING_MODELS if fold.has(m)}
+    for name, model in models.items():
+        for level in TILE_LEVELS:
+            n_rep = 1 if level in (0.0, 1.0) else repeats
+            for rep in range(n_rep):
+                rng = np.random.default_rng([seed, fold.fold, rep, int(level * 100)])
+                dropped = _drop_tiles(arrays, level, rng)
+                rows += _predict_rows(
+                    model, dropped, fold, name, modality="wsi", level=level, repeat=rep
+                )
+    prefixes = [s for s in SEQUENCES if any(c.startswith(f"{s}__") for c in data.radiomics)]
+    for n_removed in range(len(prefixes) + 1):
+        for rep, removed in enumerate(itertools.combinations(prefixes, n_removed)):
+            cols = [c for c in data.radiomics.columns if c.split("__")[0] in removed]
+            radiomics = data.radiomics.copy()
+            radiomics.loc[fold.test_ids, cols] = np.nan
+            arrays_mri = fold.prep.transform(
+                dataclasses.replace(data, radiomics=radiomics), fold.test_ids
+            )
+            level = n_removed / max(len(prefixes), 1)
+            for name, model in models.items():
+                rows += _predict_rows(
+                    model, arrays_mri, fold, name, modality="mri", level=level, repeat=rep
+                )
+    return rows
+
+
+def gates_and_attention(
+    data: StudyData, fold: Fold, tile_coords: dict[str, tuple[np.ndarray, float]]
+) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Gate rows (patient_id, gate_mri, gate_wsi, has_wsi, has_mri) of the fusion model and
+    tile-attention frames (fusion and ``wsi_clip``) for the fold's held-out patients."""
+    import torch
+
+    from ..training.data import make_batch
+
+    arrays = fold.prep.transform(data, fold.test_ids)
+    gates, attention = [], []
+    for name in ("gated_fusion_coral", "clip_mil", "clip_mil_none"):
+        if not fold.has(name):
+            continue
+        model = fold.load(name)
+        for start in range(0, len(arrays), 32):
+            index = np.arange(start, min(start + 32, len(arrays)))
+            batch = make_batch(arrays, index)
+            with torch.no_grad():
+                out = model(batch)
+            if name == "gated_fusion_coral" and out.gate is not None:
+                g = out.gate.numpy()
+                half = g.shape[1] // 2
+                for row, i in enumerate(index):
+                    gates.append(
+                        {
+                            "fold": fold.fold,
+                            "patient_id": arrays.patients[i],
+                            "gate_mri": float(g[row, :half].mean()),  # h = g ⊙ [z_rad; z_wsi]
+                            "gate_wsi": float(g[row, half:].mean()),
+                            "has_wsi": bool(batch.wsi_present()[row]),
+                            "has_mri": bool(batch.has_rad[row]),
+                        }
+                    )
+            if out.attention is None:
+                continue
+            att = out.attention.numpy()
+            if att.ndim == 2:
+                att = att[:, None, :]
+            for row, i in enumerate(index):
+                pid = arrays.patients[i]
+                if pid not in tile_coords or arrays.bags[i] is None:
+                    continue
+                coords, tile_px = tile_coords[pid]
+                n = len(arrays.bags[i])
+                for j in range(att.shape[1]):
+                    attention.append(
+                        pd.DataFrame(
+                            {
+                                "patient_id": pid,
+                                "model": study_name(name),
+                                "target": TARGETS[j] if att.shape[1] == len(TARGETS) else "all",
+                                "x": coords[:n, 0],
+                                "y": coords[:n, 1],
+                                "tile_px": tile_px,
+                                "attention": att[row, j, :n],
+                            }
+                        )
+                    )
+    return gates, attention
+
+
+def fused_embeddings(data: StudyData, fold: Fold) -> pd.DataFrame:
+    """Fused representations of every patient by the fold's models before/after CORAL."""
+    import torch
+
+    from ..training.data import make_batch
+
+    arrays = fold.prep.transform(data, data.patients)
+    frames = []
+    for name, stage in (("gated_fusion", "before"), ("gated_fusion_coral", "after")):
+        if not fold.has(name):
+            continue
+        model = fold.load(name)
+        with torch.no_grad():
+            fused = np.concatenate(
+                [
+                    model(make_batch(arrays, np.arange(s, min(s + 64, len(arrays))))).fused.numpy()
+                    for s in range(0, len(arrays), 64)
+                ]
+            )
+        frame = pd.DataFrame(fused, columns=[f"e{i}" for i in range(fused.shape[1])])
+        frame.insert(0, "stage", stage)
+        frame.insert(0, "site", data.sites)
+        frame.insert(0, "patient_id", data.patients)
+        frame.insert(0, "fold", fold.fold)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def perturbed_prompts(banks_dir, encoder: str, weights, cache_dir) -> dict[str, np.ndarray]:
+    """(J, M_group, D) text embeddings of each perturbation group (SYN, ANTI, OOD)."""
+    from ..wsi.encoders import get_encoder
+    from ..wsi.prompts import embed_bank, embedding_matrix, load_banks
+
+    banks = load_banks(banks_dir)
+    enc = get_encoder(encoder, weights)
+    out = {}
+    for group, label in PROMPT_GROUPS.items():
+        mats = []
+        for target in TARGETS:
+            table = embed_bank(banks[target], enc, cache_dir=cache_dir)
+            part = table[table["group"] == group]
+            if part.empty:
+                break
+            mats.append(embedding_matrix(part))
+        if len(mats) == len(TARGETS):
+            m = max(len(x) for x in mats)
+            out[label] = np.stack([np.resize(x, (m, x.shape[1])) for x in mats]).astype(np.float32)
+    return out
+
+
+def prompt_perturbation(data: StudyData, fold: Fold, groups: dict[str, np.ndarray]) -> list[dict]:
+    """Rows of the CUR-trained CLIP-guided MIL predicting with swapped prompt text."""
+    import torch
+    import torch.nn.functional as F
+
+    if not fold.has("clip_mil"):
+        return []
+    arrays = fold.prep.transform(data, fold.test_ids)
+    rows = []
+    for label, emb in groups.items():
+        model = fold.load("clip_mil")
+        text = model.pool.prompts.text  # (J, M, D)
+        m = text.shape[1]
+        swapped = np.stack([np.resize(e, (m, e.shape[1])) for e in emb])
+        with torch.no_grad():
+            text.copy_(F.normalize(torch.from_numpy(swapped), dim=-1))
+        rows += _predict_rows(model, arrays, fold, "clip_mil", prompt_set=label)
+    return rows
+
+
+def tile_positions(run: RunFiles, data: StudyData) -> dict[str, tuple[np.ndarray, float]]:
+    """Level-0 top-left corners (n, 2) of the tiles in each patient's bag, in bag order, and
+    the tile's level-0 side; the same random subset as :func:`~stromalens.training.read_bags`."""
+    from ..training.data import bag_subset
+    from ..wsi.store import feature_path, read_slide
+    from .rundir import _resolve
+
+    cfg = run.training
+    features = _resolve(cfg.get("features"), run.root)
+    seed = (cfg.get("settings") or {}).get("seed", 0)
+    out = {}
+    for pid in data.bags:
+        slide = read_slide(feature_path(features, pid))
+        index = bag_subset(len(slide.coords), cfg.get("max_tiles"), seed, pid)
+        tile_px = float(slide.attrs.get("tile_level0_px", slide.attrs.get("read_px", 224)))
+        out[pid] = (np.asarray(slide.coords)[index], tile_px)
+    return out
+
+
+# ---------------------------------------------------------------------------- inference cost
+#: patients per batch in the memory measurement (the held-out patients, repeated)
+MEMORY_BATCH = 256
+
+
+def _peak_memory_child(conn, stem: str, arrays, batch: int) -> None:  # pragma: no cover
+    """In a fresh process: load the model, build a ``batch``-patient input (the held-out
+    patients repeated) and predict it in one pass under the torch profiler; send the input
+    bytes and the peak of the allocator's timeline during the forward pass."""
+    import os
+
+    import numpy as np
+    import torch
+
+    from ..training.curriculum import load_checkpoint
+    from ..training.data import make_batch
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # the profiler's start/stop lines are noise here
+    torch.set_num_threads(1)
+    model, _, _ = load_checkpoint(stem)
+    inputs = make_batch(arrays, np.resize(np.arange(len(arrays)), batch))
+    used = [inputs.tiles, inputs.mask, inputs.rad, inputs.has_wsi, inputs.has_rad]
+    if getattr(model, "model_name", "") == "student":
+        used = [inputs.rad, inputs.has_rad]  # the student reads the radiomics only
+    input_bytes = sum(t.numel() * t.element_size() for t in used)
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+        with torch.no_grad():
+            model(inputs)
+    steps = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage)
+        for e in prof.function_events
+        if e.self_cpu_memory_usage
+    )
+    peak = float(np.max(np.cumsum([v for _, v in steps]), initial=0.0))
+    conn.send((input_bytes, peak))
+    conn.close()
+
+
+def inference_cost(data: StudyData, fold: Fold, repeats: int = 3) -> dict:
+    """What the teacher (fusion: slide tiles + radiomics) and the MRI-only student cost at
+    inference, on the fold's held-out patients.
+
+    * seconds per patient: best of ``repeats`` timed predictions (after a warm-up);
+    * peak memory (MB) of one batch of :data:`MEMORY_BATCH` patients (the held-out patients
+      repeated), in a fresh spawned process per model: the bytes of the inputs the model reads
+      (tile bags and radiomics for the teacher, radiomics only for the student) plus the peak
+      of torch's CPU allocations during the forward pass (the profiler's allocation timeline).
+    """
+    import multiprocessing as mp
+
+    from ..training.curriculum import predict
+
+    if not (fold.has("gated_fusion_coral") and fold.has("student")):
+        return {}
+    arrays = fold.prep.transform(data, fold.test_ids)
+    mri_only = dataclasses.replace(arrays, bags=[None] * len(arrays))
+    out = {}
+    for name, inputs in (("teacher", arrays), ("student", mri_only)):
+        registered = "gated_fusion_coral" if name == "teacher" else "student"
+        model = fold.load(registered)
+        predict(model, inputs)  # warm-up
+        best = np.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predict(model, inputs)
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_seconds_per_patient"] = best / len(arrays)
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        stem = str(fold.directory / checkpoint_stem(registered))
+        proc = ctx.Process(target=_peak_memory_child, args=(child, stem, inputs, MEMORY_BATCH))
+        proc.start()
+        input_bytes, peak = parent.recv()
+        proc.join()
+        out[f"{name}_input_mb"] = input_bytes / 2**20
+        out[f"{name}_peak_mb"] = (input_bytes + peak) / 2**20
+    return out
+
+
+def run_probes(
+    run: RunFiles,
+    data: StudyData | None = None,
+    *,
+    repeats: int = 3,
+    seed: int = 0,
+    cost: bool = True,
+) -> dict[str, pd.DataFrame | dict]:
+    """Every probe over every outer fold. Returns DataFrames ``missing``, ``gates``,
+    ``attention``, ``embeddings``, ``prompts`` and the dict ``cost`` (fold 0)."""
+    data = data if data is not None else load_data(run)
+    folds = refit_folds(run, data)
+    cfg = run.training
+    from .rundir import _resolve
+
+    groups = perturbed_prompts(
+        _resolve(cfg.get("prompts", "configs/prompts"), run.root),
+        cfg.get("encoder", "synthclip"),
+        cfg.get("encoder_weights"),
+        cfg.get("prompt_cache") or run.root / "prompts",
+    )
+    positions = tile_positions(run, data) if data.bags else {}
+    missing, gates, attention, embeddings, prompts = [], [], [], [], []
+    for fold in folds:
+        started = time.perf_counter()
+        missing += missing_modalities(data, fold, repeats, seed)
+        g, a = gates_and_attention(data, fold, positions)
+        gates += g
+        attention += a
+        embeddings.append(fused_embeddings(data, fold))
+        prompts += prompt_perturbation(data, fold, groups)
+        event(log, "fold probed", fold=fold.fold, seconds=round(time.perf_counter() - started, 1))
+    return {
+        "missing": pd.DataFrame(missing),
+        "gates": pd.DataFrame(gates),
+        "attention": pd.concat(attention, ignore_index=True) if attention else pd.DataFrame(),
+        "embeddings": pd.concat(embeddings, ignore_index=True),
+        "prompts": pd.DataFrame(prompts),
+        "cost": inference_cost(data, folds[0]) if cost else {},
+    }

@@ -1,0 +1,77 @@
+"""The schema of ``evaluation/metrics.json``: one JSON object of flat, dot-separated keys.
+
+Placeholders: ``<model>`` a study model name (``fusion``, ``fusion_no_coral``, ``wsi_clip``,
+``mri``, ``mri_student`` and every baseline by its registered name), ``<target>`` one of
+``ers_caf``, ``lr``, ``heterogeneity``, ``<site>`` a site label, ``<endpoint>`` ``os`` or
+``pfs``, ``<cohort>`` an external cohort's name. Values are numbers (NaN written as null),
+except ``meta.*``. Other tools may rely on every key of :data:`SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+SCHEMA: dict[str, str] = {
+    "cv.<model>.r.<target>": "Pearson r of pooled out-of-fold predictions and targets",
+    "cv.<model>.r_ci_low.<target>": "lower end of its Fisher-z 95% CI",
+    "cv.<model>.r_ci_high.<target>": "upper end of its Fisher-z 95% CI",
+    "cv.<model>.r_fold_sd.<target>": "SD over outer folds of the per-fold r",
+    "cv.<model>.rmse.<target>": "root mean squared error (target units)",
+    "cv.<model>.mae.<target>": "mean absolute error (target units)",
+    "cv.<model>.calibration_slope.<target>": "slope of observed on predicted (1 = calibrated)",
+    "cv.<model>.calibration_intercept.<target>": "intercept of observed on predicted",
+    "cv.<model>.macro_r": "mean over targets of the pooled r",
+    "cv.<model>.macro_r_fold_sd": "SD over outer folds of the per-fold macro-r",
+    "ceiling.<target>": "noise ceiling of the target (targets stage, reliability.json)",
+    "missing.<model>.<wsi|mri>.<level>": "macro-r with that share of tiles / sequences removed",
+    "gate.<stratifier>.<stratum>.wsi": "mean gate weight on the WSI half in the stratum",
+    "lso.<site>.before": "leave-site-out macro-r on the held-out site, fusion without CORAL",
+    "lso.<site>.after": "leave-site-out macro-r on the held-out site, fusion with CORAL",
+    "site_entropy.before": "10-NN site-label entropy of the fused embedding, no CORAL ([0, 1])",
+    "site_entropy.after": "the same with CORAL",
+    "prompt.<set>.r.<target>": "5-fold r of the WSI branch under prompt set NONE … OOD",
+    "attention.<model>.<target>.<metric>.<stratum>.observed": "mean IoU / hit-rate, top-K tiles",
+    "attention.<model>.<target>.<metric>.<stratum>.shuffled": "its attention-shuffled baseline",
+    "survival.<endpoint>.c_index.clinical": "Harrell's C, out-of-fold clinical-only Cox model",
+    "survival.<endpoint>.c_index.clinical_ai": "Harrell's C, clinical + AI scores",
+    "survival.<endpoint>.hr.<term>": "hazard ratio (T3 vs T1 tertile, or per SD)",
+    "treatment.or_per_sd": "odds ratio of response per SD of the LR surrogate",
+    "treatment.auc": "AUC of the response model",
+    "distillation.<metric>": "student vs teacher: retention, calibration, speed, memory",
+    "truth.<model>.r.<target>": "r of predictions and the planted latent (synthetic cohorts)",
+    "external.<cohort>.r.<target>": "zero-shot r of the proposed model on an external cohort",
+    "external.<cohort>.<model>.r.<target>": "zero-shot r of any applied model",
+    "meta.<key>": "what was evaluated: run directory, versions, seconds, notes (not numbers)",
+}
+
+
+def _pattern(key: str) -> re.Pattern:
+    parts = []
+    for part in key.split("."):
+        parts.append(r"[^.]+" if part.startswith("<") else re.escape(part))
+    return re.compile(r"^" + r"\.".join(parts) + r"$")
+
+
+_PATTERNS = [_pattern(k) for k in SCHEMA]
+
+
+def describe(key: str) -> str | None:
+    """The schema description of a concrete key, or None if the key is not in the schema."""
+    for pattern, text in zip(_PATTERNS, SCHEMA.values(), strict=True):
+        if pattern.match(key):
+            return text
+    return None
+
+
+def clean(metrics: dict) -> dict:
+    """JSON-ready: numbers as float (NaN/inf → None), keys sorted within their section."""
+    out = {}
+    for key in sorted(metrics):
+        value = metrics[key]
+        if isinstance(value, bool | str | list | dict) or value is None:
+            out[key] = value
+            continue
+        value = float(value)
+        out[key] = None if not math.isfinite(value) else round(value, 6)
+    return out
