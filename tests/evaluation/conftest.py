@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 GRID = 8  # tiles per slide side
 TILE = 224
-MODELS = ["gated_fusion", "clip_mil", "clip_mil_none", "clip_mil_coop", "mri_only", "mean_pool"]
+MODELS = ["gated_fusion", "clip_mil", "clip_mil_none", "mri_only"]
 
 
 def _geojson(fibrosis_cols: int, points: np.ndarray) -> dict:
@@ -48,7 +48,7 @@ def _geojson(fibrosis_cols: int, points: np.ndarray) -> dict:
     }
 
 
-def build_tiny_study(root: Path, n: int = 48, seed: int = 0) -> Path:
+def build_tiny_study(root: Path, n: int = 36, seed: int = 0) -> Path:
     """Write the stage outputs of a tiny cohort under ``root``; returns the study YAML path."""
     from stromalens.training.data import prompt_embeddings
     from stromalens.wsi.store import SlideFeatures, write_slide
@@ -187,12 +187,12 @@ def build_tiny_study(root: Path, n: int = 48, seed: int = 0) -> Path:
             "leave_site_out": True,
             "workers": 1,
             "settings": {
-                "hidden": 16,
-                "epochs_stage1": 3,
-                "epochs_stage2": 15,
-                "epochs_stage3": 5,
-                "epochs_distill": 10,
-                "epochs_baseline": 15,
+                "hidden": 8,
+                "epochs_stage1": 2,
+                "epochs_stage2": 8,
+                "epochs_stage3": 3,
+                "epochs_distill": 4,
+                "epochs_baseline": 8,
             },
         },
     }
@@ -203,7 +203,7 @@ def build_tiny_study(root: Path, n: int = 48, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A trained run directory (3 folds, six models, leave-site-out)."""
+    """A trained run directory (3 folds, four models, leave-site-out)."""
     from stromalens.cli.train import run_training
 
     root = tmp_path_factory.mktemp("tiny_study")

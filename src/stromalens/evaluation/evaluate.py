@@ -127,7 +127,7 @@ def evaluate_run(
         missing = missing_modality_table(probes["missing"])
         missing.to_csv(out / "missing_modalities.csv", index=False)
         for row in missing.itertuples(index=False):
-            metrics[f"missing.{row.model}.{row.modality}.{row.level:g}"] = row.macro_r
+            metrics[f"missing.{row.model}.{row.modality}.{round(100 * row.level)}"] = row.macro_r
         prompts = prompt_perturbation_table(preds, probes["prompts"])
         prompts.to_csv(out / "prompt_perturbation.csv", index=False)
         for row in prompts.itertuples(index=False):
@@ -162,7 +162,7 @@ def evaluate_run(
                     for _, part in emb[emb["stage"] == stage].groupby("fold")
                 ]
                 metrics[f"site_entropy.{stage}"] = float(np.mean(values))
-                metrics[f"site_entropy.{stage}_fold_sd"] = float(np.std(values, ddof=1))
+                metrics[f"site_entropy.{stage}_sd"] = float(np.std(values, ddof=1))
             first = emb[emb["fold"] == emb["fold"].min()]
             embedding_table(first, seed).to_parquet(out / "embedding_2d.parquet", index=False)
         timed("alignment")

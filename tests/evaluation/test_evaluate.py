@@ -1,0 +1,158 @@
+"""``stromalens evaluate`` and ``stromalens predict`` on a small real training run
+(``tiny_run``, tests/evaluation/conftest.py): every section is filled, the probes keep their
+invariants, and bad input gets a clear error naming what is missing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stromalens.evaluation import evaluate_run, predict_cohort
+from stromalens.evaluation.rundir import RunDirError, open_run
+from stromalens.evaluation.schema import describe
+
+SCRIPT = Path(sys.executable).parent / "stromalens"
+
+TABLES = (
+    "fidelity.csv",
+    "fidelity_macro.csv",
+    "missing_modalities.csv",
+    "gate_strata.csv",
+    "site_alignment.csv",
+    "embedding_2d.parquet",
+    "prompt_perturbation.csv",
+    "attention_tiles.parquet",
+    "attention.csv",
+    "attention_summary.csv",
+    "survival_hr.csv",
+    "survival_cindex.csv",
+    "survival_cindex_diff.csv",
+    "survival_auc.csv",
+    "decision_curve.csv",
+    "treatment.csv",
+    "distillation.csv",
+    "external.csv",
+    "truth.csv",
+)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, tmp_path_factory):
+    """The tiny run, applied zero-shot to its own cohort as an 'external' one, evaluated."""
+    run = open_run(tiny_run)
+    train = run.training
+    predict_cohort(
+        tiny_run,
+        run.manifest_path,
+        tiny_run / "external" / "mirror",
+        features_dir=train["features"],
+        targets=train["targets"],
+        name="mirror",
+    )
+    metrics = evaluate_run(tiny_run, n_boot=200, survival_boot=50, repeats=2, max_overlays=2)
+    return tiny_run, metrics
+
+
+def test_every_section_is_filled(evaluated):
+    train, metrics = evaluated
+    out = train / "evaluation"
+    for name in TABLES:
+        path = out / name
+        assert path.is_file(), name
+        table = pd.read_csv(path) if name.endswith(".csv") else pd.read_parquet(path)
+        assert len(table), name
+    for model in ("fusion", "fusion_no_coral", "wsi_clip", "mri", "mri_student"):
+        assert metrics[f"cv.{model}.macro_r"] is not None
+        for target in ("ers_caf", "lr", "heterogeneity"):
+            for stat in ("r", "rmse", "calibration_slope"):
+                assert f"cv.{model}.{stat}.{target}" in metrics
+    for key in ("site_entropy.before", "site_entropy.after"):
+        assert 0 <= metrics[key] <= 1
+    assert {k for k in metrics if k.startswith("lso.")} >= {
+        f"lso.{s}.{w}" for s in "ABCD" for w in ("before", "after")
+    }
+    for endpoint in ("os", "pfs"):
+        for model in ("clinical", "clinical_ai"):
+            assert 0 < metrics[f"survival.{endpoint}.c_index.{model}"] < 1
+    assert metrics["truth.fusion.r.heterogeneity"] is not None
+    assert metrics["external.mirror.r.ers_caf"] is not None
+    undocumented = [k for k in metrics if describe(k) is None]
+    assert not undocumented, undocumented
+    # (the tiny study has no slide images, so no overlays: those are tested in test_attention)
+
+
+def test_probes_keep_their_invariants(evaluated):
+    train, _ = evaluated
+    missing = pd.read_csv(train / "evaluation" / "missing_modalities.csv")
+    by = missing.set_index(["model", "modality", "level"])["macro_r"]
+    # the MRI-only model ignores the slide; the WSI model ignores the MRI
+    assert np.allclose(by.loc[("mri", "wsi")], by.loc[("mri", "wsi", 0.0)])
+    assert np.allclose(by.loc[("wsi_clip", "mri")], by.loc[("wsi_clip", "mri", 0.0)])
+    # with nothing removed the probe reproduces the out-of-fold predictions of training
+    fid = pd.read_csv(train / "evaluation" / "fidelity_macro.csv").set_index("model")
+    assert by.loc[("fusion", "wsi", 0.0)] == pytest.approx(fid.loc["fusion", "macro_r"], abs=1e-5)
+    assert by.loc[("fusion", "mri", 0.0)] == pytest.approx(fid.loc["fusion", "macro_r"], abs=1e-5)
+    prompts = pd.read_csv(train / "evaluation" / "prompt_perturbation.csv")
+    assert {"NONE", "CUR", "SYN", "ANTI", "OOD"} <= set(prompts["prompt_set"])
+    gates = pd.read_csv(train / "evaluation" / "gate_strata.csv")
+    assert gates["gate_wsi"].between(0, 1).all()
+    assert set(gates["stratifier"]) == {"location", "volume_tertile", "age_group"}
+    dist = pd.read_csv(train / "evaluation" / "distillation.csv").set_index("metric")["value"]
+    assert dist["teacher_peak_mb"] > dist["student_peak_mb"] > 0
+    external = pd.read_csv(train / "evaluation" / "external.csv")
+    assert external["q_fdr"].between(0, 1).all() and external["p_perm"].between(0, 1).all()
+
+
+def test_zero_shot_predictions_are_the_mean_of_the_fold_models(evaluated):
+    train, _ = evaluated
+    preds = pd.read_parquet(train / "external" / "mirror" / "predictions.parquet")
+    info = json.loads((train / "external" / "mirror" / "predict.json").read_text("utf-8"))
+    assert info["folds_averaged"] == 3 and "fusion" in info["models"]
+    assert "mri" not in info["models"]  # no MRI in a zero-shot cohort: slide models only
+    assert not preds["y_pred"].isna().any()
+    assert preds["patient_id"].nunique() == info["patients_with_slide"] < info["patients"]
+    assert not set(preds["patient_id"]) & set(info["skipped_no_slide"])
+
+
+def test_a_run_missing_files_is_named(tiny_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("checkpoints", "evaluation"))
+    (broken / "folds.csv").unlink()
+    with pytest.raises(RunDirError, match="folds.csv"):
+        open_run(broken)
+    result = subprocess.run(
+        [str(SCRIPT), "evaluate", str(broken)], capture_output=True, encoding="utf-8"
+    )
+    assert result.returncode == 1 and "folds.csv" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_nan_predictions_are_named(tiny_run, tmp_path):
+    broken = tmp_path / "nan"
+    shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("checkpoints", "evaluation"))
+    preds = pd.read_parquet(broken / "predictions.parquet")
+    preds.loc[3, "y_pred"] = np.nan
+    preds.to_parquet(broken / "predictions.parquet")
+    with pytest.raises(RunDirError, match=f"{preds.loc[3, 'patient_id']}"):
+        open_run(broken)
+
+
+def test_a_cohort_without_events_is_an_error(tiny_run, tmp_path):
+    broken = tmp_path / "noevents"
+    shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("evaluation"))
+    run = open_run(broken)
+    clinical = pd.read_csv(run.manifest_path)
+    clinical["os_event"] = 0
+    manifest = tmp_path / "cohort_noevents.csv"
+    clinical.to_csv(manifest, index=False)
+    config = (broken / "config.yaml").read_text("utf-8")
+    (broken / "config.yaml").write_text(config.replace(str(run.manifest_path), str(manifest)))
+    with pytest.raises(ValueError, match="os"):
+        evaluate_run(broken, skip=("probes", "attention", "treatment", "external"))
