@@ -33,7 +33,7 @@ TINY_TRAINING = {
     "workers": 1,
     "max_tiles": 64,
     "settings": {
-        "hidden": 8,
+        "hidden": 16,
         "epochs_stage1": 1,
         "epochs_stage2": 1,
         "epochs_stage3": 1,

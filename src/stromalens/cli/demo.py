@@ -29,9 +29,10 @@ console = Console()
 QUICK: dict = {
     "notes": "Quick demo (stromalens demo --quick): 12 + 6 patients and tiny settings, a smoke "
     "test of every stage, not a study; numbers are not meaningful. Radiomics on the original "
-    "image only; no ComBat inside the folds (sites of one or two patients).",
+    "image only, at 2 mm; no ComBat inside the folds (sites of one or two patients).",
     "radiomics": {
         "settings": {
+            "preprocess": {"spacing_mm": [2.0, 2.0, 2.0]},
             "stability": {"perturbations": 2, "patients": None},
             "harmonisation_check": {"enabled": True, "folds": 2},
         }

@@ -327,7 +327,10 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
             skipped.append({"item": str(pid), "reason": f"failed: {row.get('error', '')}"})
         elif row.get("missing_sequences"):
             skipped.append(
-                {"item": str(pid), "reason": f"missing sequence(s): {row['missing_sequences']}"}
+                {
+                    "item": str(pid),
+                    "reason": f"no {row['missing_sequences']} image: those features are empty",
+                }
             )
     out = {
         "patients_ok": summary["patients_ok"],

@@ -132,4 +132,4 @@ def print_summary(summary: dict, console=None) -> None:
         console.print(f"  {name:10s} {stage['status']:8s} {timing}{note}")
         for reason, items in stage["skipped"].items():
             listed = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
-            console.print(f"      skipped {len(items)}: {reason} — {listed}", soft_wrap=True)
+            console.print(f"      left out {len(items)}: {reason} — {listed}", soft_wrap=True)
