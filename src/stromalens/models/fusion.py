@@ -52,13 +52,11 @@ class TextGate(nn.Module):
         return g * z, g
 
 
-@register_model(
-    "gated_fusion",
-    modalities=("wsi", "mri"),
-    needs_prompts=True,
-    description="CLIP-guided MIL + radiomics MLP, text-conditioned sigmoid gate (the study model)",
-)
-class GatedFusion(MILModel):
+class PromptPooledFusion(MILModel):
+    """Shared by the fusion models with a CLIP-guided slide branch: the prompt-attention
+    pooling and the two encoders, built in one order (so a seed gives the same initial weights
+    in every subclass), and the forward pass up to the two latents."""
+
     prompt_mode = "cur"
 
     def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
@@ -66,16 +64,34 @@ class GatedFusion(MILModel):
         prompts = check_prompts(prompts, spec)
         h = spec.hidden
         self.pool = ClipGuidedPooling(prompts, spec.tau, self.prompt_mode)
-        self.calibrator = MonotoneCalibrator(spec.n_targets)
         self.e_wsi = MLPEncoder(spec.n_targets * spec.tile_dim, h, spec.dropout)
         self.e_rad = MLPEncoder(spec.rad_dim, h, spec.dropout)
+
+    def encode(self, batch: MILBatch):
+        """Prompt-pooled slide p (B, J, D), attention α (B, J, N), prompt similarity u (B, J),
+        and the latents z_wsi, z_rad (B, H) before missing modalities are zeroed."""
+        p, alpha, u = self.pool(batch.tiles, batch.mask)
+        return p, alpha, u, self.e_wsi(p.flatten(1)), self.e_rad(batch.rad)
+
+
+@register_model(
+    "gated_fusion",
+    modalities=("wsi", "mri"),
+    needs_prompts=True,
+    description="CLIP-guided MIL + radiomics MLP, text-conditioned sigmoid gate (the study model)",
+)
+class GatedFusion(PromptPooledFusion):
+    def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
+        super().__init__(spec, prompts)
+        h = spec.hidden
+        self.calibrator = MonotoneCalibrator(spec.n_targets)  # no random state
         self.gate = TextGate(h, spec.n_targets * spec.tile_dim)
         self.head = TrunkHeads(2 * h, h, spec.n_targets, spec.dropout)
 
     def forward(self, batch: MILBatch) -> MILOutput:
-        p, alpha, u = self.pool(batch.tiles, batch.mask)  # (B, J, D), (B, J, N), (B, J)
-        z_wsi = zero_missing(self.e_wsi(p.flatten(1)), batch.wsi_present())  # (B, H)
-        z_rad = zero_missing(self.e_rad(batch.rad), batch.has_rad)  # (B, H)
+        _, alpha, u, z_wsi, z_rad = self.encode(batch)  # α (B, J, N), u (B, J), z (B, H)
+        z_wsi = zero_missing(z_wsi, batch.wsi_present())
+        z_rad = zero_missing(z_rad, batch.has_rad)
         fused, g = self.gate(z_rad, z_wsi, self.pool.prompts.mixture())  # (B, 2H)
         pred, _ = self.head(fused)  # (B, J)
         return MILOutput(pred=pred, attention=alpha, fused=fused, u=u, gate=g)
@@ -87,20 +103,15 @@ class GatedFusion(MILModel):
     needs_prompts=True,
     description="concat + MLP fusion: [z_rad; z_wsi] → trunk, no gate",
 )
-class ConcatMLP(MILModel):
+class ConcatMLP(PromptPooledFusion):
     def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
-        super().__init__(spec)
-        prompts = check_prompts(prompts, spec)
-        h = spec.hidden
-        self.pool = ClipGuidedPooling(prompts, spec.tau)
-        self.e_wsi = MLPEncoder(spec.n_targets * spec.tile_dim, h, spec.dropout)
-        self.e_rad = MLPEncoder(spec.rad_dim, h, spec.dropout)
-        self.head = TrunkHeads(2 * h, h, spec.n_targets, spec.dropout)
+        super().__init__(spec, prompts)
+        self.head = TrunkHeads(2 * spec.hidden, spec.hidden, spec.n_targets, spec.dropout)
 
     def forward(self, batch: MILBatch) -> MILOutput:
-        p, alpha, u = self.pool(batch.tiles, batch.mask)
-        z_wsi = zero_missing(self.e_wsi(p.flatten(1)), batch.wsi_present())  # (B, H)
-        z_rad = zero_missing(self.e_rad(batch.rad), batch.has_rad)  # (B, H)
+        _, alpha, u, z_wsi, z_rad = self.encode(batch)
+        z_wsi = zero_missing(z_wsi, batch.wsi_present())  # (B, H)
+        z_rad = zero_missing(z_rad, batch.has_rad)  # (B, H)
         fused = torch.cat([z_rad, z_wsi], dim=-1)  # (B, 2H)
         pred, _ = self.head(fused)
         return MILOutput(pred=pred, attention=alpha, fused=fused, u=u)
@@ -112,21 +123,17 @@ class ConcatMLP(MILModel):
     needs_prompts=True,
     description="late fusion: mean of WSI-only and MRI-only predictions over present modalities",
 )
-class LateFusion(MILModel):
+class LateFusion(PromptPooledFusion):
     def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
-        super().__init__(spec)
-        prompts = check_prompts(prompts, spec)
+        super().__init__(spec, prompts)
         h = spec.hidden
-        self.pool = ClipGuidedPooling(prompts, spec.tau)
-        self.e_wsi = MLPEncoder(spec.n_targets * spec.tile_dim, h, spec.dropout)
-        self.e_rad = MLPEncoder(spec.rad_dim, h, spec.dropout)
         self.head_wsi = TrunkHeads(h, h, spec.n_targets, spec.dropout)
         self.head_rad = TrunkHeads(h, h, spec.n_targets, spec.dropout)
 
     def forward(self, batch: MILBatch) -> MILOutput:
-        p, alpha, u = self.pool(batch.tiles, batch.mask)
-        pred_wsi, f_wsi = self.head_wsi(self.e_wsi(p.flatten(1)))  # (B, J), (B, H)
-        pred_rad, f_rad = self.head_rad(self.e_rad(batch.rad))  # (B, J), (B, H)
+        _, alpha, u, z_wsi, z_rad = self.encode(batch)
+        pred_wsi, f_wsi = self.head_wsi(z_wsi)  # (B, J), (B, H)
+        pred_rad, f_rad = self.head_rad(z_rad)  # (B, J), (B, H)
         w_wsi = batch.wsi_present().to(pred_wsi.dtype).unsqueeze(-1)  # (B, 1)
         w_rad = batch.has_rad.to(pred_rad.dtype).unsqueeze(-1)  # (B, 1)
         pred = (w_wsi * pred_wsi + w_rad * pred_rad) / (w_wsi + w_rad).clamp_min(1.0)
