@@ -16,31 +16,10 @@ import pytest
 
 from stromalens.evaluation import evaluate_run, predict_cohort
 from stromalens.evaluation.rundir import RunDirError, open_run
-from stromalens.evaluation.schema import describe
+from stromalens.evaluation.schema import TABLES, describe
 
 SCRIPT = Path(sys.executable).parent / "stromalens"
 
-TABLES = (
-    "fidelity.csv",
-    "fidelity_macro.csv",
-    "missing_modalities.csv",
-    "gate_strata.csv",
-    "site_alignment.csv",
-    "embedding_2d.parquet",
-    "prompt_perturbation.csv",
-    "attention_tiles.parquet",
-    "attention.csv",
-    "attention_summary.csv",
-    "survival_hr.csv",
-    "survival_cindex.csv",
-    "survival_cindex_diff.csv",
-    "survival_auc.csv",
-    "decision_curve.csv",
-    "treatment.csv",
-    "distillation.csv",
-    "external.csv",
-    "truth.csv",
-)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,31 @@ SCHEMA: dict[str, str] = {
 }
 
 
+#: The tables ``stromalens evaluate`` writes into ``TRAIN/evaluation/`` (docs/run_directory.md),
+#: besides ``metrics.json`` and the overlays in ``attention/``.
+TABLES: tuple[str, ...] = (
+    "fidelity.csv",
+    "fidelity_macro.csv",
+    "missing_modalities.csv",
+    "gate_strata.csv",
+    "site_alignment.csv",
+    "embedding_2d.parquet",
+    "prompt_perturbation.csv",
+    "attention_tiles.parquet",
+    "attention.csv",
+    "attention_summary.csv",
+    "survival_hr.csv",
+    "survival_cindex.csv",
+    "survival_cindex_diff.csv",
+    "survival_auc.csv",
+    "decision_curve.csv",
+    "treatment.csv",
+    "distillation.csv",
+    "external.csv",
+    "truth.csv",
+)
+
+
 def _pattern(key: str) -> re.Pattern:
     parts = []
     for part in key.split("."):

@@ -17,29 +17,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..evaluation.schema import TABLES
+
 #: The evaluation's files (``TRAIN/evaluation/``), by the analysis that reads them.
-EVALUATION_FILES: tuple[str, ...] = (
-    "metrics.json",
-    "fidelity.csv",
-    "fidelity_macro.csv",
-    "missing_modalities.csv",
-    "gate_strata.csv",
-    "site_alignment.csv",
-    "embedding_2d.parquet",
-    "prompt_perturbation.csv",
-    "attention_tiles.parquet",
-    "attention.csv",
-    "attention_summary.csv",
-    "survival_hr.csv",
-    "survival_cindex.csv",
-    "survival_cindex_diff.csv",
-    "survival_auc.csv",
-    "decision_curve.csv",
-    "treatment.csv",
-    "distillation.csv",
-    "external.csv",
-    "truth.csv",
-)
+EVALUATION_FILES: tuple[str, ...] = ("metrics.json", *TABLES)
 
 
 def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
