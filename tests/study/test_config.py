@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from stromalens.config import ConfigError, StudyConfig, load_config, validate_settings
@@ -75,3 +79,17 @@ def test_the_demo_configuration_points_at_the_generated_cohorts(tmp_path):
     assert config.cohort.manifest == tmp_path / "cohort" / "cohort.csv"
     assert config.external[0].targets.signature == tmp_path / "ext" / "rnaseq" / "signature.tsv"
     assert config.training.folds == 3 and config.training.models is None
+
+
+def test_stromalens_run_reports_a_bad_key_in_one_message_and_exits_1(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text("cohort:\n  manifest: c.csv\nwsi:\n  tile_pz: 224\n", encoding="utf-8")
+    script = Path(sys.executable).parent / "stromalens"
+    run = subprocess.run(
+        [str(script), "run", str(config), "--out", str(tmp_path / "study")],
+        capture_output=True,
+        encoding="utf-8",
+    )
+    assert run.returncode == 1
+    assert "wsi.tile_pz" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "study").exists()  # nothing written for an invalid study

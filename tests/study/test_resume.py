@@ -81,14 +81,20 @@ def test_a_killed_run_restarts_without_redoing_finished_stages(small_cohort, tmp
 
 
 @pytest.mark.slow
-def test_the_whole_study_resumes_after_sigterm(small_cohort, external_cohort, tmp_path):
-    # Patients with a slide only: training cannot yet predict a fold in which no patient has a
-    # slide (make_batch then builds 1-dimensional tiles), which 10 patients over 2 × 2 folds hit.
-    import pandas as pd
+def test_the_whole_study_resumes_after_sigterm(external_cohort, tmp_path):
+    # 16 patients, each with a slide: training cannot yet predict a fold in which no patient
+    # has a slide (make_batch then builds 1-dimensional tiles), nor fit 2 × 2 nested folds of
+    # fewer patients.
+    from stromalens.config import MissingRates
+    from stromalens.synthetic import generate_cohort
 
-    frame = pd.read_csv(small_cohort, dtype=str, keep_default_na=False)
-    manifest = small_cohort.parent / "cohort_with_slides.csv"  # beside it: relative paths hold
-    frame[frame["wsi"] != ""].to_csv(manifest, index=False)
+    from ..conftest import small_config
+
+    manifest = generate_cohort(
+        tmp_path / "cohort",
+        small_config(patients=16, missing=MissingRates(wsi=0.0, mri_ce=0.2)),
+        progress=False,
+    )
     rnaseq = external_cohort.parent / "rnaseq"
     external = {
         "name": "ext",
@@ -99,7 +105,7 @@ def test_the_whole_study_resumes_after_sigterm(small_cohort, external_cohort, tm
             "mrna_scaling": str(rnaseq / "mrna_content.tsv"),
         },
     }
-    config = write_study(tmp_path / "study.yaml", tiny_study(small_cohort, external=[external]))
+    config = write_study(tmp_path / "study.yaml", tiny_study(manifest, external=[external]))
     out = tmp_path / "study"
     proc = _start(config, out)
     killed = _kill_after(proc, out, "radiomics", signal.SIGTERM, timeout=900)
