@@ -62,6 +62,8 @@ def test_every_section_is_filled(evaluated):
             assert 0 < metrics[f"survival.{endpoint}.c_index.{model}"] < 1
     assert metrics["truth.fusion.r.heterogeneity"] is not None
     assert metrics["external.mirror.r.ers_caf"] is not None
+    # the mirror cohort has outcomes: C-index without / with the frozen model's scores
+    assert 0 < metrics["external.mirror.c_index.os.clinical_ai"] < 1
     undocumented = [k for k in metrics if describe(k) is None]
     assert not undocumented, undocumented
     # (the tiny study has no slide images, so no overlays: those are tested in test_attention)

@@ -69,6 +69,55 @@ def _fidelity_metrics(table: pd.DataFrame, macro: pd.DataFrame) -> dict:
     return m
 
 
+def _external_survival(dirs, n_boot: int, seed: int, notes: list) -> pd.DataFrame:
+    """C-index of clinical-only vs clinical + AI Cox models on each external cohort that has
+    outcomes. The image model stays frozen (its zero-shot predictions are the AI scores); only
+    the two Cox models are fitted, out of fold over 5 folds of the external cohort (3 folds
+    below 80 patients)."""
+    from lifelines.exceptions import ConvergenceError
+
+    from ..cohort import load_manifest
+    from ..training.cv import assign_folds
+    from .survival import survival_analysis
+
+    frames = []
+    for directory in dirs:
+        info = json.loads((directory / "predict.json").read_text(encoding="utf-8"))
+        clinical = load_manifest(info["manifest"], check_files=False).frame
+        clinical.index = clinical.index.astype(str)
+        preds = pd.read_parquet(directory / "predictions.parquet")
+        preds = preds[preds["model"] == PROPOSED]
+        if preds.empty:
+            continue
+        scores = preds.pivot(index="patient_id", columns="target", values="y_pred")[list(TARGETS)]
+        endpoints = [
+            e
+            for e in ("os", "pfs")
+            if {f"{e}_time", f"{e}_event"} <= set(clinical.columns)
+            and clinical.loc[scores.index, f"{e}_event"].fillna(0).sum() >= 5
+        ]
+        if not endpoints:
+            notes.append(f"external cohort {info['cohort']}: no outcomes with events, no C-index")
+            continue
+        k = 5 if len(scores) >= 80 else 3  # small cohorts: larger training folds for the Cox
+        folds = assign_folds(scores.index, clinical.loc[scores.index, "site"], k, seed)
+        try:
+            tables = survival_analysis(
+                scores,
+                clinical.loc[scores.index],
+                folds,
+                endpoints=endpoints,
+                n_boot=n_boot,
+                seed=seed,
+                thresholds=np.round(np.arange(0.05, 0.951, 0.05), 2),
+            )
+        except ConvergenceError as exc:
+            notes.append(f"external cohort {info['cohort']}: Cox models did not converge ({exc})")
+            continue
+        frames.append(tables["survival_cindex"].assign(cohort=info["cohort"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def evaluate_run(
     train_dir: Path | str,
     out: Path | str | None = None,
@@ -250,6 +299,12 @@ def evaluate_run(
                 ext_targets,
             )
         if cohorts:
+            gains = _external_survival(dirs, survival_boot, seed, notes)
+            if not gains.empty:
+                gains.to_csv(out / "external_survival.csv", index=False)
+                for row in gains[gains["metric"] == "harrell"].itertuples(index=False):
+                    key = f"external.{row.cohort}.c_index.{row.endpoint}.{row.model}"
+                    metrics[key] = row.value
             ext = external_table(cohorts, n_boot=n_boot, n_perm=n_boot, seed=seed)
             ext.to_csv(out / "external.csv", index=False)
             for row in ext.itertuples(index=False):

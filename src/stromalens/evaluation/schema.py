@@ -43,6 +43,8 @@ SCHEMA: dict[str, str] = {
     "truth.<model>.r.<target>": "r of predictions and the planted latent (synthetic cohorts)",
     "external.<cohort>.r.<target>": "zero-shot r of the proposed model on an external cohort",
     "external.<cohort>.<model>.r.<target>": "zero-shot r of any applied model",
+    "external.<cohort>.c_index.<endpoint>.<clinical|clinical_ai>": "Harrell's C on the external "
+    "cohort, out-of-fold Cox models without / with the frozen model's scores",
     "meta.<key>": "what was evaluated: run directory, versions, seconds, notes (not numbers)",
 }
 
@@ -70,6 +72,8 @@ TABLES: tuple[str, ...] = (
     "external.csv",
     "truth.csv",
 )
+#: written only when an external cohort has outcomes
+OPTIONAL_TABLES: tuple[str, ...] = ("external_survival.csv",)
 
 
 def _pattern(key: str) -> re.Pattern:
