@@ -28,6 +28,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	} || echo "chromium not installed: the report-rendering test will skip"
+	# Debian's libRmath gives GSVA's Poisson kernel R's own ppois (SciPy stands in without it, and
+	# the strict GSVA-vs-R Poisson test skips); same root/sudo logic as for chromium.
+	$(BIN)/python -c "import ctypes.util as u; raise SystemExit(u.find_library('Rmath') is None)" || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null 2>&1; then SUDO='sudo -n'; else SUDO=false; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-mathlib; \
+	} || echo "r-mathlib not installed: GSVA's Poisson kernel uses SciPy (see targets/rmath.py)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,7 @@
 """ssGSEA and GSVA against Bioconductor GSVA 1.46 (reference values in reference/, made by
 reference/make_gsva_reference.R from inputs rebuilt here by reference/prepare_inputs.py)."""
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from stromalens.targets import gsva, ssgsea
+from stromalens.targets import gsva, rmath, ssgsea
 from stromalens.targets.scores import GeneSetWarning
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -114,19 +116,102 @@ def test_gsva_gaussian_matches_on_synthetic_log_counts(synthetic):
     assert diff.max() < 1e-10
 
 
+needs_rmath = pytest.mark.skipif(
+    rmath.library_path() is None,
+    reason="libRmath (Debian r-mathlib; `make install` adds it) is absent: SciPy's Poisson CDF "
+    "stands in and near-tied genes may be ordered differently from R (checked to 5e-4 below)",
+)
+
+
 @needs_shared
+@needs_rmath
 @pytest.mark.parametrize(
     ("name", "mx_diff"), [("gsva_poisson_mxdiff_hoek", True), ("gsva_poisson_max_hoek", False)]
 )
 def test_gsva_poisson_on_real_counts(hoek, name, mx_diff):
-    """Real PBMC counts, 8 samples. With so few samples many genes' log-odds tie mathematically;
-    GSVA breaks those ties by the last bit of R's pgamma, SciPy's differs in that bit, so a few
-    genes swap places: the largest difference is 3.1e-4 (measured), above the 1e-4 goal.
-    The kernel values themselves agree to 6e-15 (see test_poisson_kernel_values)."""
+    """Real PBMC counts, 8 samples; R: kcdf="Poisson", mx.diff=TRUE/FALSE. With so few samples
+    many genes' log-odds tie mathematically and GSVA orders them by the last bits of R's ppois;
+    with R's own ppois (libRmath) near ties are recomputed exactly and every score matches to
+    rounding (5e-16 measured; 3.1e-4 with SciPy's CDF alone)."""
+    assert Path(rmath.library_path()).name.startswith("libRmath.so")
     expr, sets = hoek
     diff, _ = compare(gsva(expr, sets, kcdf="poisson", mx_diff=mx_diff), name)
+    assert diff.max() < 1e-4
+    assert diff.max() < 1e-12
+
+
+@needs_shared
+def test_gsva_poisson_on_real_counts_without_rmath(hoek, monkeypatch, caplog):
+    """The fallback when libRmath is missing: SciPy's CDF alone, one log line saying so; a few
+    near-tied genes swap places (3.1e-4 measured), every other score is unchanged."""
+    monkeypatch.setattr(rmath, "_load", lambda: None)
+    rmath.warn_fallback.cache_clear()
+    caplog.set_level(logging.WARNING, logger=rmath.log.name)
+    rmath.log.addHandler(caplog.handler)  # configure_logging() may stop propagation
+    try:
+        expr, sets = hoek
+        diff, _ = compare(gsva(expr, sets, kcdf="poisson"), "gsva_poisson_mxdiff_hoek")
+        gsva(expr, sets, kcdf="poisson")
+    finally:
+        rmath.log.removeHandler(caplog.handler)
+        rmath.warn_fallback.cache_clear()
     assert diff.max() < 5e-4
     assert np.median(diff) < 1e-12  # almost every score is identical
+    messages = [r.getMessage() for r in caplog.records if r.name == rmath.log.name]
+    assert len(set(messages)) == 1 and "r-mathlib" in messages[0]
+
+
+@pytest.mark.skipif(rmath.library_path() is None, reason="libRmath (r-mathlib) is absent")
+def test_ppois_is_r_bit_for_bit():
+    """R 4.2.2:
+    sprintf("%a", ppois(c(0, 5, 12, 30, 100, 1000), c(5.5, 5.5, 12.5, 100.5, 1000.5, 1000.5)))
+    SciPy differs from every one of these in the last bits."""
+    want = [
+        float.fromhex(h)
+        for h in (
+            "0x1.0bd4a5aca7728p-8",
+            "0x1.0ece6e19be63ap-1",
+            "0x1.09b71eb10a38ep-1",
+            "0x1.42dcdea7f3b12p-53",
+            "0x1.89b02246f4aacp-972",
+            "0x1.01138e4b91204p-1",
+        )
+    ]
+    x = np.array([0.0, 5, 12, 30, 100, 1000])
+    lam = np.array([5.5, 5.5, 12.5, 100.5, 1000.5, 1000.5])
+    got = rmath.ppois(x, lam)
+    assert got.tolist() == want
+    assert got == pytest.approx(stats.poisson.cdf(x, lam), rel=1e-13)
+    # broadcasting and repeated pairs (one ctypes call per distinct pair)
+    grid = rmath.ppois(x[:, None], lam[None, :])
+    assert grid.shape == (6, 6) and np.diag(grid).tolist() == want
+
+
+def test_ppois_falls_back_to_scipy(monkeypatch):
+    monkeypatch.setattr(rmath, "_load", lambda: None)
+    monkeypatch.setattr(rmath, "warn_fallback", lambda: None)
+    x, lam = np.array([0.0, 3.0, 7.0]), np.array([0.5, 3.5, 2.5])
+    assert rmath.ppois(x, lam).tolist() == stats.poisson.cdf(x, lam).tolist()
+
+
+@pytest.mark.skipif(rmath.library_path() is None, reason="libRmath (r-mathlib) is absent")
+def test_poisson_near_ties_take_r_values():
+    """Genes 0 and 1 hold the same counts in another order, so in samples 3 and 4 (both count 2)
+    their log-odds tie mathematically; those entries are recomputed as GSVA does (R's ppois
+    summed in sample order), bit for bit, where SciPy's CDF gives other last bits."""
+    from stromalens.targets.scores import _gene_log_odds, _kernel_log_odds
+
+    x = np.array([[0.0, 3, 7, 2, 2], [0.0, 7, 3, 2, 2], [40.0, 1, 9, 13, 5]])
+    z = _gene_log_odds(x, "poisson")
+    scipy_differs = []
+    for g, j in [(0, 3), (1, 3), (0, 4), (1, 4)]:
+        r_sum = scipy_sum = 0.0
+        for xi in x[g]:  # sample order, as GSVA's C loop
+            r_sum += rmath.ppois(x[g, j], xi + 0.5).item()
+            scipy_sum += stats.poisson.cdf(x[g, j], xi + 0.5)
+        assert z[g, j] == _kernel_log_odds(np.array(r_sum / 5))
+        scipy_differs.append(scipy_sum != r_sum)
+    assert any(scipy_differs)  # so the check above means something
 
 
 def test_poisson_kernel_values():

@@ -46,8 +46,8 @@ def hoek_counts() -> pd.DataFrame:
     counts = tpm.clip(lower=0).round(0).T  # a few values are slightly negative in the source
     # Genes expressed (≥ 5) in every sample, the usual filter before a count-based analysis.
     # (Among barely expressed genes, many share the same multiset of counts: their log-odds
-    # tie mathematically and GSVA breaks those ties by the last bit of R's pgamma, which no
-    # other implementation reproduces; see stromalens.targets.scores.gsva.)
+    # tie mathematically and GSVA breaks those ties by the last bit of R's pgamma, which only
+    # R's own ppois (libRmath, see stromalens.targets.rmath) reproduces.)
     counts = counts.loc[:, (counts >= 5).all(axis=0)]
     # Keep the genes of the hallmark sets plus every 10th other gene: small enough for R.
     sets = hallmark_sets()
