@@ -19,14 +19,18 @@ SCRIPT = Path(sys.executable).parent / "stromalens"
 
 
 def _start(config: Path, out: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    # Output goes to a file: a pipe nobody reads while we poll would fill and block the run.
+    log = open(out.parent / "first-run.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
         [str(SCRIPT), "run", str(config), "--out", str(out), *args],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         encoding="utf-8",
         env=os.environ | {"PYTHONUTF8": "1", "COLUMNS": "200"},
         start_new_session=True,  # its own process group: the kill reaches its workers too
     )
+    log.close()  # the child holds its own copy of the descriptor
+    return proc
 
 
 def _stages(out: Path) -> dict:
@@ -43,14 +47,15 @@ def _kill_after(proc: subprocess.Popen, out: Path, stage: str, sig, timeout: flo
         if _stages(out).get(stage, {}).get("status") == "done":
             break
         if proc.poll() is not None:
-            pytest.fail(f"the run ended before {stage} was done:\n{proc.stdout.read()}")
+            log = (out.parent / "first-run.log").read_text(encoding="utf-8")
+            pytest.fail(f"the run ended before {stage} was done:\n{log}")
         time.sleep(0.05)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"{stage} not done within {timeout} s")
     if proc.poll() is None:
         os.killpg(proc.pid, sig)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     return _stages(out)
 
 
