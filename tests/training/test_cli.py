@@ -30,3 +30,22 @@ def test_the_example_study_config_validates():
     from stromalens.training import TrainSettings
 
     TrainSettings().with_(**study.training.settings)  # every override is a known setting
+
+
+def test_train_on_the_example_config_asks_for_a_study_folder(tmp_path):
+    """configs/study.yaml leaves the stage outputs to `stromalens run`; `train` says to give
+    the study folder, and checks that the folder is one."""
+    root = Path(__file__).resolve().parents[2]
+    base = [str(SCRIPT), "train", "--config", str(root / "configs" / "study.yaml")]
+    run = subprocess.run(
+        [*base, "--out", str(tmp_path / "run")], capture_output=True, encoding="utf-8", cwd=root
+    )
+    assert run.returncode == 1 and "--study" in run.stderr
+    run = subprocess.run(
+        [*base, "--study", str(tmp_path), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        encoding="utf-8",
+        cwd=root,
+    )
+    assert run.returncode == 1 and "targets.parquet not found" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -193,3 +193,41 @@ def test_unknown_models_are_value_errors(tmp_path, study):
         run_cv(study, tmp_path, FAST, models=["nope"])
     with pytest.raises(ValueError, match="student"):
         run_cv(study, tmp_path, FAST, models=["student"])
+
+
+def test_a_batch_without_any_slide_keeps_the_tile_dimension(study):
+    """A prediction fold in which no patient has a slide (small cohorts): the fusion model
+    still runs, from the radiomics alone."""
+    import torch
+
+    from stromalens.models import ModelSpec, create_model
+
+    no_slide = [p for p in study.patients if p not in study.bags]
+    assert no_slide
+    prep = FoldPreprocessor().fit(study, study.patients)
+    arrays = prep.transform(study, no_slide)
+    batch = make_batch(arrays)
+    assert batch.tiles.shape[2] == study.tile_dim and not batch.has_wsi.any()
+    spec = ModelSpec(
+        tile_dim=study.tile_dim,
+        rad_dim=arrays.rad.shape[1],
+        n_targets=3,
+        hidden=8,
+        dropout=0.0,
+        tau=0.5,
+        n_sites=3,
+    )
+    model = create_model("gated_fusion", spec, prompts=torch.as_tensor(study.prompts))
+    assert predict(model, arrays).shape == (len(no_slide), 3)
+
+
+def test_combat_leaves_out_a_site_with_one_training_patient(study):
+    """ComBat needs ≥ 2 patients per site; a site with one training patient gets the pooled
+    standardisation (as an unseen site would) instead of failing the fold."""
+    site_of = study.site_of()
+    lonely = site_of.index[site_of == "C"][:1].tolist()
+    train = site_of.index[site_of != "C"].tolist() + lonely
+    prep = FoldPreprocessor(harmonise=True, icc_threshold=None).fit(study, train)
+    assert prep.combat_ is not None and "C" not in set(prep.combat_.gamma_star_.index)
+    x, _ = prep.transform_radiomics(study, site_of.index[site_of == "C"].tolist())
+    assert np.isfinite(x).all()

@@ -12,9 +12,14 @@ from rich.console import Console
 console = Console()
 
 
-def run_training(config_path: Path, out: Path, workers: int | None = None) -> dict:
+def run_training(
+    config_path: Path, out: Path, workers: int | None = None, study_dir: Path | None = None
+) -> dict:
     """Load the study configuration, the stages' outputs and run CV (+ leave-site-out and the
-    shuffled-target control when configured). Returns the main run's metrics."""
+    shuffled-target control when configured). Returns the main run's metrics.
+
+    ``study_dir``: a ``stromalens run`` / ``stromalens demo`` output folder whose targets,
+    features and radiomics (and the wsi block's encoder) the training block then reads."""
     import yaml
 
     from .. import __version__
@@ -28,11 +33,24 @@ def run_training(config_path: Path, out: Path, workers: int | None = None) -> di
     )
 
     study = load_config(config_path, StudyConfig)
-    cfg = study.training
-    if cfg is None:
+    if study.training is None:
         raise ValueError(f"{config_path}: no 'training' block")
+    if study_dir is not None:
+        from ..study.stages import resolved_training_config
+
+        if not (Path(study_dir) / "targets" / "targets.parquet").is_file():
+            raise FileNotFoundError(
+                f"{study_dir}/targets/targets.parquet not found: --study must be the output "
+                "folder of `stromalens run` or `stromalens demo`"
+            )
+        study = resolved_training_config(study, Path(study_dir))
+    cfg = study.training
     if cfg.targets is None:
-        raise ValueError(f"{config_path}: training.targets is required (`stromalens run` fills it)")
+        raise ValueError(
+            f"{config_path}: training.targets is not set: give --study DIR (the output folder "
+            "of `stromalens run` or `stromalens demo`) or set training.targets, .features and "
+            ".radiomics"
+        )
     settings = TrainSettings().with_(**cfg.settings)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -105,9 +123,14 @@ def train(
     config: Path = typer.Option(..., "--config", help="Study YAML with a 'training' block."),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     workers: int = typer.Option(None, "--workers", help="Folds in parallel (overrides config)."),
+    study: Path = typer.Option(
+        None,
+        "--study",
+        help="A `stromalens run`/`demo` output folder: train on its targets, features, radiomics.",
+    ),
 ) -> None:
     """Train every model with the three-stage curriculum under site-stratified nested CV."""
-    metrics = run_training(config, out, workers)
+    metrics = run_training(config, out, workers, study)
     console.print(f"[bold]macro-r (out-of-fold)[/] — {metrics['total_seconds']:.0f} s")
     for name, values in sorted(metrics["models"].items(), key=lambda kv: -kv[1]["macro_r"]):
         console.print(f"  {name:20s} {values['macro_r']:+.3f}")

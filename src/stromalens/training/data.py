@@ -219,6 +219,7 @@ class FoldArrays:
     site: np.ndarray  # (P,) int codes
     y: np.ndarray  # (P, J) z-scored targets, NaN unknown
     y01: np.ndarray  # (P, J) min–max scaled targets, NaN unknown
+    tile_dim: int | None = None  # D of the tile embeddings, known even when no bag is here
 
     def __len__(self) -> int:
         return len(self.patients)
@@ -291,8 +292,14 @@ class FoldPreprocessor:
             from ..radiology import ComBat
 
             counts = site_of.loc[rad.index].value_counts()
+            # ComBat estimates a location and a scale per site: a site needs ≥ 2 training
+            # patients. Sites with one are left out of the fit and, like unseen sites, get the
+            # pooled standardisation.
+            fitted = site_of.loc[rad.index].isin(counts.index[counts >= 2]).to_numpy()
             if (counts >= 2).sum() >= 2:
-                self.combat_ = ComBat(unseen_site="pooled").fit(rad, site_of.loc[rad.index])
+                self.combat_ = ComBat(unseen_site="pooled").fit(
+                    rad[fitted], site_of.loc[rad.index[fitted]]
+                )
                 rad = self.combat_.transform(rad, site_of.loc[rad.index])
         self.rad_mean_ = rad.mean() if features else pd.Series(dtype=float)
         sd = rad.std(ddof=1) if features else pd.Series(dtype=float)
@@ -334,6 +341,7 @@ class FoldPreprocessor:
             site=site,
             y=y,
             y01=y01,
+            tile_dim=data.tile_dim if (data.bags or data.prompts is not None) else None,
         )
 
     def inverse_targets(self, z: np.ndarray) -> np.ndarray:
@@ -379,7 +387,8 @@ def make_batch(arrays: FoldArrays, index=None, max_tiles: int | None = None, rng
         if bag is not None and max_tiles is not None and len(bag) > max_tiles:
             bag = bag[np.sort(rng.choice(len(bag), max_tiles, replace=False))]
         bags.append(bag)
-    d = next((b.shape[1] for b in arrays.bags if b is not None), 1)
+    # the tile dimension from any bag, else from the study (a batch with no slide at all)
+    d = next((b.shape[1] for b in arrays.bags if b is not None), arrays.tile_dim or 1)
     n = max([len(b) for b in bags if b is not None] + [1])
     tiles = np.zeros((len(index), n, d), np.float32)  # (B, N, D)
     mask = np.zeros((len(index), n), bool)  # (B, N)
