@@ -2,9 +2,8 @@
 the synthetic cohort, with macro-r per model, r with the planted latents, and the
 shuffled-target control — all measured in one run.
 
-Needs a demo directory (``stromalens demo --out DIR``) and its radiomics
-(``stromalens radiomics --manifest DIR/cohort/cohort.csv --out DIR/radiomics
---config configs/radiomics_demo.yaml``)::
+Needs a demo directory (``stromalens demo --out DIR``: the synthetic cohort and the study's
+stage outputs — targets, ``features/development``, radiomics)::
 
     python benchmarks/train_cv.py --demo DIR [--workers 2] [--no-permuted] [--out RUN]
 
@@ -49,7 +48,7 @@ def main() -> None:
     data = load_study_data(
         args.demo / "cohort" / "cohort.csv",
         args.demo / "targets" / "targets.parquet",
-        args.demo / "features" / "cohort",
+        args.demo / "features" / "development",
         args.demo / "radiomics",
         prompts=prompts,
         max_tiles=cfg.max_tiles,
