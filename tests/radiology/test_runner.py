@@ -60,6 +60,14 @@ def test_synthetic_cohort_run(mri_cohort, tmp_path):
     assert all(c.split("__")[0] in {"t1", "t2", "ce"} for c in features.columns)
     assert "t1__original_glcm_Contrast" in features
     assert not any("diagnostics" in c for c in features.columns)
+    # the sequences share one mask: its shape features come once per patient, under the
+    # first sequence present
+    shape = [c for c in features.columns if "_shape_" in c]
+    names = {c.split("__", 1)[1] for c in shape}
+    per_patient = features[shape].notna().sum(axis=1)
+    has_mri = features.notna().any(axis=1)
+    assert names and (per_patient[has_mri] == len(names)).all()
+    assert "t1__original_shape_VoxelVolume" in features
     diagnostics = pd.read_parquet(out / "diagnostics.parquet")
     assert all("__diagnostics_" in c or "stromalens" in c for c in diagnostics.columns)
     # a missing sequence is a missing block, recorded

@@ -46,6 +46,7 @@ log = get_logger(__name__)
 def settings_hash(config: RadiomicsConfig) -> str:
     payload = config.model_dump(mode="json", exclude={"workers", "harmonisation_check"})
     payload["version"] = __version__
+    payload["layout"] = 2  # 2: shape features once per mask file (records of 1 are redone)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -106,6 +107,7 @@ def process_patient(job: dict) -> dict:
     }
     rng = np.random.default_rng(_seed_of(pid, stab.seed))
     perturbed: list[dict] = [{} for _ in range(stab.perturbations if job["perturb"] else 0)]
+    shaped: set[str] = set()  # mask files whose shape features are already extracted
     for spec in config.sequences:
         paths = job["sequences"].get(spec.name)
         if paths is None:
@@ -128,6 +130,13 @@ def process_patient(job: dict) -> dict:
         use_norm = pre.normalise.enabled if spec.normalise is None else spec.normalise
         prepared = preprocess.prepare(image, mask, pre, n4=use_n4, normalise=use_norm)
         params = config.extraction.pyradiomics_params(spec.setting)
+        if str(paths["mask"]) in shaped and "shape" in params["featureClass"]:
+            # Shape features describe the mask, not the image: a mask shared by several
+            # sequences gives them once, under the first sequence (saves the costly mesh and
+            # diameters on every further sequence and perturbation).
+            classes = {k: v for k, v in params["featureClass"].items() if k != "shape"}
+            params = params | {"featureClass": classes}
+        shaped.add(str(paths["mask"]))
         extractor = feat.make_extractor(params)
         img, msk = preprocess.resample_pair(prepared, pre.spacing_mm, pre.interpolator)
         values, diagnostics = feat.extract(extractor, img, msk, label=1)
