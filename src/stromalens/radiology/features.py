@@ -28,8 +28,12 @@ def make_extractor(params: dict):
     import radiomics
     from radiomics import featureextractor
 
-    # PyRadiomics logs every setting at INFO; keep its console quiet (errors still show).
+    # PyRadiomics logs every setting at INFO and advice (bin count, GLCM symmetry) at WARNING,
+    # per patient and perturbation; keep it quiet (errors still show). Its own handler's level
+    # (setVerbosity) does not stop the records reaching a root handler that something in a
+    # worker process configured, so the logger's level is set too.
     radiomics.setVerbosity(logging.ERROR)
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             # pykwalify (PyRadiomics' schema validator) loads PyRadiomics' schema extension
