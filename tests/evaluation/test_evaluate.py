@@ -62,8 +62,12 @@ def test_every_section_is_filled(evaluated):
             assert 0 < metrics[f"survival.{endpoint}.c_index.{model}"] < 1
     assert metrics["truth.fusion.r.heterogeneity"] is not None
     assert metrics["external.mirror.r.ers_caf"] is not None
-    # the mirror cohort has outcomes: C-index without / with the frozen model's scores
-    assert 0 < metrics["external.mirror.c_index.os.clinical_ai"] < 1
+    # the mirror cohort has outcomes: C-index without / with the frozen model's scores, or —
+    # 36 patients, ten Cox terms — a note that the Cox models could not be fitted
+    key = "external.mirror.c_index.os.clinical_ai"
+    assert (key in metrics and 0 < metrics[key] < 1) or any(
+        "mirror: Cox models did not converge" in note for note in metrics["meta.notes"]
+    )
     undocumented = [k for k in metrics if describe(k) is None]
     assert not undocumented, undocumented
     # (the tiny study has no slide images, so no overlays: those are tested in test_attention)

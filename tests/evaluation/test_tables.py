@@ -259,3 +259,42 @@ def test_schema_describes_the_required_keys():
     assert describe("cv.fusion.banana") is None
     assert len(SCHEMA) > 20
     assert clean({"a": np.nan, "b": np.float32(0.5), "c": "x"}) == {"a": None, "b": 0.5, "c": "x"}
+
+
+def test_paired_r_difference_known_answers():
+    from stromalens.evaluation.robustness import paired_r_difference
+
+    rng = np.random.default_rng(8)
+    y = rng.normal(size=80)
+    good = y + 0.3 * rng.normal(size=80)
+    bad = y + 3.0 * rng.normal(size=80)
+    diff, low, high, p = paired_r_difference(y, good, bad, n_boot=2000)
+    # reference: the difference of two numpy Pearson r on the same patients
+    expected = np.corrcoef(y, good)[0, 1] - np.corrcoef(y, bad)[0, 1]
+    assert diff == pytest.approx(expected, abs=1e-12)
+    assert 0 < low < diff < high and p < 0.01
+    same = paired_r_difference(y, good, good.copy(), n_boot=500)
+    assert same[0] == pytest.approx(0.0, abs=1e-12) and same[3] == pytest.approx(1.0)
+
+
+def test_gate_strata_kruskal_detects_a_planted_difference():
+    ids = [f"P{i:03d}" for i in range(40)]
+    rng = np.random.default_rng(9)
+    clinical = pd.DataFrame(
+        {
+            "location": ["sacrum"] * 20 + ["skull_base"] * 20,
+            "volume_cc": rng.uniform(1, 50, 40),
+            "age": rng.uniform(30, 80, 40),
+        },
+        index=ids,
+    )
+    gate_wsi = np.r_[rng.normal(0.2, 0.02, 20), rng.normal(0.5, 0.02, 20)]
+    gates = pd.DataFrame(
+        {"patient_id": ids, "gate_wsi": gate_wsi, "gate_mri": 1 - gate_wsi}
+    ).assign(has_wsi=True, has_mri=True)
+    y = rng.normal(size=(40, 3))
+    table = gate_strata_table(gates, long_predictions(y, y, "fusion", np.zeros(40)), clinical)
+    p = table.groupby("stratifier")["p_kruskal"].first()
+    # reference: scipy.stats.kruskal on the two locations' gates
+    assert p["location"] == pytest.approx(stats.kruskal(gate_wsi[:20], gate_wsi[20:]).pvalue)
+    assert p["location"] < 1e-6 and p["age_group"] > 1e-3

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..logs import event, get_logger
 from ..training.data import TARGETS
@@ -177,10 +178,12 @@ def evaluate_run(
         missing.to_csv(out / "missing_modalities.csv", index=False)
         for row in missing.itertuples(index=False):
             metrics[f"missing.{row.model}.{row.modality}.{round(100 * row.level)}"] = row.macro_r
-        prompts = prompt_perturbation_table(preds, probes["prompts"])
+        prompts = prompt_perturbation_table(preds, probes["prompts"], n_boot, seed)
         prompts.to_csv(out / "prompt_perturbation.csv", index=False)
         for row in prompts.itertuples(index=False):
             metrics[f"prompt.{row.prompt_set}.r.{row.target}"] = row.r
+            if row.prompt_set != "CUR":
+                metrics[f"prompt.{row.prompt_set}.p_vs_cur.{row.target}"] = row.p_vs_cur
         if not probes["gates"].empty:
             from .gates import gate_strata_table
 
@@ -188,6 +191,7 @@ def evaluate_run(
             gates.to_csv(out / "gate_strata.csv", index=False)
             for row in gates[gates["model"] == PROPOSED].itertuples(index=False):
                 metrics[f"gate.{row.stratifier}.{row.stratum}.wsi"] = row.gate_wsi
+                metrics[f"gate.{row.stratifier}.p_kruskal"] = row.p_kruskal
         if not probes["attention"].empty:
             probes["attention"].to_parquet(out / "attention_tiles.parquet", index=False)
         timed("probes")
@@ -202,8 +206,15 @@ def evaluate_run(
             for row in lso.itertuples(index=False):
                 metrics[f"lso.{row.site}.before"] = row.macro_r_before
                 metrics[f"lso.{row.site}.after"] = row.macro_r_after
+            paired = lso[["macro_r_before", "macro_r_after"]].dropna()
+            if len(paired) >= 2 and (paired["macro_r_after"] != paired["macro_r_before"]).any():
+                # after − before over the held-out sites (exact signed-rank test)
+                metrics["lso_test.wilcoxon_p"] = stats.wilcoxon(
+                    paired["macro_r_after"], paired["macro_r_before"], method="exact"
+                ).pvalue
         if probes is not None and not probes["embeddings"].empty:
             emb = probes["embeddings"]
+            entropies: dict[str, list[float]] = {}
             cols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
             for stage in ("before", "after"):
                 values = [
@@ -212,6 +223,12 @@ def evaluate_run(
                 ]
                 metrics[f"site_entropy.{stage}"] = float(np.mean(values))
                 metrics[f"site_entropy.{stage}_sd"] = float(np.std(values, ddof=1))
+                entropies[stage] = values
+            if len(entropies.get("before", [])) >= 2 and len(entropies.get("after", [])) >= 2:
+                # the same fold models before/after CORAL: paired t-test over folds
+                metrics["site_entropy.p_paired"] = stats.ttest_rel(
+                    entropies["after"], entropies["before"]
+                ).pvalue
             first = emb[emb["fold"] == emb["fold"].min()]
             embedding_table(first, seed).to_parquet(out / "embedding_2d.parquet", index=False)
         timed("alignment")

@@ -40,11 +40,26 @@ def gate_strata_table(
     gates: pd.DataFrame, predictions: pd.DataFrame, clinical: pd.DataFrame
 ) -> pd.DataFrame:
     """stratifier, stratum, n, gate_wsi, gate_wsi_sd, gate_mri, model, macro_r (one row per
-    stratum and model; the gate columns repeat across the models of a stratum)."""
+    stratum and model; the gate columns repeat across the models of a stratum), and
+    ``p_kruskal``: the Kruskal–Wallis p that the WSI gate differs between the stratifier's
+    strata."""
+    from scipy import stats
+
     table = strata(clinical)
     both = gates[gates["has_wsi"] & gates["has_mri"]].set_index("patient_id")
     rows = []
     for stratifier in table.columns:
+        # does the gate differ between the strata? Kruskal–Wallis on the per-patient WSI gate
+        groups = [
+            both.loc[both.index.intersection(m.index), "gate_wsi"].to_numpy()
+            for _, m in table.groupby(stratifier, dropna=True)
+        ]
+        groups = [g for g in groups if len(g) >= 2]
+        p_kruskal = (
+            float(stats.kruskal(*groups).pvalue)
+            if len(groups) >= 2 and np.ptp(np.concatenate(groups)) > 0
+            else np.nan
+        )
         for stratum, members in table.groupby(stratifier, dropna=True):
             ids = members.index
             g = both.loc[both.index.intersection(ids)]
@@ -62,6 +77,7 @@ def gate_strata_table(
                         "gate_mri": float(g["gate_mri"].mean()) if len(g) else np.nan,
                         "model": model,
                         "macro_r": macro_r(part) if part["patient_id"].nunique() >= 4 else np.nan,
+                        "p_kruskal": p_kruskal,
                     }
                 )
     return pd.DataFrame(rows)

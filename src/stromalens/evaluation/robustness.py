@@ -31,10 +31,37 @@ def missing_modality_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def prompt_perturbation_table(predictions: pd.DataFrame, perturbed: pd.DataFrame) -> pd.DataFrame:
-    """prompt_set, target, r, r_fold_sd, n for the WSI branch: NONE (``clip_mil_none``), CUR
-    (``wsi_clip``), COOP (``clip_mil_coop``) from the out-of-fold predictions; SYN, ANTI, OOD
-    from the CUR model with swapped prompt text."""
+def _rows_r(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of (B, n) arrays."""
+    y = y - y.mean(1, keepdims=True)
+    p = p - p.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (y * p).sum(1) / np.sqrt((y**2).sum(1) * (p**2).sum(1))
+
+
+def paired_r_difference(
+    y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float, float]:
+    """r(y, a) − r(y, b) on the same patients, its 95% paired percentile-bootstrap CI (patients
+    resampled) and the two-sided bootstrap p, min(1, 2·min(P*(Δ ≤ 0), P*(Δ ≥ 0))) (Efron &
+    Tibshirani 1993, §16), floored at 1/(B + 1)."""
+    n = len(y)
+    diff = float(_rows_r(y[None], pred_a[None])[0] - _rows_r(y[None], pred_b[None])[0])
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boot = _rows_r(y[idx], pred_a[idx]) - _rows_r(y[idx], pred_b[idx])
+    boot = boot[np.isfinite(boot)]
+    low, high = np.quantile(boot, [0.025, 0.975])
+    p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))
+    return diff, float(low), float(high), float(max(p, 1 / (len(boot) + 1)))
+
+
+def prompt_perturbation_table(
+    predictions: pd.DataFrame, perturbed: pd.DataFrame, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """prompt_set, target, r, r_fold_sd, n, and the difference to CUR with its paired-bootstrap
+    CI and p (``diff_vs_cur``, ``diff_ci_low``, ``diff_ci_high``, ``p_vs_cur``), for the WSI
+    branch: NONE (``clip_mil_none``), CUR (``wsi_clip``), COOP (``clip_mil_coop``) from the
+    out-of-fold predictions; SYN, ANTI, OOD from the CUR model with swapped prompt text."""
     sources = {
         "NONE": predictions[predictions["model"] == "clip_mil_none"],
         "CUR": predictions[predictions["model"] == "wsi_clip"],
@@ -56,13 +83,30 @@ def prompt_perturbation_table(predictions: pd.DataFrame, perturbed: pd.DataFrame
             ]
             folds = np.asarray(folds, float)
             folds = folds[np.isfinite(folds)]
-            rows.append(
-                {
-                    "prompt_set": label,
-                    "target": target,
-                    "r": pooled["r"],
-                    "r_fold_sd": float(np.std(folds, ddof=1)) if len(folds) > 1 else np.nan,
-                    "n": pooled["n"],
-                }
-            )
+            row = {
+                "prompt_set": label,
+                "target": target,
+                "r": pooled["r"],
+                "r_fold_sd": float(np.std(folds, ddof=1)) if len(folds) > 1 else np.nan,
+                "n": pooled["n"],
+                "diff_vs_cur": np.nan,
+                "diff_ci_low": np.nan,
+                "diff_ci_high": np.nan,
+                "p_vs_cur": np.nan,
+            }
+            cur = sources.get("CUR")
+            if label != "CUR" and cur is not None and not cur.empty:
+                a = t_part.set_index("patient_id")
+                b = cur[cur["target"] == target].set_index("patient_id")
+                common = a.index.intersection(b.index)
+                if len(common) >= 4:
+                    diff, low, high, p = paired_r_difference(
+                        a.loc[common, "y_true"].to_numpy(float),
+                        a.loc[common, "y_pred"].to_numpy(float),
+                        b.loc[common, "y_pred"].to_numpy(float),
+                        n_boot,
+                        seed,
+                    )
+                    row.update(diff_vs_cur=diff, diff_ci_low=low, diff_ci_high=high, p_vs_cur=p)
+            rows.append(row)
     return pd.DataFrame(rows)

@@ -26,12 +26,16 @@ SCHEMA: dict[str, str] = {
     "ceiling.<target>": "noise ceiling of the target (targets stage, reliability.json)",
     "missing.<model>.<wsi|mri>.<percent>": "macro-r with that % of tiles / sequences removed",
     "gate.<stratifier>.<stratum>.wsi": "mean gate weight on the WSI half in the stratum",
+    "gate.<stratifier>.p_kruskal": "Kruskal–Wallis p: the WSI gate differs between strata",
     "lso.<site>.before": "leave-site-out macro-r on the held-out site, fusion without CORAL",
     "lso.<site>.after": "leave-site-out macro-r on the held-out site, fusion with CORAL",
     "site_entropy.before": "10-NN site-label entropy of the fused embedding, no CORAL ([0, 1])",
     "site_entropy.after": "the same with CORAL",
     "site_entropy.<stage>_sd": "SD over the outer folds' models of the site entropy",
+    "site_entropy.p_paired": "paired t-test over the fold models, after vs before CORAL",
+    "lso_test.wilcoxon_p": "exact signed-rank p over held-out sites, after vs before CORAL",
     "prompt.<set>.r.<target>": "5-fold r of the WSI branch under prompt set NONE … OOD",
+    "prompt.<set>.p_vs_cur.<target>": "paired-bootstrap p of r(set) − r(CUR), same patients",
     "attention.<model>.<target>.<metric>.<stratum>.observed": "mean IoU / hit-rate, top-K tiles",
     "attention.<model>.<target>.<metric>.<stratum>.shuffled": "its attention-shuffled baseline",
     "survival.<endpoint>.c_index.clinical": "Harrell's C, out-of-fold clinical-only Cox model",
@@ -77,9 +81,8 @@ OPTIONAL_TABLES: tuple[str, ...] = ("external_survival.csv",)
 
 
 def _pattern(key: str) -> re.Pattern:
-    parts = []
-    for part in key.split("."):
-        parts.append(r"[^.]+" if part.startswith("<") else re.escape(part))
+    # each <placeholder> stands for one dot-free piece; the rest of the key is literal
+    parts = [re.sub(r"<[^>]+>", r"[^.]+", re.escape(part)) for part in key.split(".")]
     return re.compile(r"^" + r"\.".join(parts) + r"$")
 
 
