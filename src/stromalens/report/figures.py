@@ -600,7 +600,11 @@ def site_alignment(embedding: pd.DataFrame, alignment: pd.DataFrame | None = Non
 def external_concordance(external: pd.DataFrame) -> Figure:
     """Zero-shot concordance on each external cohort: Pearson r per target and model with its
     95% CI (thin: Fisher z; thick: bootstrap) and the permutation p-value of the shuffled-label
-    control beside each point."""
+    control beside each point. With many models applied, the figure keeps the study's own
+    (fusion, fusion without CORAL, the WSI model, MIL without text); the table lists all."""
+    shown = ["fusion", "fusion_no_coral", "wsi_clip", "clip_mil_none"]
+    if external["model"].isin(shown).any():
+        external = external[external["model"].isin(shown)]
     cohorts = list(dict.fromkeys(external["cohort"]))
     fig = _new(6 * len(cohorts), 0.5 * external.groupby("cohort").size().max() + 1.8)
     axes = fig.subplots(1, len(cohorts), squeeze=False)[0]
