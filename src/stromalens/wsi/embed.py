@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from ..logs import event, get_logger
+from .memory import bound_heap
 from .reader import open_slide
 from .stain import MacenkoNormalizer, StainReference, reference_from_image
 from .store import SlideFeatures, empty_qc, feature_path, is_complete, write_slide
@@ -93,6 +94,7 @@ def _worker_init(_):
     import torch
 
     torch.set_num_threads(1)
+    bound_heap()  # inherited when forked; a spawned worker sets it itself
     # Decoding yields to the encoder: on a machine with as many encoder threads as cores, an
     # equal-priority decoder preempts one OpenMP thread and stalls every parallel op.
     os.nice(int(os.environ.get("STROMALENS_DECODE_NICE", "10")))
@@ -132,6 +134,7 @@ def embed_slide(
     settings = settings or EmbedSettings()
     slide_path, out_path = Path(slide_path), Path(out_path)
     slide_id = out_path.stem
+    bound_heap()  # per-block arrays mapped and unmapped, not fragmenting the heap (issue 4)
     if not settings.overwrite and is_complete(out_path, require_features=encoder is not None):
         return {"slide": slide_id, "status": "skipped", "path": str(out_path)}
     started = time.perf_counter()

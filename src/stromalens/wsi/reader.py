@@ -110,7 +110,8 @@ class Slide:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         rgba = np.asarray(region)
-        if rgba.ndim == 3 and rgba.shape[2] == 4:
+        if rgba.ndim == 3 and rgba.shape[2] == 4 and rgba[..., 3].min() < 255:
+            # Compositing needs uint16 temporaries (~20 bytes a pixel): only where it matters.
             alpha = rgba[..., 3:4].astype(np.uint16)
             rgb = (rgba[..., :3] * alpha + 255 * (255 - alpha)) // 255
             return rgb.astype(np.uint8)

@@ -12,7 +12,8 @@ pixels is read and resampled to ``tile_px`` (area interpolation when shrinking),
 covers exactly ``tile_px · target_mpp`` µm. Tiles are read in blocks of ``block_tiles²`` grid cells
 (one ``read_region`` call each) and sliced, never one by one.
 
-Tissue fraction comes from the thumbnail tissue mask through an integral image ``S``:
+Tissue fraction comes from the thumbnail tissue mask (``thumbnail_mpp``, coarser when the slide
+would need more than ``thumbnail_max_pixels``) through an integral image ``S``:
 the mask sum over a rectangle is ``S[y1, x1] − S[y0, x1] − S[y1, x0] + S[y0, x0]``.
 
 Quality control (every candidate tile's values are kept)
@@ -54,6 +55,7 @@ class TilingSpec:
     mpp_tolerance: float = 0.02
     block_tiles: int = 8
     thumbnail_mpp: float = 8.0
+    thumbnail_max_pixels: int = 8_000_000
     min_blur: float = 50.0
     max_pen: float = 0.02
     max_black: float = 0.1
@@ -68,6 +70,8 @@ class TilingSpec:
             raise ValueError(f"tile_px={self.tile_px}, stride_px={self.stride_px} are too small")
         if not 0 <= self.min_tissue <= 1:
             raise ValueError(f"min_tissue must lie in [0, 1], got {self.min_tissue!r}")
+        if self.thumbnail_max_pixels < 1:
+            raise ValueError(f"thumbnail_max_pixels must be ≥ 1, got {self.thumbnail_max_pixels!r}")
         if self.block_tiles < 1:
             raise ValueError(f"block_tiles must be ≥ 1, got {self.block_tiles!r}")
 
@@ -120,31 +124,43 @@ def choose_level(level_mpps: list[float], target_mpp: float, tolerance: float) -
     return max(ok, key=lambda i: level_mpps[i])
 
 
-def read_thumbnail(slide: Slide, thumbnail_mpp: float = 8.0) -> tuple[np.ndarray, float]:
+def read_thumbnail(
+    slide: Slide, thumbnail_mpp: float = 8.0, max_pixels: int = 8_000_000
+) -> tuple[np.ndarray, float]:
     """RGB thumbnail near ``thumbnail_mpp`` and its scale (level-0 px per thumbnail px).
 
-    Read from the coarsest level at least as fine as the target, in strips, so memory stays
-    bounded by the thumbnail even for single-level slides.
+    The thumbnail holds at most ``max_pixels`` pixels: a slide too large for that at
+    ``thumbnail_mpp`` gets a coarser one, so the tissue mask and its temporaries (~20 bytes a
+    thumbnail pixel) stay bounded however large the slide. It is read from the coarsest level at
+    least as fine as needed, in chunks of at most 2048² level pixels, so memory stays bounded by
+    the thumbnail even for single-level slides.
     """
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be ≥ 1, got {max_pixels!r}")
     mpps = slide.level_mpps
-    ok = [i for i, m in enumerate(mpps) if m <= thumbnail_mpp * 1.01]
+    w0, h0 = slide.dimensions
+    target = max(thumbnail_mpp, slide.mpp * float(np.sqrt(w0 * h0 / max_pixels)))
+    ok = [i for i, m in enumerate(mpps) if m <= target * 1.01]
     level = max(ok, key=lambda i: mpps[i]) if ok else int(np.argmin(mpps))
-    factor = max(1, int(round(thumbnail_mpp / mpps[level])))
     width, height = slide.level_dimensions[level]
+    factor = max(1, int(round(target / mpps[level])))
+    factor = max(factor, int(np.ceil(np.sqrt(width * height / max_pixels))))
     ds = slide.level_downsamples[level]
-    strip = factor * max(1, 2048 // factor)
-    out_w = max(1, width // factor)
-    parts = []
-    for y in range(0, height - factor + 1 if height >= factor else 1, strip):
-        rows = min(strip, height - y)
-        rows -= rows % factor
-        if rows <= 0:
-            break
-        block = slide.read_region((0, int(round(y * ds))), level, (out_w * factor, rows))
-        if factor > 1:
-            block = cv2.resize(block, (out_w, rows // factor), interpolation=cv2.INTER_AREA)
-        parts.append(block)
-    thumb = np.concatenate(parts, axis=0) if parts else np.full((1, out_w, 3), 255, np.uint8)
+    out_w, out_h = width // factor, height // factor
+    if out_w == 0 or out_h == 0:
+        return np.full((1, max(1, out_w), 3), 255, np.uint8), ds * factor
+    chunk = factor * max(1, 2048 // factor)  # a multiple of factor: chunked area-averaging is exact
+    thumb = np.empty((out_h, out_w, 3), np.uint8)
+    for y in range(0, out_h * factor, chunk):
+        rows = min(chunk, out_h * factor - y)
+        for x in range(0, out_w * factor, chunk):
+            cols = min(chunk, out_w * factor - x)
+            block = slide.read_region((int(round(x * ds)), int(round(y * ds))), level, (cols, rows))
+            if factor > 1:
+                block = cv2.resize(
+                    block, (cols // factor, rows // factor), interpolation=cv2.INTER_AREA
+                )
+            thumb[y // factor : (y + rows) // factor, x // factor : (x + cols) // factor] = block
     return thumb, ds * factor
 
 
@@ -162,7 +178,7 @@ def plan_tiles(slide: Slide, spec: TilingSpec | None = None) -> TilePlan:
     step_level = spec.stride_px * read_px / spec.tile_px
     tile0 = read_px * ds
 
-    thumb, scale = read_thumbnail(slide, spec.thumbnail_mpp)
+    thumb, scale = read_thumbnail(slide, spec.thumbnail_mpp, spec.thumbnail_max_pixels)
     mask = tissue_mask(thumb, mpp=slide.mpp * scale)
     integral = cv2.integral(mask.astype(np.uint8))  # (h+1, w+1) int32
 
