@@ -65,24 +65,32 @@ def checkpoint_stem(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- loading
-def load_data(run: RunFiles) -> StudyData:
-    """The study data the run was trained on, from the paths in its ``config.yaml``."""
-    from ..training.data import load_study_data, prompt_embeddings
-    from .rundir import _resolve
+def prompt_source(run: RunFiles) -> tuple:
+    """(prompt-bank directory, encoder, weights, text-embedding cache) the run trained with."""
+    from .rundir import resolve_path
 
     cfg = run.training
-    prompts = prompt_embeddings(
-        _resolve(cfg.get("prompts", "configs/prompts"), run.root),
+    return (
+        resolve_path(cfg.get("prompts", "configs/prompts"), run.root),
         cfg.get("encoder", "synthclip"),
         cfg.get("encoder_weights"),
         cfg.get("prompt_cache") or run.root / "prompts",
     )
+
+
+def load_data(run: RunFiles) -> StudyData:
+    """The study data the run was trained on, from the paths in its ``config.yaml``."""
+    from ..training.data import load_study_data, prompt_embeddings
+    from .rundir import resolve_path
+
+    cfg = run.training
+    prompts = prompt_embeddings(*prompt_source(run))
     seed = (cfg.get("settings") or {}).get("seed", 0)
     return load_study_data(
         run.manifest_path,
-        _resolve(cfg["targets"], run.root),
-        _resolve(cfg.get("features"), run.root),
-        _resolve(cfg.get("radiomics"), run.root),
+        resolve_path(cfg["targets"], run.root),
+        resolve_path(cfg.get("features"), run.root),
+        resolve_path(cfg.get("radiomics"), run.root),
         prompts=prompts,
         max_tiles=cfg.get("max_tiles"),
         seed=seed,
@@ -340,10 +348,10 @@ def tile_positions(run: RunFiles, data: StudyData) -> dict[str, tuple[np.ndarray
     the tile's level-0 side; the same random subset as :func:`~stromalens.training.read_bags`."""
     from ..training.data import bag_subset
     from ..wsi.store import feature_path, read_slide
-    from .rundir import _resolve
+    from .rundir import resolve_path
 
     cfg = run.training
-    features = _resolve(cfg.get("features"), run.root)
+    features = resolve_path(cfg.get("features"), run.root)
     seed = (cfg.get("settings") or {}).get("seed", 0)
     out = {}
     for pid in data.bags:
@@ -446,15 +454,7 @@ def run_probes(
     ``attention``, ``embeddings``, ``prompts`` and the dict ``cost`` (fold 0)."""
     data = data if data is not None else load_data(run)
     folds = refit_folds(run, data)
-    cfg = run.training
-    from .rundir import _resolve
-
-    groups = perturbed_prompts(
-        _resolve(cfg.get("prompts", "configs/prompts"), run.root),
-        cfg.get("encoder", "synthclip"),
-        cfg.get("encoder_weights"),
-        cfg.get("prompt_cache") or run.root / "prompts",
-    )
+    groups = perturbed_prompts(*prompt_source(run))
     positions = tile_positions(run, data) if data.bags else {}
     missing, gates, attention, embeddings, prompts = [], [], [], [], []
     for fold in folds:

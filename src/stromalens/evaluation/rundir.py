@@ -62,15 +62,16 @@ class RunFiles:
         return part.pivot(index="patient_id", columns="target", values="y_pred")[list(TARGETS)]
 
 
-def _resolve(path: str | None, root: Path) -> Path | None:
+def resolve_path(path: str | None, root: Path) -> Path | None:
     """A path from the run's configuration: as written (relative to the working directory, as
-    training read it), else relative to the run directory and its parents."""
-    if path is None:
+    training read it), else relative to the run directory and its parents (the study's root is
+    usually one of them, when the run is read from another working directory)."""
+    if not path:
         return None
     p = Path(path)
     if p.exists() or p.is_absolute():
         return p
-    for base in (root, *root.parents):
+    for base in (root, *root.resolve().parents):
         if (base / p).exists():
             return base / p
     return p
@@ -106,8 +107,8 @@ def open_run(train_dir: Path | str) -> RunFiles:
         )
     config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) or {}
     training = config.get("training") or {}
-    manifest = _resolve((config.get("cohort") or {}).get("manifest"), root)
-    targets_path = _resolve(training.get("targets"), root)
+    manifest = resolve_path((config.get("cohort") or {}).get("manifest"), root)
+    targets_path = resolve_path(training.get("targets"), root)
     problems = []
     if manifest is None or not manifest.is_file():
         problems.append(f"the cohort manifest ({manifest})")

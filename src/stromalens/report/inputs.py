@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..evaluation.rundir import resolve_path
 from ..evaluation.schema import TABLES
 
 #: The evaluation's files (``TRAIN/evaluation/``), by the analysis that reads them.
@@ -47,21 +48,6 @@ def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path)
-
-
-def _resolve(path_text: str | None, train_dir: Path) -> Path | None:
-    """A path from ``config.yaml``: absolute, or relative to the working directory as written.
-    When the run is read from another working directory, the run directory's ancestors are
-    tried too (the study's root usually is one of them)."""
-    if not path_text:
-        return None
-    path = Path(path_text)
-    if path.is_absolute() or path.exists():
-        return path
-    for parent in train_dir.resolve().parents:
-        if (parent / path).exists():
-            return parent / path
-    return path
 
 
 @dataclass
@@ -215,6 +201,6 @@ def load_run(train_dir: Path | str) -> RunFiles:
         run.missing.add("metrics.json")
     training = run.config.get("training") or {}
     cohort = run.config.get("cohort") or {}
-    run.targets_path = _resolve(training.get("targets"), train_dir)
-    run.manifest_path = _resolve(cohort.get("manifest"), train_dir)
+    run.targets_path = resolve_path(training.get("targets"), train_dir)
+    run.manifest_path = resolve_path(cohort.get("manifest"), train_dir)
     return run
