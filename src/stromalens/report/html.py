@@ -356,20 +356,10 @@ def section_attention(run: RunFiles) -> Section:
                 lambda: figures.attention_colocalisation(summary, images, captions),
             )
         )
-        cols = [
-            c
-            for c in (
-                "model",
-                "target",
-                "grade_stratum",
-                "metric",
-                "observed",
-                "shuffled",
-                "n",
-                "p",
-            )
-            if c in summary
-        ]
+        from ..evaluation.attention import SUMMARY_COLUMNS
+
+        # the contract's columns (the evaluation appends extras after them)
+        cols = [c for c in SUMMARY_COLUMNS[:8] if c in summary]
         blocks.append(_table(summary[cols], "Attention co-localisation summary"))
         if not overlays:
             blocks.append(_missing(["evaluation/attention/*.png"]))
