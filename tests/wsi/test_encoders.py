@@ -87,3 +87,45 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
         pickle.dump({"x": Evil()}, fh, protocol=2)
     with pytest.raises(pickle.UnpicklingError):
         load_state_dict(path)
+
+
+def _write_clip_tokenizer(directory):
+    """CLIP's BPE tokenizer files (vocab.json, merges.txt) from open_clip's bundled vocabulary.
+
+    PLIP ships OpenAI CLIP's tokenizer; open_clip bundles the same byte-pair vocabulary, so the
+    Hugging Face tokenizer written here is the real one, not a stand-in.
+    """
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = SimpleTokenizer()
+    specials = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {specials.get(token, token): index for token, index in bpe.encoder.items()}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(pair) for pair in merges) + "\n"
+    )
+
+
+def test_plip_loads_from_a_local_snapshot_directory(tmp_path):
+    """PLIP's own path: CLIPModel + CLIPTokenizer from a snapshot folder, sha256 recorded."""
+    transformers = pytest.importorskip("transformers", reason="plip needs transformers")
+    import open_clip
+
+    random = get_encoder("plip", weights="random")
+    snapshot = tmp_path / "plip"
+    random.model.save_pretrained(snapshot)
+    _write_clip_tokenizer(snapshot)
+    loaded = get_encoder("plip", weights=snapshot)
+    assert loaded.weights_sha256 == sha256_file(snapshot / "model.safetensors")
+    tiles = _tiles()
+    assert torch.allclose(loaded.encode_images(tiles), random.encode_images(tiles))
+    # The tokenizer agrees with open_clip's reference tokenizer on a prompt.
+    prompt = "cancer-associated fibroblasts mixed with immune cells"
+    ids = transformers.CLIPTokenizer.from_pretrained(snapshot)([prompt])["input_ids"][0]
+    reference = open_clip.tokenize([prompt])[0]
+    assert ids == reference[reference > 0].tolist()
+    text = loaded.encode_texts([prompt, "tumour cells"])
+    assert text.shape == (2, loaded.embed_dim) and torch.isfinite(text).all()

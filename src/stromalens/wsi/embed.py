@@ -206,11 +206,14 @@ def embed_slide(
     features = None
     if encoder is not None:
         dim = encoder.embed_dim
+        # np.zeros maps pages lazily, and each batch's part is freed once copied in: the
+        # features exist once (plus one batch), not three times (parts, their concatenation
+        # and the result: ~600 MB for a 100k² slide at D = 512 before this).
         features = np.zeros((len(order_idx), dim), np.float32)
-        if idx_parts:
-            ids = np.concatenate(idx_parts)
-            rows = np.searchsorted(order_idx, ids)
-            features[rows] = np.concatenate(feats_parts)
+        while feats_parts:  # any order: each part carries its rows
+            part, ids = feats_parts.pop(), idx_parts.pop()
+            features[np.searchsorted(order_idx, ids)] = part
+            del part
     qc_out = empty_qc() if n == 0 else dict(qc)
     if n:
         qc_out["coords"] = plan.coords

@@ -346,11 +346,22 @@ def _plip(weights=None, allow_download=False) -> Encoder:
         sha = sha256_file(resolve_weights(source)) if weights != "hub" else "hub:vinid/plip"
     model.eval()
 
+    def projected(output):
+        # transformers < 5 returns the projected embeddings, 5 a model output whose
+        # pooler_output holds them.
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
     def text_fn(texts):
         if tokenizer is None:
-            raise ValueError("a randomly initialised PLIP has no tokenizer")
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        return model.get_text_features(**tokens)
+            # Random weights come without tokenizer files: open_clip's tokenizer has the same
+            # byte-pair vocabulary and special tokens as PLIP's (OpenAI CLIP's), zero-padded.
+            import open_clip
+
+            ids = open_clip.tokenize(texts)  # (B, 77)
+            tokens = {"input_ids": ids, "attention_mask": (ids > 0).long()}
+        else:
+            tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return projected(model.get_text_features(**tokens))
 
     return Encoder(
         name="plip",
@@ -360,7 +371,7 @@ def _plip(weights=None, allow_download=False) -> Encoder:
         embed_dim=int(model.config.projection_dim),
         weights=source,
         weights_sha256=sha,
-        image_fn=lambda x: model.get_image_features(pixel_values=x),
+        image_fn=lambda x: projected(model.get_image_features(pixel_values=x)),
         text_fn=text_fn,
     )
 
