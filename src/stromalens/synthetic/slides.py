@@ -10,9 +10,11 @@ Composition follows the patient's biology:
 * a compartment map (background glass, collagen-dense stroma, tumour nests, lymphocyte clusters)
   is drawn from smooth random fields whose area shares follow the cell fractions and whose
   spatial scale shrinks — more interleaving — as heterogeneity ``h`` rises;
-* stroma carries spindle fibroblast nuclei at a density that rises with the CAF fraction (and so
-  with ``a``); tumour nests hold vacuolated physaliphorous cells in pale myxoid matrix (or, for
-  the external cohort's ``chondrosarcoma`` morphology, small cells in lacunae of chondroid matrix);
+* stroma carries spindle fibroblast nuclei at a density that rises with the CAF fraction and,
+  directly, with ``a`` — ER-stressed CAFs are activated, proliferating myofibroblasts, so the
+  stroma of an ERS–CAF-rich tumour is more cellular (``CAF_DENSITY``);
+* tumour nests hold vacuolated physaliphorous cells in pale myxoid matrix (or, for the external
+  cohort's ``chondrosarcoma`` morphology, small cells in lacunae of chondroid matrix);
 * lymphocytes form clusters, scatter in stroma, and infiltrate tumour nests — less so, gathering
   at the nest rim instead, as the crosstalk ``b`` rises (immune exclusion);
 * some slides carry a tissue fold, an out-of-focus region or a pen mark, for QC to catch.
@@ -39,6 +41,10 @@ COMPARTMENTS: dict[int, str] = {0: "background", 1: "stroma", 2: "tumour", 3: "i
 #: Bit flags of the artefact map.
 ARTEFACTS: dict[int, str] = {1: "blur", 2: "pen", 4: "fold"}
 CELL_KINDS: tuple[str, ...] = ("fibroblast", "lymphocyte", "tumour", "endothelial")
+
+#: Share of the 20 µm stromal grid points that carry a fibroblast nucleus:
+#: base + per_fraction · CAF fraction + per_a · a (clipped to [0.06, 0.95]).
+CAF_DENSITY: dict[str, float] = {"base": 0.10, "per_fraction": 1.6, "per_a": 0.18}
 
 _PEN_OD = {"green": (0.95, 0.25, 0.75), "blue": (0.9, 0.6, 0.12), "black": (0.7, 0.7, 0.7)}
 
@@ -334,7 +340,15 @@ def render_slide(
 
     # Cells.
     sprites = _sprites(morphology)
-    caf_density = float(np.clip(0.12 + 1.6 * fractions["CAF"], 0.08, 0.95))
+    caf_density = float(
+        np.clip(
+            CAF_DENSITY["base"]
+            + CAF_DENSITY["per_fraction"] * fractions["CAF"]
+            + CAF_DENSITY["per_a"] * latents["a"],
+            0.06,
+            0.95,
+        )
+    )
     fibroblasts = _select(
         _jittered_grid(geometry, 20.0, rng), labels, ds, lambda lab: lab == 1, caf_density, rng
     )
