@@ -14,9 +14,11 @@ tiles of the same composition class counted as positives of each other (soft tar
     L = ½ [ CE(softmax(τ · I Tᵀ), Y) + CE(softmax(τ · T Iᵀ), Yᵀ) ],
 
 with I, T the L2-normalised image and text embeddings of a batch, τ the learnt temperature and
-Y the row-normalised same-class indicator. The checkpoint is written as safetensors with a JSON
-sidecar (architecture, training settings, metrics) and loaded through the encoder registry's
-local-checkpoint path, exactly like real weights.
+Y the row-normalised same-class indicator. Captions with no histology meaning ("a picture of a
+dog", "a knee x-ray") are appended to the text side of every batch as negatives only (zero
+columns of Y), so out-of-domain prompts land far from every tile. The checkpoint is written as
+safetensors with a JSON sidecar (architecture, training settings, metrics) and loaded through
+the encoder registry's local-checkpoint path, exactly like real weights.
 
 References
 ----------
@@ -44,7 +46,8 @@ SYNTHCLIP_CONFIG: dict = {
     "vision_cfg": {"image_size": 64, "layers": 3, "width": 128, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 96, "heads": 4, "layers": 2},
 }
-CHECKPOINT_NAME = "synthclip-v1.safetensors"
+#: v2: slides with a-dependent fibroblast density, and out-of-domain negative captions.
+CHECKPOINT_NAME = "synthclip-v2.safetensors"
 
 COMPARTMENT_NAMES = ("stroma", "tumour", "immune")
 #: Synonyms of each compartment; the first is the canonical phrase.
@@ -86,6 +89,79 @@ JOINERS = ("{a} and {b}", "{a} with {b}", "{a} mixed with {b}")
 NEGATIONS = ("no {x}", "without {x}", "free of {x}")
 FIBRO_WORDS = {True: ("many fibroblasts", "dense fibroblasts"), False: ("few fibroblasts",)}
 LYMPH_WORDS = ("scattered lymphocytes", "infiltrating lymphocytes")
+
+#: Out-of-domain captions, used as negatives only: they describe no tile, so the contrastive loss
+#: pushes every tile away from them and a phrase with no histology meaning lands far from tissue.
+#: No word of the prompt banks' own out-of-domain phrases appears here (photograph, cat, chest,
+#: radiograph, street, map, city, portrait, person, aerial, coastline, diagram, circuit, bowl,
+#: fruit, table, satellite, farmland, handwritten, shopping, list), so the banks test whether
+#: this generalises to phrases never seen.
+OOD_SUBJECTS = (
+    "a dog",
+    "a horse",
+    "a bicycle",
+    "a mountain lake",
+    "a kitchen",
+    "a car on a road",
+    "a football match",
+    "a sunset over the sea",
+    "a spreadsheet",
+    "an old building",
+    "a bird in a tree",
+    "a plate of pasta",
+    "a train station",
+    "a forest path",
+    "a snowy village",
+    "a guitar",
+    "a laptop keyboard",
+    "a pair of shoes",
+    "a glass of water",
+    "a newspaper page",
+    "a chess board",
+    "a birthday cake",
+    "a flower garden",
+    "a boat in a harbour",
+    "a desert at noon",
+    "a clock tower",
+    "a brain MRI scan",
+    "an abdominal CT scan",
+    "a knee x-ray",
+    "an ultrasound of a fetus",
+    "a bar chart",
+    "a line graph of stock prices",
+    "a page of sheet music",
+    "a crowd at a concert",
+    "a wooden chair",
+    "a cup of coffee",
+    "a rainy window",
+    "a tennis court",
+    "a lighthouse",
+    "a field of sunflowers",
+    "a bookshelf",
+    "a written letter",
+    "a cartoon character",
+    "a company logo",
+    "a bridge over a river",
+    "a snowy mountain",
+    "a red sports car",
+)
+OOD_TEMPLATES = (
+    "{x}",
+    "a picture of {x}",
+    "a drawing of {x}",
+    "a snapshot of {x}",
+    "a painting of {x}",
+    "a blurry picture of {x}",
+    "a close-up of {x}",
+    "a sketch of {x}",
+)
+
+
+def make_ood_captions(n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` random out-of-domain captions (subject in a template)."""
+    return [
+        str(rng.choice(OOD_TEMPLATES)).format(x=str(rng.choice(OOD_SUBJECTS))) for _ in range(n)
+    ]
 
 
 def default_cache_dir() -> Path:
@@ -244,6 +320,8 @@ class TrainSettings:
     seed: int = 0
     # One thread: on a shared 2-core machine two threads thrash (measured 2.8× slower).
     threads: int | None = 1
+    # Out-of-domain negative captions appended to each batch's text side.
+    ood_per_batch: int = 24
 
 
 def _augment(batch, rng):
@@ -358,16 +436,20 @@ def train_synthclip(
             )
             for i in idx
         ]
-        tokens = tokenizer(captions)  # (B, L)
+        n_ood = settings.ood_per_batch
+        tokens = tokenizer(captions + make_ood_captions(n_ood, rng))  # (B + K, L)
         warm = min(1.0, (step + 1) / settings.warmup_steps)
         frac = min(1.0, (time.perf_counter() - t_train) / settings.max_seconds)
         for group in optimiser.param_groups:
             group["lr"] = settings.lr * warm * 0.5 * (1 + np.cos(np.pi * frac))
-        img, txt, scale = model(images, tokens)  # (B, D), (B, D), ()
-        logits = scale * img @ txt.T  # (B, B)
+        img, txt, scale = model(images, tokens)  # (B, D), (B + K, D), ()
+        logits = scale * img @ txt.T  # (B, B + K): the K out-of-domain captions are negatives
         same = torch.as_tensor(train.classes[idx][:, None] == train.classes[idx][None, :])
         target = same.float() / same.float().sum(dim=1, keepdim=True)  # (B, B)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        image_to_text = F.cross_entropy(logits, F.pad(target, (0, n_ood)))
+        # Text → image only for the tile captions: an out-of-domain caption has no positive.
+        text_to_image = F.cross_entropy(logits[:, : len(idx)].T, target)
+        loss = 0.5 * (image_to_text + text_to_image)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -407,7 +489,12 @@ def train_synthclip(
         "heldout_retrieval": metrics,
         "train_retrieval": metrics_train,
         "weights_sha256": sha256_file(out),
-        "captions": {"synonyms": SYNONYMS, "templates": TEMPLATES, "negations": NEGATIONS},
+        "captions": {
+            "synonyms": SYNONYMS,
+            "templates": TEMPLATES,
+            "negations": NEGATIONS,
+            "out_of_domain": {"subjects": OOD_SUBJECTS, "templates": OOD_TEMPLATES},
+        },
     }
     sidecar = out.with_suffix(".json")
     tmp_json = sidecar.with_name(sidecar.name + ".partial")
