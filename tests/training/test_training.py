@@ -91,14 +91,18 @@ def _perturb_heldout(study, test_ids):
     return other
 
 
-def test_perturbing_the_heldout_fold_leaves_the_fitted_state_unchanged(study):
+@pytest.mark.parametrize("reduction", [None, "pls", "pca"])
+def test_perturbing_the_heldout_fold_leaves_the_fitted_state_unchanged(study, reduction):
     folds = assign_folds(study.patients, study.sites, k=3)
     train_ids = folds.index[folds != 0].tolist()
     test_ids = folds.index[folds == 0].tolist()
     changed = _perturb_heldout(study, test_ids)
 
-    a = FoldPreprocessor().fit(study, train_ids)
-    b = FoldPreprocessor().fit(changed, train_ids)
+    kwargs = {"rad_components": 3, "rad_reduction": reduction} if reduction else {}
+    a = FoldPreprocessor(**kwargs).fit(study, train_ids)
+    b = FoldPreprocessor(**kwargs).fit(changed, train_ids)
+    if reduction:
+        assert len(a.state()["rad_components"]) == len(a.features_)  # (F, k) projection
     assert a.state() == b.state()
     assert a.combat_ is not None and 0 < len(a.features_) < 12  # ICC dropped the unstable ones
     assert all(f"f{k}" not in " ".join(a.features_) for k in (8, 9, 10, 11))
@@ -231,3 +235,58 @@ def test_combat_leaves_out_a_site_with_one_training_patient(study):
     assert prep.combat_ is not None and "C" not in set(prep.combat_.gamma_star_.index)
     x, _ = prep.transform_radiomics(study, site_of.index[site_of == "C"].tolist())
     assert np.isfinite(x).all()
+
+
+def _standardised_training_matrix(study, train_ids):
+    """Z of the training patients who have radiomics (those the reduction is fitted on)."""
+    plain = FoldPreprocessor(harmonise=False, icc_threshold=None).fit(study, train_ids)
+    arrays = plain.transform(study, train_ids)
+    return arrays.rad[arrays.has_rad].astype(np.float64), plain, arrays.has_rad
+
+
+def test_pca_reduction_equals_scikit_learn_pca(study):
+    """Reference: sklearn.decomposition.PCA(k).fit_transform(Z), each score divided by its SD;
+    equal up to each component's sign."""
+    from sklearn.decomposition import PCA
+
+    z, _, has = _standardised_training_matrix(study, study.patients)
+    reference = PCA(n_components=3, svd_solver="full").fit_transform(z)
+    reference /= reference.std(axis=0, ddof=1)
+    prep = FoldPreprocessor(
+        harmonise=False, icc_threshold=None, rad_components=3, rad_reduction="pca"
+    )
+    ours = prep.fit(study, study.patients).transform(study, study.patients).rad
+    assert ours.shape == (len(study.patients), 3)
+    assert not ours[~has].any()  # patients without MRI stay at 0
+    ours = ours[has]
+    signs = np.sign(np.sum(ours * reference, axis=0))
+    np.testing.assert_allclose(ours, reference * signs, atol=1e-5)
+
+
+def test_pls_reduction_is_fitted_against_the_training_targets(study):
+    """Reference: sklearn.cross_decomposition.PLSRegression(k, scale=False) fitted on the
+    standardised features and the z-scored targets; PLS maximises covariance with the targets,
+    so its first component carries at least as much of them as the first principal one."""
+    from sklearn.cross_decomposition import PLSRegression
+
+    z, plain, has = _standardised_training_matrix(study, study.patients)
+    patients = np.asarray(study.patients)[has]
+    y = plain.target_scaler_.transform(study.targets.loc[patients]).to_numpy()
+    reference = PLSRegression(2, scale=False).fit(z, y).transform(z)
+    reference /= reference.std(axis=0, ddof=1)
+    pls = FoldPreprocessor(harmonise=False, icc_threshold=None, rad_components=2)
+    ours = pls.fit(study, study.patients).transform(study, study.patients).rad[has]
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    pca = FoldPreprocessor(
+        harmonise=False, icc_threshold=None, rad_components=2, rad_reduction="pca"
+    ).fit(study, study.patients)
+
+    def covariance_norm(axis):  # ‖Yᵀ Z w‖ for a unit axis w: what PLS's first axis maximises
+        return np.linalg.norm(y.T @ z @ (axis / np.linalg.norm(axis)))
+
+    first_pls, first_pc = pls.rad_components_[:, 0], pca.rad_components_[:, 0]
+    assert covariance_norm(first_pls) >= covariance_norm(first_pc) - 1e-9
+    with pytest.raises(ValueError, match="rad_reduction"):
+        FoldPreprocessor(rad_components=2, rad_reduction="ica")
+    with pytest.raises(ValueError, match="preprocessing settings"):
+        parameter_grid({"rad_components": [2, 4]})

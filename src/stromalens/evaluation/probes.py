@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..logs import event, get_logger
+from ..training.curriculum import TrainSettings
 from ..training.data import TARGETS, FoldPreprocessor, StudyData
 from .naming import study_name
 from .rundir import RunDirError, RunFiles
@@ -131,7 +132,13 @@ def refit_folds(run: RunFiles, data: StudyData) -> list[Fold]:
             raise RunDirError(f"{directory} missing: the run was trained without checkpoints")
         train_ids = [p for p in run.folds.index[run.folds != k] if p in set(data.patients)]
         test_ids = [p for p in run.folds.index[run.folds == k] if p in set(data.patients)]
-        prep = FoldPreprocessor(cfg.get("harmonise", True), cfg.get("icc_threshold", 0.75))
+        settings = TrainSettings().with_(**(cfg.get("settings") or {}))
+        prep = FoldPreprocessor(
+            cfg.get("harmonise", True),
+            cfg.get("icc_threshold", 0.75),
+            rad_components=settings.rad_components,
+            rad_reduction=settings.rad_reduction,
+        )
         prep.fit(data, train_ids)
         saved = directory / "preprocessor.json"
         if saved.is_file():

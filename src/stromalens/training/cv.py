@@ -67,6 +67,11 @@ def parameter_grid(grid: dict | None) -> list[dict]:
     if not grid:
         return [{}]
     keys = sorted(grid)
+    if {"rad_components", "rad_reduction"} & set(keys):
+        # The inner folds' preprocessing is fitted once, before the grid is searched.
+        raise ValueError(
+            "rad_components and rad_reduction are preprocessing settings: set them in settings"
+        )
     for key in keys:
         if not isinstance(grid[key], list | tuple) or not grid[key]:
             raise ValueError(f"grid values of {key!r} must be a non-empty list, got {grid[key]!r}")
@@ -106,7 +111,12 @@ def select_settings(
     for f in range(inner_folds):
         inner_train = folds.index[folds != f].tolist()
         inner_val = folds.index[folds == f].tolist()
-        prep = FoldPreprocessor(harmonise, icc_threshold).fit(data, inner_train)
+        prep = FoldPreprocessor(
+            harmonise,
+            icc_threshold,
+            rad_components=base.rad_components,
+            rad_reduction=base.rad_reduction,
+        ).fit(data, inner_train)
         preps.append((prep.transform(data, inner_train), prep.transform(data, inner_val)))
     scores = []
     for point in points:
@@ -166,7 +176,12 @@ def run_fold(
     """One outer fold: fit the preprocessor and every model on ``train_ids``, predict
     ``test_ids``. Returns the prediction rows, the selected settings and timings."""
     started = time.perf_counter()
-    prep = FoldPreprocessor(harmonise, icc_threshold).fit(data, train_ids)
+    prep = FoldPreprocessor(
+        harmonise,
+        icc_threshold,
+        rad_components=settings.rad_components,
+        rad_reduction=settings.rad_reduction,
+    ).fit(data, train_ids)
     train, test = prep.transform(data, train_ids), prep.transform(data, test_ids)
     chosen, scores = settings, []
     if "gated_fusion" in models:

@@ -237,23 +237,45 @@ class FoldPreprocessor:
         (needs the perturbation table; skipped when absent or None).
     min_present : float
         Drop radiomics features present (non-NaN) in fewer than this share of training patients.
+    rad_components : int or None
+        Replace the standardised radiomics by k components fitted on the training patients,
+        each scaled to unit SD: with ~100 patients and hundreds of correlated features, an MLP
+        on the raw features overfits. None keeps the features.
+    rad_reduction : {"pls", "pca"}
+        How the k components are found: partial least squares against the training patients'
+        z-scored targets (supervised; NIPALS, Wold 1975, via scikit-learn's ``PLSRegression``)
+        or principal components (unsupervised; SVD).
 
     Attributes (set by ``fit``)
     ---------------------------
     features_ : list of kept radiomics features
     combat_ : fitted :class:`~stromalens.radiology.ComBat` or None
     rad_mean_, rad_scale_ : Series, the standardisation of the (harmonised) features
+    rad_components_ : (F, k) array or None, the projection of the standardised features
+        (PLS ``x_rotations_`` or principal axes); rad_component_scale_ : (k,) the SDs of the
+        training patients' scores (so each component enters with unit SD)
     target_scaler_ : fitted :class:`~stromalens.targets.scaling.TargetScaler`
     y_min_, y_max_ : Series, the min–max scaling of stage I
     sites_ : list of site labels (their codes are positions in this list)
     """
 
     def __init__(
-        self, harmonise: bool = True, icc_threshold: float | None = 0.75, min_present: float = 0.5
+        self,
+        harmonise: bool = True,
+        icc_threshold: float | None = 0.75,
+        min_present: float = 0.5,
+        rad_components: int | None = None,
+        rad_reduction: str = "pls",
     ) -> None:
+        if rad_components is not None and rad_components < 1:
+            raise ValueError(f"rad_components must be ≥ 1 or None, got {rad_components}")
+        if rad_reduction not in ("pls", "pca"):
+            raise ValueError(f"rad_reduction must be 'pls' or 'pca', got {rad_reduction!r}")
+        self.rad_reduction = rad_reduction
         self.harmonise = harmonise
         self.icc_threshold = icc_threshold
         self.min_present = min_present
+        self.rad_components = rad_components
 
     def fit(self, data: StudyData, train_ids) -> FoldPreprocessor:
         from ..targets.scaling import TargetScaler
@@ -304,6 +326,26 @@ class FoldPreprocessor:
         self.rad_mean_ = rad.mean() if features else pd.Series(dtype=float)
         sd = rad.std(ddof=1) if features else pd.Series(dtype=float)
         self.rad_scale_ = sd.where(sd > 1e-12, 1.0)
+        self.rad_components_ = self.rad_component_scale_ = None
+        if self.rad_components is not None and features and len(rad) > 2:
+            z = ((rad - self.rad_mean_) / self.rad_scale_).to_numpy(np.float64)
+            k = min(self.rad_components, *z.shape)
+            if self.rad_reduction == "pls":
+                from sklearn.cross_decomposition import PLSRegression
+
+                y_z = self.target_scaler_.transform(y.loc[rad.index]).to_numpy(np.float64)
+                ok = np.isfinite(y_z).all(axis=1)
+                pls = PLSRegression(k, scale=False).fit(z[ok], y_z[ok])
+                axes = pls.x_rotations_  # (F, k): scores = (Z − mean) R; Z is centred already
+            else:
+                # SVD of the standardised matrix Z = U S Vᵀ; signs fixed (largest loading
+                # positive) so a fold's axes do not flip between runs.
+                _, _, vt = np.linalg.svd(z, full_matrices=False)
+                axes = vt[:k].T
+                axes = axes * np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
+            scale = (z @ axes).std(axis=0, ddof=1)
+            keep = scale > 1e-9
+            self.rad_components_, self.rad_component_scale_ = axes[:, keep], scale[keep]
         return self
 
     def _check(self) -> None:
@@ -320,7 +362,10 @@ class FoldPreprocessor:
         x = raw.fillna(self.fill_)
         if self.combat_ is not None:
             x = self.combat_.transform(x, data.site_of().loc[ids])
-        x = ((x - self.rad_mean_) / self.rad_scale_).to_numpy(np.float32)
+        x = ((x - self.rad_mean_) / self.rad_scale_).to_numpy(np.float64)
+        if self.rad_components_ is not None:
+            x = (x @ self.rad_components_) / self.rad_component_scale_  # (P, k)
+        x = x.astype(np.float32)
         x[~has] = 0.0
         return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), has
 
@@ -365,6 +410,10 @@ class FoldPreprocessor:
             "y_max": self.y_max_.round(12).to_dict(),
             "sites": list(self.sites_),
         }
+        if self.rad_components_ is not None:
+            state["rad_reduction"] = self.rad_reduction
+            state["rad_components"] = np.round(self.rad_components_, 10).tolist()
+            state["rad_component_scale"] = np.round(self.rad_component_scale_, 10).tolist()
         if self.combat_ is not None:
             state["combat_gamma_star"] = self.combat_.gamma_star_.round(10).to_dict()
             state["combat_delta_star"] = self.combat_.delta_star_.round(10).to_dict()
