@@ -78,6 +78,7 @@ import pandas as pd
 from lifelines import CoxPHFitter
 from lifelines.exceptions import ConvergenceWarning
 from lifelines.utils import concordance_index
+from scipy.linalg import LinAlgWarning
 from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
 from sksurv.util import Surv
 
@@ -243,7 +244,8 @@ def fit_cox(
 ) -> CoxPHFitter:
     """``lifelines.CoxPHFitter`` (Efron ties) of ``time, event_`` on the columns of ``X``.
 
-    lifelines' ``ConvergenceWarning`` (near-separation, e.g. a tertile without events) is caught
+    lifelines' ``ConvergenceWarning`` (near-separation, e.g. a tertile without events) and scipy's
+    ``LinAlgWarning`` (an ill-conditioned Newton step, the same trouble) are caught
     and logged with ``label`` instead of propagating: the fit is still returned, and the log says
     which model to distrust. Reference: R ``coxph(Surv(time, event) ~ ., ties = "efron")``
     (``tests/evaluation/reference/cox_reference.R``).
@@ -252,11 +254,14 @@ def fit_cox(
     cph = CoxPHFitter(penalizer=penalizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
+        # An ill-conditioned Newton step (scipy's LinAlgWarning) is the same near-separation
+        # seen from the Hessian's side.
+        warnings.simplefilter("always", LinAlgWarning)
         # lifelines stops Newton–Raphson at a decrement of 1e-7, which leaves coefficients ~1e-4
         # (relative) from the maximum; 1e-12 costs two more steps and matches R's coxph to 1e-8.
         cph.fit(data, duration_col="_time", event_col="_event", fit_options={"precision": 1e-12})
     for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
+        if issubclass(w.category, ConvergenceWarning | LinAlgWarning):
             event(
                 log,
                 f"{label}: Cox fit did not converge cleanly",
