@@ -66,15 +66,20 @@ class TrainSettings:
     epochs_stage3: int = 20
     epochs_distill: int = 40
     epochs_baseline: int = 60
-    modality_dropout: float = 0.25
+    # q = 0.5, not 0.25: each branch must predict on its own half the time, or the fusion
+    # leans on the branch that is easier to fit on the training fold (macro-r of gated fusion
+    # with CORAL 0.386 at q = 0.25, 0.45 at 0.5 on the synthetic cohort; one CV each).
+    modality_dropout: float = 0.5
     lambda_coral: float = 0.1
     weight_decay: float = 1.0
     max_tiles: int | None = 512
     # Radiomics enter the models as k components fitted on the training fold (FoldPreprocessor):
-    # partial least squares against the targets ("pls") or principal components ("pca");
-    # rad_components None: the standardised features themselves.
-    rad_components: int | None = 4
-    rad_reduction: str = "pls"
+    # principal components ("pca") or partial least squares against the targets ("pls");
+    # rad_components None: the standardised features themselves. PCA by default: PLS
+    # components are chosen on the training targets, so in-sample they look more predictive
+    # than they are out of sample and a fusion model learns to over-trust the MRI branch.
+    rad_components: int | None = 8
+    rad_reduction: str = "pca"
     seed: int = 0
 
     def __post_init__(self) -> None:
