@@ -67,8 +67,9 @@ class TrainSettings:
     epochs_distill: int = 40
     epochs_baseline: int = 60
     # q = 0.5, not 0.25: each branch must predict on its own half the time, or the fusion
-    # leans on the branch that is easier to fit on the training fold (macro-r of gated fusion
-    # with CORAL 0.386 at q = 0.25, 0.45 at 0.5 on the synthetic cohort; one CV each).
+    # leans on the branch that is easier to fit on the training fold (benchmarks/train_cv.py
+    # on the synthetic cohort, q = 0.25 → 0.5: late fusion 0.425 → 0.448, concat 0.432 →
+    # 0.439, gated fusion 0.387 → 0.411, gated fusion + CORAL 0.386 → 0.386).
     modality_dropout: float = 0.5
     lambda_coral: float = 0.1
     weight_decay: float = 1.0
@@ -261,7 +262,7 @@ def train_stage(
             params.append(log_sigma)
         # Decoupled weight decay (AdamW) in every gradient stage, not only stage III: with
         # ~100 patients an unregularised stage II or baseline overfits its training fold
-        # (measured on the synthetic cohort: MRI-only macro-r 0.15 without, 0.26 with).
+        # (MRI-only macro-r on the synthetic cohort, PLS inputs: 0.22 without, 0.26 with).
         decay = settings.weight_decay
         optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=decay)
 
