@@ -132,12 +132,10 @@ def refit_folds(run: RunFiles, data: StudyData) -> list[Fold]:
             raise RunDirError(f"{directory} missing: the run was trained without checkpoints")
         train_ids = [p for p in run.folds.index[run.folds != k] if p in set(data.patients)]
         test_ids = [p for p in run.folds.index[run.folds == k] if p in set(data.patients)]
-        settings = TrainSettings().with_(**(cfg.get("settings") or {}))
-        prep = FoldPreprocessor(
+        prep = FoldPreprocessor.for_settings(
             cfg.get("harmonise", True),
             cfg.get("icc_threshold", 0.75),
-            rad_components=settings.rad_components,
-            rad_reduction=settings.rad_reduction,
+            TrainSettings().with_(**(cfg.get("settings") or {})),
         )
         prep.fit(data, train_ids)
         saved = directory / "preprocessor.json"

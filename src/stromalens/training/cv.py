@@ -111,12 +111,7 @@ def select_settings(
     for f in range(inner_folds):
         inner_train = folds.index[folds != f].tolist()
         inner_val = folds.index[folds == f].tolist()
-        prep = FoldPreprocessor(
-            harmonise,
-            icc_threshold,
-            rad_components=base.rad_components,
-            rad_reduction=base.rad_reduction,
-        ).fit(data, inner_train)
+        prep = FoldPreprocessor.for_settings(harmonise, icc_threshold, base).fit(data, inner_train)
         preps.append((prep.transform(data, inner_train), prep.transform(data, inner_val)))
     scores = []
     for point in points:
@@ -176,12 +171,7 @@ def run_fold(
     """One outer fold: fit the preprocessor and every model on ``train_ids``, predict
     ``test_ids``. Returns the prediction rows, the selected settings and timings."""
     started = time.perf_counter()
-    prep = FoldPreprocessor(
-        harmonise,
-        icc_threshold,
-        rad_components=settings.rad_components,
-        rad_reduction=settings.rad_reduction,
-    ).fit(data, train_ids)
+    prep = FoldPreprocessor.for_settings(harmonise, icc_threshold, settings).fit(data, train_ids)
     train, test = prep.transform(data, train_ids), prep.transform(data, test_ids)
     chosen, scores = settings, []
     if "gated_fusion" in models:

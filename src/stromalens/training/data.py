@@ -277,6 +277,16 @@ class FoldPreprocessor:
         self.min_present = min_present
         self.rad_components = rad_components
 
+    @classmethod
+    def for_settings(cls, harmonise: bool, icc_threshold: float | None, settings):
+        """The preprocessor a run with these training ``settings`` fits on each fold."""
+        return cls(
+            harmonise,
+            icc_threshold,
+            rad_components=settings.rad_components,
+            rad_reduction=settings.rad_reduction,
+        )
+
     def fit(self, data: StudyData, train_ids) -> FoldPreprocessor:
         from ..targets.scaling import TargetScaler
 
