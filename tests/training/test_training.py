@@ -274,7 +274,9 @@ def test_pls_reduction_is_fitted_against_the_training_targets(study):
     y = plain.target_scaler_.transform(study.targets.loc[patients]).to_numpy()
     reference = PLSRegression(2, scale=False).fit(z, y).transform(z)
     reference /= reference.std(axis=0, ddof=1)
-    pls = FoldPreprocessor(harmonise=False, icc_threshold=None, rad_components=2)
+    pls = FoldPreprocessor(
+        harmonise=False, icc_threshold=None, rad_components=2, rad_reduction="pls"
+    )
     ours = pls.fit(study, study.patients).transform(study, study.patients).rad[has]
     np.testing.assert_allclose(ours, reference, atol=1e-5)
     pca = FoldPreprocessor(

@@ -241,10 +241,11 @@ class FoldPreprocessor:
         Replace the standardised radiomics by k components fitted on the training patients,
         each scaled to unit SD: with ~100 patients and hundreds of correlated features, an MLP
         on the raw features overfits. None keeps the features.
-    rad_reduction : {"pls", "pca"}
-        How the k components are found: partial least squares against the training patients'
-        z-scored targets (supervised; NIPALS, Wold 1975, via scikit-learn's ``PLSRegression``)
-        or principal components (unsupervised; SVD).
+    rad_reduction : {"pca", "pls"}
+        How the k components are found: principal components (unsupervised; SVD; the default,
+        as in :class:`~stromalens.training.TrainSettings`) or partial least squares against the
+        training patients' z-scored targets (supervised; NIPALS, Wold 1975, via scikit-learn's
+        ``PLSRegression``).
 
     Attributes (set by ``fit``)
     ---------------------------
@@ -265,7 +266,7 @@ class FoldPreprocessor:
         icc_threshold: float | None = 0.75,
         min_present: float = 0.5,
         rad_components: int | None = None,
-        rad_reduction: str = "pls",
+        rad_reduction: str = "pca",
     ) -> None:
         if rad_components is not None and rad_components < 1:
             raise ValueError(f"rad_components must be ≥ 1 or None, got {rad_components}")
