@@ -192,6 +192,39 @@ def test_cv_writes_out_of_fold_predictions_for_every_model(tmp_path):
     assert len(pd.read_csv(tmp_path / "selection.csv")) == 3 * 2  # folds × grid points
 
 
+def test_cv_results_do_not_depend_on_the_worker_pool(tmp_path):
+    """The task pool only changes the wall time: every fit in this process (one torch thread)
+    and the same fits spread over two spawned workers give identical predictions and the same
+    nested selection (a fold's gated-fusion fit waits for its selection either way)."""
+    import torch
+
+    study = make_study(n=18)
+    options = dict(
+        models=["gated_fusion", "mean_pool"],
+        folds=3,
+        inner_folds=2,
+        grid={"tau": [0.25, 1.0]},
+        checkpoints=False,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_cv(study, tmp_path / "serial", FAST, workers=1, **options)
+    finally:
+        torch.set_num_threads(threads)
+    pooled = run_cv(study, tmp_path / "pool", FAST, workers=2, **options)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "serial" / "predictions.parquet"),
+        pd.read_parquet(tmp_path / "pool" / "predictions.parquet"),
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "serial" / "selection.csv"),
+        pd.read_csv(tmp_path / "pool" / "selection.csv"),
+    )
+    assert serial["selected"] == pooled["selected"]
+    assert len(pd.read_csv(tmp_path / "pool" / "selection.csv")) == 3 * 2
+
+
 def test_unknown_models_are_value_errors(tmp_path, study):
     with pytest.raises(ValueError, match="nope"):
         run_cv(study, tmp_path, FAST, models=["nope"])

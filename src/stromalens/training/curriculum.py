@@ -324,11 +324,14 @@ def fit_model(
     settings: TrainSettings,
     checkpoint_dir: Path | str | None = None,
     with_student: bool = True,
+    with_plain: bool = True,
 ) -> dict:
     """Fit registered model ``name`` on a fold's training ``arrays``; returns ``{output name:
     model}``. ``gated_fusion`` runs the whole curriculum and returns ``gated_fusion`` (stage III,
-    λ_coral = 0), ``gated_fusion_coral`` (stage III with CORAL) and ``student``; CLIP-guided MIL
-    models run stages I and II; the others are trained with the stage-II loss."""
+    λ_coral = 0), ``gated_fusion_coral`` (stage III with CORAL) and ``student``
+    (``with_plain=False`` / ``with_student=False`` skip the first or the last: the nested
+    selection scores ``gated_fusion_coral`` alone); CLIP-guided MIL models run stages I and II;
+    the others are trained with the stage-II loss."""
     import torch
 
     from ..models import create_model, model_info
@@ -368,13 +371,15 @@ def fit_model(
     if name == "gated_fusion":
         model, c1 = run(model, "I", "gated_fusion.stage1")
         model, c2 = run(model, "II", "gated_fusion.stage2", log_sigma, parent=_digest(c1))
-        sigma2 = log_sigma.detach().clone()
-        plain = copy.deepcopy(model)
-        plain, _ = run(plain, "III-0", "gated_fusion.stage3", log_sigma, parent=_digest(c2))
-        with torch.no_grad():
-            log_sigma.copy_(sigma2)
+        if with_plain:
+            sigma2 = log_sigma.detach().clone()
+            plain = copy.deepcopy(model)
+            plain, _ = run(plain, "III-0", "gated_fusion.stage3", log_sigma, parent=_digest(c2))
+            outputs["gated_fusion"] = plain
+            with torch.no_grad():
+                log_sigma.copy_(sigma2)
         coral, _ = run(model, "III", "gated_fusion.stage3_coral", log_sigma, parent=_digest(c2))
-        outputs = {"gated_fusion": plain, "gated_fusion_coral": coral}
+        outputs["gated_fusion_coral"] = coral
         if with_student:
             teacher_pred = predict(coral, arrays)
             student = create_model("student", spec).load_from_teacher(coral)

@@ -14,6 +14,11 @@ Protocol, per outer fold k (``run_cv``):
 3. Every model is trained on the outer-training patients and predicts the held-out patients;
    predictions are returned to target units with the training fold's scaler.
 
+Every fit (a model on an outer fold, or a grid point on an inner fold) is one task of
+:mod:`.schedule`'s worker pool, so the cores stay busy whatever the number of folds; a fold's
+gated-fusion fit starts once its selection is scored. The results do not depend on the
+number of workers or the order in which the tasks ran (each fit seeds itself).
+
 Outputs: ``folds.csv`` (patient_id, site, fold), ``predictions.parquet`` (patient_id, fold,
 model, target, y_true, y_pred), ``metrics.json`` (per model and target r, RMSE, MAE; macro-r;
 the selected settings per fold), ``selection.csv`` (inner scores), checkpoints under
@@ -31,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..logs import event, get_logger
-from .curriculum import TrainSettings, fit_model, predict
-from .data import TARGETS, FoldPreprocessor, StudyData
+from ..logs import get_logger
+from .curriculum import TrainSettings
+from .data import TARGETS, StudyData
+from .schedule import FitTask, run_tasks
 
 log = get_logger("training.cv")
 
@@ -92,51 +98,39 @@ def _macro_r(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([pearson(y[:, j], pred[:, j]) for j in range(y.shape[1])]))
 
 
-def select_settings(
-    data: StudyData,
-    train_ids,
-    base: TrainSettings,
-    grid: dict | None,
-    inner_folds: int = 3,
-    harmonise: bool = True,
-    icc_threshold: float | None = 0.75,
-) -> tuple[TrainSettings, list[dict]]:
-    """Nested selection of the study model's settings on ``train_ids`` only."""
-    points = parameter_grid(grid)
-    if len(points) == 1:
-        return base.with_(**points[0]), [{"point": points[0], "score": None}]
+def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, points, inner_folds):
+    """The nested selection's fits for outer fold ``fold``: every grid point on every inner
+    fold of ``train_ids`` (site-stratified), each scored on its inner-held-out patients."""
     train_ids = list(train_ids)
     folds = assign_folds(train_ids, data.site_of().loc[train_ids], inner_folds, base.seed + 1)
-    preps = []
-    for f in range(inner_folds):
-        inner_train = folds.index[folds != f].tolist()
-        inner_val = folds.index[folds == f].tolist()
-        prep = FoldPreprocessor.for_settings(harmonise, icc_threshold, base).fit(data, inner_train)
-        preps.append((prep.transform(data, inner_train), prep.transform(data, inner_val)))
+    return [
+        FitTask(
+            key=("select", fold, p, f),
+            model="gated_fusion",
+            train_ids=tuple(folds.index[folds != f]),
+            test_ids=tuple(folds.index[folds == f]),
+            settings=base.with_(**point),
+            with_student=False,
+            with_plain=False,  # the selection scores gated_fusion_coral only
+            priority=1,  # they unblock the fold's gated-fusion fit
+        )
+        for p, point in enumerate(points)
+        for f in range(inner_folds)
+    ]
+
+
+def _selection_scores(results: dict, fold, points, inner_folds) -> list[dict]:
+    """Macro-r of each grid point's pooled inner out-of-fold predictions (z-scored units)."""
     scores = []
-    for point in points:
-        settings = base.with_(**point)
-        ys, preds = [], []
-        for train_arrays, val_arrays in preps:
-            models = fit_model(
-                "gated_fusion",
-                train_arrays,
-                data.prompts,
-                data.tile_dim,
-                len(set(data.sites)),
-                settings,
-                with_student=False,
-            )
-            preds.append(predict(models["gated_fusion_coral"], val_arrays))
-            ys.append(val_arrays.y)
-        score = _macro_r(np.concatenate(ys), np.concatenate(preds))
-        scores.append({"point": point, "score": round(score, 4)})
-    best = max(range(len(points)), key=lambda i: scores[i]["score"])
-    return base.with_(**points[best]), scores
+    for p, point in enumerate(points):
+        parts = [results[("select", fold, p, f)] for f in range(inner_folds)]
+        y = np.concatenate([r.y_z for r in parts])
+        pred = np.concatenate([r.predictions_z["gated_fusion_coral"] for r in parts])
+        scores.append({"point": point, "score": round(_macro_r(y, pred), 4)})
+    return scores
 
 
-def _fold_rows(fold, ids, data, prep, name, pred_z) -> pd.DataFrame:
-    pred = prep.inverse_targets(pred_z)
+def _fold_rows(fold, ids, data, name, pred) -> pd.DataFrame:
     truth = data.targets.loc[ids, list(TARGETS)].to_numpy()
     frames = []
     for j, target in enumerate(TARGETS):
@@ -155,81 +149,88 @@ def _fold_rows(fold, ids, data, prep, name, pred_z) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def run_fold(
+def run_protocol(
     data: StudyData,
-    train_ids,
-    test_ids,
-    fold,
-    models,
+    splits: list[tuple],
+    models: list[str],
     settings: TrainSettings,
-    grid: dict | None,
-    inner_folds: int,
-    harmonise: bool,
-    icc_threshold: float | None,
-    checkpoint_dir: Path | None,
+    grid: dict | None = None,
+    inner_folds: int = 3,
+    harmonise: bool = True,
+    icc_threshold: float | None = 0.75,
+    workers: int = 1,
+    checkpoint_root: Path | None = None,
+    with_student: bool = True,
 ) -> dict:
-    """One outer fold: fit the preprocessor and every model on ``train_ids``, predict
-    ``test_ids``. Returns the prediction rows, the selected settings and timings."""
-    started = time.perf_counter()
-    prep = FoldPreprocessor.for_settings(harmonise, icc_threshold, settings).fit(data, train_ids)
-    train, test = prep.transform(data, train_ids), prep.transform(data, test_ids)
-    chosen, scores = settings, []
-    if "gated_fusion" in models:
-        chosen, scores = select_settings(
-            data, train_ids, settings, grid, inner_folds, harmonise, icc_threshold
+    """Fit every model on every split's training patients and predict its test patients.
+
+    ``splits`` are ``(fold, train_ids, test_ids)``. Each model's fit on each split is one task
+    (:mod:`.schedule`); ``gated_fusion`` first has its settings chosen by the nested selection
+    on the split's training patients (when ``grid`` has more than one point), and is fitted as
+    soon as that is scored. Baselines use ``settings``. Returns the prediction rows, the chosen
+    settings and selection scores per fold, and each fit's seconds."""
+    points = parameter_grid(grid)
+    select = "gated_fusion" in models and len(points) > 1
+    by_fold = {fold: (list(train), list(test)) for fold, train, test in splits}
+    chosen = {fold: settings.with_(**points[0]) for fold in by_fold}
+    scores = {fold: [{"point": points[0], "score": None}] for fold in by_fold}
+
+    def fit_task(fold, name: str, fit_settings: TrainSettings, priority: float = 0.0):
+        train, test = by_fold[fold]
+        return FitTask(
+            key=("fit", fold, name),
+            model=name,
+            train_ids=tuple(train),
+            test_ids=tuple(test),
+            settings=fit_settings,
+            checkpoint_dir=checkpoint_root / f"fold{fold}" if checkpoint_root else None,
+            with_student=with_student,
+            priority=priority,
         )
-    rows = []
-    seconds = {}
-    for name in models:
-        t0 = time.perf_counter()
-        fitted = fit_model(
-            name,
-            train,
-            data.prompts,
-            data.tile_dim,
-            len(prep.sites_),
-            chosen if name == "gated_fusion" else settings,
-            checkpoint_dir,
-        )
-        for out_name, model in fitted.items():
-            rows.append(
-                _fold_rows(fold, list(test_ids), data, prep, out_name, predict(model, test))
-            )
-        seconds[name] = round(time.perf_counter() - t0, 2)
-    if checkpoint_dir is not None:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (checkpoint_dir / "preprocessor.json").write_text(
-            json.dumps(prep.state(), indent=1, default=str), encoding="utf-8"
-        )
-    event(log, "fold done", fold=fold, seconds=round(time.perf_counter() - started, 1))
+
+    tasks = []
+    for fold, (train, _) in by_fold.items():
+        for name in models:
+            if name == "gated_fusion" and select:
+                tasks += _selection_tasks(data, fold, train, settings, points, inner_folds)
+            else:
+                own = chosen[fold] if name == "gated_fusion" else settings
+                tasks.append(fit_task(fold, name, own))
+
+    pending = {fold: len(points) * inner_folds for fold in by_fold}
+    results: dict = {}
+
+    def on_result(result) -> list[FitTask]:
+        results[result.key] = result
+        if result.key[0] != "select":
+            return []
+        fold = result.key[1]
+        pending[fold] -= 1
+        if pending[fold]:
+            return []
+        scores[fold] = _selection_scores(results, fold, points, inner_folds)
+        best = max(range(len(points)), key=lambda i: scores[fold][i]["score"])
+        chosen[fold] = settings.with_(**points[best])
+        return [fit_task(fold, "gated_fusion", chosen[fold], priority=2)]
+
+    run_tasks(tasks, data, workers, harmonise, icc_threshold, on_result)
+    rows, seconds = [], {str(fold): {} for fold in by_fold}
+    for fold, (_, test) in by_fold.items():
+        for name in models:
+            result = results[("fit", fold, name)]
+            seconds[str(fold)][name] = result.seconds
+            for out_name, pred in result.predictions.items():
+                rows.append(_fold_rows(fold, test, data, out_name, pred))
     return {
-        "fold": fold,
         "rows": pd.concat(rows, ignore_index=True),
-        "selected": chosen.to_dict(),
-        "selection": scores,
+        "selected": {str(fold): chosen[fold].to_dict() for fold in by_fold},
+        "selection": [
+            {"fold": fold, **s["point"], "score": s["score"]}
+            for fold in by_fold
+            for s in scores[fold]
+        ],
         "seconds": seconds,
     }
-
-
-def _fold_job(job: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(job.pop("threads"))
-    return run_fold(**job)
-
-
-def _run_jobs(jobs: list[dict], workers: int) -> list[dict]:
-    """Folds in order here (``workers`` ≤ 1), or in spawned processes with one torch thread
-    each; a fold's result does not depend on which."""
-    if workers <= 1 or len(jobs) == 1:
-        import torch
-
-        return [_fold_job(job | {"threads": torch.get_num_threads()}) for job in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_fold_job, [job | {"threads": 1} for job in jobs]))
 
 
 def compute_metrics(predictions: pd.DataFrame) -> dict:
@@ -324,40 +325,32 @@ def run_cv(
     pd.DataFrame(
         {"patient_id": data.patients, "site": data.sites, "fold": fold_of.to_numpy()}
     ).to_csv(out / "folds.csv", index=False)
-    jobs = [
-        {
-            "data": data,
-            "train_ids": fold_of.index[fold_of != k].tolist(),
-            "test_ids": fold_of.index[fold_of == k].tolist(),
-            "fold": k,
-            "models": models,
-            "settings": settings,
-            "grid": grid,
-            "inner_folds": inner_folds,
-            "harmonise": harmonise,
-            "icc_threshold": icc_threshold,
-            "checkpoint_dir": out / "checkpoints" / f"fold{k}" if checkpoints else None,
-        }
+    splits = [
+        (k, fold_of.index[fold_of != k].tolist(), fold_of.index[fold_of == k].tolist())
         for k in range(folds)
     ]
-    results = _run_jobs(jobs, workers)
-    predictions = pd.concat([r["rows"] for r in results], ignore_index=True)
-    predictions.to_parquet(out / "predictions.parquet", index=False)
-    selection = pd.DataFrame(
-        [
-            {"fold": r["fold"], **s["point"], "score": s["score"]}
-            for r in results
-            for s in r["selection"]
-        ]
+    result = run_protocol(
+        data,
+        splits,
+        models,
+        settings,
+        grid,
+        inner_folds,
+        harmonise,
+        icc_threshold,
+        workers,
+        out / "checkpoints" if checkpoints else None,
     )
-    selection.to_csv(out / "selection.csv", index=False)
+    predictions = result["rows"]
+    predictions.to_parquet(out / "predictions.parquet", index=False)
+    pd.DataFrame(result["selection"]).to_csv(out / "selection.csv", index=False)
     metrics = {
         "models": compute_metrics(predictions),
         "folds": folds,
         "inner_folds": inner_folds,
         "grid": grid or {},
-        "selected": {str(r["fold"]): r["selected"] for r in results},
-        "fit_seconds": {str(r["fold"]): r["seconds"] for r in results},
+        "selected": result["selected"],
+        "fit_seconds": result["seconds"],
         "permuted_targets": permute_targets,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -380,24 +373,21 @@ def run_leave_site_out(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     site_of = data.site_of()
-    jobs = [
-        {
-            "data": data,
-            "train_ids": site_of.index[site_of != site].tolist(),
-            "test_ids": site_of.index[site_of == site].tolist(),
-            "fold": site,
-            "models": ["gated_fusion"],
-            "settings": settings,
-            "grid": None,
-            "inner_folds": 2,
-            "harmonise": harmonise,
-            "icc_threshold": icc_threshold,
-            "checkpoint_dir": None,
-        }
+    splits = [
+        (site, site_of.index[site_of != site].tolist(), site_of.index[site_of == site].tolist())
         for site in sorted(site_of.unique())
     ]
-    results = _run_jobs(jobs, workers)
-    predictions = pd.concat([r["rows"] for r in results], ignore_index=True)
+    result = run_protocol(
+        data,
+        splits,
+        ["gated_fusion"],
+        settings,
+        harmonise=harmonise,
+        icc_threshold=icc_threshold,
+        workers=workers,
+        with_student=False,
+    )
+    predictions = result["rows"]
     predictions = predictions[predictions["model"] != "student"]
     predictions.to_parquet(out / "predictions.parquet", index=False)
     per_site = {
