@@ -30,6 +30,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-permuted", action="store_true")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="also rerun the CV with seeds 1..R-1 (new folds, new initialisations) and report "
+        "each model's mean ± SD macro-r over the R runs",
+    )
     args = parser.parse_args()
 
     from stromalens.config import StudyConfig, load_config
@@ -96,7 +103,11 @@ def main() -> None:
     summary = {
         "cv_seconds": round(cv_s, 1),
         "macro_r": {k: v["macro_r"] for k, v in metrics["models"].items()},
+        "fused_minus_best_single": fused_vs_single(pred, metrics["models"]),
     }
+
+    if args.repeats > 1:
+        summary["repeats"] = repeated_cv(data, out, settings, cfg, args, metrics)
 
     if not args.no_permuted:
         t0 = time.perf_counter()
@@ -116,6 +127,84 @@ def main() -> None:
         summary["permuted_macro_r"] = {k: v["macro_r"] for k, v in perm["models"].items()}
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     print(f"\nrun files under {out}")
+
+
+def repeated_cv(data, out: Path, settings, cfg, args, first: dict) -> dict:
+    """Macro-r per model over ``args.repeats`` CVs (seed 0 is ``first``): each seed draws new
+    folds (and inner folds) and new initialisations, so the spread is the run-to-run noise of
+    one CV on this cohort."""
+    from stromalens.training import run_cv
+
+    runs = [first]
+    for seed in range(1, args.repeats):
+        t0 = time.perf_counter()
+        runs.append(
+            run_cv(
+                data,
+                out / f"cv_seed{seed}",
+                settings.with_(seed=seed),
+                folds=5,
+                inner_folds=cfg.inner_folds,
+                grid=cfg.grid,
+                workers=args.workers,
+                checkpoints=False,
+            )
+        )
+        print(f"repeat with seed {seed}: {time.perf_counter() - t0:.1f} s")
+    table = pd.DataFrame(
+        {i: {k: v["macro_r"] for k, v in run["models"].items()} for i, run in enumerate(runs)}
+    )
+    print(f"\nmacro-r over {len(runs)} CVs (seeds 0..{len(runs) - 1}): mean ± SD, then each seed")
+    order = table.mean(axis=1).sort_values(ascending=False).index
+    for name in order:
+        row = table.loc[name]
+        print(
+            f"  {name:20s} {row.mean():+.3f} ± {row.std(ddof=1):.3f}   "
+            + " ".join(f"{v:+.3f}" for v in row)
+        )
+    return {
+        name: {"mean": round(float(table.loc[name].mean()), 4), "runs": table.loc[name].tolist()}
+        for name in order
+    }
+
+
+def fused_vs_single(pred: pd.DataFrame, models: dict, n_boot: int = 2000) -> dict:
+    """Each fused model's macro-r minus the best single-modality model's, with a paired
+    percentile bootstrap 95% CI over patients (the same resampled patients for both models, so
+    the interval is that of the difference, not of two separate estimates)."""
+    from stromalens.evaluation.stats import bootstrap_ci
+    from stromalens.models import model_info
+
+    def modalities(name: str) -> int:
+        base = "gated_fusion" if name == "gated_fusion_coral" else name
+        return len(model_info(base).modalities)
+
+    single = [m for m in models if modalities(m) == 1]
+    best = max(single, key=lambda m: models[m]["macro_r"])
+    wide = pred.pivot_table(index="patient_id", columns=["model", "target"], values="y_pred")
+    truth = pred.pivot_table(index="patient_id", columns="target", values="y_true")
+    targets = list(truth.columns)
+    y = truth.to_numpy()
+
+    def macro_r(t, p):
+        rs = []
+        for j in range(t.shape[1]):
+            ok = np.isfinite(t[:, j]) & np.isfinite(p[:, j])
+            rs.append(np.corrcoef(t[ok, j], p[ok, j])[0, 1])
+        return float(np.mean(rs))
+
+    print(f"\nfused minus the best single-modality model ({best}), paired bootstrap 95% CI:")
+    out = {}
+    for name in sorted(m for m in models if modalities(m) == 2):
+        a = wide[name][targets].to_numpy()
+        b = wide[best][targets].to_numpy()
+        diff = macro_r(y, a) - macro_r(y, b)
+        low, high = bootstrap_ci(
+            lambda t, p, q: macro_r(t, p) - macro_r(t, q), y, a, b, n_boot=n_boot, seed=0
+        )
+        out[name] = {"vs": best, "diff": round(diff, 4), "ci": [round(low, 4), round(high, 4)]}
+        print(f"  {name:20s} {diff:+.3f}  [{low:+.3f}, {high:+.3f}]")
+    return out
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ class TrainingConfig(_Strict):
     max_tiles: int | None = Field(2048, ge=1, description="tiles kept per slide when loading")
     leave_site_out: bool = True
     permuted_control: bool = Field(False, description="also run CV on shuffled targets")
-    workers: int = Field(1, ge=1, description="folds trained in parallel processes")
+    workers: int = Field(1, ge=1, description="fits (a model on a fold) run in parallel processes")
     settings: dict = Field(default_factory=dict, description="TrainSettings overrides")
 
 

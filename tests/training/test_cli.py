@@ -26,7 +26,7 @@ def test_train_without_a_training_block_exits_1(tmp_path):
 def test_the_example_study_config_validates():
     root = Path(__file__).resolve().parents[2]
     study = load_config(root / "configs" / "study.yaml", StudyConfig)
-    assert study.training.folds == 5 and study.training.grid["tau"] == [0.25, 1.0]
+    assert study.training.folds == 5 and study.training.grid["tau"] == [0.25, 0.5, 1.0]
     from stromalens.training import TrainSettings
 
     TrainSettings().with_(**study.training.settings)  # every override is a known setting
