@@ -29,9 +29,9 @@ from .data import FoldPreprocessor, StudyData
 log = get_logger("training.schedule")
 
 #: Relative fit cost of a model (1 when not listed), used only to start the costliest fits
-#: first; measured on the synthetic cohort (benchmarks/train_cv.py: TransMIL's full attention
-#: over 512 tiles takes ~9× a mean-pool fit).
-RELATIVE_COST = {"transmil": 9.0, "gated_fusion": 3.0, "mcat": 2.0, "clam_sb": 1.2}
+#: first; from benchmarks/train_cv.py's per-fit seconds on the synthetic cohort (TransMIL's
+#: full attention over 512 tiles takes ~9× an ABMIL fit, the gated-fusion curriculum ~2×).
+RELATIVE_COST = {"transmil": 9.0, "gated_fusion": 2.0, "mcat": 2.0, "clam_sb": 1.2}
 
 
 @dataclass(frozen=True)
