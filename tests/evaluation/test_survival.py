@@ -215,3 +215,33 @@ def test_separated_tertile_is_logged_not_raised(caplog):
     assert any("did not converge" in r.getMessage() for r in caplog.records)
     hr = tables["survival_hr"].set_index("term")
     assert hr.loc["ers_caf_T3_vs_T1", "hr"] > 1e3 and hr.loc["ers_caf_T3_vs_T1", "p"] > 0.5
+
+
+def test_a_singular_design_is_refitted_with_a_ridge_penalty(caplog):
+    """Two identical columns make the Cox information matrix singular: lifelines raises
+    ConvergenceError (R's coxph would return NA for one). fit_cox refits with the ridge penalty
+    SINGULAR_PENALIZER and logs it. Reference: lifelines' own CoxPHFitter(penalizer=0.1) on the
+    same data; under a ridge penalty two identical columns share the effect equally."""
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+
+    from stromalens.evaluation.survival import SINGULAR_PENALIZER
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=80)
+    X = pd.DataFrame({"a": x, "b": x, "c": rng.normal(size=80)})
+    time = rng.exponential(np.exp(-0.7 * x))
+    event_ = (rng.random(80) < 0.8).astype(float)
+    data = X.assign(_time=time, _event=event_)
+    with pytest.raises(ConvergenceError):
+        CoxPHFitter().fit(data, duration_col="_time", event_col="_event")
+    with caplog.at_level(logging.WARNING):
+        cph = fit_cox(X, time, event_, label="collinear")
+    assert cph.penalizer == SINGULAR_PENALIZER
+    assert any("singular Cox information matrix" in r.getMessage() for r in caplog.records)
+    reference = CoxPHFitter(penalizer=SINGULAR_PENALIZER).fit(
+        data, duration_col="_time", event_col="_event", fit_options={"precision": 1e-12}
+    )
+    np.testing.assert_allclose(cph.params_, reference.params_, rtol=1e-8)
+    assert cph.params_["a"] == pytest.approx(cph.params_["b"], rel=1e-8)
+    assert cph.params_["a"] > 0.1  # the planted effect (log-HR 0.7 split over two columns)

@@ -29,7 +29,10 @@ Cox 1972, *J. R. Stat. Soc. B* 34:187–220; Efron 1977, *JASA* 72:557–565). C
 
 The hazard-ratio table (``survival_hr``) is one unpenalised Cox fit of every term on all
 patients, with Wald intervals :math:`\exp(\hat\beta \pm z_{0.975}\,\widehat{\mathrm{se}})` and
-Wald p-values, as in R's ``summary(coxph(...))``.
+Wald p-values, as in R's ``summary(coxph(...))``. Where the information matrix is singular
+(collinear terms in a small cohort, where R's ``coxph`` would drop a coefficient as NA), the
+fit is redone with the ridge penalty ``SINGULAR_PENALIZER``, logged, and the table's
+``penalizer`` column says so: those HRs are shrunk towards 1.
 
 Discrimination is out-of-fold: for each CV fold the clinical and the clinical + AI models are
 fitted on the other folds (tertile cut-points and the H scaling too) and predict the held-out
@@ -76,7 +79,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
-from lifelines.exceptions import ConvergenceWarning
+from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 from lifelines.utils import concordance_index
 from scipy.linalg import LinAlgWarning
 from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
@@ -94,11 +97,23 @@ MODELS: tuple[str, ...] = ("clinical", "clinical_ai")
 #: Ridge penalty of the out-of-fold predictive Cox fits (lifelines' ``penalizer``, on
 #: standardised covariates). Not applied to the hazard-ratio table.
 PREDICT_PENALIZER = 0.01
+#: Ridge penalty of a Cox refit when the unpenalised information matrix is singular.
+SINGULAR_PENALIZER = 0.1
 #: Risk thresholds of the decision curves.
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.01, 1.0, 0.01), 2))
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "survival_hr": ("endpoint", "term", "hr", "ci_low", "ci_high", "p", "n", "events"),
+    "survival_hr": (
+        "endpoint",
+        "term",
+        "hr",
+        "ci_low",
+        "ci_high",
+        "p",
+        "n",
+        "events",
+        "penalizer",
+    ),
     "survival_cindex": ("endpoint", "model", "metric", "value", "ci_low", "ci_high"),
     "survival_cindex_diff": ("endpoint", "metric", "diff", "ci_low", "ci_high", "p"),
     "survival_auc": ("endpoint", "model", "time", "auc"),
@@ -247,10 +262,28 @@ def fit_cox(
     lifelines' ``ConvergenceWarning`` (near-separation, e.g. a tertile without events) and scipy's
     ``LinAlgWarning`` (an ill-conditioned Newton step, the same trouble) are caught
     and logged with ``label`` instead of propagating: the fit is still returned, and the log says
-    which model to distrust. Reference: R ``coxph(Surv(time, event) ~ ., ties = "efron")``
-    (``tests/evaluation/reference/cox_reference.R``).
+    which model to distrust. A singular information matrix (lifelines' ``ConvergenceError``:
+    collinear columns) is refitted with the ridge penalty ``SINGULAR_PENALIZER`` and logged;
+    ``cph.penalizer`` tells which fit was returned. Reference: R ``coxph(Surv(time, event) ~ .,
+    ties = "efron")`` (``tests/evaluation/reference/cox_reference.R``).
     """
     data = X.astype(float).assign(_time=np.asarray(time, float), _event=np.asarray(event_, float))
+    try:
+        return _fit_cox(data, penalizer, label)
+    except ConvergenceError as error:
+        if penalizer >= SINGULAR_PENALIZER:
+            raise
+        event(
+            log,
+            f"{label}: singular Cox information matrix; refitted with ridge penalty "
+            f"{SINGULAR_PENALIZER} (hazard ratios shrunk towards 1)",
+            logging.WARNING,
+            detail=str(error).splitlines()[0][:200],
+        )
+        return _fit_cox(data, SINGULAR_PENALIZER, label)
+
+
+def _fit_cox(data: pd.DataFrame, penalizer: float, label: str) -> CoxPHFitter:
     cph = CoxPHFitter(penalizer=penalizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -288,6 +321,7 @@ def _hazard_ratios(frame: pd.DataFrame, endpoint: str) -> pd.DataFrame:
             "p": s["p"].to_numpy(),
             "n": len(frame),
             "events": int(frame["event"].sum()),
+            "penalizer": float(cph.penalizer),
         }
     )
 
