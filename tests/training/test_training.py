@@ -147,6 +147,27 @@ def test_training_is_deterministic_for_a_seed_and_checkpoints_resume(study, tmp_
     assert "mri_only" in other
 
 
+def test_a_checkpoint_of_other_layers_is_an_error_on_load_and_retrained_on_resume(
+    study, tmp_path
+):
+    """A checkpoint whose layers no longer match the model (written by an earlier version:
+    e.g. with the encoders' former LayerNorm) names itself in a ValueError when loaded, and a
+    resumed fit with the same settings retrains it instead of failing."""
+    from safetensors.torch import load_file, save_file
+
+    arrays = FoldPreprocessor().fit(study, study.patients).transform(study, study.patients)
+    fit_model("mri_only", arrays, None, 16, 3, FAST, tmp_path / "ck")
+    weights = tmp_path / "ck" / "mri_only.safetensors"
+    state = load_file(str(weights))
+    state["e_rad.net.1.weight"] = state["e_rad.net.0.bias"].clone()  # the old LayerNorm's slot
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match="mri_only.safetensors.*does not match"):
+        load_checkpoint(tmp_path / "ck" / "mri_only")
+    again = fit_model("mri_only", arrays, None, 16, 3, FAST, tmp_path / "ck")["mri_only"]
+    reloaded, _, _ = load_checkpoint(tmp_path / "ck" / "mri_only")  # rewritten, loads again
+    np.testing.assert_allclose(predict(reloaded, arrays), predict(again, arrays))
+
+
 def test_cv_writes_out_of_fold_predictions_for_every_model(tmp_path):
     study = make_study(n=24)
     models = ["gated_fusion", "mean_pool", "mri_only"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -177,7 +178,14 @@ def load_checkpoint(path: Path | str):
     if model_info(meta["model"]).needs_prompts:
         prompts = state["pool.prompts.text"]
     model = create_model(meta["model"], spec, prompts=prompts)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # the model's layers changed since the checkpoint was written
+        raise ValueError(
+            f"checkpoint {_with(path, '.safetensors')} does not match the current "
+            f"{meta['model']!r} model (written by an earlier version?); retrain it. "
+            f"{str(error).splitlines()[0]}"
+        ) from error
     return model.eval(), meta, log_sigma
 
 
@@ -187,7 +195,11 @@ def _cached(path: Path | None, config: dict):
     meta = json.loads(_with(path, ".json").read_text(encoding="utf-8"))
     if meta.get("digest") != _digest(config):
         return None
-    return load_checkpoint(path)
+    try:
+        return load_checkpoint(path)
+    except ValueError as error:  # same settings, other layers: retrain rather than fail
+        event(log, "stale checkpoint retrained", logging.WARNING, detail=str(error)[:300])
+        return None
 
 
 # ---------------------------------------------------------------------------- the loop
