@@ -147,9 +147,7 @@ def test_training_is_deterministic_for_a_seed_and_checkpoints_resume(study, tmp_
     assert "mri_only" in other
 
 
-def test_a_checkpoint_of_other_layers_is_an_error_on_load_and_retrained_on_resume(
-    study, tmp_path
-):
+def test_a_checkpoint_of_other_layers_is_an_error_on_load_and_retrained_on_resume(study, tmp_path):
     """A checkpoint whose layers no longer match the model (written by an earlier version:
     e.g. with the encoders' former LayerNorm) names itself in a ValueError when loaded, and a
     resumed fit with the same settings retrains it instead of failing."""
