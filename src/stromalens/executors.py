@@ -67,7 +67,7 @@ def run_items(
         raise ValueError(f"executor must be 'process' or 'ray', got {executor!r}")
     workers = default_workers() if workers is None else max(1, workers)
     results: dict[str, ItemResult] = {}
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     with bar:
         task = bar.add_task(description, total=len(items))
         if executor == "ray":
@@ -127,7 +127,9 @@ def _run_ray(fn: Callable, items: list[tuple[str, Any]], workers: int):
             ray.shutdown()
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """A rich progress bar (description, bar, done/total, elapsed, remaining); a no-op when
+    ``enabled`` is false."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

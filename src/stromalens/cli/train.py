@@ -13,13 +13,18 @@ console = Console()
 
 
 def run_training(
-    config_path: Path, out: Path, workers: int | None = None, study_dir: Path | None = None
+    config_path: Path,
+    out: Path,
+    workers: int | None = None,
+    study_dir: Path | None = None,
+    progress: bool = False,
 ) -> dict:
     """Load the study configuration, the stages' outputs and run CV (+ leave-site-out and the
     shuffled-target control when configured). Returns the main run's metrics.
 
     ``study_dir``: a ``stromalens run`` / ``stromalens demo`` output folder whose targets,
-    features and radiomics (and the wsi block's encoder) the training block then reads."""
+    features and radiomics (and the wsi block's encoder) the training block then reads.
+    ``progress``: a bar over the model fits of each CV."""
     import yaml
 
     from .. import __version__
@@ -86,7 +91,7 @@ def run_training(
         ),
         encoding="utf-8",
     )
-    common = dict(harmonise=cfg.harmonise, icc_threshold=cfg.icc_threshold)
+    common = dict(harmonise=cfg.harmonise, icc_threshold=cfg.icc_threshold, progress=progress)
     n_workers = workers or cfg.workers
     metrics = run_cv(
         data,
@@ -122,15 +127,16 @@ def run_training(
 def train(
     config: Path = typer.Option(..., "--config", help="Study YAML with a 'training' block."),
     out: Path = typer.Option(..., "--out", help="Run directory."),
-    workers: int = typer.Option(None, "--workers", help="Folds in parallel (overrides config)."),
+    workers: int = typer.Option(None, "--workers", help="Fits in parallel (overrides config)."),
     study: Path = typer.Option(
         None,
         "--study",
         help="A `stromalens run`/`demo` output folder: train on its targets, features, radiomics.",
     ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
 ) -> None:
     """Train every model with the three-stage curriculum under site-stratified nested CV."""
-    metrics = run_training(config, out, workers, study)
+    metrics = run_training(config, out, workers, study, progress=not no_progress)
     console.print(f"[bold]macro-r (out-of-fold)[/] — {metrics['total_seconds']:.0f} s")
     for name, values in sorted(metrics["models"].items(), key=lambda kv: -kv[1]["macro_r"]):
         console.print(f"  {name:20s} {values['macro_r']:+.3f}")

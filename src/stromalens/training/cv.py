@@ -161,6 +161,8 @@ def run_protocol(
     workers: int = 1,
     checkpoint_root: Path | None = None,
     with_student: bool = True,
+    progress: bool = False,
+    description: str = "model fits",
 ) -> dict:
     """Fit every model on every split's training patients and predict its test patients.
 
@@ -213,7 +215,7 @@ def run_protocol(
         chosen[fold] = settings.with_(**points[best])
         return [fit_task(fold, "gated_fusion", chosen[fold], priority=2)]
 
-    run_tasks(tasks, data, workers, harmonise, icc_threshold, on_result)
+    run_tasks(tasks, data, workers, harmonise, icc_threshold, on_result, progress, description)
     rows, seconds = [], {str(fold): {} for fold in by_fold}
     for fold, (_, test) in by_fold.items():
         for name in models:
@@ -300,6 +302,7 @@ def run_cv(
     workers: int = 1,
     permute_targets: bool = False,
     checkpoints: bool = True,
+    progress: bool = False,
 ) -> dict:
     """K-fold CV of ``models`` on ``data``; writes the run files into ``out_dir``.
 
@@ -340,6 +343,8 @@ def run_cv(
         icc_threshold,
         workers,
         out / "checkpoints" if checkpoints else None,
+        progress=progress,
+        description="CV fits (shuffled targets)" if permute_targets else "CV fits",
     )
     predictions = result["rows"]
     predictions.to_parquet(out / "predictions.parquet", index=False)
@@ -365,6 +370,7 @@ def run_leave_site_out(
     harmonise: bool = True,
     icc_threshold: float | None = 0.75,
     workers: int = 1,
+    progress: bool = False,
 ) -> dict:
     """Train on every site but one, test on it, for each site; the gated-fusion curriculum with
     (``gated_fusion_coral``) and without (``gated_fusion``) CORAL. ``fold`` is the held-out site.
@@ -386,6 +392,8 @@ def run_leave_site_out(
         icc_threshold=icc_threshold,
         workers=workers,
         with_student=False,
+        progress=progress,
+        description="leave-site-out fits",
     )
     predictions = result["rows"]
     predictions = predictions[predictions["model"] != "student"]

@@ -141,15 +141,22 @@ def run_tasks(
     harmonise: bool = True,
     icc_threshold: float | None = 0.75,
     on_result: Callable[[TaskResult], list[FitTask]] | None = None,
+    progress: bool = False,
+    description: str = "model fits",
 ) -> dict[tuple, TaskResult]:
     """Run ``tasks`` (and those ``on_result`` returns as results arrive) and return every
     result by key. ``workers`` ≤ 1 runs them here, in order, with torch's own thread count;
     otherwise in ``workers`` spawned processes with one torch thread each. The queue is ordered
     by (priority, cost), highest first; at most ``workers`` tasks are in flight, so a task
-    queued later with a higher priority starts at the next free slot."""
+    queued later with a higher priority starts at the next free slot. ``progress`` shows a bar
+    over the tasks (its total grows as ``on_result`` adds some)."""
+    from ..executors import progress_bar
+
     queue = list(tasks)
     results: dict[tuple, TaskResult] = {}
     total = len(queue)
+    bar = progress_bar(progress)
+    bar_task = bar.add_task(description, total=total)
 
     def take() -> FitTask:
         best = max(range(len(queue)), key=lambda i: (queue[i].priority, queue[i].cost))
@@ -161,6 +168,7 @@ def run_tasks(
         more = on_result(result) if on_result is not None else []
         queue.extend(more)
         total += len(more)
+        bar.update(bar_task, total=total, advance=1)
         event(
             log,
             "task done",
@@ -174,8 +182,9 @@ def run_tasks(
         saved = dict(_WORKER)
         _init_worker(data, harmonise, icc_threshold, None)
         try:
-            while queue:
-                finish(execute(take()))
+            with bar:
+                while queue:
+                    finish(execute(take()))
         finally:
             _WORKER.clear()
             _WORKER.update(saved)
@@ -184,12 +193,15 @@ def run_tasks(
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(
-        workers,
-        mp_context=mp.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(data, harmonise, icc_threshold, 1),
-    ) as pool:
+    with (
+        ProcessPoolExecutor(
+            workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(data, harmonise, icc_threshold, 1),
+        ) as pool,
+        bar,
+    ):
         running = set()
         while queue or running:
             while queue and len(running) < workers:

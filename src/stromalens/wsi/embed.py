@@ -431,7 +431,7 @@ def _write_run_summary(out_dir: Path, results, encoder_name, weights, settings) 
 
 
 def _progress(enabled: bool):
-    from ..executors import _progress as make
+    from ..executors import progress_bar as make
 
     return make(enabled)
 
