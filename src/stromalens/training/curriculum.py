@@ -70,7 +70,8 @@ class TrainSettings:
     # q = 0.5, not 0.25: each branch must predict on its own half the time, or the fusion
     # leans on the branch that is easier to fit on the training fold (benchmarks/train_cv.py
     # on the synthetic cohort, q = 0.25 → 0.5: late fusion 0.425 → 0.448, concat 0.432 →
-    # 0.439, gated fusion 0.387 → 0.411, gated fusion + CORAL 0.386 → 0.386).
+    # 0.439, gated fusion 0.387 → 0.411, gated fusion + CORAL 0.386 → 0.386; measured when
+    # the encoders still had a LayerNorm, see MLPEncoder).
     modality_dropout: float = 0.5
     lambda_coral: float = 0.1
     weight_decay: float = 1.0
