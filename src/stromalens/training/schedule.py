@@ -16,6 +16,7 @@ has fitted, keyed by its training patients, so the tasks of one fold share one f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -172,6 +173,7 @@ def run_tasks(
         event(
             log,
             "task done",
+            logging.DEBUG if progress else logging.INFO,  # the bar already shows it
             task=list(map(str, result.key)),
             seconds=result.seconds,
             done=len(results),
