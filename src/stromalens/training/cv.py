@@ -36,12 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..logs import get_logger
 from .curriculum import TrainSettings
 from .data import TARGETS, StudyData
 from .schedule import FitTask, run_tasks
-
-log = get_logger("training.cv")
 
 #: Outputs that ``fit_model("gated_fusion")`` produces besides its own name.
 CURRICULUM_OUTPUTS = ("gated_fusion", "gated_fusion_coral", "student")
@@ -395,8 +392,7 @@ def run_leave_site_out(
         progress=progress,
         description="leave-site-out fits",
     )
-    predictions = result["rows"]
-    predictions = predictions[predictions["model"] != "student"]
+    predictions = result["rows"]  # no student: with_student=False
     predictions.to_parquet(out / "predictions.parquet", index=False)
     per_site = {
         site: compute_metrics(frame) for site, frame in predictions.groupby("fold", sort=True)
