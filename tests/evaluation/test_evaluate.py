@@ -21,7 +21,6 @@ from stromalens.evaluation.schema import TABLES, describe
 SCRIPT = Path(sys.executable).parent / "stromalens"
 
 
-
 @pytest.fixture(scope="module")
 def evaluated(tiny_run, tmp_path_factory):
     """The tiny run, applied zero-shot to its own cohort as an 'external' one, evaluated."""
