@@ -41,14 +41,13 @@ def main() -> None:
 
     from stromalens.config import StudyConfig, load_config
     from stromalens.training import (
-        TrainSettings,
         load_study_data,
         prompt_embeddings,
         run_cv,
     )
 
     cfg = load_config(args.config, StudyConfig).training
-    settings = TrainSettings().with_(**cfg.settings)
+    settings = cfg.settings
     out = args.out or Path(tempfile.mkdtemp(prefix="train_cv_"))
     t0 = time.perf_counter()
     prompts = prompt_embeddings(cfg.prompts, cfg.encoder, None, out / "prompts")

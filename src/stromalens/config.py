@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from .training.settings import TrainSettings
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -149,7 +151,26 @@ class TrainingConfig(_Strict):
     leave_site_out: bool = True
     permuted_control: bool = Field(False, description="also run CV on shuffled targets")
     workers: int = Field(1, ge=1, description="fits (a model on a fold) run in parallel processes")
-    settings: dict = Field(default_factory=dict, description="TrainSettings overrides")
+    settings: TrainSettings = Field(
+        default_factory=TrainSettings, description="curriculum hyper-parameters (TrainSettings)"
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_of_settings(cls, value: dict[str, list]) -> dict[str, list]:
+        known = TrainSettings.model_fields
+        for key, values in value.items():
+            if key not in known:
+                raise ValueError(
+                    f"grid key {key!r} is not a training setting; settings: " + ", ".join(known)
+                )
+            for item in values:
+                try:
+                    TrainSettings.model_validate({key: item})
+                except ValidationError as exc:
+                    msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"grid value {key}={item!r}: {msg}") from None
+        return value
 
 
 class EvaluationConfig(_Strict):

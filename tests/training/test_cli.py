@@ -29,7 +29,8 @@ def test_the_example_study_config_validates():
     assert study.training.folds == 5 and study.training.grid["tau"] == [0.25, 0.5, 1.0]
     from stromalens.training import TrainSettings
 
-    TrainSettings().with_(**study.training.settings)  # every override is a known setting
+    assert isinstance(study.training.settings, TrainSettings)  # validated on load
+    assert study.training.settings.epochs_stage2 == 60
 
 
 def test_train_on_the_example_config_asks_for_a_study_folder(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from stromalens.wsi.synthclip import (
     SYNONYMS,
-    TrainSettings,
+    ClipTrainSettings,
     canonical_caption,
     classify,
     composition_classes,
@@ -62,7 +62,7 @@ def test_short_training_writes_a_loadable_checkpoint(tmp_path, synthetic_slides)
 
     out = tmp_path / "clip.safetensors"
     summary = train_synthclip(
-        synthetic_slides[:3], out, TrainSettings(max_steps=2, batch_size=16), progress=False
+        synthetic_slides[:3], out, ClipTrainSettings(max_steps=2, batch_size=16), progress=False
     )
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert 0.0 <= summary["heldout_retrieval"]["top1_class"] <= 1.0
@@ -86,7 +86,7 @@ def test_trained_clip_retrieves_captions_and_prompts_land(tmp_path, synthetic_sl
     from stromalens.wsi.prompts import embed_bank, load_bank, prompt_similarity
 
     out = tmp_path / "clip.safetensors"
-    summary = train_synthclip(synthetic_slides, out, TrainSettings(max_seconds=150))
+    summary = train_synthclip(synthetic_slides, out, ClipTrainSettings(max_seconds=150))
     metrics = summary["heldout_retrieval"]
     assert metrics["top1_dominant"] > 0.8
     assert metrics["top1_class"] > metrics["majority_class_rate"]

@@ -105,14 +105,14 @@ def demo_config(dev_dir: Path, ext_dir: Path, quick: bool = False):
 def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
     """Train the synthetic CLIP on the development slides unless a checkpoint is cached."""
     from ..wsi.embed import jobs_from_manifest
-    from ..wsi.synthclip import TrainSettings, default_checkpoint, train_synthclip
+    from ..wsi.synthclip import ClipTrainSettings, default_checkpoint, train_synthclip
 
     checkpoint = default_checkpoint()
     if checkpoint.is_file():
         console.print(f"cached: {checkpoint}")
         return {"checkpoint": str(checkpoint), "cached": True}
     slides = [job.path for job in jobs_from_manifest(cohort_dir / "cohort.csv")[:24]]
-    summary = train_synthclip(slides, checkpoint, TrainSettings(max_seconds=train_seconds))
+    summary = train_synthclip(slides, checkpoint, ClipTrainSettings(max_seconds=train_seconds))
     return {
         "checkpoint": str(checkpoint),
         "cached": False,

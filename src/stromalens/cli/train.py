@@ -30,7 +30,6 @@ def run_training(
     from .. import __version__
     from ..config import StudyConfig, load_config
     from ..training import (
-        TrainSettings,
         load_study_data,
         prompt_embeddings,
         run_cv,
@@ -56,7 +55,7 @@ def run_training(
             "of `stromalens run` or `stromalens demo`) or set training.targets, .features and "
             ".radiomics"
         )
-    settings = TrainSettings().with_(**cfg.settings)
+    settings = cfg.settings
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     prompts = prompt_embeddings(

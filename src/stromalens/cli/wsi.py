@@ -175,7 +175,7 @@ def train_clip(
 ) -> None:
     """Train the small synthetic CLIP (cached; loaded by the 'synthclip' encoder)."""
     from ..wsi.synthclip import (
-        TrainSettings,
+        ClipTrainSettings,
         default_cache_dir,
         default_checkpoint,
         train_synthclip,
@@ -201,6 +201,6 @@ def train_clip(
             )
         ]
     slides = [job.path for m in manifest for job in _jobs(Path(m), None)]
-    summary = train_synthclip(slides, out, TrainSettings(max_seconds=seconds, seed=seed))
+    summary = train_synthclip(slides, out, ClipTrainSettings(max_seconds=seconds, seed=seed))
     console.print(json.dumps(summary["heldout_retrieval"], indent=2))
     console.print(f"trained in {summary['training']['train_seconds']} s → {out}")

@@ -41,76 +41,15 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..logs import event, get_logger
 from .data import FoldArrays, make_batch
+from .settings import TrainSettings
 
 log = get_logger("training.curriculum")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Hyper-parameters of the curriculum (the nested grid overrides some of them)."""
-
-    hidden: int = 64
-    dropout: float = 0.1
-    tau: float = 0.5
-    lr: float = 3e-3
-    lr_prompts: float = 5e-2
-    batch_size: int = 32
-    epochs_stage1: int = 20
-    epochs_stage2: int = 60
-    epochs_stage3: int = 20
-    epochs_distill: int = 40
-    epochs_baseline: int = 60
-    # q = 0.5, not 0.25: each branch must predict on its own half the time, or the fusion
-    # leans on the branch that is easier to fit on the training fold (benchmarks/train_cv.py
-    # on the synthetic cohort, q = 0.25 → 0.5: late fusion 0.425 → 0.448, concat 0.432 →
-    # 0.439, gated fusion 0.387 → 0.411, gated fusion + CORAL 0.386 → 0.386; measured when
-    # the encoders still had a LayerNorm, see MLPEncoder).
-    modality_dropout: float = 0.5
-    lambda_coral: float = 0.1
-    weight_decay: float = 1.0
-    max_tiles: int | None = 512
-    # Radiomics enter the models as k components fitted on the training fold (FoldPreprocessor):
-    # principal components ("pca") or partial least squares against the targets ("pls");
-    # rad_components None: the standardised features themselves. PCA by default: PLS
-    # components are chosen on the training targets, so in-sample they look more predictive
-    # than they are out of sample and a fusion model learns to over-trust the MRI branch.
-    rad_components: int | None = 8
-    rad_reduction: str = "pca"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.modality_dropout < 1:
-            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
-        if self.lambda_coral < 0 or self.weight_decay < 0:
-            raise ValueError(
-                f"lambda_coral ({self.lambda_coral}) and weight_decay ({self.weight_decay}) "
-                "must be ≥ 0"
-            )
-        for f in fields(self):
-            if f.name.startswith("epochs") and getattr(self, f.name) < 0:
-                raise ValueError(f"{f.name} must be ≥ 0, got {getattr(self, f.name)}")
-        if self.rad_components is not None and self.rad_components < 1:
-            raise ValueError(f"rad_components must be ≥ 1 or null, got {self.rad_components}")
-        if self.rad_reduction not in ("pls", "pca"):
-            raise ValueError(f"rad_reduction must be 'pls' or 'pca', got {self.rad_reduction!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
-
-    def with_(self, **changes) -> TrainSettings:
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {sorted(unknown)}")
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def model_spec(arrays: FoldArrays, tile_dim: int, settings: TrainSettings, n_sites: int):

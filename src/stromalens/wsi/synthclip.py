@@ -307,7 +307,7 @@ def make_caption(
 
 # --------------------------------------------------------------------------- training
 @dataclass
-class TrainSettings:
+class ClipTrainSettings:
     """Settings of :func:`train_synthclip` (saved inside the checkpoint's JSON)."""
 
     max_seconds: float = 150.0
@@ -363,7 +363,7 @@ def retrieval_accuracy(model, tokenizer, transform, tiles: TileSet) -> dict:
 def train_synthclip(
     slide_paths: list[Path],
     out: Path | None = None,
-    settings: TrainSettings | None = None,
+    settings: ClipTrainSettings | None = None,
     config: dict | None = None,
     progress: bool = True,
 ) -> dict:
@@ -379,7 +379,7 @@ def train_synthclip(
 
     from .encoders import TileTransform, sha256_file
 
-    settings = settings or TrainSettings()
+    settings = settings or ClipTrainSettings()
     config = config or SYNTHCLIP_CONFIG
     out = Path(out) if out is not None else default_checkpoint()
     slide_paths = [Path(p) for p in slide_paths]
