@@ -11,61 +11,21 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from stromalens.evaluation.annotations import Annotations, rasterise_polygons
 from stromalens.evaluation.attention import (
     PER_PATIENT_COLUMNS,
     SUMMARY_COLUMNS,
     TILE_COLUMNS,
-    Annotations,
-    TileRaster,
     colocalisation,
     colocalise_slide,
     default_k,
     expected_hit_probability,
     grade_stratum,
-    rasterise_polygons,
-    read_annotations,
-    save_overlays,
     summarise,
     write_colocalisation,
 )
 
-TILE = 32  # level-0 px per tile side in the hand-made grids
-
-
-def rect(x0, y0, x1, y1) -> np.ndarray:
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], float)
-
-
-def grid(cols: int, rows: int, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corners of a non-overlapping cols × rows tile grid, row-major."""
-    yy, xx = np.mgrid[0:rows, 0:cols]
-    return xx.ravel() * tile, yy.ravel() * tile
-
-
-def geojson(polygons: list[list[np.ndarray]], points: np.ndarray | None = None) -> dict:
-    """QuPath-style FeatureCollection, as ``stromalens.synthetic.annotations`` writes it."""
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {
-                "type": "MultiPolygon",
-                "coordinates": [[r.tolist() for r in poly] for poly in polygons],
-            },
-            "properties": {"objectType": "annotation", "classification": {"name": "Fibrosis"}},
-        }
-    ]
-    if points is not None:
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "MultiPoint", "coordinates": np.asarray(points).tolist()},
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": "Immune exclusion"},
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
+from ._annotation_shapes import TILE, geojson, grid, rect
 
 
 def naive_iou(x, y, side, selected, fib_mask, cell, shape) -> float:
@@ -81,83 +41,6 @@ def naive_iou(x, y, side, selected, fib_mask, cell, shape) -> float:
     fib = fib_mask & domain
     union = (tiles | fib).sum()
     return float((tiles & fib).sum() / union) if union else 0.0
-
-
-# --------------------------------------------------------------------------- rasterisation
-def test_rasterise_square_counts_cell_centres():
-    # Square 0..4 px, 1-px cells: centres 0.5..3.5 inside → 16 cells.
-    mask = rasterise_polygons([[rect(0, 0, 4, 4)]], (0, 0), 1.0, (6, 6))
-    assert mask.sum() == 16
-    assert mask[:4, :4].all() and not mask[4:, :].any() and not mask[:, 4:].any()
-
-
-def test_rasterise_polygon_with_hole_and_island():
-    outer, hole = rect(0, 0, 10, 10), rect(2, 2, 8, 8)[::-1]  # hole wound the other way
-    island = rect(4, 4, 6, 6)  # a second polygon inside the hole
-    mask = rasterise_polygons([[outer, hole]], (0, 0), 1.0, (12, 12))
-    assert mask.sum() == 100 - 36
-    assert not mask[2:8, 2:8].any()
-    both = rasterise_polygons([[outer, hole], [island]], (0, 0), 1.0, (12, 12))
-    assert both.sum() == 100 - 36 + 4 and both[4:6, 4:6].all()
-
-
-def test_rasterise_adjacent_polygons_share_no_cell():
-    # Edges on cell centres: half-open, so the two halves partition the 8×4 block.
-    left = rasterise_polygons([[rect(0, 0, 4.5, 4)]], (0, 0), 1.0, (4, 8))
-    right = rasterise_polygons([[rect(4.5, 0, 8, 4)]], (0, 0), 1.0, (4, 8))
-    assert not (left & right).any() and (left | right).all()
-
-
-def test_rasterise_matches_point_in_polygon_oracle():
-    from matplotlib.path import Path as MplPath
-
-    rng = np.random.default_rng(1)
-    angles = np.sort(rng.uniform(0, 2 * np.pi, 40))
-    radius = rng.uniform(20, 45, 40)
-    star = np.stack([50 + radius * np.cos(angles), 50 + radius * np.sin(angles)], axis=1)
-    inner = np.stack([50 + 8 * np.cos(angles), 50 + 8 * np.sin(angles)], axis=1)
-    origin, cell, shape = (3.0, -2.0), 1.7, (64, 64)
-    mask = rasterise_polygons([[star, inner]], origin, cell, shape)
-    rr, cc = np.mgrid[0 : shape[0], 0 : shape[1]]
-    centres = np.stack(
-        [origin[0] + (cc.ravel() + 0.5) * cell, origin[1] + (rr.ravel() + 0.5) * cell], 1
-    )
-    expected = MplPath(star).contains_points(centres) & ~MplPath(inner).contains_points(centres)
-    assert np.array_equal(mask.ravel(), expected)
-    assert 0 < mask.sum() < mask.size
-
-
-def test_read_annotations_geojson(tmp_path):
-    doc = geojson([[rect(0, 0, 64, 64), rect(16, 16, 32, 32)]], np.array([[5.0, 6.0], [70, 80]]))
-    doc["features"].append(
-        {
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [rect(0, 0, 1, 1).tolist()]},
-            "properties": {"classification": {"name": "Tumor"}},
-        }
-    )
-    path = tmp_path / "a.geojson"
-    path.write_text(json.dumps(doc))
-    ann = read_annotations(path)
-    assert len(ann.polygons) == 1 and len(ann.polygons[0]) == 2  # exterior + hole, Tumor ignored
-    assert np.array_equal(ann.points, [[5, 6], [70, 80]])
-    bad = tmp_path / "bad.geojson"
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read annotations"):
-        read_annotations(bad)
-
-
-def test_synthetic_annotations_are_level0_pixels():
-    # The generator traces the label map (downsample 4) and scales to level-0 px.
-    from stromalens.synthetic.annotations import annotation_features
-
-    labels = np.zeros((60, 60), np.uint8)
-    labels[10:40, 10:40] = 1  # stroma block, label px 10..39 → level-0 px 40..156
-    doc = annotation_features(labels, 4, np.array([[50.0, 60.0]]))
-    assert doc["features"][0]["geometry"]["type"] == "MultiPolygon"
-    ring = np.asarray(doc["features"][0]["geometry"]["coordinates"][0][0])
-    assert ring.min() == 40 and ring.max() == 156
-    assert doc["features"][1]["geometry"]["coordinates"] == [[50.0, 60.0]]
 
 
 # --------------------------------------------------------------------------- one slide
@@ -316,15 +199,6 @@ def test_expected_hit_probability():
     cov = np.array([0, 1, 2, 3, 9])
     expected = [1 - comb(n - c, k) / comb(n, k) for c in cov]
     assert np.allclose(expected_hit_probability(cov, n, k), expected)
-
-
-def test_tile_raster_atoms_partition_cells():
-    x = np.array([0, 16, 64.0])
-    r = TileRaster.build(x, np.zeros(3), TILE, subdivisions=4)
-    assert r.atom_cells.sum() == (r.atom_of_cell >= 0).sum()
-    # Tiles 0 and 1 overlap (atoms: 0 only, both, 1 only), tile 2 stands alone.
-    assert len(r.atom_cells) == 4
-    assert np.array_equal(np.asarray(r.membership.sum(axis=0)).ravel(), [2, 2, 1])
 
 
 # --------------------------------------------------------------------------- cohort + summary
@@ -534,44 +408,3 @@ def test_missing_annotations_are_recorded_skips(cohort3, caplog):
     assert "skipped slides" in caplog.text
     paths = write_colocalisation(result, root / "out")
     assert paths[-1].name == "attention_skipped.csv"
-
-
-# --------------------------------------------------------------------------- overlays
-def test_overlays_on_a_synthetic_cohort(small_cohort, tmp_path, caplog):
-    import matplotlib.image as mpimg
-
-    from stromalens.cohort import load_manifest
-
-    cohort = load_manifest(small_cohort)
-    frame = cohort.frame
-    rng = np.random.default_rng(0)
-    xs, ys = np.meshgrid(np.arange(0, 1793, 256), np.arange(0, 1281, 256))
-    rows = [
-        (pid, model, "ers_caf", xi, yi, 256, rng.random())
-        for pid in frame.index
-        for model in ("fusion", "abmil")
-        for xi, yi in zip(xs.ravel(), ys.ravel(), strict=True)
-    ]
-    tiles = pd.DataFrame(rows, columns=list(TILE_COLUMNS))
-    with_slides = frame.index[frame["wsi"].notna() & frame["annotations"].notna()]
-    without = frame.index[frame["wsi"].isna()]
-    assert len(with_slides) >= 2 and len(without) >= 1
-    out = tmp_path / "attention"
-    paths = save_overlays(tiles, frame, cohort.path.parent, out, max_patients=2)
-    assert len(paths) == 2 and all(p.parent == out for p in paths)
-    assert {p.stem for p in paths} <= set(with_slides)
-    grades = frame.loc[[p.stem for p in paths], "fibrosis_grade"]
-    if frame.loc[with_slides, "fibrosis_grade"].nunique() > 1:
-        assert grades.nunique() == 2  # chosen across grades
-    image = mpimg.imread(paths[0])
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-    with caplog.at_level("WARNING", logger="stromalens"):
-        paths = save_overlays(
-            tiles, frame, cohort.path.parent, out, patients=[without[0], with_slides[0]],
-            model="abmil",
-        )  # fmt: skip
-    assert [p.stem for p in paths] == [with_slides[0]]
-    record = [r for r in caplog.records if "overlays skipped" in r.getMessage()][-1]
-    assert record.fields["patients"] == without[0] and record.fields["n"] == 1
-    with pytest.raises(ValueError, match="model 'nope'"):
-        save_overlays(tiles, frame, cohort.path.parent, out, model="nope")
