@@ -171,13 +171,12 @@ def fused_vs_single(pred: pd.DataFrame, models: dict, n_boot: int = 2000) -> dic
     """Each fused model's macro-r minus the best single-modality model's, with a paired
     percentile bootstrap 95% CI over patients (the same resampled patients for both models, so
     the interval is that of the difference, not of two separate estimates)."""
+    from stromalens.correlation import pearson
     from stromalens.evaluation.stats import bootstrap_ci
-    from stromalens.models import model_info
-    from stromalens.training.cv import pearson
+    from stromalens.models import model_info, output_info
 
-    def modalities(name: str) -> int:
-        base = "gated_fusion" if name == "gated_fusion_coral" else name
-        return len(model_info(base).modalities)
+    def modalities(name: str) -> int:  # name: a study name, as in predictions.parquet
+        return len(model_info(output_info(name).model).modalities)
 
     single = [m for m in models if modalities(m) == 1]
     best = max(single, key=lambda m: models[m]["macro_r"])

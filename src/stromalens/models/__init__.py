@@ -24,7 +24,16 @@ from .losses import (
     distillation_loss,
     heteroscedastic_loss,
 )
-from .registry import create_model, list_models, model_info, register_model
+from .registry import (
+    Output,
+    create_model,
+    list_models,
+    list_outputs,
+    model_info,
+    output_info,
+    register_model,
+    study_name,
+)
 
 __all__ = [
     "calibration_loss",
@@ -38,6 +47,10 @@ __all__ = [
     "distillation_loss",
     "heteroscedastic_loss",
     "list_models",
+    "list_outputs",
+    "Output",
+    "output_info",
+    "study_name",
     "model_info",
     "register_model",
 ]

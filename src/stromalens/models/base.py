@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 from torch import nn
 
-TARGETS: tuple[str, ...] = ("ers_caf", "lr", "heterogeneity")
+from ..names import TARGETS  # noqa: F401 - the heads' order
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,8 @@ class ClipMIL(MILModel):
     modalities=("wsi",),
     needs_prompts=True,
     description="CLIP-guided MIL, curated prompts (CUR), WSI only",
+    study_name="wsi_clip",
+    checkpoint="clip_mil.stage2",  # stage I's checkpoint is clip_mil.stage1
 )
 class ClipMILCur(ClipMIL):
     prompt_mode = "cur"
@@ -159,6 +161,7 @@ class ClipMILCur(ClipMIL):
     modalities=("wsi",),
     needs_prompts=True,
     description="CLIP-guided MIL without text (NONE): learnable queries replace the prompts",
+    checkpoint="clip_mil_none.stage2",
 )
 class ClipMILNone(ClipMIL):
     prompt_mode = "none"
@@ -169,6 +172,7 @@ class ClipMILNone(ClipMIL):
     modalities=("wsi",),
     needs_prompts=True,
     description="CLIP-guided MIL with CoOp-style learnable prompt context (COOP)",
+    checkpoint="clip_mil_coop.stage2",
 )
 class ClipMILCoop(ClipMIL):
     prompt_mode = "coop"

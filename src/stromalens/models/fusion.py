@@ -79,6 +79,12 @@ class PromptPooledFusion(MILModel):
     modalities=("wsi", "mri"),
     needs_prompts=True,
     description="CLIP-guided MIL + radiomics MLP, text-conditioned sigmoid gate (the study model)",
+    # the curriculum's three trained models: stage III with and without CORAL, and the student
+    outputs=(
+        ("gated_fusion_coral", "fusion", "gated_fusion.stage3_coral"),
+        ("gated_fusion", "fusion_no_coral", "gated_fusion.stage3"),
+        ("student", "mri_student", "student", "student"),
+    ),
 )
 class GatedFusion(PromptPooledFusion):
     def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
@@ -183,7 +189,12 @@ class MCAT(MILModel):
         return MILOutput(pred=pred, attention=attn.mean(1), fused=fused)
 
 
-@register_model("mri_only", modalities=("mri",), description="radiomics MLP: E_rad → trunk → heads")
+@register_model(
+    "mri_only",
+    modalities=("mri",),
+    description="radiomics MLP: E_rad → trunk → heads",
+    study_name="mri",
+)
 class MRIOnly(MILModel):
     def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
         super().__init__(spec)
@@ -200,6 +211,7 @@ class MRIOnly(MILModel):
     "student",
     modalities=("mri",),
     description="MRI-only student distilled from the gated-fusion teacher (reuses E_rad, trunk)",
+    study_name="mri_student",
 )
 class Student(MILModel):
     """h = [z_rad; 0] through the teacher-shaped trunk, so the teacher's E_rad, trunk and heads

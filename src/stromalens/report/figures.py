@@ -16,6 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
+from ..correlation import pearson as pearson_r
+from ..names import LATENTS, PROMPT_SETS, TARGETS, target_label
+
 #: Okabe & Ito (2008), "Color Universal Design": distinguishable under every common colour-vision
 #: deficiency. Black is left out of the cycle (used for references).
 OKABE_ITO: tuple[str, ...] = (
@@ -28,40 +31,25 @@ OKABE_ITO: tuple[str, ...] = (
     "#F0E442",  # yellow
 )
 GREY = "#999999"
-TARGETS: tuple[str, ...] = ("ers_caf", "lr", "heterogeneity")
-TARGET_LABELS: dict[str, str] = {
-    "ers_caf": "ERS–CAF activity",
-    "lr": "CAF→immune L–R crosstalk",
-    "heterogeneity": "heterogeneity (Shannon entropy)",
-}
-#: The planted latent of each target in synthetic cohorts (``truth.parquet``).
-LATENTS: dict[str, str] = {"ers_caf": "a", "lr": "b", "heterogeneity": "h"}
-PROMPT_SETS: tuple[str, ...] = ("NONE", "CUR", "COOP", "SYN", "ANTI", "OOD")
 
 
 def colour(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
 
 
-def target_label(target: str) -> str:
-    return TARGET_LABELS.get(target, target)
-
-
 def pearson(x, y) -> tuple[float, float, int]:
-    """Pearson r, two-sided p (t-test with n − 2 degrees of freedom, as ``scipy.stats.pearsonr``)
-    and n over the pairs where both are finite; (nan, nan, n) when fewer than 3 pairs or a
-    constant input."""
+    """Pearson r (:func:`stromalens.correlation.pearson`, NaN where undefined), its two-sided p
+    (t-test with n − 2 degrees of freedom, as ``scipy.stats.pearsonr``) and n, the number of
+    pairs where both are finite."""
     from scipy.special import stdtr
 
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = int(ok.sum())
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan"), float("nan"), n
-    xc, yc = x - x.mean(), y - y.mean()
-    r = float(np.clip(xc @ yc / np.sqrt((xc @ xc) * (yc @ yc)), -1.0, 1.0))
+    n = int((np.isfinite(x) & np.isfinite(y)).sum())
+    r = pearson_r(x, y)
+    if not np.isfinite(r):
+        return r, float("nan"), n
+    r = float(np.clip(r, -1.0, 1.0))
     if abs(r) == 1.0:
         return r, 0.0, n
     t = r * np.sqrt((n - 2) / (1 - r * r))

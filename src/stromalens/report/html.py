@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation.naming import PROPOSED, registered_name
+from ..names import PROMPT_SETS, PROPOSED, TARGETS, target_label
 from . import figures
 from .inputs import RunFiles, flatten
 
 log = logging.getLogger(__name__)
 
-TARGETS = figures.TARGETS
 #: Models of the study's own design, listed first in the tables (the rest: baselines).
 STUDY_MODELS: tuple[str, ...] = ("fusion", "fusion_no_coral", "wsi_clip", "mri", "mri_student")
 
@@ -215,7 +214,7 @@ def headline(run: RunFiles) -> list[Card]:
         items = [Metric("noise ceiling", ceiling, 2, ckey)] if ceiling is not None else []
         cards.append(
             Card(
-                f"r, {figures.target_label(target)}",
+                f"r, {target_label(target)}",
                 Metric("r", run.metric(key), 2, key),
                 items,
             )
@@ -519,7 +518,7 @@ def section_prompts(run: RunFiles) -> Section:
                 "prompt_set",
                 "Prompt perturbation: Pearson r ± fold SD",
                 lambda r: f"{r['r']:.2f} ± {r['r_fold_sd']:.2f}",
-                figures.PROMPT_SETS,
+                PROMPT_SETS,
             )
         )
         if tiles is None:
@@ -662,9 +661,8 @@ def section_truth(run: RunFiles) -> Section:
             text += " (only synthetic cohorts have a planted truth)"
         blocks.append(_note(text))
     else:
-        reg = registered_name(PROPOSED)
-        mine = preds[preds["model"] == reg]
-        label = f"{PROPOSED} ({reg})"
+        mine = preds[preds["model"] == PROPOSED]
+        label = PROPOSED
         if mine.empty:
             label = str(preds["model"].iloc[0])
             mine = preds[preds["model"] == label]

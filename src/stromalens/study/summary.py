@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..names import PROPOSED
+from ..rundir import StudyLayout, metric_parts, parse_metric_key
 from .runner import read_manifest
 
-#: Models shown in the headline when the evaluation's metrics are not there (registered names).
-HEADLINE_MODELS = ("gated_fusion_coral", "gated_fusion", "clip_mil", "mri_only", "student")
+#: Models shown in the headline (study names, as the run files carry them).
+HEADLINE_MODELS = (PROPOSED, "fusion_no_coral", "wsi_clip", "mri", "mri_student")
 
 
 def _read(path: Path) -> dict | None:
@@ -21,19 +23,18 @@ def _read(path: Path) -> dict | None:
 
 def headline(study: Path) -> dict:
     """Headline numbers: the evaluation's when it has run, else the training's macro-r."""
-    from ..evaluation.naming import study_name
-
     study = Path(study)
-    evaluation = _read(study / "train" / "evaluation" / "metrics.json")
+    layout = StudyLayout(study)
+    evaluation = _read(layout.train.evaluation_metrics)
     if evaluation is not None:
         shown = evaluation_headline(evaluation)
         if shown:
             return {"source": "evaluation/metrics.json", **shown}
-    training = _read(study / "train" / "metrics.json")
+    training = _read(layout.train.metrics)
     if training is None:
         return {}
     models = training.get("models", {})
-    shown = {study_name(m): models[m]["macro_r"] for m in HEADLINE_MODELS if m in models}
+    shown = {m: models[m]["macro_r"] for m in HEADLINE_MODELS if m in models}
     baselines = {m: v["macro_r"] for m, v in models.items() if m not in HEADLINE_MODELS}
     if baselines:
         best = max(baselines, key=baselines.get)
@@ -43,33 +44,32 @@ def headline(study: Path) -> dict:
 
 def evaluation_headline(metrics: dict) -> dict:
     """The evaluation's headline keys (schema: ``stromalens.evaluation.schema``) that exist."""
-    from ..evaluation.naming import PROPOSED
-
     macro = {
-        k.split(".")[1]: v
-        for k, v in metrics.items()
-        if k.startswith("cv.") and k.endswith(".macro_r") and isinstance(v, (int, float))
+        parts[1]: v
+        for parts, v in metric_parts(metrics, "cv", length=3)
+        if parts[2] == "macro_r" and isinstance(v, (int, float))
     }
     shown: dict = {}
-    for model in (PROPOSED, "fusion_no_coral", "wsi_clip", "mri", "mri_student"):
+    for model in HEADLINE_MODELS:
         if model in macro:
             shown[f"macro-r {model}"] = macro[model]
     baselines = {m: v for m, v in macro.items() if f"macro-r {m}" not in shown}
     if baselines:
         best = max(baselines, key=baselines.get)
         shown[f"macro-r best baseline ({best})"] = baselines[best]
-    prefixes = ("ceiling.", "external.", "site_entropy.", "survival.", "treatment.auc")
 
-    def wanted(k: str) -> bool:
-        return (
-            k.startswith(prefixes)
-            and not k.endswith("_fold_sd")
-            and (not k.startswith("external.") or k.count(".") == 3)
-            and (not k.startswith("survival.") or ".c_index." in k)
-        )
+    def wanted(parts: tuple[str, ...]) -> bool:
+        section = parts[0]
+        if parts[-1].endswith("_fold_sd"):
+            return False
+        if section == "external":  # external.<cohort>.r.<target>: the proposed model's r
+            return len(parts) == 4
+        if section == "survival":
+            return "c_index" in parts
+        return section in ("ceiling", "site_entropy") or parts == ("treatment", "auc")
 
     for key, value in metrics.items():
-        if wanted(key) and isinstance(value, (int, float)):
+        if wanted(parse_metric_key(key)) and isinstance(value, (int, float)):
             shown[key] = value
     if "distillation.retention" in metrics:
         shown["distillation.retention"] = metrics["distillation.retention"]
@@ -97,10 +97,8 @@ def summarise(study: Path | str) -> dict:
             "note": summary.get("status"),
         }
     report = None
-    for candidate in (study / "report" / "index.html", study / "train" / "report" / "index.html"):
-        if candidate.is_file():
-            report = str(candidate)
-            break
+    if StudyLayout(study).report.is_file():
+        report = str(StudyLayout(study).report)
     return {"study": str(study), "report": report, "headline": headline(study), "stages": stages}
 
 

@@ -36,7 +36,6 @@ from .reliability import pipeline_concordance
 from .scaling import TargetScaler
 from .scores import GeneSetWarning, gsva, ssgsea
 
-TARGETS = ("ers_caf", "lr", "heterogeneity")
 ALTERNATIVES = {
     "ers_caf": "ers_caf_gsva",
     "lr": "lr_cellchat",

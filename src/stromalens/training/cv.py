@@ -20,7 +20,9 @@ gated-fusion fit starts once its selection is scored. The results do not depend 
 number of workers or the order in which the tasks ran (each fit seeds itself).
 
 Outputs: ``folds.csv`` (patient_id, site, fold), ``predictions.parquet`` (patient_id, fold,
-model, target, y_true, y_pred), ``metrics.json`` (per model and target r, RMSE, MAE; macro-r;
+model, target, y_true, y_pred; ``model`` is the study's name of each trained model, from the
+registry: ``fusion``, ``fusion_no_coral``, ``wsi_clip``, ``mri``, ``mri_student``, the baselines
+by their registered names), ``metrics.json`` (per model and target r, RMSE, MAE; macro-r;
 the selected settings per fold), ``selection.csv`` (inner scores), checkpoints under
 ``checkpoints/fold<k>/``. ``run_leave_site_out`` trains on all sites but one and tests on it,
 with and without CORAL, into ``leave_site_out/``.
@@ -36,12 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..correlation import pearson
+from ..names import TARGETS
 from .curriculum import TrainSettings
-from .data import TARGETS, StudyData
+from .data import StudyData
 from .schedule import FitTask, run_tasks
-
-#: Outputs that ``fit_model("gated_fusion")`` produces besides its own name.
-CURRICULUM_OUTPUTS = ("gated_fusion", "gated_fusion_coral", "student")
 
 
 def assign_folds(patients, sites, k: int = 5, seed: int = 0) -> pd.Series:
@@ -84,14 +85,8 @@ def parameter_grid(grid: dict | None) -> list[dict]:
     ]
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.std(a[ok]) < 1e-12 or np.std(b[ok]) < 1e-12:
-        return 0.0
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
-
-
 def _macro_r(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over targets of Pearson's r; NaN when r is undefined for a target."""
     return float(np.mean([pearson(y[:, j], pred[:, j]) for j in range(y.shape[1])]))
 
 
@@ -168,6 +163,8 @@ def run_protocol(
     on the split's training patients (when ``grid`` has more than one point), and is fitted as
     soon as that is scored. Baselines use ``settings``. Returns the prediction rows, the chosen
     settings and selection scores per fold, and each fit's seconds."""
+    from ..models import study_name
+
     points = parameter_grid(grid)
     select = "gated_fusion" in models and len(points) > 1
     by_fold = {fold: (list(train), list(test)) for fold, train, test in splits}
@@ -208,7 +205,10 @@ def run_protocol(
         if pending[fold]:
             return []
         scores[fold] = _selection_scores(results, fold, points, inner_folds)
-        best = max(range(len(points)), key=lambda i: scores[fold][i]["score"])
+        # an undefined score (a constant prediction) ranks last
+        best = max(
+            range(len(points)), key=lambda i: np.nan_to_num(scores[fold][i]["score"], nan=-np.inf)
+        )
         chosen[fold] = settings.with_(**points[best])
         return [fit_task(fold, "gated_fusion", chosen[fold], priority=2)]
 
@@ -219,7 +219,7 @@ def run_protocol(
             result = results[("fit", fold, name)]
             seconds[str(fold)][name] = result.seconds
             for out_name, pred in result.predictions.items():
-                rows.append(_fold_rows(fold, test, data, out_name, pred))
+                rows.append(_fold_rows(fold, test, data, study_name(out_name), pred))
     return {
         "rows": pd.concat(rows, ignore_index=True),
         "selected": {str(fold): chosen[fold].to_dict() for fold in by_fold},
@@ -370,7 +370,7 @@ def run_leave_site_out(
     progress: bool = False,
 ) -> dict:
     """Train on every site but one, test on it, for each site; the gated-fusion curriculum with
-    (``gated_fusion_coral``) and without (``gated_fusion``) CORAL. ``fold`` is the held-out site.
+    (``fusion``) and without (``fusion_no_coral``) CORAL. ``fold`` is the held-out site.
     The held-out site is unseen by ComBat, which applies the pooled standardisation to it."""
     settings = settings or TrainSettings()
     out = Path(out_dir)

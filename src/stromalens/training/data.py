@@ -22,11 +22,13 @@ import numpy as np
 import pandas as pd
 
 from ..logs import event, get_logger
+from ..names import TARGETS
 
 log = get_logger("training.data")
 
-TARGETS: tuple[str, ...] = ("ers_caf", "lr", "heterogeneity")
 EPS = 1e-8
+#: Version of :meth:`FoldPreprocessor.state`'s layout.
+STATE_VERSION = 1
 
 
 @dataclass
@@ -408,28 +410,29 @@ class FoldPreprocessor:
         return z * scale + mean
 
     def state(self) -> dict:
-        """The fitted state as plain JSON-able values (for checkpoints and the leakage test)."""
+        """The fitted state as JSON-able data, exact to the bit (:mod:`stromalens.state`): the
+        settings and every learned attribute, the fitted ComBat and target scaler included.
+        ``FoldPreprocessor.from_state(p.state())`` transforms as ``p`` does."""
+        from ..state import encode
+
         self._check()
-        state = {
-            "features": list(self.features_),
-            "fill": self.fill_.round(12).to_dict(),
-            "rad_mean": self.rad_mean_.round(12).to_dict(),
-            "rad_scale": self.rad_scale_.round(12).to_dict(),
-            "target_mean": self.target_scaler_.mean_.round(12).to_dict(),
-            "target_scale": self.target_scaler_.scale_.round(12).to_dict(),
-            "y_min": self.y_min_.round(12).to_dict(),
-            "y_max": self.y_max_.round(12).to_dict(),
-            "sites": list(self.sites_),
+        return {
+            "estimator": "FoldPreprocessor",
+            "version": STATE_VERSION,
+            "state": encode(vars(self)),
         }
-        if self.rad_components_ is not None:
-            state["rad_reduction"] = self.rad_reduction
-            state["rad_components"] = np.round(self.rad_components_, 10).tolist()
-            state["rad_component_scale"] = np.round(self.rad_component_scale_, 10).tolist()
-        if self.combat_ is not None:
-            state["combat_gamma_star"] = self.combat_.gamma_star_.round(10).to_dict()
-            state["combat_delta_star"] = self.combat_.delta_star_.round(10).to_dict()
-            state["combat_grand_mean"] = self.combat_.grand_mean_.round(10).to_dict()
-        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> FoldPreprocessor:
+        """The fitted preprocessor saved by :meth:`state` (no data needed)."""
+        from ..state import restore
+
+        if state.get("estimator") != "FoldPreprocessor" or state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"not a FoldPreprocessor state of version {STATE_VERSION}: "
+                f"{state.get('estimator')!r} version {state.get('version')!r}"
+            )
+        return restore(cls, state["state"])
 
 
 def make_batch(arrays: FoldArrays, index=None, max_tiles: int | None = None, rng=None):
