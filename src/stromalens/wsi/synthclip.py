@@ -377,7 +377,8 @@ def train_synthclip(
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
-    from .encoders import TileTransform, sha256_file
+    from ..hashing import sha256_file
+    from .transforms import TileTransform
 
     settings = settings or ClipTrainSettings()
     config = config or SYNTHCLIP_CONFIG
