@@ -210,3 +210,300 @@ def check_name(name: str, what: str) -> str:
     if not text or text in {".", ".."} or "/" in text or "\\" in text or "\0" in text:
         raise ValueError(f"{what} name {name!r} cannot be used as a folder name")
     return text
+
+
+# ---------------------------------------------------------------------------- reading a run
+class RunDirError(FileNotFoundError):
+    """A run directory that cannot be evaluated; the message names each missing piece."""
+
+
+#: Files every training run has.
+REQUIRED = (CONFIG, FOLDS, PREDICTIONS)
+PREDICTION_COLUMNS = ("patient_id", "fold", "model", "target", "y_true", "y_pred")
+
+
+def resolve_run_path(path, root: Path) -> Path | None:
+    """A path from a run's ``config.yaml``: absolute as written (training writes absolute
+    paths), a relative one relative to the run directory ``root``."""
+    if not path:
+        return None
+    p = Path(path)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dictionaries as one level of dotted keys (``{"a": {"b": 1}} → {"a.b": 1}``);
+    an already flat mapping is returned unchanged."""
+    flat: dict[str, object] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_predictions(predictions, source: str) -> None:
+    """Predictions must have the contract's columns and no NaN; names the offending rows."""
+    import numpy as np
+
+    missing = sorted(set(PREDICTION_COLUMNS) - set(predictions.columns))
+    if missing:
+        raise RunDirError(f"{source}: column(s) {missing} missing")
+    bad = predictions[~np.isfinite(predictions["y_pred"].to_numpy(float))]
+    if len(bad):
+        where = ", ".join(
+            f"{m}/{t}/{p}" for m, t, p in bad[["model", "target", "patient_id"]].head(5).to_numpy()
+        )
+        raise RunDirError(
+            f"{source}: {len(bad)} prediction(s) are NaN or infinite (model/target/patient: "
+            f"{where}{', …' if len(bad) > 5 else ''}); retrain or drop the model"
+        )
+
+
+class RunFiles:
+    """A training run's files, for the evaluation, the report and the summary.
+
+    Small files (configuration, manifests, metrics) are read at once; tables load on first use
+    and are cached. A file that is absent reads as None and its run-relative name is added to
+    ``missing``; :func:`open_run` (the evaluation's entry) refuses a run without the files it
+    needs instead. Model names are the study's (``fusion`` …), as training writes them.
+
+    Attributes: ``root``, ``layout`` (:class:`TrainLayout`), ``config`` (dict) and
+    ``config_text``, ``manifest`` and ``study_manifest`` (dicts or None), ``train_metrics``,
+    ``metrics`` (``evaluation/metrics.json``, flat), ``manifest_path`` and ``targets_path``
+    (from ``config.yaml``), ``missing`` and ``notes``.
+    """
+
+    def __init__(self, root: Path | str, config: dict | None = None, **small) -> None:
+        self.root = Path(root)
+        self.layout = TrainLayout(self.root)
+        self.config = config or {}
+        self.config_text: str | None = small.pop("config_text", None)
+        self.manifest: dict | None = small.pop("manifest", None)
+        self.study_manifest: dict | None = small.pop("study_manifest", None)
+        self.train_metrics: dict | None = small.pop("train_metrics", None)
+        self.metrics: dict = small.pop("metrics", {})
+        if small:
+            raise TypeError(f"unknown RunFiles fields: {sorted(small)}")
+        self.missing: set[str] = set()
+        self.notes: list[str] = []
+        self._cache: dict = {}
+        cohort = self.config.get("cohort") or {}
+        self.manifest_path = resolve_run_path(cohort.get("manifest"), self.root)
+        self.targets_path = resolve_run_path(self.training.get("targets"), self.root)
+
+    @classmethod
+    def read(cls, root: Path | str) -> RunFiles:
+        """Read the small files of the run at ``root`` (a directory)."""
+        import yaml
+
+        root = Path(root)
+        if not root.is_dir():
+            raise RunDirError(f"training run directory not found: {root}")
+        layout = TrainLayout(root)
+        text = layout.config.read_text(encoding="utf-8") if layout.config.is_file() else None
+        study = root.parent / MANIFEST
+        metrics = _read_json(layout.evaluation_metrics)
+        run = cls(
+            root,
+            config=yaml.safe_load(text) or {} if text else {},
+            config_text=text,
+            manifest=_read_json(layout.manifest),
+            study_manifest=_read_json(study) if study != layout.manifest else None,
+            train_metrics=_read_json(layout.metrics),
+            metrics=flatten(metrics or {}),
+        )
+        for name, value in ((CONFIG, text), (METRICS, run.train_metrics)):
+            if value is None:
+                run.missing.add(name)
+        if metrics is None:
+            run.missing.add(f"evaluation/{METRICS}")
+        return run
+
+    @property
+    def training(self) -> dict:
+        return self.config.get("training") or {}
+
+    # -- tables -------------------------------------------------------------------------------
+    def _load(self, key: str, path: Path | None, reader):
+        if key not in self._cache:
+            self._cache[key] = reader(path) if path is not None and path.exists() else None
+        if self._cache[key] is None:
+            self.missing.add(key)
+        return self._cache[key]
+
+    @property
+    def predictions(self):
+        """Out-of-fold predictions (patient_id, fold, model, target, y_true, y_pred) or None."""
+
+        def read(path):
+            import pandas as pd
+
+            frame = pd.read_parquet(path)
+            return frame.assign(patient_id=frame["patient_id"].astype(str))
+
+        return self._load(PREDICTIONS, self.layout.predictions, read)
+
+    @property
+    def folds(self):
+        """patient_id → outer fold (Series) or None."""
+
+        def read(path):
+            import pandas as pd
+
+            return pd.read_csv(path, dtype={"patient_id": str}).set_index("patient_id")["fold"]
+
+        return self._load(FOLDS, self.layout.folds, read)
+
+    @property
+    def clinical(self):
+        """The cohort manifest's frame (index patient_id as str) or None."""
+
+        def read(path):
+            from .cohort import load_manifest
+
+            frame = load_manifest(path, check_files=False).frame
+            frame.index = frame.index.astype(str)
+            return frame
+
+        return self._load(str(self.manifest_path or "cohort.manifest"), self.manifest_path, read)
+
+    @property
+    def targets(self):
+        """The targets table (index patient_id as str) or None."""
+        return self._load(str(self.targets_path or "training.targets"), self.targets_path,
+                          _read_indexed)  # fmt: skip
+
+    @property
+    def reliability(self) -> dict | None:
+        """The targets stage's ``reliability.json`` (noise ceilings) beside the targets."""
+        path = self.targets_path.parent / "reliability.json" if self.targets_path else None
+        return self._load(str(path or "reliability.json"), path, _read_json)
+
+    @property
+    def truth(self):
+        """The synthetic cohort's planted latents ``truth.parquet`` beside the manifest."""
+        path = self.manifest_path.parent / "truth.parquet" if self.manifest_path else None
+        return self._load(str(path or "truth.parquet"), path, _read_indexed)
+
+    @property
+    def lso(self):
+        """The leave-site-out predictions or None."""
+
+        def read(path):
+            import pandas as pd
+
+            return pd.read_parquet(path)
+
+        return self._load("leave_site_out/" + PREDICTIONS, self.layout.leave_site_out.predictions,
+                          read)  # fmt: skip
+
+    def evaluation(self, name: str):
+        """``TRAIN/evaluation/<name>`` (csv or parquet) or None."""
+        return self._load(f"evaluation/{name}", self.layout.evaluation_file(name), _read_table)
+
+    def overlays(self) -> dict[str, Path]:
+        """``evaluation/attention/<patient_id>.png`` by patient."""
+        folder = self.layout.overlays
+        found = {p.stem: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
+        if not found:
+            self.missing.add("evaluation/attention/*.png")
+        return found
+
+    def wide(self, model: str):
+        """Out-of-fold predictions of ``model`` (study name) as patients × targets."""
+        from .names import TARGETS
+
+        preds = self.predictions
+        part = preds[preds["model"] == model] if preds is not None else None
+        if part is None or part.empty:
+            raise RunDirError(f"{self.root}: no predictions of model {model!r}")
+        return part.pivot(index="patient_id", columns="target", values="y_pred")[list(TARGETS)]
+
+    # -- numbers ------------------------------------------------------------------------------
+    def metric(self, key: str) -> float | None:
+        """A number of ``evaluation/metrics.json`` by its key, or None."""
+        value = self.metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+    def demo_note(self) -> str | None:
+        """The note that a lighter demo configuration was used, when ``config.yaml`` or the
+        study's ``manifest.json`` says so (a truthy ``demo`` key, or a ``note``/``config`` value
+        naming the demo), else None."""
+        for source in (self.config, self.study_manifest or {}, self.manifest or {}):
+            for key, value in flatten(source).items():
+                leaf = key.rsplit(".", 1)[-1].lower()
+                text = str(value)
+                if leaf == "demo" and value not in (False, None, "", 0):
+                    if isinstance(value, str):
+                        return text
+                    return "a lighter demo configuration was used (see Configuration)"
+                if leaf in {"note", "notes", "description"} and "demo" in text.lower():
+                    return text
+                if leaf in {"config", "configuration", "settings_file"} and text.endswith(
+                    "demo.yaml"
+                ):
+                    return f"a lighter demo configuration was used ({text})"
+        return None
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _read_indexed(path: Path):
+    """A parquet table indexed by patient_id (as str; a ``patient_id`` column becomes it)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    if "patient_id" in frame.columns:
+        frame = frame.set_index("patient_id")
+    frame.index = frame.index.astype(str)
+    return frame
+
+
+def open_run(train_dir: Path | str) -> RunFiles:
+    """Read a training run for the evaluation and check that it can be evaluated: its required
+    files, the manifest and targets its configuration names, and finite predictions."""
+    root = Path(train_dir)
+    if not root.is_dir():
+        raise RunDirError(f"run directory not found: {root}")
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    if missing:
+        raise RunDirError(
+            f"{root} is not a complete training run: missing {', '.join(missing)} "
+            "(run `stromalens train` first)"
+        )
+    run = RunFiles.read(root)
+    problems = []
+    if run.manifest_path is None or not run.manifest_path.is_file():
+        problems.append(f"the cohort manifest ({run.manifest_path})")
+    if run.targets_path is None or not run.targets_path.is_file():
+        problems.append(f"the targets table ({run.targets_path})")
+    if problems:
+        raise RunDirError(f"{root}/{CONFIG} points at missing files: {'; '.join(problems)}")
+    check_predictions(run.predictions, str(run.layout.predictions))
+    if run.reliability is None:
+        run.notes.append(
+            f"no noise ceilings: {run.targets_path.parent / 'reliability.json'} missing"
+        )
+    if run.lso is not None:
+        check_predictions(run.lso, str(run.layout.leave_site_out.predictions))
+    else:
+        run.notes.append(f"no leave-site-out run: {run.layout.leave_site_out.predictions} missing")
+    return run

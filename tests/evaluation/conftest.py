@@ -5,7 +5,7 @@ images to process: the share of each slide's tiles that lie near a target's cura
 (tiles of the ERS–CAF kind sit inside the annotated fibrosis region), twelve radiomics features
 over three sequences, the targets (z + noise), overall survival (log-HR 0.8 per unit of h),
 response (logit 1.2·b) and the pathology grades. The stage outputs are written in the
-contract's layout, and ``stromalens.cli.train.run_training`` trains a few models on them
+contract's layout, and ``stromalens.training.run.train_study`` trains a few models on them
 (3 folds, tiny epochs), with leave-site-out runs.
 """
 
@@ -204,10 +204,11 @@ def build_tiny_study(root: Path, n: int = 36, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A trained run directory (3 folds, four models, leave-site-out)."""
-    from stromalens.cli.train import run_training
+    from stromalens.config import StudyConfig, load_config
+    from stromalens.training.run import train_study
 
     root = tmp_path_factory.mktemp("tiny_study")
     config = build_tiny_study(root)
     train = root / "train"
-    run_training(config, train)
+    train_study(load_config(config, StudyConfig), train)
     return train

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from stromalens.rundir import metric_key
+
 TARGETS = ("ers_caf", "lr", "heterogeneity")
 LATENT = {"ers_caf": "a", "lr": "b", "heterogeneity": "h"}
 #: registered name → (study name, signal quality of its predictions)
@@ -170,16 +172,16 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
                     "ceiling_ci_high": chi,
                 }
             )
-            metrics[f"cv.{name}.r.{t}"] = round(r, 4)
-            metrics[f"cv.{name}.rmse.{t}"] = round(float(np.sqrt((err**2).mean())), 4)
-            metrics[f"cv.{name}.calibration_slope.{t}"] = round(slope, 4)
+            metrics[metric_key("cv", name, "r", t)] = round(r, 4)
+            metrics[metric_key("cv", name, "rmse", t)] = round(float(np.sqrt((err**2).mean())), 4)
+            metrics[metric_key("cv", name, "calibration_slope", t)] = round(slope, 4)
             rs.append(r)
             fold_macro.append(fold_r)
             truth_r = _r(truth[LATENT[t]].reindex(p["patient_id"]), p["y_pred"])
             truth_rows.append(
                 {"model": name, "target": t, "latent": LATENT[t], "r": truth_r, "n": n}
             )
-            metrics[f"truth.{name}.r.{t}"] = round(truth_r, 4)
+            metrics[metric_key("truth", name, "r", t)] = round(truth_r, 4)
         per_fold = np.mean(np.array(fold_macro), axis=0)
         macro.append(
             {
@@ -189,12 +191,14 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
                 "macro_r_fold_sd": float(per_fold.std(ddof=1)),
             }
         )
-        metrics[f"cv.{name}.macro_r"] = round(float(np.mean(rs)), 4)
+        metrics[metric_key("cv", name, "macro_r")] = round(float(np.mean(rs)), 4)
     pd.DataFrame(fid).to_csv(ev / "fidelity.csv", index=False)
     pd.DataFrame(macro).to_csv(ev / "fidelity_macro.csv", index=False)
     pd.DataFrame(truth_rows).to_csv(ev / "truth.csv", index=False)
     fusion_macro = next(m for m in macro if m["model"] == "fusion")
-    metrics["cv.fusion.macro_r_fold_sd"] = round(fusion_macro["macro_r_fold_sd"], 4)
+    metrics[metric_key("cv", "fusion", "macro_r_fold_sd")] = round(
+        fusion_macro["macro_r_fold_sd"], 4
+    )
 
     levels = [0.0, 0.25, 0.5, 0.75, 1.0]
     pd.DataFrame(
@@ -237,11 +241,11 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
     for k, site in enumerate(SITES):
         before, after = 0.45 + 0.05 * k, 0.55 + 0.04 * k
         align.append({"site": site, "n": n // 3, "macro_r_before": before, "macro_r_after": after})
-        metrics[f"lso.{site}.before"] = before
-        metrics[f"lso.{site}.after"] = after
+        metrics[metric_key("lso", site, "before")] = before
+        metrics[metric_key("lso", site, "after")] = after
     pd.DataFrame(align).to_csv(ev / "site_alignment.csv", index=False)
-    metrics["site_entropy.before"] = 0.61
-    metrics["site_entropy.after"] = 0.97
+    metrics[metric_key("site_entropy", "before")] = 0.61
+    metrics[metric_key("site_entropy", "after")] = 0.97
     shift = {s: np.array([2.0 * k, -1.0 * k]) for k, s in enumerate(SITES)}
     emb = []
     for stage, scale in (("before", 1.0), ("after", 0.1)):
@@ -357,7 +361,7 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
                         "ci_high": v + 0.06,
                     }
                 )
-            metrics[f"survival.{endpoint}.c_index.{model}"] = c
+            metrics[metric_key("survival", endpoint, "c_index", model)] = c
             for time in (12, 24, 36, 60):
                 auc.append(
                     {
@@ -439,7 +443,7 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
                     "q_fdr": 0.01,
                 }
             )
-        metrics[f"external.EXT.r.{t}"] = r
+        metrics[metric_key("external", "EXT", "r", t)] = r
     pd.DataFrame(ext).to_csv(ev / "external.csv", index=False)
     (ev / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return train

@@ -19,12 +19,13 @@ def test_the_report_of_a_real_evaluated_run(tmp_path):
         from tests.evaluation.conftest import build_tiny_study
     except ImportError:
         pytest.skip("tests/evaluation/conftest.py has no build_tiny_study")
-    from stromalens.cli.train import run_training
+    from stromalens.config import StudyConfig, load_config
     from stromalens.report import write_report
+    from stromalens.training.run import train_study
 
     config = build_tiny_study(tmp_path / "study")
     train = tmp_path / "study" / "train"
-    run_training(config, train)
+    train_study(load_config(config, StudyConfig), train)
     evaluation.evaluate_run(train)
     out = write_report(train)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stromalens.report.inputs import RunFiles
+from stromalens.rundir import RunFiles
 
 SECTIONS = (
     "headline",

@@ -24,14 +24,15 @@ def evaluate(
 ) -> None:
     """Every analysis of the study on a training run: metrics.json plus one table each."""
     from ..evaluation import evaluate_run
-    from ..evaluation.naming import PROPOSED
+    from ..names import PROPOSED
+    from ..rundir import metric_parts
 
     metrics = evaluate_run(
         run_dir, out, external=external or None, skip=tuple(skip or ()), n_boot=n_boot
     )
     target = out or run_dir / "evaluation"
     console.print(f"[bold]evaluation[/] of {run_dir} — {metrics['meta.seconds']:.0f} s")
-    macro = {k.split(".")[1]: v for k, v in metrics.items() if k.endswith(".macro_r")}
+    macro = {p[1]: v for p, v in metric_parts(metrics, "cv", length=3) if p[2] == "macro_r"}
     for name, value in sorted(macro.items(), key=lambda kv: -(kv[1] or -9))[:8]:
         mark = " (proposed)" if name == PROPOSED else ""
         console.print(f"  macro-r {name:18s} {value:+.3f}{mark}")
@@ -41,7 +42,9 @@ def evaluate(
 
 
 def predict(
-    model: Path = typer.Option(..., "--model", help="Training run directory."),
+    model: Path = typer.Option(
+        ..., "--model", help="Model bundle: TRAIN/model/ (or the training run folder)."
+    ),
     manifest: Path = typer.Option(..., "--manifest", help="The new cohort's manifest."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     features: Path = typer.Option(
@@ -52,7 +55,8 @@ def predict(
     ),
     name: str = typer.Option(None, "--name", help="Cohort name [the manifest's folder]."),
 ) -> None:
-    """Apply a frozen trained model to a new cohort (zero-shot; WSI-only where MRI is absent)."""
+    """Apply a frozen model bundle to a new cohort (zero-shot; WSI-only where MRI is absent).
+    The bundle holds everything needed: the training cohort's files are not read."""
     from ..evaluation.external import predict_cohort
 
     preds = predict_cohort(model, manifest, out, features_dir=features, targets=targets, name=name)

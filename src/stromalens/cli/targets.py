@@ -43,57 +43,33 @@ def targets(
     ),
 ) -> None:
     """Compute ERS–CAF, LR-crosstalk and heterogeneity targets with their noise ceilings."""
-    import pandas as pd
+    from ..config import TargetsConfig, validate_settings
+    from ..targets.run import run_targets
 
-    from ..cohort import load_manifest
-    from ..hashing import sha256_file
-    from ..targets.io import read_expression
-    from ..targets.pipeline import compute_targets, write_targets
-
-    expr = read_expression(expression, orientation=orientation, duplicates=duplicates)
-    cohort = load_manifest(manifest, expression_samples=list(expr.index))
-    samples = cohort.frame["rna_sample"].dropna()
-    if samples.empty:
-        raise ValueError(f"{manifest}: no patient has an rna_sample")
-    scaling = None
-    if mrna_scaling is not None:
-        scaling = pd.read_csv(mrna_scaling, sep="\t", index_col=0).iloc[:, 0]
-    result = compute_targets(
-        expr.loc[samples.to_numpy()],
-        gene_sets=gene_sets,
-        signature=signature,
-        mrna_scaling=scaling,
-        lr_weights=lr_weights,
-        min_coverage=min_coverage,
-    )
-    patient_of_sample = dict(zip(samples.to_numpy(), samples.index, strict=True))
-    without_rna = sorted(cohort.frame.index[cohort.frame["rna_sample"].isna()])
-    write_targets(
-        result,
-        out,
-        patient_of_sample=patient_of_sample,
-        extra_metadata={
-            "inputs": {
-                "manifest": str(manifest),
-                "expression": str(expression),
-                "expression_sha256": sha256_file(expression),
-                "gene_sets": str(gene_sets) if gene_sets else "stromalens ERS_CAF (shipped)",
-                "gene_sets_sha256": sha256_file(gene_sets) if gene_sets else None,
-                "signature": str(signature) if signature else "TIL10 (shipped)",
-            },
-            "patients": len(samples),
-            "patients_without_rna": without_rna,
+    settings = validate_settings(
+        TargetsConfig,
+        {
+            "orientation": orientation,
+            "gene_sets": gene_sets,
+            "signature": signature,
+            "mrna_scaling": mrna_scaling,
+            "duplicates": duplicates,
+            "lr_weights": lr_weights,
+            "min_coverage": min_coverage,
         },
+        source="stromalens targets",
     )
-    console.print(f"targets of {len(samples)} patients written to {out}", soft_wrap=True)
-    for target, rel in result.reliability.items():
+    summary = run_targets(manifest, expression, settings, out)
+    console.print(f"targets of {summary['patients']} patients written to {out}", soft_wrap=True)
+    for target, rel in summary["concordance"].items():
         console.print(
             f"  {target}: pipeline concordance r = {rel['r']:.2f} "
             f"[{rel['ci_low']:.2f}, {rel['ci_high']:.2f}], noise ceiling "
-            f"{rel['ceiling']:.2f}",
+            f"{summary['ceiling'][target]:.2f}",
             soft_wrap=True,
         )
-    if without_rna:
+    if summary["skipped"]:
         console.print(
-            f"  {len(without_rna)} patient(s) without RNA-seq have no targets", soft_wrap=True
+            f"  {len(summary['skipped'])} patient(s) without RNA-seq have no targets",
+            soft_wrap=True,
         )

@@ -4,7 +4,6 @@ survival and treatment models, zero-shot external application (``stromalens eval
 The run-directory contract (what is read and written) is in ``docs/run_directory.md``.
 """
 
-from .naming import PROPOSED, STUDY_NAMES, registered_name, study_name
 
 
 def evaluate_run(*args, **kwargs):
@@ -21,11 +20,4 @@ def predict_cohort(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-__all__ = [
-    "PROPOSED",
-    "STUDY_NAMES",
-    "evaluate_run",
-    "predict_cohort",
-    "registered_name",
-    "study_name",
-]
+__all__ = ["evaluate_run", "predict_cohort"]

@@ -152,7 +152,7 @@ def select_overlays(
         For a ``model`` or ``target`` not in the tiles, or an invalid tile table
         (:func:`~.attention.check_tiles`).
     """
-    from .naming import PROPOSED
+    from ..names import PROPOSED
 
     tiles = check_tiles(tiles)
     model = _pick(sorted(tiles["model"].unique()), PROPOSED, "model", model)

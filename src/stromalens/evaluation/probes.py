@@ -1,10 +1,9 @@
 """Probes of the trained fold models: what the evaluation needs beyond the out-of-fold
 predictions, computed by reloading each outer fold's checkpoints.
 
-Each fold's :class:`~stromalens.training.data.FoldPreprocessor` is re-fitted on that fold's
-training patients (``folds.csv``) exactly as training did (it is deterministic), and its state is
-checked against the saved ``preprocessor.json`` — a mismatch means the stages' outputs changed
-since training, and the probes refuse to run. Then, on the fold's held-out patients only:
+Each fold's models and its fitted :class:`~stromalens.training.data.FoldPreprocessor` come from
+the run's model bundle (``TRAIN/model/``, :mod:`stromalens.training.bundle`), exactly as
+training left them; nothing is re-fitted. Then, on the fold's held-out patients only:
 
 * **missing modalities** — predictions with a random share of each slide's tiles removed
   (0, 20, …, 100 %; at 100 % the slide is absent) and with MRI sequences removed (0, 1, 2 or
@@ -27,52 +26,32 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..logs import event, get_logger
-from ..training.curriculum import TrainSettings
-from ..training.data import TARGETS, FoldPreprocessor, StudyData
-from .naming import study_name
-from .rundir import RunDirError, RunFiles
+from ..names import PROPOSED, TARGETS
+from ..rundir import RunDirError, RunFiles, resolve_run_path
+from ..training.data import StudyData
 
 log = get_logger("evaluation.probes")
 
-#: output name → checkpoint file stem (``checkpoints/fold<k>/<stem>.safetensors``)
-CHECKPOINTS = {
-    "gated_fusion_coral": "gated_fusion.stage3_coral",
-    "gated_fusion": "gated_fusion.stage3",
-    "student": "student",
-}
-
-#: the models whose robustness to missing modalities is measured (registered names)
-MISSING_MODELS = ("gated_fusion_coral", "gated_fusion", "clip_mil", "mri_only", "student")
+#: the models whose robustness to missing modalities is measured (study names)
+MISSING_MODELS = (PROPOSED, "fusion_no_coral", "wsi_clip", "mri", "mri_student")
 TILE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SEQUENCES = ("t1", "t2", "ce")
 #: prompt-bank group → perturbation label
 PROMPT_GROUPS = {"synonym": "SYN", "antonym": "ANTI", "ood": "OOD"}
 
 
-def checkpoint_stem(name: str) -> str:
-    if name in CHECKPOINTS:
-        return CHECKPOINTS[name]
-    if name.startswith("clip_mil"):
-        return f"{name}.stage2"
-    return name
-
-
 # ---------------------------------------------------------------------------- loading
 def prompt_source(run: RunFiles) -> tuple:
     """(prompt-bank directory, encoder, weights, text-embedding cache) the run trained with."""
-    from .rundir import resolve_path
-
     cfg = run.training
     return (
-        resolve_path(cfg.get("prompts", "configs/prompts"), run.root),
+        resolve_run_path(cfg.get("prompts", "configs/prompts"), run.root),
         cfg.get("encoder", "synthclip"),
         cfg.get("encoder_weights"),
         cfg.get("prompt_cache") or run.root / "prompts",
@@ -82,70 +61,56 @@ def prompt_source(run: RunFiles) -> tuple:
 def load_data(run: RunFiles) -> StudyData:
     """The study data the run was trained on, from the paths in its ``config.yaml``."""
     from ..training.data import load_study_data, prompt_embeddings
-    from .rundir import resolve_path
 
     cfg = run.training
     prompts = prompt_embeddings(*prompt_source(run))
     seed = (cfg.get("settings") or {}).get("seed", 0)
     return load_study_data(
         run.manifest_path,
-        resolve_path(cfg["targets"], run.root),
-        resolve_path(cfg.get("features"), run.root),
-        resolve_path(cfg.get("radiomics"), run.root),
+        run.targets_path,
+        resolve_run_path(cfg.get("features"), run.root),
+        resolve_run_path(cfg.get("radiomics"), run.root),
         prompts=prompts,
         max_tiles=cfg.get("max_tiles"),
         seed=seed,
     )
 
 
-def _canonical(state: dict) -> str:
-    return json.dumps(json.loads(json.dumps(state, default=str)), sort_keys=True)
-
-
 @dataclasses.dataclass
 class Fold:
-    """One outer fold, re-fitted: its preprocessor, held-out arrays and a model loader."""
+    """One outer fold of the run: its patients and the bundle's fitted preprocessor and models
+    (:class:`~stromalens.training.bundle.BundleFold`)."""
 
     fold: int
     train_ids: list[str]
     test_ids: list[str]
-    prep: FoldPreprocessor
-    directory: Path
+    bundled: object  # BundleFold
+
+    @property
+    def prep(self):
+        return self.bundled.prep
 
     def has(self, name: str) -> bool:
-        return (self.directory / f"{checkpoint_stem(name)}.safetensors").is_file()
+        return self.bundled.has(name)
 
     def load(self, name: str):
-        from ..training.curriculum import load_checkpoint
-
-        model, _, _ = load_checkpoint(self.directory / checkpoint_stem(name))
-        return model
+        return self.bundled.load(name)
 
 
-def refit_folds(run: RunFiles, data: StudyData) -> list[Fold]:
-    """Re-fit each outer fold's preprocessor and check it against the saved one."""
-    cfg = run.training
+def bundle_folds(run: RunFiles, data: StudyData) -> list[Fold]:
+    """The run's outer folds with the bundle's fitted preprocessors and models."""
+    from ..training.bundle import load_bundle
+
+    if not (run.layout.bundle / "bundle.json").is_file():
+        raise RunDirError(f"{run.layout.bundle} missing: the run was trained without a bundle")
+    bundle = load_bundle(run.layout.bundle)
+    known = set(data.patients)
     folds = []
-    for k in sorted(run.folds.unique()):
-        directory = run.root / "checkpoints" / f"fold{k}"
-        if not directory.is_dir():
-            raise RunDirError(f"{directory} missing: the run was trained without checkpoints")
-        train_ids = [p for p in run.folds.index[run.folds != k] if p in set(data.patients)]
-        test_ids = [p for p in run.folds.index[run.folds == k] if p in set(data.patients)]
-        prep = FoldPreprocessor.for_settings(
-            cfg.get("harmonise", True),
-            cfg.get("icc_threshold", 0.75),
-            TrainSettings().with_(**(cfg.get("settings") or {})),
-        )
-        prep.fit(data, train_ids)
-        saved = directory / "preprocessor.json"
-        if saved.is_file():
-            if _canonical(prep.state()) != _canonical(json.loads(saved.read_text("utf-8"))):
-                raise RunDirError(
-                    f"fold {k}: the preprocessing re-fitted from the run's inputs differs from "
-                    f"{saved}; the targets, features or radiomics changed since training"
-                )
-        folds.append(Fold(int(k), train_ids, test_ids, prep, directory))
+    for bundled in bundle.folds:
+        k = bundled.fold
+        train_ids = [p for p in run.folds.index[run.folds != k] if p in known]
+        test_ids = [p for p in run.folds.index[run.folds == k] if p in known]
+        folds.append(Fold(k, train_ids, test_ids, bundled))
     return folds
 
 
@@ -160,7 +125,7 @@ def _predict_rows(model, arrays, fold: Fold, name: str, **extra) -> list[dict]:
             rows.append(
                 {
                     "fold": fold.fold,
-                    "model": study_name(name),
+                    "model": name,
                     "target": target,
                     "patient_id": pid,
                     "y_true": truth[i, j],
@@ -227,7 +192,7 @@ def gates_and_attention(
 
     arrays = fold.prep.transform(data, fold.test_ids)
     gates, attention = [], []
-    for name in ("gated_fusion_coral", "clip_mil", "clip_mil_none"):
+    for name in (PROPOSED, "wsi_clip", "clip_mil_none"):
         if not fold.has(name):
             continue
         model = fold.load(name)
@@ -236,7 +201,7 @@ def gates_and_attention(
             batch = make_batch(arrays, index)
             with torch.no_grad():
                 out = model(batch)
-            if name == "gated_fusion_coral" and out.gate is not None:
+            if name == PROPOSED and out.gate is not None:
                 g = out.gate.numpy()
                 half = g.shape[1] // 2
                 for row, i in enumerate(index):
@@ -266,7 +231,7 @@ def gates_and_attention(
                         pd.DataFrame(
                             {
                                 "patient_id": pid,
-                                "model": study_name(name),
+                                "model": name,
                                 "target": TARGETS[j] if att.shape[1] == len(TARGETS) else "all",
                                 "x": coords[:n, 0],
                                 "y": coords[:n, 1],
@@ -286,7 +251,7 @@ def fused_embeddings(data: StudyData, fold: Fold) -> pd.DataFrame:
 
     arrays = fold.prep.transform(data, data.patients)
     frames = []
-    for name, stage in (("gated_fusion", "before"), ("gated_fusion_coral", "after")):
+    for name, stage in (("fusion_no_coral", "before"), (PROPOSED, "after")):
         if not fold.has(name):
             continue
         model = fold.load(name)
@@ -333,18 +298,18 @@ def prompt_perturbation(data: StudyData, fold: Fold, groups: dict[str, np.ndarra
     import torch
     import torch.nn.functional as F
 
-    if not fold.has("clip_mil"):
+    if not fold.has("wsi_clip"):
         return []
     arrays = fold.prep.transform(data, fold.test_ids)
     rows = []
     for label, emb in groups.items():
-        model = fold.load("clip_mil")
+        model = fold.load("wsi_clip")
         text = model.pool.prompts.text  # (J, M, D)
         m = text.shape[1]
         swapped = np.stack([np.resize(e, (m, e.shape[1])) for e in emb])
         with torch.no_grad():
             text.copy_(F.normalize(torch.from_numpy(swapped), dim=-1))
-        rows += _predict_rows(model, arrays, fold, "clip_mil", prompt_set=label)
+        rows += _predict_rows(model, arrays, fold, "wsi_clip", prompt_set=label)
     return rows
 
 
@@ -353,10 +318,9 @@ def tile_positions(run: RunFiles, data: StudyData) -> dict[str, tuple[np.ndarray
     the tile's level-0 side; the same random subset as :func:`~stromalens.training.read_bags`."""
     from ..training.data import bag_subset
     from ..wsi.store import feature_path, read_slide
-    from .rundir import resolve_path
 
     cfg = run.training
-    features = resolve_path(cfg.get("features"), run.root)
+    features = resolve_run_path(cfg.get("features"), run.root)
     seed = (cfg.get("settings") or {}).get("seed", 0)
     out = {}
     for pid in data.bags:
@@ -420,13 +384,13 @@ def inference_cost(data: StudyData, fold: Fold, repeats: int = 3) -> dict:
 
     from ..training.curriculum import predict
 
-    if not (fold.has("gated_fusion_coral") and fold.has("student")):
+    if not (fold.has(PROPOSED) and fold.has("mri_student")):
         return {}
     arrays = fold.prep.transform(data, fold.test_ids)
     mri_only = dataclasses.replace(arrays, bags=[None] * len(arrays))
     out = {}
     for name, inputs in (("teacher", arrays), ("student", mri_only)):
-        registered = "gated_fusion_coral" if name == "teacher" else "student"
+        registered = PROPOSED if name == "teacher" else "mri_student"
         model = fold.load(registered)
         predict(model, inputs)  # warm-up
         best = np.inf
@@ -437,7 +401,7 @@ def inference_cost(data: StudyData, fold: Fold, repeats: int = 3) -> dict:
         out[f"{name}_seconds_per_patient"] = best / len(arrays)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        stem = str(fold.directory / checkpoint_stem(registered))
+        stem = str(fold.bundled.checkpoint(registered))
         proc = ctx.Process(target=_peak_memory_child, args=(child, stem, inputs, MEMORY_BATCH))
         proc.start()
         input_bytes, peak = parent.recv()
@@ -458,7 +422,7 @@ def run_probes(
     """Every probe over every outer fold. Returns DataFrames ``missing``, ``gates``,
     ``attention``, ``embeddings``, ``prompts`` and the dict ``cost`` (fold 0)."""
     data = data if data is not None else load_data(run)
-    folds = refit_folds(run, data)
+    folds = bundle_folds(run, data)
     groups = perturbed_prompts(*prompt_source(run))
     positions = tile_positions(run, data) if data.bags else {}
     missing, gates, attention, embeddings, prompts = [], [], [], [], []

@@ -28,9 +28,9 @@ def write_report(train_dir: Path | str, out: Path | str | None = None) -> Path:
     >>> write_report("runs/demo/train")  # doctest: +SKIP
     PosixPath('runs/demo/train/report/index.html')
     """
+    from ..rundir import RunFiles
     from .html import write
-    from .inputs import load_run
 
     train_dir = Path(train_dir)
-    run = load_run(train_dir)
+    run = RunFiles.read(train_dir)
     return write(run, Path(out) if out is not None else train_dir / "report" / "index.html")

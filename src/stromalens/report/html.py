@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from ..names import PROMPT_SETS, PROPOSED, TARGETS, target_label
+from ..rundir import RunFiles, flatten, metric_key, metric_parts
 from . import figures
-from .inputs import RunFiles, flatten
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,12 @@ def _figure(title: str, caption: str, draw: Callable[[], object], alt: str = "")
 def _load(run: RunFiles, name: str) -> tuple[pd.DataFrame | None, str]:
     """A table by the name the sections use, and its label for 'not run' notes."""
     if name == "targets":
-        return run.targets(), str(run.targets_path or "training.targets (config.yaml)")
+        return run.targets, str(run.targets_path or "training.targets (config.yaml)")
     if name == "truth":
         where = run.manifest_path.parent / "truth.parquet" if run.manifest_path else None
-        return run.truth(), str(where or "truth.parquet")
+        return run.truth, str(where or "truth.parquet")
     if name == "predictions.parquet":
-        return run.predictions(), "predictions.parquet"
+        return run.predictions, "predictions.parquet"
     return run.evaluation(name), f"evaluation/{name}"
 
 
@@ -191,9 +191,9 @@ def headline(run: RunFiles) -> list[Card]:
     noise ceiling, the survival C-index gain and the external r."""
     cards: list[Card] = []
     p = PROPOSED
-    key = f"cv.{p}.macro_r"
-    sd = run.metric(f"cv.{p}.macro_r_fold_sd")
-    sd_key = f"cv.{p}.macro_r_fold_sd" if sd is not None else None
+    key = metric_key("cv", p, "macro_r")
+    sd = run.metric(metric_key("cv", p, "macro_r_fold_sd"))
+    sd_key = metric_key("cv", p, "macro_r_fold_sd") if sd is not None else None
     if sd is None:
         macro = run.evaluation("fidelity_macro.csv")
         if macro is not None and p in set(macro["model"]):
@@ -204,9 +204,9 @@ def headline(run: RunFiles) -> list[Card]:
     )
     fidelity = run.evaluation("fidelity.csv")
     for target in TARGETS:
-        key = f"cv.{p}.r.{target}"
-        ceiling = run.metric(f"ceiling.{target}")
-        ckey = f"ceiling.{target}" if ceiling is not None else None
+        key = metric_key("cv", p, "r", target)
+        ceiling = run.metric(metric_key("ceiling", target))
+        ckey = metric_key("ceiling", target) if ceiling is not None else None
         if ceiling is None and fidelity is not None:
             rows = fidelity[(fidelity["target"] == target) & fidelity["ceiling"].notna()]
             if len(rows):
@@ -220,8 +220,8 @@ def headline(run: RunFiles) -> list[Card]:
             )
         )
     for endpoint in ("os", "pfs"):
-        k0 = f"survival.{endpoint}.c_index.clinical"
-        k1 = f"survival.{endpoint}.c_index.clinical_ai"
+        k0 = metric_key("survival", endpoint, "c_index", "clinical")
+        k1 = metric_key("survival", endpoint, "c_index", "clinical_ai")
         c0, c1 = run.metric(k0), run.metric(k1)
         if c0 is None and c1 is None:
             continue
@@ -234,9 +234,9 @@ def headline(run: RunFiles) -> list[Card]:
             )
         )
     external: dict[str, list[Metric]] = {}
-    for key in run.metrics:
-        parts = key.split(".")
-        if len(parts) == 4 and parts[0] == "external" and parts[2] == "r":
+    for parts, _ in metric_parts(run.metrics, "external", length=4):
+        if parts[2] == "r":
+            key = metric_key(*parts)
             external.setdefault(parts[1], []).append(Metric(parts[3], run.metric(key), 2, key))
     for cohort, items in external.items():
         items.sort(key=lambda m: TARGETS.index(m.label) if m.label in TARGETS else 99)
@@ -254,7 +254,7 @@ def headline(run: RunFiles) -> list[Card]:
 
 
 def overview(run: RunFiles) -> str:
-    cohort = run.cohort()
+    cohort = run.clinical
     parts = []
     if cohort is not None:
         sites = cohort["site"].nunique() if "site" in cohort else 0
@@ -558,15 +558,18 @@ def section_sites(run: RunFiles) -> Section:
     blocks: list[Block] = []
     items = [
         Metric(
-            f"site entropy {stage}", run.metric(f"site_entropy.{stage}"), 3, f"site_entropy.{stage}"
+            f"site entropy {stage}",
+            run.metric(metric_key("site_entropy", stage)),
+            3,
+            metric_key("site_entropy", stage),
         )
         for stage in ("before", "after")
-        if run.metric(f"site_entropy.{stage}") is not None
+        if run.metric(metric_key("site_entropy", stage)) is not None
     ]
-    lso = sorted({k.split(".")[1] for k in run.metrics if k.startswith("lso.")})
+    lso = sorted({parts[1] for parts, _ in metric_parts(run.metrics, "lso", length=3)})
     for site in lso:
         for stage in ("before", "after"):
-            key = f"lso.{site}.{stage}"
+            key = metric_key("lso", site, stage)
             if run.metric(key) is not None:
                 items.append(
                     Metric(f"leave-site-out macro-r, site {site}, {stage}", run.metric(key), 2, key)
@@ -724,8 +727,8 @@ def render(run: RunFiles) -> str:
 
     sections = [build(run) for build in SECTIONS]
     return env.get_template("report.html.j2").render(
-        title=f"stromalens report — {run.train_dir.resolve().name}",
-        train_dir=str(run.train_dir),
+        title=f"stromalens report — {run.root.resolve().name}",
+        train_dir=str(run.root),
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__,
         overview=overview(run),

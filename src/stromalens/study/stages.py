@@ -25,15 +25,11 @@ evaluate     ``evaluation``                               train and external dig
 report       ``name``, ``notes``                          evaluate digest
 ============ ============================================ ==========================================
 
-The evaluation, prediction and report functions are imported lazily; a stage whose function is
-not installed records ``not available`` (and its digest says so, so that it reruns once the
-function exists).
+Every path is built by :class:`~stromalens.rundir.StudyLayout`.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 from pathlib import Path
 
@@ -41,11 +37,11 @@ import pandas as pd
 
 from ..config import (
     ConfigError,
-    ExternalCohortConfig,
     StudyConfig,
     TargetsConfig,
 )
 from ..logs import event, get_logger
+from ..rundir import StudyLayout
 from .runner import Input, Stage
 
 log = get_logger("study.stages")
@@ -57,27 +53,6 @@ REPORT = "report"
 # ---------------------------------------------------------------------------- helpers
 def _dump(model) -> dict:
     return json.loads(model.model_dump_json()) if model is not None else {}
-
-
-def _optional(module: str, name: str):
-    """``module.name`` if it is importable, else None (stages not written yet)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    return getattr(mod, name, None)
-
-
-def _available(module: str, name: str) -> str:
-    return f"{module}.{name}" if _optional(module, name) is not None else "not available"
-
-
-def _call(fn, *args, **kwargs):
-    """Call ``fn`` with the keyword arguments it accepts (the others are dropped)."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
 
 
 def _frame(manifest: Path, check_files: bool = False) -> pd.DataFrame:
@@ -163,59 +138,12 @@ def validate_study(config: StudyConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- targets
-def _compute_targets(manifest: Path, expression: Path, settings: TargetsConfig, out: Path) -> dict:
-    """Targets of one cohort (as ``stromalens targets``); returns its summary."""
-    from ..cohort import load_manifest
-    from ..hashing import sha256_file
-    from ..targets.io import read_expression
-    from ..targets.pipeline import compute_targets, write_targets
+def run_targets_stage(config: StudyConfig, study: Path) -> dict:
+    from ..targets.run import run_targets
 
-    expr = read_expression(
-        expression, orientation=settings.orientation, duplicates=settings.duplicates
-    )
-    cohort = load_manifest(manifest, expression_samples=list(expr.index), check_files=False)
-    samples = cohort.frame["rna_sample"].dropna()
-    if samples.empty:
-        raise ValueError(f"{manifest}: no patient has an rna_sample")
-    scaling = None
-    if settings.mrna_scaling is not None:
-        scaling = pd.read_csv(settings.mrna_scaling, sep="\t", index_col=0).iloc[:, 0]
-    result = compute_targets(
-        expr.loc[samples.to_numpy()],
-        gene_sets=settings.gene_sets,
-        signature=settings.signature,
-        mrna_scaling=scaling,
-        lr_weights=settings.lr_weights,
-        min_coverage=settings.min_coverage,
-    )
-    without_rna = sorted(str(p) for p in cohort.frame.index[cohort.frame["rna_sample"].isna()])
-    write_targets(
-        result,
-        out,
-        patient_of_sample=dict(zip(samples.to_numpy(), samples.index, strict=True)),
-        extra_metadata={
-            "inputs": {
-                "manifest": str(manifest),
-                "expression": str(expression),
-                "expression_sha256": sha256_file(expression),
-                "gene_sets": str(settings.gene_sets or "stromalens ERS_CAF (shipped)"),
-                "signature": str(settings.signature or "TIL10 (shipped)"),
-            },
-            "patients": len(samples),
-            "patients_without_rna": without_rna,
-        },
-    )
-    return {
-        "patients": int(len(samples)),
-        "ceiling": {t: round(r["ceiling"], 3) for t, r in result.reliability.items()},
-        "skipped": [{"item": p, "reason": "no rna_sample (no RNA-seq)"} for p in without_rna],
-    }
-
-
-def run_targets(config: StudyConfig, study: Path) -> dict:
-    return _compute_targets(
-        config.cohort.manifest, config.cohort.expression, config.targets, study / "targets"
-    )
+    layout = StudyLayout(study)
+    return run_targets(config.cohort.manifest, config.cohort.expression, config.targets,
+                       layout.targets)  # fmt: skip
 
 
 def _targets_inputs(manifest, expression, targets: TargetsConfig) -> list[Input]:
@@ -298,7 +226,7 @@ def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
 
 
 def run_wsi(config: StudyConfig, study: Path) -> dict:
-    return _embed(config.cohort.manifest, study / "features" / config.cohort.name, config)
+    return _embed(config.cohort.manifest, StudyLayout(study).features(config.cohort.name), config)
 
 
 def _slides(manifest: Path) -> tuple[Path, ...]:
@@ -314,13 +242,13 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
     block = config.radiomics
     summary = run_radiomics(
         config.cohort.manifest,
-        study / "radiomics",
+        StudyLayout(study).radiomics,
         radiomics_settings(config),
         workers=block.workers,
         executor=block.executor,
         progress=False,
     )
-    status = pd.read_csv(study / "radiomics" / "patients.csv", index_col=0, dtype=str)
+    status = pd.read_csv(StudyLayout(study).radiomics / "patients.csv", index_col=0, dtype=str)
     skipped = []
     for pid, row in status.fillna("").iterrows():
         if row.get("status") == "failed":
@@ -356,15 +284,21 @@ def _radiomics_inputs(config: StudyConfig) -> list[Input]:
 
 
 # ---------------------------------------------------------------------------- train
-def resolved_training_config(config: StudyConfig, study: Path) -> StudyConfig:
-    """The study configuration with the training block pointing at this study's outputs
-    (absolute paths), as ``stromalens train`` reads it."""
-    study = study.resolve()
+def training_config(config: StudyConfig, study: Path) -> StudyConfig:
+    """The study configuration with the training block pointing at the outputs of the study
+    folder ``study`` (absolute paths), as the train stage and ``stromalens train --study`` read
+    it."""
+    layout = StudyLayout(Path(study).resolve())
+    if not layout.targets_table.is_file():
+        raise FileNotFoundError(
+            f"{layout.targets_table} not found: the study folder must be the output of "
+            "`stromalens run` or `stromalens demo`"
+        )
     training = config.training.model_copy(
         update={
-            "targets": study / "targets" / "targets.parquet",
-            "features": study / "features" / config.cohort.name,
-            "radiomics": study / "radiomics",
+            "targets": layout.targets_table,
+            "features": layout.features(config.cohort.name),
+            "radiomics": layout.radiomics,
             "encoder": config.wsi.encoder,
             "encoder_weights": config.wsi.weights,
             "prompts": config.training.prompts.resolve(),
@@ -403,16 +337,16 @@ def _absolute(config: StudyConfig) -> StudyConfig:
 def run_train(config: StudyConfig, study: Path) -> dict:
     import yaml
 
-    from ..cli.train import run_training
+    from ..training.run import train_study
 
-    resolved = resolved_training_config(config, study)
-    path = study / "train.yaml"
-    path.write_text(
+    layout = StudyLayout(study)
+    resolved = training_config(config, study)
+    layout.train_config.write_text(
         yaml.safe_dump(json.loads(resolved.model_dump_json()), sort_keys=False), encoding="utf-8"
     )
-    metrics = run_training(path, study / TRAIN)
-    run = json.loads((study / TRAIN / "manifest.json").read_text(encoding="utf-8"))
-    targets = pd.read_parquet(study / "targets" / "targets.parquet")
+    metrics = train_study(resolved, layout.train.root)
+    run = json.loads(layout.train.manifest.read_text(encoding="utf-8"))
+    targets = pd.read_parquet(layout.targets_table)
     cohort = _frame(config.cohort.manifest)
     have = set(targets.index.astype(str))
     skipped = [
@@ -433,21 +367,20 @@ def run_train(config: StudyConfig, study: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- external
-def external_dir(study: Path, cohort: ExternalCohortConfig) -> Path:
-    return study / "external" / cohort.name
-
-
 def run_external(config: StudyConfig, study: Path) -> dict:
     """For each external cohort: its targets (if it has RNA-seq), its WSI features, then the
     frozen models' predictions into ``TRAIN/external/<name>``."""
-    predict = _optional("stromalens.evaluation", "predict_cohort")
+    from ..evaluation.external import predict_cohort
+    from ..targets.run import run_targets
+
+    layout = StudyLayout(study)
     out: dict = {"cohorts": {}, "skipped": []}
     for cohort in config.external:
-        root = external_dir(study, cohort)
+        root = layout.external(cohort.name)
         report: dict = {}
         targets_path = None
         if cohort.expression is not None:
-            report["targets"] = _compute_targets(
+            report["targets"] = run_targets(
                 cohort.manifest,
                 cohort.expression,
                 cohort.targets or config.targets,
@@ -458,18 +391,15 @@ def run_external(config: StudyConfig, study: Path) -> dict:
         report["wsi"] = _embed(cohort.manifest, features, config)
         for item in report["wsi"]["skipped"]:
             out["skipped"].append({**item, "item": f"{cohort.name}/{item['item']}"})
-        if predict is None:
-            report["predict"] = "not available (stromalens.evaluation.predict_cohort)"
-        else:
-            result = predict(
-                study / TRAIN,
-                cohort.manifest,
-                study / TRAIN / "external" / cohort.name,
-                features_dir=features,
-                targets=targets_path,
-                name=cohort.name,
-            )
-            report["predict"] = _jsonable(result)
+        result = predict_cohort(
+            layout.train.bundle,
+            cohort.manifest,
+            layout.train.external(cohort.name),
+            features_dir=features,
+            targets=targets_path,
+            name=cohort.name,
+        )
+        report["predict"] = _jsonable(result)
         out["cohorts"][cohort.name] = report
     return out
 
@@ -500,12 +430,10 @@ def _external_inputs(config: StudyConfig) -> list[Input]:
 
 # ---------------------------------------------------------------------------- evaluate, report
 def run_evaluate(config: StudyConfig, study: Path) -> dict:
-    evaluate = _optional("stromalens.evaluation", "evaluate_run")
-    if evaluate is None:
-        return {"status": "not available (stromalens.evaluation.evaluate_run)"}
-    options = json.loads(config.evaluation.model_dump_json())
-    metrics = _call(evaluate, study / TRAIN, **options)
-    metrics = metrics or {}
+    from ..evaluation import evaluate_run
+
+    options = config.evaluation.model_dump()
+    metrics = evaluate_run(StudyLayout(study).train.root, **options)
     return {
         "metrics": len(metrics),
         "seconds": metrics.get("meta.seconds"),
@@ -514,126 +442,135 @@ def run_evaluate(config: StudyConfig, study: Path) -> dict:
 
 
 def run_report(config: StudyConfig, study: Path) -> dict:
-    write_report = _optional("stromalens.report", "write_report")
-    if write_report is None:
-        return {"status": "not available (stromalens.report.write_report)"}
-    path = write_report(study / TRAIN, study / REPORT / "index.html")
-    return {"report": str(path)}
+    from ..report import write_report
 
-
-def _evaluate_outputs(config: StudyConfig) -> list[str]:
-    if _optional("stromalens.evaluation", "evaluate_run") is None:
-        return []
-    return [f"{TRAIN}/evaluation/metrics.json"]
-
-
-def _report_outputs(config: StudyConfig) -> list[str]:
-    if _optional("stromalens.report", "write_report") is None:
-        return []
-    return [f"{REPORT}/index.html"]
+    layout = StudyLayout(study)
+    return {"report": str(write_report(layout.train.root, layout.report))}
 
 
 # ---------------------------------------------------------------------------- the graph
+def _relative(study_path: Path) -> str:
+    """A stage output as the runner records it: relative to the study folder."""
+    return str(study_path.relative_to(_ROOT.root))
+
+
+_ROOT = StudyLayout(Path("."))  # the layout with relative paths, for the stages' outputs
+
+
+def _targets_stage() -> Stage:
+    return Stage(
+        "targets",
+        run_targets_stage,
+        settings=lambda c: {"targets": _dump(c.targets)},
+        inputs=lambda c: _targets_inputs(c.cohort.manifest, c.cohort.expression, c.targets),
+        outputs=lambda c: [_relative(_ROOT.targets_table), "targets/reliability.json"],
+        clean=lambda c: [_relative(_ROOT.targets)],
+        description="transcriptomic targets and noise ceilings of the development cohort",
+    )
+
+
+def _wsi_stage() -> Stage:
+    return Stage(
+        "wsi",
+        run_wsi,
+        settings=lambda c: {"wsi": _dump(c.wsi), "cohort": c.cohort.name},
+        inputs=lambda c: (
+            _file("manifest", c.cohort.manifest)
+            + _weights_input(c)
+            + [Input("slides", listing=_slides(c.cohort.manifest))]
+        ),
+        outputs=lambda c: [_relative(_ROOT.features(c.cohort.name))],
+        clean=lambda c: [_relative(_ROOT.features(c.cohort.name))],
+        description="tiles, QC, Macenko and frozen-encoder embeddings of every slide",
+    )
+
+
+def _radiomics_stage() -> Stage:
+    return Stage(
+        "radiomics",
+        run_radiomics_stage,
+        settings=lambda c: {
+            "radiomics": _dump(c.radiomics),
+            "resolved": radiomics_settings(c).model_dump(mode="json"),
+        },
+        inputs=_radiomics_inputs,
+        outputs=lambda c: [_relative(_ROOT.radiomics / "radiomics.parquet")],
+        clean=lambda c: [_relative(_ROOT.radiomics)],
+        description="MRI preprocessing, PyRadiomics features, perturbation stability",
+    )
+
+
+def _prompt_listing(c: StudyConfig) -> list[Input]:
+    files = tuple(sorted(p for p in c.training.prompts.rglob("*") if p.is_file()))
+    return [Input("prompts", listing=files)]
+
+
+def _train_stage() -> Stage:
+    train = _ROOT.train
+    return Stage(
+        TRAIN,
+        run_train,
+        settings=lambda c: {"training": _dump(c.training), "cohort": c.cohort.name},
+        inputs=lambda c: _file("manifest", c.cohort.manifest) + _prompt_listing(c),
+        outputs=lambda c: [
+            _relative(train.metrics),
+            _relative(train.predictions),
+            _relative(train.bundle / "bundle.json"),
+        ],  # fmt: skip
+        clean=lambda c: [_relative(train.root), _relative(_ROOT.train_config)],
+        after=("targets", "wsi", "radiomics"),
+        description="every model under nested site-stratified CV, distillation, leave-site-out",
+    )
+
+
+def _external_stage() -> Stage:
+    return Stage(
+        "external",
+        run_external,
+        settings=lambda c: {
+            "external": [_dump(e) for e in c.external],
+            "targets": _dump(c.targets),
+            "wsi": _dump(c.wsi),
+        },
+        inputs=_external_inputs,
+        outputs=lambda c: [_relative(_ROOT.external(e.name) / "features") for e in c.external],
+        clean=lambda c: ["external", _relative(_ROOT.train.root / "external")],
+        after=(TRAIN,),
+        description="zero-shot application to the external cohorts",
+    )
+
+
+def _evaluate_stage() -> Stage:
+    return Stage(
+        "evaluate",
+        run_evaluate,
+        settings=lambda c: {"evaluation": _dump(c.evaluation)},
+        inputs=lambda c: [],
+        outputs=lambda c: [_relative(_ROOT.train.evaluation_metrics)],
+        clean=lambda c: [_relative(_ROOT.train.evaluation)],
+        after=(TRAIN, "external"),
+        description="every analysis of the study (stromalens evaluate)",
+    )
+
+
+def _report_stage() -> Stage:
+    return Stage(
+        REPORT,
+        run_report,
+        settings=lambda c: {"name": c.name, "notes": c.notes},
+        inputs=lambda c: [],
+        outputs=lambda c: [_relative(_ROOT.report)],
+        clean=lambda c: [_relative(_ROOT.report.parent)],
+        after=("evaluate",),
+        description="the self-contained HTML report",
+    )
+
+
 def default_stages(config: StudyConfig | None = None) -> list[Stage]:
     """The study's stages in order."""
-    return [
-        Stage(
-            "targets",
-            run_targets,
-            settings=lambda c: {"targets": _dump(c.targets)},
-            inputs=lambda c: _targets_inputs(c.cohort.manifest, c.cohort.expression, c.targets),
-            outputs=lambda c: ["targets/targets.parquet", "targets/reliability.json"],
-            clean=lambda c: ["targets"],
-            description="transcriptomic targets and noise ceilings of the development cohort",
-        ),
-        Stage(
-            "wsi",
-            run_wsi,
-            settings=lambda c: {"wsi": _dump(c.wsi), "cohort": c.cohort.name},
-            inputs=lambda c: (
-                _file("manifest", c.cohort.manifest)
-                + _weights_input(c)
-                + [Input("slides", listing=_slides(c.cohort.manifest))]
-            ),
-            outputs=lambda c: [f"features/{c.cohort.name}"],
-            clean=lambda c: [f"features/{c.cohort.name}"],
-            description="tiles, QC, Macenko and frozen-encoder embeddings of every slide",
-        ),
-        Stage(
-            "radiomics",
-            run_radiomics_stage,
-            settings=lambda c: {
-                "radiomics": _dump(c.radiomics),
-                "resolved": radiomics_settings(c).model_dump(mode="json"),
-            },
-            inputs=_radiomics_inputs,
-            outputs=lambda c: ["radiomics/radiomics.parquet"],
-            clean=lambda c: ["radiomics"],
-            description="MRI preprocessing, PyRadiomics features, perturbation stability",
-        ),
-        Stage(
-            TRAIN,
-            run_train,
-            settings=lambda c: {"training": _dump(c.training), "cohort": c.cohort.name},
-            inputs=lambda c: (
-                _file("manifest", c.cohort.manifest)
-                + [
-                    Input(
-                        "prompts",
-                        listing=tuple(
-                            sorted(p for p in c.training.prompts.rglob("*") if p.is_file())
-                        ),
-                    )
-                ]
-            ),
-            outputs=lambda c: [f"{TRAIN}/metrics.json", f"{TRAIN}/predictions.parquet"],
-            clean=lambda c: [TRAIN, "train.yaml"],
-            after=("targets", "wsi", "radiomics"),
-            description="every model under nested site-stratified CV, distillation, leave-site-out",
-        ),
-        Stage(
-            "external",
-            run_external,
-            settings=lambda c: {
-                "external": [_dump(e) for e in c.external],
-                "targets": _dump(c.targets),
-                "wsi": _dump(c.wsi),
-                "predict": _available("stromalens.evaluation", "predict_cohort"),
-            },
-            inputs=_external_inputs,
-            outputs=lambda c: [f"external/{e.name}/features" for e in c.external],
-            clean=lambda c: ["external", f"{TRAIN}/external"],
-            after=(TRAIN,),
-            description="zero-shot application to the external cohorts",
-        ),
-        Stage(
-            "evaluate",
-            run_evaluate,
-            settings=lambda c: {
-                "evaluation": _dump(c.evaluation),
-                "implementation": _available("stromalens.evaluation", "evaluate_run"),
-            },
-            inputs=lambda c: [],
-            outputs=_evaluate_outputs,
-            clean=lambda c: [f"{TRAIN}/evaluation"],
-            after=(TRAIN, "external"),
-            description="every analysis of the study (stromalens evaluate)",
-        ),
-        Stage(
-            REPORT,
-            run_report,
-            settings=lambda c: {
-                "name": c.name,
-                "notes": c.notes,
-                "implementation": _available("stromalens.report", "write_report"),
-            },
-            inputs=lambda c: [],
-            outputs=_report_outputs,
-            clean=lambda c: [REPORT],
-            after=("evaluate",),
-            description="the self-contained HTML report",
-        ),
-    ]
+    factories = (_targets_stage, _wsi_stage, _radiomics_stage, _train_stage, _external_stage,
+                 _evaluate_stage, _report_stage)  # fmt: skip
+    return [make() for make in factories]
 
 
 def log_skipped(stage: str, summary: dict) -> None:

@@ -88,6 +88,28 @@ def is_complete(path: Path | str, require_features: bool = False) -> bool:
         return False
 
 
+def read_attrs(path: Path | str) -> tuple[dict, int | None]:
+    """A store's attributes (JSON values decoded) and its feature width (None without
+    features), without reading the datasets."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        width = int(h5["features"].shape[1]) if "features" in h5 else None
+        return _attrs(h5), width
+
+
+def _attrs(h5) -> dict:
+    attrs = {}
+    for key, value in h5.attrs.items():
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        attrs[key] = value.item() if isinstance(value, np.generic) else value
+    return attrs
+
+
 def read_slide(path: Path | str) -> SlideFeatures:
     """Read a store written by :func:`write_slide` (or CLAM/TRIDENT's ``coords``/``features``)."""
     import h5py
@@ -96,14 +118,7 @@ def read_slide(path: Path | str) -> SlideFeatures:
         coords = h5["coords"][:]
         features = h5["features"][:] if "features" in h5 else None
         qc = {k: h5["qc"][k][:] for k in h5["qc"]} if "qc" in h5 else {}
-        attrs = {}
-        for key, value in h5.attrs.items():
-            if isinstance(value, str) and value[:1] in "[{":
-                try:
-                    value = json.loads(value)
-                except json.JSONDecodeError:
-                    pass
-            attrs[key] = value.item() if isinstance(value, np.generic) else value
+        attrs = _attrs(h5)
     return SlideFeatures(coords=coords, features=features, qc=qc, attrs=attrs)
 
 

@@ -1,0 +1,71 @@
+"""The targets of one cohort from its files: what ``stromalens targets`` and the study's
+``targets`` stage both run (read the expression table, match it to the manifest, compute, write
+``targets.parquet``, ``fractions.parquet``, ``reliability.json`` and ``targets.json``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
+    """Targets of the cohort of ``manifest`` from ``expression`` with ``settings`` (a
+    :class:`~stromalens.config.TargetsConfig`) into ``out``. Returns a summary: patients, the
+    noise ceiling and the per-pipeline concordance of each target, and the patients left out
+    (no ``rna_sample``) with the reason."""
+    from ..cohort import load_manifest
+    from ..hashing import sha256_file
+    from .io import read_expression
+    from .pipeline import compute_targets, write_targets
+
+    expr = read_expression(
+        expression, orientation=settings.orientation, duplicates=settings.duplicates
+    )
+    cohort = load_manifest(manifest, expression_samples=list(expr.index), check_files=False)
+    samples = cohort.frame["rna_sample"].dropna()
+    if samples.empty:
+        raise ValueError(f"{manifest}: no patient has an rna_sample")
+    scaling = None
+    if settings.mrna_scaling is not None:
+        scaling = pd.read_csv(settings.mrna_scaling, sep="\t", index_col=0).iloc[:, 0]
+    result = compute_targets(
+        expr.loc[samples.to_numpy()],
+        gene_sets=settings.gene_sets,
+        signature=settings.signature,
+        mrna_scaling=scaling,
+        lr_weights=settings.lr_weights,
+        min_coverage=settings.min_coverage,
+    )
+    without_rna = sorted(str(p) for p in cohort.frame.index[cohort.frame["rna_sample"].isna()])
+
+    def digest(path):
+        return sha256_file(path) if path is not None else None
+
+    write_targets(
+        result,
+        out,
+        patient_of_sample=dict(zip(samples.to_numpy(), samples.index, strict=True)),
+        extra_metadata={
+            "inputs": {
+                "manifest": str(manifest),
+                "expression": str(expression),
+                "expression_sha256": sha256_file(expression),
+                "gene_sets": str(settings.gene_sets or "stromalens ERS_CAF (shipped)"),
+                "gene_sets_sha256": digest(settings.gene_sets),
+                "signature": str(settings.signature or "TIL10 (shipped)"),
+                "signature_sha256": digest(settings.signature),
+            },
+            "patients": len(samples),
+            "patients_without_rna": without_rna,
+        },
+    )
+    return {
+        "patients": int(len(samples)),
+        "ceiling": {t: round(r["ceiling"], 3) for t, r in result.reliability.items()},
+        "concordance": {
+            t: {k: round(r[k], 3) for k in ("r", "ci_low", "ci_high")}
+            for t, r in result.reliability.items()
+        },
+        "skipped": [{"item": p, "reason": "no rna_sample (no RNA-seq)"} for p in without_rna],
+    }

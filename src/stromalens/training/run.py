@@ -1,0 +1,116 @@
+"""Training a study: the entry point ``stromalens train`` and the study's ``train`` stage call.
+
+:func:`train_study` takes a validated :class:`~stromalens.config.StudyConfig` whose training
+block points at the stages' outputs, runs the site-stratified nested CV of every model (with
+distillation), leave-site-out and the optional shuffled-target control, and writes the run
+directory (:class:`~stromalens.rundir.TrainLayout`) with the self-contained model bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from ..logs import event, get_logger
+from ..names import TARGETS
+from ..rundir import TrainLayout
+
+log = get_logger("training.run")
+
+
+def _feature_contract(features_dir: Path | None, patients):
+    """The feature contract of the first training slide's store (every store of a cohort is
+    embedded with the same settings; ``read_bags`` refuses mixed feature widths)."""
+    from ..wsi.store import feature_path, read_attrs
+    from .bundle import FeatureContract
+
+    for pid in patients if features_dir is not None else ():
+        path = feature_path(features_dir, pid)
+        if path.is_file():
+            attrs, width = read_attrs(path)
+            return FeatureContract.of_store(attrs, width)
+    return FeatureContract(None, None, None, None, None)
+
+
+def _prompt_text(banks_dir: Path) -> dict[str, list[str]]:
+    from ..wsi.prompts import load_banks
+
+    banks = load_banks(banks_dir)
+    return {t: list(banks[t].curated) for t in TARGETS if t in banks}
+
+
+def _write_run_files(train: TrainLayout, study, settings, data) -> None:
+    import torch
+
+    from .. import __version__
+
+    train.root.mkdir(parents=True, exist_ok=True)
+    train.config.write_text(
+        yaml.safe_dump(json.loads(study.model_dump_json()), sort_keys=False), encoding="utf-8"
+    )
+    manifest = {
+        "stromalens": __version__,
+        "torch": torch.__version__,
+        "seed": settings.seed,
+        "settings": settings.to_dict(),
+        "patients": len(data.patients),
+        "slides": len(data.bags),
+        "radiomics_features": int(data.radiomics.shape[1]),
+    }
+    train.manifest.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def train_study(study, out: Path | str, *, workers: int | None = None, progress: bool = False):
+    """Train every model of ``study`` (a :class:`~stromalens.config.StudyConfig` whose
+    ``training.targets`` is set) into the run directory ``out``; returns the CV's metrics
+    (``models`` → study name → macro-r …) with ``total_seconds``."""
+    from .bundle import write_bundle
+    from .cv import run_cv, run_leave_site_out
+    from .data import load_study_data, prompt_embeddings
+
+    cfg = study.training
+    if cfg is None or cfg.targets is None:
+        raise ValueError(
+            "training.targets is not set: train on a study folder (`stromalens train --study "
+            "DIR`) or set training.targets, .features and .radiomics"
+        )
+    train = TrainLayout(out)
+    settings = cfg.settings
+    started = time.perf_counter()
+    prompts = prompt_embeddings(
+        cfg.prompts, cfg.encoder, cfg.encoder_weights, cfg.prompt_cache or train.prompts_cache
+    )
+    data = load_study_data(
+        study.cohort.manifest,
+        cfg.targets,
+        cfg.features,
+        cfg.radiomics,
+        prompts=prompts,
+        max_tiles=cfg.max_tiles,
+        seed=settings.seed,
+    )
+    _write_run_files(train, study, settings, data)
+    common = dict(harmonise=cfg.harmonise, icc_threshold=cfg.icc_threshold, progress=progress)
+    n_workers = workers or cfg.workers
+    cv = dict(models=cfg.models, folds=cfg.folds, inner_folds=cfg.inner_folds, workers=n_workers)
+    metrics = run_cv(data, train.root, settings, grid=cfg.grid, **cv, **common)
+    if cfg.leave_site_out and len(set(data.sites)) > 1:
+        run_leave_site_out(data, train.leave_site_out.root, settings, workers=n_workers, **common)
+    if cfg.permuted_control:
+        run_cv(data, train.permuted.root, settings, grid=None, permute_targets=True,
+               checkpoints=False, **cv, **common)  # fmt: skip
+    write_bundle(
+        train,
+        sorted(metrics["models"]),
+        _feature_contract(cfg.features, data.patients),
+        prompts,
+        _prompt_text(cfg.prompts),
+        max_tiles=cfg.max_tiles,
+        seed=settings.seed,
+    )
+    metrics["total_seconds"] = round(time.perf_counter() - started, 1)
+    event(log, "training written", out=str(train.root), seconds=metrics["total_seconds"])
+    return metrics
