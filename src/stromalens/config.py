@@ -1,13 +1,15 @@
 """Configuration models of every stage, composed into one :class:`StudyConfig` (YAML).
 
 Configuration is data: it is read with ``yaml.safe_load`` and validated by pydantic, never
-executed. Unknown keys are errors, so a typo is reported instead of silently ignored.
+executed. Unknown keys are errors, so a typo is reported instead of silently ignored. A relative
+path written in a file is relative to that file's folder (:func:`load_config`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -24,6 +26,15 @@ from .training.settings import TrainSettings
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _PathIfExists:
+    """Marks a ``str`` field that names a file or a keyword (``wsi.weights``: a path, 'random'
+    or 'hub'): a relative value is taken as a path only when that file or folder exists."""
+
+
+#: None, or a string that may be a path (see :class:`_PathIfExists`).
+MaybePath = Annotated[str | None, _PathIfExists()]
 
 
 class SlideConfig(_Strict):
@@ -84,7 +95,7 @@ class WsiConfig(_Strict):
     """Tiling, stain normalisation and the frozen encoder (``stromalens wsi embed``)."""
 
     encoder: str = "synthclip"
-    weights: str | None = Field(None, description="local file/dir, 'random'; null: default")
+    weights: MaybePath = Field(None, description="local file/dir, 'random'; null: default")
     allow_download: bool = False
     target_mpp: float = Field(0.5, gt=0)
     tile_px: int = Field(224, ge=16)
@@ -129,8 +140,8 @@ class ExternalCohortConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """Models, curriculum and validation (``stromalens train``); paths as given (relative to the
-    working directory). See ``configs/study.yaml`` for every key with a comment."""
+    """Models, curriculum and validation (``stromalens train``). See ``configs/study.yaml`` for
+    every key with a comment."""
 
     targets: Path | None = Field(
         None, description="targets.parquet of the targets stage (`stromalens run` fills it)"
@@ -139,7 +150,7 @@ class TrainingConfig(_Strict):
     radiomics: Path | None = Field(None, description="radiomics run directory")
     prompts: Path = Field(Path("configs/prompts"), description="directory of prompt banks")
     encoder: str = "synthclip"
-    encoder_weights: str | None = None
+    encoder_weights: MaybePath = None
     prompt_cache: Path | None = None
     models: tuple[str, ...] | None = Field(None, description="registered models; default: all")
     folds: int = Field(5, ge=2)
@@ -184,7 +195,17 @@ class EvaluationConfig(_Strict):
 
 
 class StudyConfig(_Strict):
-    """The whole study: one block per stage (``configs/study.yaml``)."""
+    """The whole study: one block per stage (``configs/study.yaml``).
+
+    Paths: :func:`load_config` makes every relative path written in the study file (a field of
+    type ``Path``, e.g. ``cohort.manifest``, ``targets.signature``, ``radiomics.config``,
+    ``external[*].manifest``, ``training.prompts``) relative to the folder of that file, not
+    to the working directory; ``wsi.weights`` and ``training.encoder_weights`` too when they
+    name a file or folder that exists there (else they stay as written: 'random', 'hub', …).
+    Absolute paths stay as they are, and so do defaults the file does not set (e.g.
+    ``training.prompts``: ``configs/prompts`` of the working directory). Paths inside the
+    cohort manifest are relative to the manifest (:mod:`stromalens.cohort`).
+    """
 
     name: str = Field("study", description="shown in the report and the summary")
     notes: str = Field("", description="free text stated in the report (e.g. lighter settings)")
@@ -225,7 +246,12 @@ class ConfigError(ValueError):
 
 
 def load_config(path: Path | str, model: type[BaseModel] = StudyConfig) -> BaseModel:
-    """Read a YAML file (safely) and validate it into ``model``."""
+    """Read a YAML file (safely) and validate it into ``model``.
+
+    Every relative path the file writes is joined to the file's folder (see
+    :class:`StudyConfig`); absolute paths and the defaults of keys it leaves out are kept
+    (``configs/study.yaml``'s ``cohort.manifest: ../runs/demo/cohort/cohort.csv`` is
+    ``<checkout>/runs/demo/cohort/cohort.csv`` from any working directory)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -233,13 +259,18 @@ def load_config(path: Path | str, model: type[BaseModel] = StudyConfig) -> BaseM
         raise ConfigError(f"configuration file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return validate_settings(model, data, source=str(path))
+    return validate_settings(model, data, source=str(path), base=path.absolute().parent.resolve())
 
 
-def validate_settings(model: type[BaseModel], data: dict, source: str = "settings") -> BaseModel:
-    """Validate ``data`` into ``model``; errors become one :class:`ConfigError` naming each key."""
+def validate_settings(
+    model: type[BaseModel], data: dict, source: str = "settings", base: Path | None = None
+) -> BaseModel:
+    """Validate ``data`` into ``model``; errors become one :class:`ConfigError` naming each key.
+
+    ``base``: the folder that the relative paths given in ``data`` are relative to (a file's
+    folder, as :func:`load_config` passes); None keeps them as given."""
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         lines = [
             f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: "
@@ -247,3 +278,45 @@ def validate_settings(model: type[BaseModel], data: dict, source: str = "setting
             for err in exc.errors()
         ]
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+    return config if base is None else relative_to(config, base)
+
+
+# ---------------------------------------------------------------------------- paths
+def relative_to(config: BaseModel, base: Path | str, *, defaults: bool = False) -> BaseModel:
+    """``config`` with its relative paths joined to ``base``, at every depth.
+
+    A path is a value of a ``Path`` field (also inside nested models and tuples of them) or of a
+    :data:`MaybePath` field when ``base / value`` exists. Only the fields the configuration was
+    given (pydantic's ``model_fields_set``) are changed, unless ``defaults``: then every field,
+    so that a configuration written for another process to load holds no relative path
+    (:func:`absolute_paths`). Absolute paths are kept."""
+    base = Path(base)
+    fields = type(config).model_fields
+    updates = {}
+    for name in fields if defaults else config.model_fields_set:
+        value = getattr(config, name)
+        maybe = any(isinstance(m, _PathIfExists) for m in fields[name].metadata)
+        joined = _joined(value, base, maybe, defaults)
+        if joined is not value:
+            updates[name] = joined
+    return config.model_copy(update=updates) if updates else config
+
+
+def absolute_paths(config: BaseModel) -> BaseModel:
+    """``config`` with every relative path, given or default, made absolute against the working
+    directory: what a process started elsewhere reads the same way."""
+    return relative_to(config, Path.cwd(), defaults=True)
+
+
+def _joined(value, base: Path, maybe_path: bool, defaults: bool):
+    if isinstance(value, Path):
+        return value if value.is_absolute() else Path(os.path.normpath(base / value))
+    if isinstance(value, BaseModel):
+        return relative_to(value, base, defaults=defaults)
+    if isinstance(value, tuple):
+        items = tuple(_joined(v, base, maybe_path, defaults) for v in value)
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    if maybe_path and isinstance(value, str) and not Path(value).is_absolute():
+        if (base / value).exists():
+            return os.path.normpath(base / value)
+    return value

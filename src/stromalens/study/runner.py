@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..config import ConfigError, StudyConfig, load_config
+from ..config import ConfigError, StudyConfig, absolute_paths, load_config
 from ..hashing import sha256_file
 from ..logs import event, get_logger
 
@@ -334,4 +334,5 @@ def run_study(
 def _config_yaml(config: StudyConfig) -> str:
     import yaml
 
-    return yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)
+    # absolute: a relative path in a loaded file would be the file's folder's (load_config)
+    return yaml.safe_dump(json.loads(absolute_paths(config).model_dump_json()), sort_keys=False)
