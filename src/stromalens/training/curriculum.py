@@ -213,8 +213,7 @@ def train_stage(
         if log_sigma is not None and stage != "distill":
             params.append(log_sigma)
         # Decoupled weight decay (AdamW) in every gradient stage, not only stage III: with
-        # ~100 patients an unregularised stage II or baseline overfits its training fold
-        # (MRI-only macro-r on the synthetic cohort, PLS inputs: 0.22 without, 0.26 with).
+        # ~100 patients an unregularised stage II or baseline overfits its training fold.
         decay = settings.weight_decay
         optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=decay)
 

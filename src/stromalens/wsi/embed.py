@@ -134,7 +134,7 @@ def embed_slide(
     settings = settings or EmbedSettings()
     slide_path, out_path = Path(slide_path), Path(out_path)
     slide_id = out_path.stem
-    bound_heap()  # per-block arrays mapped and unmapped, not fragmenting the heap (issue 4)
+    bound_heap()  # per-block arrays mapped and unmapped, not fragmenting the heap
     if not settings.overwrite and is_complete(out_path, require_features=encoder is not None):
         return {"slide": slide_id, "status": "skipped", "path": str(out_path)}
     started = time.perf_counter()
@@ -208,7 +208,7 @@ def embed_slide(
         dim = encoder.embed_dim
         # np.zeros maps pages lazily, and each batch's part is freed once copied in: the
         # features exist once (plus one batch), not three times (parts, their concatenation
-        # and the result: ~600 MB for a 100k² slide at D = 512 before this).
+        # and the result would be ~600 MB for a 100k² slide at D = 512).
         features = np.zeros((len(order_idx), dim), np.float32)
         while feats_parts:  # any order: each part carries its rows
             part, ids = feats_parts.pop(), idx_parts.pop()

@@ -8,7 +8,7 @@ all of slightly different sizes at the slide's edges) are carved out of the ``br
 Freed, they leave holes that the next, differently sized, block does not fit, and the heap grows
 with every block until fragmentation reaches a steady state several times the working set:
 measured, a decode worker's private memory rose from ~100 MiB to ~450 MiB over ~1,200 tiles
-(issue 4; ``benchmarks/wsi_memory.py``).
+(``benchmarks/wsi_memory.py``).
 
 Setting the threshold explicitly (``mallopt(M_MMAP_THRESHOLD, 128 KiB)``) disables that
 adjustment, so every large array is mapped and unmapped on its own and peak memory follows the
