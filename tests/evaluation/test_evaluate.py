@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from stromalens.evaluation import evaluate_run, predict_cohort
+from stromalens.evaluation.evaluate import ANALYSES
 from stromalens.evaluation.rundir import RunDirError, open_run
 from stromalens.evaluation.schema import TABLES, describe
 
@@ -70,6 +71,17 @@ def test_every_section_is_filled(evaluated):
     undocumented = [k for k in metrics if describe(k) is None]
     assert not undocumented, undocumented
     # (the tiny study has no slide images, so no overlays: those are tested in test_attention)
+
+
+def test_every_registered_analysis_ran(evaluated):
+    # the tiny run has every input (leave-site-out, tiles, outcomes, truth, an external cohort)
+    _, metrics = evaluated
+    assert list(metrics["meta.analysis_seconds"]) == [a.name for a in ANALYSES]
+
+
+def test_an_unknown_analysis_to_skip_is_named(tiny_run):
+    with pytest.raises(ValueError, match="survivl.*known"):
+        evaluate_run(tiny_run, skip=("survivl",))
 
 
 def test_probes_keep_their_invariants(evaluated):

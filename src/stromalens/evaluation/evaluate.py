@@ -1,122 +1,447 @@
 """``stromalens evaluate TRAIN``: every analysis of the study on one training run.
 
 Reads the run directory (``docs/run_directory.md``), writes ``TRAIN/evaluation/``: one table per
-analysis and ``metrics.json`` (schema: :mod:`stromalens.evaluation.schema`). The analyses, in
-the order of the study's Results:
+analysis and ``metrics.json`` (schema: :mod:`stromalens.evaluation.schema`).
 
- 1. fidelity per model and target (+ 2. the noise ceiling beside each r)   ``fidelity``
- 3. missing modalities                                                  ``probes``/``robustness``
- 4. gate weights by strata                                               ``gates``
- 5. site alignment (leave-site-out, k-NN site entropy, 2-D embedding)    ``alignment``
- 6. prompt perturbation                                                  ``robustness``
- 7. attention co-localisation with the pathologist's annotations         ``attention``
- 8. survival (Cox HRs, Harrell/Uno C, AUC(t), decision curves)           ``survival``
- 9. treatment response                                                   ``treatment``
-10. distillation                                                         ``distillation``
-11. zero-shot external cohorts (``stromalens predict`` outputs)          ``external``
-12. known truth (synthetic cohorts)                                      ``truth``
+Each analysis is an :class:`Analysis` record: ``run(context)`` returns its tables keyed by file
+name, ``metrics(tables, context)`` its ``metrics.json`` entries. :data:`ANALYSES` lists them in
+the order of the study's Results, and one driver, :func:`evaluate_run`, loops over it: it leaves
+out the analyses named in ``skip`` and those whose inputs the run lacks, times each, writes its
+tables and gathers its metrics (the shape of decoupler's methods run by one driver). By the
+name that ``skip`` takes, with the module that computes it:
+
+``fidelity``       1. fidelity per model and target, 2. the noise ceiling beside each r
+                   (``fidelity``)
+``probes``         3. missing modalities (``robustness``), 4. gate weights by strata
+                   (``gates``), 6. prompt perturbation (``robustness``), and each tile's
+                   attention, which ``attention`` reads (``probes``)
+``alignment``      5. site alignment: leave-site-out, k-NN site entropy, 2-D embedding
+                   (``alignment``)
+``attention``      7. attention co-localisation with the pathologist's annotations
+                   (``attention``, ``overlays``)
+``survival``       8. survival: Cox HRs, Harrell/Uno C, AUC(t), decision curves (``survival``)
+``treatment``      9. treatment response (``treatment``)
+``distillation``  10. distillation (``distillation``)
+``external``      11. zero-shot external cohorts, ``stromalens predict`` outputs (``external``)
+``truth``         12. known truth, synthetic cohorts (``truth``)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..logs import event, get_logger
-from ..training.data import TARGETS
-from .naming import PROPOSED
+from ..names import PROPOSED
+from ..rundir import metric_key, open_run
+
+if TYPE_CHECKING:
+    from ..rundir import RunFiles
 
 log = get_logger("evaluation")
 
-ANALYSES = (
-    "fidelity",
-    "probes",
-    "alignment",
-    "attention",
-    "survival",
-    "treatment",
-    "distillation",
-    "external",
-    "truth",
-)
+#: The probes' per-tile attention, which the attention analysis reads back from the output folder.
+TILES = "attention_tiles.parquet"
+#: Risk thresholds of the decision curves (in-run and external). Every 5% rather than the
+#: survival module's every 1%: each threshold refits, as each C-index resample does.
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+Tables = dict[str, pd.DataFrame]
 
 
-def _fidelity_metrics(table: pd.DataFrame, macro: pd.DataFrame) -> dict:
+@dataclass
+class Context:
+    """What the analyses read, and what earlier ones leave for later ones.
+
+    Attributes
+    ----------
+    run : RunFiles
+        The opened training run (:func:`stromalens.rundir.open_run`).
+    out : Path
+        The output folder.
+    skip : frozenset of str
+        The analyses asked to be skipped (the probes time inference only for distillation).
+    external : list of Path or None
+        ``stromalens predict`` output folders; None for those under ``run.root/external/``.
+    n_boot, survival_boot, repeats, k_fraction, max_overlays, seed
+        The options of :func:`evaluate_run`.
+    probes : dict or None
+        :func:`~stromalens.evaluation.probes.run_probes`' output (``missing``, ``gates``,
+        ``attention``, ``embeddings``, ``prompts``, ``cost``) once the probes ran.
+    notes : list of str
+        Notes for ``meta.notes``; the run's own first, analyses append theirs.
+    """
+
+    run: RunFiles
+    out: Path
+    skip: frozenset[str]
+    external: list[Path] | None
+    n_boot: int
+    survival_boot: int
+    repeats: int
+    k_fraction: float
+    max_overlays: int
+    seed: int
+    probes: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def scores(self) -> pd.DataFrame | None:
+        """The proposed model's out-of-fold predictions (patients × targets); None without."""
+        if not (self.run.predictions["model"] == PROPOSED).any():
+            return None
+        return self.run.wide(PROPOSED)
+
+
+def _always(context: Context) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One registered analysis.
+
+    Attributes
+    ----------
+    name : str
+        What ``skip`` takes and ``meta.analysis_seconds`` reports.
+    run : callable
+        ``run(context) -> {file name: table}``, the tables it writes into the output folder
+        (``.csv`` or ``.parquet``).
+    metrics : callable
+        ``metrics(tables, context) -> dict``, its ``metrics.json`` entries from its own tables.
+    needs : callable
+        ``needs(context) -> bool``: whether the run has the analysis's inputs; without them the
+        analysis is left out, silently.
+    skippable : bool
+        False for an analysis that runs even when ``skip`` names it.
+    """
+
+    name: str
+    run: Callable[[Context], Tables]
+    metrics: Callable[[Tables, Context], dict]
+    needs: Callable[[Context], bool] = _always
+    skippable: bool = True
+
+
+# ---------------------------------------------------------------- 1–2. fidelity, noise ceiling
+def _fidelity(context: Context) -> Tables:
+    from .fidelity import fidelity, fidelity_macro
+
+    preds = context.run.predictions
+    return {
+        "fidelity.csv": fidelity(preds, context.run.reliability),
+        "fidelity_macro.csv": fidelity_macro(preds),
+    }
+
+
+def _fidelity_metrics(tables: Tables, context: Context) -> dict:
+    from .fidelity import fidelity_metrics
+
+    return fidelity_metrics(tables["fidelity.csv"], tables["fidelity_macro.csv"])
+
+
+# ------------------------------------------------- 3, 4, 6. the model probes and their tables
+def _probes(context: Context) -> Tables:
+    from .probes import run_probes
+    from .robustness import missing_modality_table, prompt_perturbation_table
+
+    run = context.run
+    probes = run_probes(
+        run, repeats=context.repeats, seed=context.seed, cost="distillation" not in context.skip
+    )
+    context.probes = probes
+    tables = {
+        "missing_modalities.csv": missing_modality_table(probes["missing"]),
+        "prompt_perturbation.csv": prompt_perturbation_table(
+            run.predictions, probes["prompts"], context.n_boot, context.seed
+        ),
+    }
+    if not probes["gates"].empty:
+        from .gates import gate_strata_table
+
+        tables["gate_strata.csv"] = gate_strata_table(
+            probes["gates"], run.predictions, run.clinical
+        )
+    if not probes["attention"].empty:
+        tables[TILES] = probes["attention"]
+    return tables
+
+
+def _probes_metrics(tables: Tables, context: Context) -> dict:
     m = {}
-    for row in table.itertuples(index=False):
-        for col in (
-            "r",
-            "r_ci_low",
-            "r_ci_high",
-            "r_fold_sd",
-            "rmse",
-            "mae",
-            "calibration_slope",
-            "calibration_intercept",
-        ):
-            m[f"cv.{row.model}.{col}.{row.target}"] = getattr(row, col)
-    for row in macro.itertuples(index=False):
-        m[f"cv.{row.model}.macro_r"] = row.macro_r
-        m[f"cv.{row.model}.macro_r_fold_sd"] = row.macro_r_fold_sd
-    for target in TARGETS:
-        part = table[table["target"] == target]
-        if len(part) and np.isfinite(part["ceiling"].iloc[0]):
-            m[f"ceiling.{target}"] = part["ceiling"].iloc[0]
+    for row in tables["missing_modalities.csv"].itertuples(index=False):
+        m[metric_key("missing", row.model, row.modality, round(100 * row.level))] = row.macro_r
+    for row in tables["prompt_perturbation.csv"].itertuples(index=False):
+        m[metric_key("prompt", row.prompt_set, "r", row.target)] = row.r
+        if row.prompt_set != "CUR":
+            m[metric_key("prompt", row.prompt_set, "p_vs_cur", row.target)] = row.p_vs_cur
+    gates = tables.get("gate_strata.csv")
+    if gates is not None:
+        for row in gates[gates["model"] == PROPOSED].itertuples(index=False):
+            m[metric_key("gate", row.stratifier, row.stratum, "wsi")] = row.gate_wsi
+            m[metric_key("gate", row.stratifier, "p_kruskal")] = row.p_kruskal
     return m
 
 
-def _external_survival(dirs, n_boot: int, seed: int, notes: list) -> pd.DataFrame:
-    """C-index of clinical-only vs clinical + AI Cox models on each external cohort that has
-    outcomes. The image model stays frozen (its zero-shot predictions are the AI scores); only
-    the two Cox models are fitted, out of fold over 5 folds of the external cohort (3 folds
-    below 80 patients)."""
-    from lifelines.exceptions import ConvergenceError
+# -------------------------------------------------------------------------- 5. site alignment
+def _embeddings(context: Context) -> pd.DataFrame | None:
+    """The probes' fused embeddings (a row per patient, stage and fold model); None without."""
+    if context.probes is None or context.probes["embeddings"].empty:
+        return None
+    return context.probes["embeddings"]
 
-    from ..cohort import load_manifest
-    from ..training.cv import assign_folds
+
+def _alignment(context: Context) -> Tables:
+    from .alignment import embedding_table, leave_site_out_table
+
+    tables = {}
+    if context.run.lso is not None:
+        tables["site_alignment.csv"] = leave_site_out_table(context.run.lso)
+    emb = _embeddings(context)
+    if emb is not None:
+        first = emb[emb["fold"] == emb["fold"].min()]
+        tables["embedding_2d.parquet"] = embedding_table(first, context.seed)
+    return tables
+
+
+def _leave_site_out_metrics(lso: pd.DataFrame) -> dict:
+    m = {}
+    for row in lso.itertuples(index=False):
+        m[metric_key("lso", row.site, "before")] = row.macro_r_before
+        m[metric_key("lso", row.site, "after")] = row.macro_r_after
+    paired = lso[["macro_r_before", "macro_r_after"]].dropna()
+    if len(paired) >= 2 and (paired["macro_r_after"] != paired["macro_r_before"]).any():
+        # after − before over the held-out sites (exact signed-rank test)
+        m[metric_key("lso_test", "wilcoxon_p")] = stats.wilcoxon(
+            paired["macro_r_after"], paired["macro_r_before"], method="exact"
+        ).pvalue
+    return m
+
+
+def _site_entropy_metrics(emb: pd.DataFrame) -> dict:
+    from .alignment import knn_site_entropy
+
+    m = {}
+    entropies: dict[str, list[float]] = {}
+    cols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
+    for stage in ("before", "after"):
+        values = [
+            knn_site_entropy(part[cols].to_numpy(), part["site"], k=10)
+            for _, part in emb[emb["stage"] == stage].groupby("fold")
+        ]
+        m[metric_key("site_entropy", stage)] = float(np.mean(values))
+        m[metric_key("site_entropy", f"{stage}_sd")] = float(np.std(values, ddof=1))
+        entropies[stage] = values
+    if len(entropies["before"]) >= 2 and len(entropies["after"]) >= 2:
+        # the same fold models before/after CORAL: paired t-test over folds
+        m[metric_key("site_entropy", "p_paired")] = stats.ttest_rel(
+            entropies["after"], entropies["before"]
+        ).pvalue
+    return m
+
+
+def _alignment_metrics(tables: Tables, context: Context) -> dict:
+    m = {}
+    if "site_alignment.csv" in tables:
+        m.update(_leave_site_out_metrics(tables["site_alignment.csv"]))
+    emb = _embeddings(context)
+    if emb is not None:
+        m.update(_site_entropy_metrics(emb))
+    return m
+
+
+# ------------------------------------------------------------- 7. attention co-localisation
+def _has_tiles(context: Context) -> bool:
+    # read back from the folder, so that tiles written by an earlier evaluation count as well
+    return (context.out / TILES).is_file()
+
+
+def _attention(context: Context) -> Tables:
+    from .attention import colocalisation
+    from .overlays import save_overlays
+
+    run, slides = context.run, context.run.manifest_path.parent
+    tiles = pd.read_parquet(context.out / TILES)
+    result = colocalisation(
+        tiles, run.clinical, slides, k_fraction=context.k_fraction, seed=context.seed
+    )
+    for reason, count in result.skipped.groupby("reason").size().items():
+        context.notes.append(f"attention co-localisation: {count} slide maps skipped ({reason})")
+    save_overlays(
+        tiles[tiles["model"] == PROPOSED],
+        run.clinical,
+        slides,
+        context.out / "attention",
+        max_patients=context.max_overlays,
+    )
+    tables = {"attention.csv": result.per_patient, "attention_summary.csv": result.summary}
+    if len(result.skipped):
+        tables["attention_skipped.csv"] = result.skipped
+    return tables
+
+
+def _attention_metrics(tables: Tables, context: Context) -> dict:
+    m = {}
+    for row in tables["attention_summary.csv"].itertuples(index=False):
+        parts = ("attention", row.model, row.target, row.metric, row.grade_stratum)
+        m[metric_key(*parts, "observed")] = row.observed
+        m[metric_key(*parts, "shuffled")] = row.shuffled
+    return m
+
+
+# ------------------------------------------------------------------ 8–9. survival, treatment
+def _has_scores(context: Context) -> bool:
+    return context.scores is not None
+
+
+def _survival(context: Context) -> Tables:
     from .survival import survival_analysis
 
-    frames = []
-    for directory in dirs:
-        info = json.loads((directory / "predict.json").read_text(encoding="utf-8"))
-        clinical = load_manifest(info["manifest"], check_files=False).frame
-        clinical.index = clinical.index.astype(str)
-        preds = pd.read_parquet(directory / "predictions.parquet")
-        preds = preds[preds["model"] == PROPOSED]
-        if preds.empty:
-            continue
-        scores = preds.pivot(index="patient_id", columns="target", values="y_pred")[list(TARGETS)]
-        endpoints = [
-            e
-            for e in ("os", "pfs")
-            if {f"{e}_time", f"{e}_event"} <= set(clinical.columns)
-            and clinical.loc[scores.index, f"{e}_event"].fillna(0).sum() >= 5
-        ]
-        if not endpoints:
-            notes.append(f"external cohort {info['cohort']}: no outcomes with events, no C-index")
-            continue
-        k = 5 if len(scores) >= 80 else 3  # small cohorts: larger training folds for the Cox
-        folds = assign_folds(scores.index, clinical.loc[scores.index, "site"], k, seed)
-        try:
-            tables = survival_analysis(
-                scores,
-                clinical.loc[scores.index],
-                folds,
-                endpoints=endpoints,
-                n_boot=n_boot,
-                seed=seed,
-                thresholds=np.round(np.arange(0.05, 0.951, 0.05), 2),
-            )
-        except ConvergenceError as exc:
-            notes.append(f"external cohort {info['cohort']}: Cox models did not converge ({exc})")
-            continue
-        frames.append(tables["survival_cindex"].assign(cohort=info["cohort"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    tables = survival_analysis(
+        context.scores,
+        context.run.clinical,
+        context.run.folds,
+        n_boot=context.survival_boot,
+        seed=context.seed,
+        thresholds=THRESHOLDS,
+    )
+    return {f"{name}.csv": frame for name, frame in tables.items()}
+
+
+def _survival_metrics(tables: Tables, context: Context) -> dict:
+    from .survival import survival_metrics
+
+    return survival_metrics({name.removesuffix(".csv"): t for name, t in tables.items()})
+
+
+def _treatment(context: Context) -> Tables:
+    from .treatment import treatment_analysis
+
+    table = treatment_analysis(
+        context.scores, context.run.clinical, n_boot=context.n_boot, seed=context.seed
+    )
+    return {"treatment.csv": table}
+
+
+def _treatment_metrics(tables: Tables, context: Context) -> dict:
+    treat = tables["treatment.csv"]
+    lr_row = treat[treat["term"].astype(str).str.startswith("lr")]
+    if not len(lr_row):
+        return {}
+    return {
+        metric_key("treatment", "or_per_sd"): lr_row["estimate"].iloc[0],
+        metric_key("treatment", "auc"): lr_row["auc"].iloc[0],
+    }
+
+
+# ----------------------------------------------------------------------------- 10. distillation
+def _distillation(context: Context) -> Tables:
+    from .distillation import distillation_table
+
+    cost = context.probes["cost"] if context.probes is not None else {}
+    return {"distillation.csv": distillation_table(context.run.predictions, cost)}
+
+
+def _distillation_metrics(tables: Tables, context: Context) -> dict:
+    return {
+        metric_key("distillation", row.metric): row.value
+        for row in tables["distillation.csv"].itertuples(index=False)
+    }
+
+
+# ----------------------------------------------------------------------- 11. external cohorts
+def _external(context: Context) -> Tables:
+    from .external import external_survival, external_table, find_external, read_external_cohorts
+
+    if context.external is not None:
+        dirs = [Path(d) for d in context.external]
+    else:
+        dirs = find_external(context.run.root)
+    cohorts = read_external_cohorts(dirs, context.notes)
+    if not cohorts:
+        return {}
+    tables = {}
+    gains = external_survival(
+        dirs,
+        n_boot=context.survival_boot,
+        seed=context.seed,
+        thresholds=THRESHOLDS,
+        notes=context.notes,
+    )
+    if not gains.empty:
+        tables["external_survival.csv"] = gains
+    tables["external.csv"] = external_table(
+        cohorts, n_boot=context.n_boot, n_perm=context.n_boot, seed=context.seed
+    )
+    return tables
+
+
+def _external_metrics(tables: Tables, context: Context) -> dict:
+    m = {}
+    gains = tables.get("external_survival.csv")
+    if gains is not None:
+        for row in gains[gains["metric"] == "harrell"].itertuples(index=False):
+            key = metric_key("external", row.cohort, "c_index", row.endpoint, row.model)
+            m[key] = row.value
+    for row in tables.get("external.csv", pd.DataFrame()).itertuples(index=False):
+        m[metric_key("external", row.cohort, row.model, "r", row.target)] = row.r
+        if row.model == PROPOSED:
+            m[metric_key("external", row.cohort, "r", row.target)] = row.r
+    return m
+
+
+# --------------------------------------------------------------------------- 12. known truth
+def _has_truth(context: Context) -> bool:
+    return context.run.truth is not None
+
+
+def _truth(context: Context) -> Tables:
+    from .truth import truth_table
+
+    return {"truth.csv": truth_table(context.run.predictions, context.run.truth)}
+
+
+def _truth_metrics(tables: Tables, context: Context) -> dict:
+    return {
+        metric_key("truth", row.model, "r", row.target): row.r
+        for row in tables["truth.csv"].itertuples(index=False)
+    }
+
+
+#: The registry, in the order of the study's Results; later analyses read what earlier ones
+#: leave (the probes' output, the tiles file), so the order is also the order of dependence.
+ANALYSES: tuple[Analysis, ...] = (
+    # every other section is read against fidelity, and it takes a second: always run
+    Analysis("fidelity", _fidelity, _fidelity_metrics, skippable=False),
+    Analysis("probes", _probes, _probes_metrics),
+    Analysis("alignment", _alignment, _alignment_metrics),
+    Analysis("attention", _attention, _attention_metrics, needs=_has_tiles),
+    Analysis("survival", _survival, _survival_metrics, needs=_has_scores),
+    Analysis("treatment", _treatment, _treatment_metrics, needs=_has_scores),
+    Analysis("distillation", _distillation, _distillation_metrics),
+    Analysis("external", _external, _external_metrics),
+    Analysis("truth", _truth, _truth_metrics, needs=_has_truth),
+)
+
+
+# ------------------------------------------------------------------------------------ driver
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".csv":
+        table.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        table.to_parquet(path, index=False)
+    else:
+        raise ValueError(f"table {path.name!r}: not a .csv or .parquet file name")
 
 
 def evaluate_run(
@@ -132,223 +457,81 @@ def evaluate_run(
     max_overlays: int = 6,
     seed: int = 0,
 ) -> dict:
-    """Run every analysis not in ``skip`` on the training run ``train_dir``; write the tables
-    and ``metrics.json`` into ``out`` (default ``train_dir/evaluation``) and return the
-    metrics. ``external`` lists ``stromalens predict`` output directories (default: those under
-    ``train_dir/external/``)."""
-    from .rundir import open_run
-    from .schema import clean
+    """Run every analysis of :data:`ANALYSES` not in ``skip`` on the training run ``train_dir``.
 
-    unknown = set(skip) - set(ANALYSES)
+    Parameters
+    ----------
+    train_dir
+        The training run (``stromalens train --out``).
+    out
+        Where the tables and ``metrics.json`` go; default ``train_dir/evaluation``.
+    external
+        ``stromalens predict`` output directories; default those under ``train_dir/external/``.
+    skip
+        Names of analyses to leave out (``fidelity`` is accepted but always runs).
+    n_boot, survival_boot
+        Bootstrap / permutation resamples; ``survival_boot`` for the survival C-indices (each
+        resample refits).
+    repeats, k_fraction, max_overlays, seed
+        Repeats of the random missing-modality probes, top-K share of attended tiles, attention
+        heat maps written, random seed.
+
+    Returns
+    -------
+    dict
+        The contents of ``metrics.json``: the analyses' metrics, then ``meta.*``.
+    """
+    from .. import __version__
+
+    names = tuple(a.name for a in ANALYSES)
+    unknown = set(skip) - set(names)
     if unknown:
-        raise ValueError(f"unknown analyses to skip {sorted(unknown)}; known: {ANALYSES}")
+        raise ValueError(f"unknown analyses to skip {sorted(unknown)}; known: {names}")
     started = time.perf_counter()
     run = open_run(train_dir)
     out = Path(out) if out is not None else run.root / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
+    context = Context(
+        run=run,
+        out=out,
+        skip=frozenset(skip),
+        external=external,
+        n_boot=n_boot,
+        survival_boot=survival_boot,
+        repeats=repeats,
+        k_fraction=k_fraction,
+        max_overlays=max_overlays,
+        seed=seed,
+        notes=list(run.notes),
+    )
     metrics: dict = {}
-    seconds: dict = {}
-    notes = list(run.notes)
-    preds = run.predictions
+    seconds: dict[str, float] = {}
+    for analysis in ANALYSES:
+        if (analysis.skippable and analysis.name in skip) or not analysis.needs(context):
+            continue
+        t0 = time.perf_counter()
+        tables = analysis.run(context)
+        for name, table in tables.items():
+            _write_table(table, out / name)
+        metrics.update(analysis.metrics(tables, context))
+        seconds[analysis.name] = round(time.perf_counter() - t0, 1)
 
-    def timed(name):
-        seconds[name] = round(time.perf_counter() - timed.t0, 1)
-        timed.t0 = time.perf_counter()
+    meta = {
+        "run": str(run.root),
+        "stromalens": __version__,
+        "seconds": round(time.perf_counter() - started, 1),
+        "analysis_seconds": seconds,
+        "notes": context.notes,
+        "skipped": sorted(skip),
+    }
+    return _write_metrics(metrics, meta, out)
 
-    timed.t0 = time.perf_counter()
 
-    # 1–2. fidelity and noise ceiling --------------------------------------------------------
-    from .fidelity import fidelity, fidelity_macro
+def _write_metrics(metrics: dict, meta: dict, out: Path) -> dict:
+    """``out/metrics.json``: the analyses' metrics, JSON-ready and sorted, then ``meta.*``."""
+    from .schema import clean
 
-    table = fidelity(preds, run.reliability)
-    macro = fidelity_macro(preds)
-    table.to_csv(out / "fidelity.csv", index=False)
-    macro.to_csv(out / "fidelity_macro.csv", index=False)
-    metrics.update(_fidelity_metrics(table, macro))
-    timed("fidelity")
-
-    # 3–6 (model probes) ---------------------------------------------------------------------
-    probes = None
-    if "probes" not in skip:
-        from .probes import run_probes
-        from .robustness import missing_modality_table, prompt_perturbation_table
-
-        probes = run_probes(run, repeats=repeats, seed=seed, cost="distillation" not in skip)
-        missing = missing_modality_table(probes["missing"])
-        missing.to_csv(out / "missing_modalities.csv", index=False)
-        for row in missing.itertuples(index=False):
-            metrics[f"missing.{row.model}.{row.modality}.{round(100 * row.level)}"] = row.macro_r
-        prompts = prompt_perturbation_table(preds, probes["prompts"], n_boot, seed)
-        prompts.to_csv(out / "prompt_perturbation.csv", index=False)
-        for row in prompts.itertuples(index=False):
-            metrics[f"prompt.{row.prompt_set}.r.{row.target}"] = row.r
-            if row.prompt_set != "CUR":
-                metrics[f"prompt.{row.prompt_set}.p_vs_cur.{row.target}"] = row.p_vs_cur
-        if not probes["gates"].empty:
-            from .gates import gate_strata_table
-
-            gates = gate_strata_table(probes["gates"], preds, run.clinical)
-            gates.to_csv(out / "gate_strata.csv", index=False)
-            for row in gates[gates["model"] == PROPOSED].itertuples(index=False):
-                metrics[f"gate.{row.stratifier}.{row.stratum}.wsi"] = row.gate_wsi
-                metrics[f"gate.{row.stratifier}.p_kruskal"] = row.p_kruskal
-        if not probes["attention"].empty:
-            probes["attention"].to_parquet(out / "attention_tiles.parquet", index=False)
-        timed("probes")
-
-    # 5. site alignment -----------------------------------------------------------------------
-    if "alignment" not in skip:
-        from .alignment import embedding_table, knn_site_entropy, leave_site_out_table
-
-        if run.lso is not None:
-            lso = leave_site_out_table(run.lso)
-            lso.to_csv(out / "site_alignment.csv", index=False)
-            for row in lso.itertuples(index=False):
-                metrics[f"lso.{row.site}.before"] = row.macro_r_before
-                metrics[f"lso.{row.site}.after"] = row.macro_r_after
-            paired = lso[["macro_r_before", "macro_r_after"]].dropna()
-            if len(paired) >= 2 and (paired["macro_r_after"] != paired["macro_r_before"]).any():
-                # after − before over the held-out sites (exact signed-rank test)
-                metrics["lso_test.wilcoxon_p"] = stats.wilcoxon(
-                    paired["macro_r_after"], paired["macro_r_before"], method="exact"
-                ).pvalue
-        if probes is not None and not probes["embeddings"].empty:
-            emb = probes["embeddings"]
-            entropies: dict[str, list[float]] = {}
-            cols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
-            for stage in ("before", "after"):
-                values = [
-                    knn_site_entropy(part[cols].to_numpy(), part["site"], k=10)
-                    for _, part in emb[emb["stage"] == stage].groupby("fold")
-                ]
-                metrics[f"site_entropy.{stage}"] = float(np.mean(values))
-                metrics[f"site_entropy.{stage}_sd"] = float(np.std(values, ddof=1))
-                entropies[stage] = values
-            if len(entropies.get("before", [])) >= 2 and len(entropies.get("after", [])) >= 2:
-                # the same fold models before/after CORAL: paired t-test over folds
-                metrics["site_entropy.p_paired"] = stats.ttest_rel(
-                    entropies["after"], entropies["before"]
-                ).pvalue
-            first = emb[emb["fold"] == emb["fold"].min()]
-            embedding_table(first, seed).to_parquet(out / "embedding_2d.parquet", index=False)
-        timed("alignment")
-
-    # 7. attention co-localisation --------------------------------------------------------------
-    tiles_path = out / "attention_tiles.parquet"
-    if "attention" not in skip and tiles_path.is_file():
-        from .attention import colocalisation, save_overlays, write_colocalisation
-
-        tiles = pd.read_parquet(tiles_path)
-        result = colocalisation(
-            tiles, run.clinical, run.manifest_path.parent, k_fraction=k_fraction, seed=seed
-        )
-        write_colocalisation(result, out)
-        summary = result.summary
-        for reason, count in result.skipped.groupby("reason").size().items():
-            notes.append(f"attention co-localisation: {count} slide maps skipped ({reason})")
-        for row in summary.itertuples(index=False):
-            key = f"attention.{row.model}.{row.target}.{row.metric}.{row.grade_stratum}"
-            metrics[f"{key}.observed"] = row.observed
-            metrics[f"{key}.shuffled"] = row.shuffled
-        save_overlays(
-            tiles[tiles["model"] == PROPOSED],
-            run.clinical,
-            run.manifest_path.parent,
-            out / "attention",
-            max_patients=max_overlays,
-        )
-        timed("attention")
-
-    # 8–9. survival and treatment ---------------------------------------------------------------
-    scores = run.wide(PROPOSED) if (preds["model"] == PROPOSED).any() else None
-    if "survival" not in skip and scores is not None:
-        from .survival import survival_analysis, survival_metrics
-
-        # Uno's C and the decision curves refit per resample and per threshold: fewer of both
-        tables = survival_analysis(
-            scores,
-            run.clinical,
-            run.folds,
-            n_boot=survival_boot,
-            seed=seed,
-            thresholds=np.round(np.arange(0.05, 0.951, 0.05), 2),
-        )
-        for name, frame in tables.items():
-            frame.to_csv(out / f"{name}.csv", index=False)
-        metrics.update(survival_metrics(tables))
-        timed("survival")
-    if "treatment" not in skip and scores is not None:
-        from .treatment import treatment_analysis
-
-        treat = treatment_analysis(scores, run.clinical, n_boot=n_boot, seed=seed)
-        treat.to_csv(out / "treatment.csv", index=False)
-        lr_row = treat[treat["term"].astype(str).str.startswith("lr")]
-        if len(lr_row):
-            metrics["treatment.or_per_sd"] = lr_row["estimate"].iloc[0]
-            metrics["treatment.auc"] = lr_row["auc"].iloc[0]
-        timed("treatment")
-
-    # 10. distillation --------------------------------------------------------------------------
-    if "distillation" not in skip:
-        from .distillation import distillation_table
-
-        dist = distillation_table(preds, probes["cost"] if probes is not None else {})
-        dist.to_csv(out / "distillation.csv", index=False)
-        for row in dist.itertuples(index=False):
-            metrics[f"distillation.{row.metric}"] = row.value
-        timed("distillation")
-
-    # 11. external cohorts ------------------------------------------------------------------------
-    if "external" not in skip:
-        from .external import external_table, find_external
-
-        dirs = [Path(d) for d in external] if external is not None else find_external(run.root)
-        cohorts = {}
-        for directory in dirs:
-            info = json.loads((directory / "predict.json").read_text(encoding="utf-8"))
-            if not info.get("targets"):
-                notes.append(f"external cohort {info['cohort']}: no targets, no concordance")
-                continue
-            ext_targets = pd.read_parquet(info["targets"])
-            ext_targets.index = ext_targets.index.astype(str)
-            cohorts[info["cohort"]] = (
-                pd.read_parquet(directory / "predictions.parquet"),
-                ext_targets,
-            )
-        if cohorts:
-            gains = _external_survival(dirs, survival_boot, seed, notes)
-            if not gains.empty:
-                gains.to_csv(out / "external_survival.csv", index=False)
-                for row in gains[gains["metric"] == "harrell"].itertuples(index=False):
-                    key = f"external.{row.cohort}.c_index.{row.endpoint}.{row.model}"
-                    metrics[key] = row.value
-            ext = external_table(cohorts, n_boot=n_boot, n_perm=n_boot, seed=seed)
-            ext.to_csv(out / "external.csv", index=False)
-            for row in ext.itertuples(index=False):
-                metrics[f"external.{row.cohort}.{row.model}.r.{row.target}"] = row.r
-                if row.model == PROPOSED:
-                    metrics[f"external.{row.cohort}.r.{row.target}"] = row.r
-        timed("external")
-
-    # 12. known truth -----------------------------------------------------------------------------
-    if "truth" not in skip and run.truth is not None:
-        from .truth import truth_table
-
-        truth = truth_table(preds, run.truth)
-        truth.to_csv(out / "truth.csv", index=False)
-        for row in truth.itertuples(index=False):
-            metrics[f"truth.{row.model}.r.{row.target}"] = row.r
-        timed("truth")
-
-    from .. import __version__
-
-    metrics = clean(metrics)
-    metrics["meta.run"] = str(run.root)
-    metrics["meta.stromalens"] = __version__
-    metrics["meta.seconds"] = round(time.perf_counter() - started, 1)
-    metrics["meta.analysis_seconds"] = seconds
-    metrics["meta.notes"] = notes
-    metrics["meta.skipped"] = sorted(skip)
+    metrics = clean(metrics) | {metric_key("meta", k): v for k, v in meta.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
-    event(log, "evaluation written", out=str(out), seconds=metrics["meta.seconds"])
+    event(log, "evaluation written", out=str(out), seconds=meta["seconds"])
     return metrics

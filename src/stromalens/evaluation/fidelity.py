@@ -22,7 +22,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..rundir import metric_key
 from ..training.data import TARGETS
+
+#: Columns of :func:`fidelity` that ``metrics.json`` carries, as ``cv.<model>.<column>.<target>``.
+METRIC_COLUMNS: tuple[str, ...] = (
+    "r",
+    "r_ci_low",
+    "r_ci_high",
+    "r_fold_sd",
+    "rmse",
+    "mae",
+    "calibration_slope",
+    "calibration_intercept",
+)
 
 
 def pearson_summary(y: np.ndarray, pred: np.ndarray) -> dict:
@@ -121,3 +134,22 @@ def fidelity_macro(predictions: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).sort_values("macro_r", ascending=False).reset_index(drop=True)
+
+
+def fidelity_metrics(table: pd.DataFrame, macro: pd.DataFrame) -> dict[str, float]:
+    """The ``metrics.json`` numbers of :func:`fidelity` and :func:`fidelity_macro`:
+    ``cv.<model>.<column>.<target>`` for the columns of ``METRIC_COLUMNS``,
+    ``cv.<model>.macro_r`` and ``cv.<model>.macro_r_fold_sd``, and ``ceiling.<target>`` where the
+    targets stage measured one."""
+    out = {}
+    for row in table.itertuples(index=False):
+        for column in METRIC_COLUMNS:
+            out[metric_key("cv", row.model, column, row.target)] = getattr(row, column)
+    for row in macro.itertuples(index=False):
+        out[metric_key("cv", row.model, "macro_r")] = row.macro_r
+        out[metric_key("cv", row.model, "macro_r_fold_sd")] = row.macro_r_fold_sd
+    for target in TARGETS:
+        part = table[table["target"] == target]
+        if len(part) and np.isfinite(part["ceiling"].iloc[0]):
+            out[metric_key("ceiling", target)] = part["ceiling"].iloc[0]
+    return out

@@ -86,6 +86,7 @@ from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
 from sksurv.util import Surv
 
 from ..logs import event, get_logger
+from ..rundir import metric_key
 
 log = get_logger("evaluation.survival")
 
@@ -574,8 +575,8 @@ def survival_metrics(tables: dict[str, pd.DataFrame]) -> dict[str, float]:
     out: dict[str, float] = {}
     cindex = tables["survival_cindex"]
     for row in cindex[cindex["metric"] == "harrell"].itertuples(index=False):
-        out[f"survival.{row.endpoint}.c_index.{row.model}"] = float(row.value)
+        out[metric_key("survival", row.endpoint, "c_index", row.model)] = float(row.value)
     hr = tables["survival_hr"]
     for row in hr[hr["term"].isin(HEADLINE_TERMS)].itertuples(index=False):
-        out[f"survival.{row.endpoint}.hr.{row.term}"] = float(row.hr)
+        out[metric_key("survival", row.endpoint, "hr", row.term)] = float(row.hr)
     return out
