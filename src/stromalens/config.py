@@ -21,8 +21,6 @@ from pydantic import (
     model_validator,
 )
 
-from .training.settings import TrainSettings
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -137,6 +135,57 @@ class ExternalCohortConfig(_Strict):
     expression: Path | None = Field(None, description="TPM table: its targets are computed")
     targets: TargetsConfig | None = Field(None, description="override the study's targets block")
     check_files: bool = True
+
+
+class TrainSettings(BaseModel):
+    """Hyper-parameters of the curriculum (``training.settings``; the nested grid overrides
+    some of them), validated when the study file is loaded.
+
+    Immutable: :meth:`with_` returns a validated copy with some values changed.
+
+    >>> TrainSettings().with_(tau=1.0).tau
+    1.0
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: int = 64
+    dropout: float = 0.1
+    tau: float = 0.5
+    lr: float = 3e-3
+    lr_prompts: float = 5e-2
+    batch_size: int = Field(32, ge=1)
+    epochs_stage1: int = Field(20, ge=0)
+    epochs_stage2: int = Field(60, ge=0)
+    epochs_stage3: int = Field(20, ge=0)
+    epochs_distill: int = Field(40, ge=0)
+    epochs_baseline: int = Field(60, ge=0)
+    # Modality dropout q = 0.5: each branch must predict on its own half the time, or the
+    # fusion leans on the branch that is easier to fit on the training fold
+    # (benchmarks/train_cv.py compares fused with single-modality models).
+    modality_dropout: float = Field(0.5, ge=0, lt=1)
+    lambda_coral: float = Field(0.1, ge=0)
+    weight_decay: float = Field(1.0, ge=0)
+    max_tiles: int | None = 512
+    # Radiomics enter the models as k components fitted on the training fold (FoldPreprocessor):
+    # principal components ("pca") or partial least squares against the targets ("pls");
+    # rad_components None: the standardised features themselves. PCA by default: PLS
+    # components are chosen on the training targets, so in-sample they look more predictive
+    # than they are out of sample and a fusion model learns to over-trust the MRI branch.
+    rad_components: int | None = Field(8, ge=1)
+    rad_reduction: Literal["pca", "pls"] = "pca"
+    seed: int = 0
+
+    def with_(self, **changes) -> TrainSettings:
+        """A copy with ``changes`` applied, validated; an unknown key is a ``ValueError``."""
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {sorted(unknown)}")
+        return type(self).model_validate({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        """Every setting by name (JSON-ready: numbers, strings and None)."""
+        return self.model_dump()
 
 
 class TrainingConfig(_Strict):

@@ -16,7 +16,7 @@ import pytest
 
 from stromalens.evaluation import evaluate_run, predict_cohort
 from stromalens.evaluation.evaluate import ANALYSES
-from stromalens.evaluation.rundir import RunDirError, open_run
+from stromalens.rundir import RunDirError, open_run
 from stromalens.evaluation.schema import TABLES, describe
 
 SCRIPT = Path(sys.executable).parent / "stromalens"

@@ -123,16 +123,16 @@ def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
 
 def _truth_check(cohort_dir: Path, targets_path: Path) -> dict:
     """r of each target with its planted latent (the synthetic cohort's truth)."""
-    import numpy as np
     import pandas as pd
+
+    from ..correlation import pearson
+    from ..names import LATENTS
 
     truth = pd.read_parquet(cohort_dir / "truth.parquet")
     targets = pd.read_parquet(targets_path).join(truth, how="inner")
     return {
-        f"r({target}, {latent})": round(
-            float(np.corrcoef(targets[target], targets[latent])[0, 1]), 3
-        )
-        for target, latent in (("ers_caf", "a"), ("lr", "b"), ("heterogeneity", "h"))
+        f"r({target}, {latent})": round(pearson(targets[target], targets[latent]), 3)
+        for target, latent in LATENTS.items()
     }
 
 

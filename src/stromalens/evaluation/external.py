@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..correlation import pearson
 from ..logs import event, get_logger
 from ..names import PROPOSED, TARGETS
 from ..training.data import StudyData
@@ -166,9 +167,6 @@ def external_table(
     of a model (the permutation p values)."""
     from .stats import bh_fdr, bootstrap_ci, pearson_ci, permutation_p
 
-    def r_of(a, b):
-        return np.corrcoef(a, b)[0, 1]
-
     rows = []
     for cohort, (predictions, targets) in cohorts.items():
         for (model, target), part in predictions.groupby(["model", "target"], sort=True):
@@ -181,7 +179,7 @@ def external_table(
             if len(y) < 4:
                 continue
             fisher = pearson_ci(p, y)
-            low, high = bootstrap_ci(r_of, p, y, n_boot=n_boot, seed=seed)
+            low, high = bootstrap_ci(pearson, p, y, n_boot=n_boot, seed=seed)
             rows.append(
                 {
                     "cohort": cohort,

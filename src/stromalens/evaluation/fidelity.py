@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..correlation import pearson
+from ..names import TARGETS
 from ..rundir import metric_key
-from ..training.data import TARGETS
 
 #: Columns of :func:`fidelity` that ``metrics.json`` carries, as ``cv.<model>.<column>.<target>``.
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -39,15 +40,17 @@ METRIC_COLUMNS: tuple[str, ...] = (
 
 
 def pearson_summary(y: np.ndarray, pred: np.ndarray) -> dict:
-    """r, its Fisher-z 95% CI and p, NaN when fewer than 4 pairs or a constant vector."""
+    """r (:func:`stromalens.correlation.pearson`, NaN where undefined), its Fisher-z 95% CI and
+    p (``scipy.stats.pearsonr``; NaN below the 4 pairs a Fisher interval needs)."""
     ok = np.isfinite(y) & np.isfinite(pred)
     y, pred = y[ok], pred[ok]
-    out = {"r": np.nan, "r_ci_low": np.nan, "r_ci_high": np.nan, "p": np.nan, "n": int(ok.sum())}
-    if len(y) < 4 or np.ptp(y) == 0 or np.ptp(pred) == 0:
+    r = pearson(pred, y)
+    out = {"r": r, "r_ci_low": np.nan, "r_ci_high": np.nan, "p": np.nan, "n": int(ok.sum())}
+    if len(y) < 4 or not np.isfinite(r):
         return out
     res = stats.pearsonr(pred, y)
     ci = res.confidence_interval(0.95)  # Fisher z
-    out.update(r=float(res.statistic), r_ci_low=float(ci.low), r_ci_high=float(ci.high))
+    out.update(r_ci_low=float(ci.low), r_ci_high=float(ci.high))
     out["p"] = float(res.pvalue)
     return out
 

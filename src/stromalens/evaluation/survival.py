@@ -86,11 +86,11 @@ from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
 from sksurv.util import Surv
 
 from ..logs import event, get_logger
+from ..names import TARGETS
 from ..rundir import metric_key
 
 log = get_logger("evaluation.survival")
 
-TARGETS: tuple[str, ...] = ("ers_caf", "lr", "heterogeneity")
 CLINICAL_COLUMNS: tuple[str, ...] = ("age", "sex", "location", "volume_cc")
 CATEGORICAL_COLUMNS: tuple[str, ...] = ("sex", "location")
 ENDPOINTS: tuple[str, ...] = ("os", "pfs")

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..names import LATENTS
 from .fidelity import pearson_summary
-
-#: target → planted latent of the synthetic cohort (``stromalens.synthetic.biology``)
-LATENTS = {"ers_caf": "a", "lr": "b", "heterogeneity": "h"}
 
 
 def truth_table(predictions: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:

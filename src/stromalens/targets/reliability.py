@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..correlation import pearson
+
 
 def pipeline_concordance(
     a: pd.Series, b: pd.Series, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
@@ -21,12 +23,13 @@ def pipeline_concordance(
     if len(joined) < 4:
         raise ValueError(f"need at least 4 samples scored by both pipelines, got {len(joined)}")
     x, y = joined["a"].to_numpy(), joined["b"].to_numpy()
-    r = float(np.corrcoef(x, y)[0, 1])
+    r = pearson(x, y)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), size=(n_boot, len(x)))
     xs, ys = x[idx], y[idx]
     xs = xs - xs.mean(axis=1, keepdims=True)
     ys = ys - ys.mean(axis=1, keepdims=True)
+    # the same r, vectorised over the resamples (a constant resample gives NaN and is dropped)
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = (xs * ys).sum(1) / np.sqrt((xs**2).sum(1) * (ys**2).sum(1))
     boot = boot[np.isfinite(boot)]

@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import TrainSettings
 from ..logs import event, get_logger
 from .data import FoldArrays, make_batch
-from .settings import TrainSettings
 
 log = get_logger("training.curriculum")
 
