@@ -93,3 +93,43 @@ def test_stromalens_run_reports_a_bad_key_in_one_message_and_exits_1(tmp_path):
     assert run.returncode == 1
     assert "wsi.tile_pz" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "study").exists()  # nothing written for an invalid study
+
+
+def test_a_typo_in_the_training_settings_stops_stromalens_run_before_any_stage(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        "cohort:\n  manifest: c.csv\ntraining:\n  settings:\n    epochs_stage22: 3\n",
+        encoding="utf-8",
+    )
+    script = Path(sys.executable).parent / "stromalens"
+    run = subprocess.run(
+        [str(script), "run", str(config), "--out", str(tmp_path / "study")],
+        capture_output=True,
+        encoding="utf-8",
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "training.settings.epochs_stage22" in " ".join(run.stderr.split())
+    assert not (tmp_path / "study").exists()
+
+
+def test_the_cohort_sites_and_file_checks_are_applied_before_any_stage(small_cohort, tmp_path):
+    """``cohort.sites`` restricts the site labels and ``check_files`` checks every file the
+    manifest names; both are read when the study is validated, before a stage runs."""
+    import pandas as pd
+
+    data = tiny_study(small_cohort)
+    data["cohort"]["sites"] = ["nowhere"]
+    with pytest.raises(ConfigError, match="(?s)cohort.manifest:.*nowhere"):
+        validate_study(load_config(write_study(tmp_path / "s.yaml", data)))
+    frame = pd.read_csv(small_cohort)
+    frame.loc[0, "wsi"] = "slides/absent.tiff"
+    broken = small_cohort.parent / "broken.csv"
+    frame.to_csv(broken, index=False)
+    try:
+        data = tiny_study(broken)
+        with pytest.raises(ConfigError, match="(?s)cohort.manifest:.*absent.tiff"):
+            validate_study(load_config(write_study(tmp_path / "t.yaml", data)))
+        data["cohort"]["check_files"] = False
+        validate_study(load_config(write_study(tmp_path / "u.yaml", data)))
+    finally:
+        broken.unlink()

@@ -146,9 +146,6 @@ def demo(
     ),
 ) -> None:
     """Generate the synthetic cohorts and run the full study on them (stromalens run)."""
-    from ..cohort import load_manifest
-    from ..config import SynthConfig
-    from ..synthetic import generate_cohort
     from .run import run_and_summarise
 
     if quick:
@@ -165,25 +162,7 @@ def demo(
         return report
 
     dev_dir, ext_dir = out / "cohort", out / "external_cohort"
-    step(
-        "synthetic development cohort",
-        lambda: {
-            "manifest": str(generate_cohort(dev_dir, SynthConfig(patients=patients, seed=seed)))
-        },
-    )
-    step(
-        "synthetic external cohort",
-        lambda: {
-            "manifest": str(
-                generate_cohort(
-                    ext_dir, SynthConfig(patients=external_patients, seed=seed, external=True)
-                )
-            )
-        },
-    )
-    for name, folder in (("development", dev_dir), ("external", ext_dir)):
-        console.print(f"[bold]{name} cohort[/]")
-        console.print(load_manifest(folder / "cohort.csv").summary().to_string())
+    _generate_cohorts(step, dev_dir, ext_dir, patients, external_patients, seed)
     step(
         "synthetic CLIP", lambda: _train_synthclip(dev_dir, train_seconds=60.0 if quick else 120.0)
     )
@@ -203,27 +182,45 @@ def demo(
         }
         for name, s in summary["stages"].items()
     ]
-    (out / "demo.json").write_text(
-        json.dumps(
-            {
-                "seconds": round(elapsed, 1),
-                "quick": quick,
-                "patients": patients,
-                "external_patients": external_patients,
-                "stages": stages,
-                "truth": truth,
-                "headline": summary["headline"],
-                "report": summary["report"],
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
-    )
+    record = {
+        "seconds": round(elapsed, 1),
+        "quick": quick,
+        "patients": patients,
+        "external_patients": external_patients,
+        "stages": stages,
+        "truth": truth,
+        "headline": summary["headline"],
+        "report": summary["report"],
+    }
+    (out / "demo.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    _print_timings(out, elapsed, stages, summary["report"])
+
+
+def _generate_cohorts(step, dev_dir, ext_dir, patients, external_patients, seed) -> None:
+    """The synthetic development and external cohorts, each a timed step; their summaries."""
+    from ..cohort import load_manifest
+    from ..config import SynthConfig
+    from ..synthetic import generate_cohort
+
+    for name, folder, config in (
+        ("development", dev_dir, SynthConfig(patients=patients, seed=seed)),
+        ("external", ext_dir, SynthConfig(patients=external_patients, seed=seed, external=True)),
+    ):
+        step(
+            f"synthetic {name} cohort",
+            lambda folder=folder, config=config: {"manifest": str(generate_cohort(folder, config))},
+        )
+    for name, folder in (("development", dev_dir), ("external", ext_dir)):
+        console.print(f"[bold]{name} cohort[/]")
+        console.print(load_manifest(folder / "cohort.csv").summary().to_string())
+
+
+def _print_timings(out: Path, elapsed: float, stages: list[dict], report) -> None:
     console.rule()
     console.print(f"[green]demo finished[/] in {elapsed:.0f} s — outputs under {out}")
     for record in stages:
         seconds = record["seconds"]
         shown = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "skipped"
         console.print(f"  {record['stage']}: {shown}")
-    if summary["report"]:
-        console.print(f"[bold green]report:[/] {summary['report']}", soft_wrap=True)
+    if report:
+        console.print(f"[bold green]report:[/] {report}", soft_wrap=True)

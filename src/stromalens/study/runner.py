@@ -37,10 +37,9 @@ from .. import __version__
 from ..config import ConfigError, StudyConfig, absolute_paths, load_config
 from ..hashing import sha256_file
 from ..logs import event, get_logger
+from ..rundir import StudyLayout
 
 log = get_logger("study.runner")
-
-MANIFEST = "manifest.json"
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -122,15 +121,15 @@ def _now() -> str:
 
 def read_manifest(study: Path | str) -> dict:
     """``STUDY/manifest.json`` (an empty skeleton when there is none yet)."""
-    path = Path(study) / MANIFEST
+    path = StudyLayout(study).manifest
     if not path.is_file():
         return {"stages": {}}
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _write_manifest(study: Path, manifest: dict) -> None:
-    path = study / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    path = StudyLayout(study).manifest
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     tmp.replace(path)
 
@@ -140,7 +139,7 @@ def _lock(study: Path):
     """An exclusive lock on the study folder; the OS releases it if the process dies."""
     import fcntl
 
-    handle = open(study / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    handle = open(StudyLayout(study).lock, "w")  # noqa: SIM115 - held for the whole run
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -219,11 +218,9 @@ def run_study(
     ``"start" | "done" | "skipped"`` (the CLI prints from it)."""
     from .stages import default_stages, validate_study
 
-    if not isinstance(config, StudyConfig):
-        config_path = Path(config)
+    config_path = None if isinstance(config, StudyConfig) else Path(config)
+    if config_path is not None:
         config = load_config(config_path, StudyConfig)
-    else:
-        config_path = None
     if stages is None:
         validate_study(config)
         stages = default_stages(config)
@@ -247,13 +244,10 @@ def run_study(
             }
         )
         records = manifest.setdefault("stages", {})
-        (study / "study.yaml").write_text(_config_yaml(config), encoding="utf-8")
+        StudyLayout(study).config.write_text(_config_yaml(config), encoding="utf-8")
         digests = stage_digests(config, stages)
         selected = set(only) if only else set(names)
-        needed = set()  # the stages upstream of a selected one: they must be done already
-        for stage in reversed(stages):
-            if stage.name in selected or stage.name in needed:
-                needed.update(stage.after)
+        needed = _upstream(stages, selected)
         for stage in stages:
             parts = digests[stage.name]
             previous = records.get(stage.name, {})
@@ -276,49 +270,9 @@ def run_study(
                     on_stage(stage.name, "skipped", previous)
                 continue
             resuming = previous.get("digest") == parts["digest"] and stage.name not in force
-            if not resuming:
-                _clean(study, stage.clean(config))
-            record = {
-                "status": "running",
-                **parts,
-                "description": stage.description,
-                "outputs": outputs,
-                "resumed": resuming and bool(previous),
-                "started": _now(),
-            }
-            records[stage.name] = record
-            _write_manifest(study, manifest)
-            if on_stage:
-                on_stage(stage.name, "start", record)
-            event(log, "stage started", stage=stage.name, digest=parts["digest"][:12])
-            t0 = time.perf_counter()
-            try:
-                summary = stage.run(config, study) or {}
-            except BaseException as exc:
-                record.update(
-                    status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                    error=f"{type(exc).__name__}: {exc}".strip(),
-                    seconds=round(time.perf_counter() - t0, 1),
-                    finished=_now(),
-                )
-                _write_manifest(study, manifest)
-                raise
-            missing = [rel for rel in outputs if not (study / rel).exists()]
-            if missing:
-                record.update(status="failed", error=f"outputs missing: {missing}")
-                _write_manifest(study, manifest)
-                raise RuntimeError(f"stage {stage.name!r} did not write {missing}")
-            record.update(
-                status="done",
-                seconds=round(time.perf_counter() - t0, 1),
-                finished=_now(),
-                summary=summary,
-            )
-            _write_manifest(study, manifest)
-            event(log, "stage done", stage=stage.name, seconds=record["seconds"])
+            _run_stage(stage, config, study, manifest, parts, resuming and bool(previous),
+                       on_stage)  # fmt: skip
             result.ran.append(stage.name)
-            if on_stage:
-                on_stage(stage.name, "done", record)
         result.seconds = round(time.perf_counter() - started, 1)
         manifest["last_run"] = {
             "finished": _now(),
@@ -329,6 +283,61 @@ def run_study(
         _write_manifest(study, manifest)
     result.records = records
     return result
+
+
+def _upstream(stages: list[Stage], selected: set[str]) -> set[str]:
+    """The stages upstream of a selected one (they must be done already)."""
+    needed: set[str] = set()
+    for stage in reversed(stages):
+        if stage.name in selected or stage.name in needed:
+            needed.update(stage.after)
+    return needed
+
+
+def _run_stage(stage, config, study: Path, manifest: dict, parts: dict, resumed: bool,
+               on_stage) -> None:  # fmt: skip
+    """Run one stage: clean its folder unless it resumes, record it as running, run it, check
+    its outputs, record it done (or failed / interrupted, and re-raise)."""
+    if not resumed:
+        _clean(study, stage.clean(config))
+    outputs = stage.outputs(config)
+    record = {
+        "status": "running",
+        **parts,
+        "description": stage.description,
+        "outputs": outputs,
+        "resumed": resumed,
+        "started": _now(),
+    }
+    manifest["stages"][stage.name] = record
+    _write_manifest(study, manifest)
+    if on_stage:
+        on_stage(stage.name, "start", record)
+    event(log, "stage started", stage=stage.name, digest=parts["digest"][:12])
+    t0 = time.perf_counter()
+    try:
+        summary = stage.run(config, study) or {}
+    except BaseException as exc:
+        record.update(
+            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+            error=f"{type(exc).__name__}: {exc}".strip(),
+            seconds=round(time.perf_counter() - t0, 1),
+            finished=_now(),
+        )
+        _write_manifest(study, manifest)
+        raise
+    missing = [rel for rel in outputs if not (study / rel).exists()]
+    if missing:
+        record.update(status="failed", error=f"outputs missing: {missing}")
+        _write_manifest(study, manifest)
+        raise RuntimeError(f"stage {stage.name!r} did not write {missing}")
+    record.update(
+        status="done", seconds=round(time.perf_counter() - t0, 1), finished=_now(), summary=summary
+    )
+    _write_manifest(study, manifest)
+    event(log, "stage done", stage=stage.name, seconds=record["seconds"])
+    if on_stage:
+        on_stage(stage.name, "done", record)
 
 
 def _config_yaml(config: StudyConfig) -> str:

@@ -133,8 +133,30 @@ def validate_study(config: StudyConfig) -> None:
             radiomics_settings(config)
         except ConfigError as exc:
             problems.append(f"radiomics.config: {exc}")
+    problems += _manifest_problems(config)
     if problems:
         raise ConfigError("invalid study configuration\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _manifest_problems(config: StudyConfig) -> list[str]:
+    """Each manifest read as its stages will read it, before any stage runs: the development
+    cohort's against ``cohort.sites`` (when given), and every referenced file checked where
+    ``check_files`` is on."""
+    from ..cohort import ManifestError, load_manifest
+
+    cohorts = [("cohort", config.cohort.manifest, config.cohort.sites, config.cohort.check_files)]
+    cohorts += [
+        (f"external.{i}", c.manifest, None, c.check_files) for i, c in enumerate(config.external)
+    ]
+    problems = []
+    for key, manifest, sites, check_files in cohorts:
+        if not Path(manifest).is_file():
+            continue  # reported above
+        try:
+            load_manifest(manifest, sites=sites, check_files=check_files)
+        except ManifestError as exc:
+            problems.append(f"{key}.manifest: {exc}")
+    return problems
 
 
 # ---------------------------------------------------------------------------- targets
