@@ -72,6 +72,16 @@ def test_short_training_writes_a_loadable_checkpoint(tmp_path, synthetic_slides)
     assert encoder.weights_sha256 == meta["weights_sha256"]
 
 
+def test_training_is_bounded_by_steps_so_a_seed_gives_the_same_weights(tmp_path, synthetic_slides):
+    """No time budget: two trainings with one seed write the same weights, bit for bit,
+    whatever the machine's speed."""
+    settings = ClipTrainSettings(max_steps=3, batch_size=16)
+    first = train_synthclip(synthetic_slides[:3], tmp_path / "a.safetensors", settings)
+    second = train_synthclip(synthetic_slides[:3], tmp_path / "b.safetensors", settings)
+    assert first["training"]["steps"] == second["training"]["steps"] == 3
+    assert first["weights_sha256"] == second["weights_sha256"]
+
+
 def test_training_needs_two_slides(synthetic_slides, tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         train_synthclip(synthetic_slides[:1], tmp_path / "x.safetensors")
@@ -86,7 +96,7 @@ def test_trained_clip_retrieves_captions_and_prompts_land(tmp_path, synthetic_sl
     from stromalens.wsi.prompts import embed_bank, load_bank, prompt_similarity
 
     out = tmp_path / "clip.safetensors"
-    summary = train_synthclip(synthetic_slides, out, ClipTrainSettings(max_seconds=150))
+    summary = train_synthclip(synthetic_slides, out, ClipTrainSettings())
     metrics = summary["heldout_retrieval"]
     assert metrics["top1_dominant"] > 0.8
     assert metrics["top1_class"] > metrics["majority_class_rate"]

@@ -102,7 +102,7 @@ def demo_config(dev_dir: Path, ext_dir: Path, quick: bool = False):
     return validate_settings(StudyConfig, data, source=str(path))
 
 
-def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
+def _train_synthclip(cohort_dir: Path, steps: int) -> dict:
     """Train the synthetic CLIP on the development slides unless a checkpoint is cached."""
     from ..wsi.embed import jobs_from_manifest
     from ..wsi.synthclip import ClipTrainSettings, default_checkpoint, train_synthclip
@@ -112,7 +112,7 @@ def _train_synthclip(cohort_dir: Path, train_seconds: float) -> dict:
         console.print(f"cached: {checkpoint}")
         return {"checkpoint": str(checkpoint), "cached": True}
     slides = [job.path for job in jobs_from_manifest(cohort_dir / "cohort.csv")[:24]]
-    summary = train_synthclip(slides, checkpoint, ClipTrainSettings(max_seconds=train_seconds))
+    summary = train_synthclip(slides, checkpoint, ClipTrainSettings(max_steps=steps))
     return {
         "checkpoint": str(checkpoint),
         "cached": False,
@@ -164,7 +164,7 @@ def demo(
     dev_dir, ext_dir = out / "cohort", out / "external_cohort"
     _generate_cohorts(step, dev_dir, ext_dir, patients, external_patients, seed)
     step(
-        "synthetic CLIP", lambda: _train_synthclip(dev_dir, train_seconds=60.0 if quick else 120.0)
+        "synthetic CLIP", lambda: _train_synthclip(dev_dir, steps=300 if quick else 600)
     )
     config = demo_config(dev_dir, ext_dir, quick=quick)
     console.rule("[bold]stromalens run (configs/demo.yaml)")

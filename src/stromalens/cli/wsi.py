@@ -168,7 +168,7 @@ def train_clip(
         None, "--manifest", help="Synthetic cohort manifest(s); default: generate a small one."
     ),
     out: Path | None = typer.Option(None, "--out", help="Checkpoint path (.safetensors)."),
-    seconds: float = typer.Option(150.0, "--seconds", help="Training time budget."),
+    steps: int = typer.Option(600, "--steps", help="Training steps (batches of 96 tiles)."),
     patients: int = typer.Option(16, "--patients", help="Size of the generated cohort."),
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Retrain even if a checkpoint exists."),
@@ -201,6 +201,6 @@ def train_clip(
             )
         ]
     slides = [job.path for m in manifest for job in _jobs(Path(m), None)]
-    summary = train_synthclip(slides, out, ClipTrainSettings(max_seconds=seconds, seed=seed))
+    summary = train_synthclip(slides, out, ClipTrainSettings(max_steps=steps, seed=seed))
     console.print(json.dumps(summary["heldout_retrieval"], indent=2))
     console.print(f"trained in {summary['training']['train_seconds']} s → {out}")

@@ -47,7 +47,7 @@ SYNTHCLIP_CONFIG: dict = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 96, "heads": 4, "layers": 2},
 }
 #: v2: slides with a-dependent fibroblast density, and out-of-domain negative captions.
-CHECKPOINT_NAME = "synthclip-v2.safetensors"
+CHECKPOINT_NAME = "synthclip-v3.safetensors"
 
 COMPARTMENT_NAMES = ("stroma", "tumour", "immune")
 #: Synonyms of each compartment; the first is the canonical phrase.
@@ -310,8 +310,9 @@ def make_caption(
 class ClipTrainSettings:
     """Settings of :func:`train_synthclip` (saved inside the checkpoint's JSON)."""
 
-    max_seconds: float = 150.0
-    max_steps: int = 3000
+    # A fixed number of steps, never a time budget: the same seed gives the same weights on
+    # any machine (600 steps take about 2 minutes on 2 cores).
+    max_steps: int = 600
     batch_size: int = 96
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -423,7 +424,7 @@ def train_synthclip(
     t_train = time.perf_counter()
     step, losses = 0, []
     model.train()
-    while step < settings.max_steps and time.perf_counter() - t_train < settings.max_seconds:
+    while step < settings.max_steps:
         idx = rng.choice(
             len(train.images), size=min(settings.batch_size, len(train.images)), replace=False
         )
@@ -440,7 +441,7 @@ def train_synthclip(
         n_ood = settings.ood_per_batch
         tokens = tokenizer(captions + make_ood_captions(n_ood, rng))  # (B + K, L)
         warm = min(1.0, (step + 1) / settings.warmup_steps)
-        frac = min(1.0, (time.perf_counter() - t_train) / settings.max_seconds)
+        frac = step / settings.max_steps  # cosine decay over the steps
         for group in optimiser.param_groups:
             group["lr"] = settings.lr * warm * 0.5 * (1 + np.cos(np.pi * frac))
         img, txt, scale = model(images, tokens)  # (B, D), (B + K, D), ()
