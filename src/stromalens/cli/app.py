@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -36,11 +37,24 @@ app.command("predict")(evaluate_cli.predict)
 error_console = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     log_file: Path = typer.Option(
         None, "--log-file", help="Also write structured logs here, one JSON object per line."
+    ),
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
     ),
 ) -> None:
     configure_logging(log_level.upper(), json_file=log_file)
@@ -70,12 +84,22 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (an unknown option, a missing argument)
+        if isinstance(exc, _usage_errors()):
             exc.show()
             sys.exit(exc.exit_code)
         raise
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _usage_errors() -> tuple[type, ...]:
+    """click's usage-error classes: click's own and the copy Typer vendors (``typer._click``,
+    whose exceptions are not click's), whichever are installed."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
