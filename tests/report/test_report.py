@@ -215,3 +215,16 @@ def test_pearson_matches_scipy():
     assert r == pytest.approx(0.8996410962361006, abs=1e-12)
     assert p == pytest.approx(3.925687878566953e-4, rel=1e-9)
     assert np.isnan(pearson([1, 1, 1], [1, 2, 3])[0])
+
+
+def test_the_title_is_the_studys_name_and_its_notes_are_shown(tmp_path, train_dir):
+    from stromalens.report import write_report
+
+    run = tmp_path / "train"
+    shutil.copytree(train_dir, run)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config.update(name="Chordoma ERS-CAF study", notes="Site E joined in 2025.")
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    html = write_report(run).read_text(encoding="utf-8")
+    assert "<title>stromalens report — Chordoma ERS-CAF study</title>" in html
+    assert "Site E joined in 2025." in html

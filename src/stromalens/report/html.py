@@ -727,12 +727,13 @@ def render(run: RunFiles) -> str:
 
     sections = [build(run) for build in SECTIONS]
     return env.get_template("report.html.j2").render(
-        title=f"stromalens report — {run.root.resolve().name}",
+        title=f"stromalens report — {run.config.get('name') or run.root.resolve().name}",
         train_dir=str(run.root),
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__,
         overview=overview(run),
         demo_note=run.demo_note(),
+        notes=run.config.get("notes") or "",
         cards=headline(run),
         sections=sections,
         missing=sorted(run.missing),
