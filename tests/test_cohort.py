@@ -207,3 +207,17 @@ def test_cli_validate_exits_non_zero_with_one_clear_message(files):
     assert "Traceback" not in out.stderr
     assert "3 problem(s)" in out.stderr  # duplicate id, duplicate RNA sample, negative time
     assert "row 2, column 'os_time'" in out.stderr
+
+
+@pytest.mark.parametrize("pid", ["../../ESCAPED", "/abs/path", ".hidden", "a\\b"])
+def test_a_patient_id_that_cannot_name_a_file_is_refused(files, pid):
+    """Ids name files in every stage; one with a separator or a leading dot would write outside
+    the stage's folder."""
+    with pytest.raises(ManifestError, match="cannot name a file"):
+        load_manifest(write(files, row(pid)), check_files=False)
+
+
+def test_ordinary_ids_with_dashes_dots_and_spaces_are_accepted(files):
+    ids = ["TCGA-AB-1234", "P.01", "patient 7"]
+    path = write(files, *(row(p, rna=f"R{i}") for i, p in enumerate(ids)))
+    assert load_manifest(path, check_files=False).patients == ids

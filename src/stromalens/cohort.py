@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "site")
+#: A patient id that is safe as one file-name component on every system.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_. -]*$")
 PATH_COLUMNS: tuple[str, ...] = (
     "mri_t1",
     "mri_t2",
@@ -221,6 +224,16 @@ def load_manifest(
     for i, pid in ids.items():
         if _is_empty(pid):
             problems.append(Problem(row_number[i], "patient_id", "empty patient id"))
+        elif not _SAFE_ID.match(str(pid)):
+            # ids name files in every stage (features/<id>.h5, radiomics records): a separator
+            # or a leading dot would write outside the stage's folder
+            problems.append(
+                Problem(
+                    row_number[i],
+                    "patient_id",
+                    f"{pid!r} cannot name a file: use letters, digits, spaces and . _ - (not first: . or a space)",
+                )
+            )
     dup = ids[ids.duplicated(keep=False) & (ids != "")]
     for pid, group in dup.groupby(dup):
         rows = ", ".join(str(row_number[i]) for i in group.index)
