@@ -2,15 +2,28 @@
 
 Geometry
 --------
-A tile is ``tile_px`` pixels at ``target_mpp`` µm/px. It is read from the coarsest pyramid level
-whose pixel size is at most ``target_mpp`` (within ``mpp_tolerance``); when that level's pixel
-size differs from the target by more than the tolerance, a region of
+A tile is ``tile_px`` pixels at ``target_mpp`` µm/px. The level it is read from follows TRIDENT's
+rule (``get_best_level_and_custom_downsample``, with its patcher's tolerance of 0.1 on the
+level-0 downsample, i.e. 10 % at level 0): with ε = ``mpp_tolerance`` (default 10 %),
 
-    read_px = tile_px · target_mpp / level_mpp
+* a level within tolerance, ``|level_mpp / target_mpp − 1| ≤ ε``, is read directly (the closest
+  such level): ``tile_px`` level pixels, covering ``tile_px · level_mpp`` µm;
+* otherwise the nearest finer level (the coarsest with ``level_mpp < target_mpp``) is read, a region
+  of ``read_px = tile_px · target_mpp / level_mpp`` pixels resampled to ``tile_px`` (area
+  interpolation), so the tile covers exactly ``tile_px · target_mpp`` µm;
+* a slide whose finest level is coarser than the target beyond ε is an error naming its µm/px:
+  upsampling would invent detail.
 
-pixels is read and resampled to ``tile_px`` (area interpolation when shrinking), so every tile
-covers exactly ``tile_px · target_mpp`` µm. Tiles are read in blocks of ``block_tiles²`` grid cells
-(one ``read_region`` call each) and sliced, never one by one.
+Within ε the tile is read directly, not resampled by a few per cent: every pixel stays as the
+scanner recorded it (no interpolation blur, no upsampling), at the price of a field of view up to
+ε larger or smaller. 20× scanners differ by that much (0.46–0.52 µm/px) and encoders trained at
+"20×" saw all of them. TRIDENT chooses the level by the same rule, then resizes each tile to the
+exact field of view; its magnification path (any 0.3–0.6 µm/px slide is "20×", read without
+resizing) is more lenient than ours.
+
+A 0.52 µm/px slide thus tiles at 0.5 µm/px from level 0 with 224-px tiles of 116.5 µm
+(``level_mpp`` is stored with the features). Tiles are read in blocks of ``block_tiles²`` grid
+cells (one ``read_region`` call each) and sliced, never one by one.
 
 Tissue fraction comes from the thumbnail tissue mask (``thumbnail_mpp``, coarser when the slide
 would need more than ``thumbnail_max_pixels``) through an integral image ``S``:
@@ -28,6 +41,8 @@ References
 ----------
 Pech-Pacheco JL et al. Diatom autofocusing in brightfield microscopy: a comparative study.
 ICPR 2000. Lu MY et al. (CLAM) Nat Biomed Eng 5:555 (2021) for the 224-px/20× convention.
+Zhang A et al. TRIDENT (2025), github.com/mahmoodlab/TRIDENT, ``wsi_objects/WSI.py``, for the
+level rule.
 """
 
 from __future__ import annotations
@@ -52,7 +67,7 @@ class TilingSpec:
     tile_px: int = 224
     stride_px: int = 224
     min_tissue: float = 0.5
-    mpp_tolerance: float = 0.02
+    mpp_tolerance: float = 0.10
     block_tiles: int = 8
     thumbnail_mpp: float = 8.0
     thumbnail_max_pixels: int = 8_000_000
@@ -68,6 +83,8 @@ class TilingSpec:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if self.tile_px < 8 or self.stride_px < 1:
             raise ValueError(f"tile_px={self.tile_px}, stride_px={self.stride_px} are too small")
+        if not (np.isfinite(self.mpp_tolerance) and 0 <= self.mpp_tolerance < 1):
+            raise ValueError(f"mpp_tolerance must lie in [0, 1), got {self.mpp_tolerance!r}")
         if not 0 <= self.min_tissue <= 1:
             raise ValueError(f"min_tissue must lie in [0, 1], got {self.min_tissue!r}")
         if self.thumbnail_max_pixels < 1:
@@ -113,15 +130,40 @@ class TilePlan:
         return np.split(order, starts[1:])
 
 
+def within_tolerance(level_mpp: float, target_mpp: float, tolerance: float) -> bool:
+    """Whether a level is read directly at ``target_mpp``: ``|level_mpp / target_mpp − 1| ≤ ε``."""
+    return abs(level_mpp / target_mpp - 1.0) <= tolerance
+
+
 def choose_level(level_mpps: list[float], target_mpp: float, tolerance: float) -> int:
-    """The coarsest level whose µm/px is at most ``target_mpp · (1 + tolerance)``."""
-    ok = [i for i, m in enumerate(level_mpps) if m <= target_mpp * (1 + tolerance)]
-    if not ok:
+    """The level tiles at ``target_mpp`` are read from (TRIDENT's rule, see the module doc).
+
+    The level closest to the target among those within ``tolerance`` (read directly); else the
+    nearest finer level (read and resampled); a slide coarser than the target beyond the
+    tolerance raises ``ValueError`` naming its µm/px.
+
+    Example
+    -------
+    >>> choose_level([0.52, 2.08, 8.32], 0.5, 0.10)   # within 10 %: level 0, read directly
+    0
+    >>> choose_level([0.25, 1.0, 4.0], 0.5, 0.10)     # nearest finer: level 0, resampled
+    0
+    """
+    if not (np.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"mpp tolerance must be ≥ 0, got {tolerance!r}")
+    near = [i for i, m in enumerate(level_mpps) if within_tolerance(m, target_mpp, tolerance)]
+    if near:
+        return min(near, key=lambda i: (abs(level_mpps[i] / target_mpp - 1.0), level_mpps[i]))
+    finer = [i for i, m in enumerate(level_mpps) if m < target_mpp]
+    if not finer:
+        finest = min(level_mpps)
         raise ValueError(
-            f"target {target_mpp} µm/px is finer than the slide's finest level "
-            f"({level_mpps[0]:.3f} µm/px); upsampling would invent detail"
+            f"the slide's finest level is {finest:.3f} µm/px, coarser than the target "
+            f"{target_mpp} µm/px by more than the tolerance ({tolerance:.0%}): the target is "
+            "finer than the slide and upsampling would invent detail; lower target_mpp or "
+            "raise mpp_tolerance"
         )
-    return max(ok, key=lambda i: level_mpps[i])
+    return max(finer, key=lambda i: level_mpps[i])
 
 
 def read_thumbnail(
@@ -167,14 +209,16 @@ def read_thumbnail(
 def plan_tiles(slide: Slide, spec: TilingSpec | None = None) -> TilePlan:
     """Tissue mask, level choice and the candidate tile grid of ``slide``."""
     spec = spec or TilingSpec()
-    level = choose_level(slide.level_mpps, spec.target_mpp, spec.mpp_tolerance)
+    try:
+        level = choose_level(slide.level_mpps, spec.target_mpp, spec.mpp_tolerance)
+    except ValueError as exc:
+        raise ValueError(f"{getattr(slide, 'path', 'slide')}: {exc}") from exc
     level_mpp = slide.level_mpps[level]
     ds = slide.level_downsamples[level]
-    exact_read = spec.tile_px * spec.target_mpp / level_mpp
-    if abs(exact_read / spec.tile_px - 1.0) <= spec.mpp_tolerance:
+    if within_tolerance(level_mpp, spec.target_mpp, spec.mpp_tolerance):
         read_px, resample = spec.tile_px, False
-    else:
-        read_px, resample = int(round(exact_read)), True
+    else:  # a finer level: read the target's field of view and shrink it to tile_px
+        read_px, resample = int(round(spec.tile_px * spec.target_mpp / level_mpp)), True
     step_level = spec.stride_px * read_px / spec.tile_px
     tile0 = read_px * ds
 
