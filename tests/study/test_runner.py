@@ -130,3 +130,22 @@ def test_only_runs_the_named_stages_once_their_upstream_is_done(tmp_path):
     assert calls == ["a", "b"]
     with pytest.raises(ValueError, match="'b' is not done"):
         run_study(_config(folds=2), tmp_path, stages=_graph(calls), only=["c"])
+
+
+def test_a_users_folder_where_a_stage_writes_is_never_deleted(tmp_path):
+    """--out may be an existing folder: what a stage would clean but no earlier run of it
+    wrote is the user's; the run stops, naming it, and deletes nothing."""
+    notes = tmp_path / "b" / "my_notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    calls: list = []
+    with pytest.raises(FileExistsError, match="no earlier `stromalens run`"):
+        run_study(_config(), tmp_path, stages=_graph(calls))
+    assert notes.read_text() == "mine" and calls == ["a"]
+    # once the stage's folder is the program's (recorded), new settings clean it as before
+    notes.unlink()
+    notes.parent.rmdir()
+    run_study(_config(), tmp_path, stages=_graph(calls))
+    (tmp_path / "b" / "extra.txt").write_text("x")
+    run_study(_config(folds=3), tmp_path, stages=_graph(calls))
+    assert not (tmp_path / "b" / "extra.txt").exists()

@@ -74,7 +74,14 @@ def main() -> None:
     try:
         # Without standalone mode, click returns (not raises) the code of a `typer.Exit`.
         code = app(standalone_mode=False)
-    except (ManifestError, ConfigError, ValueError, FileNotFoundError, ImportError) as exc:
+    except (
+        ManifestError,
+        ConfigError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        ImportError,
+    ) as exc:
         error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as exc:

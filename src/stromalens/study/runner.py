@@ -189,12 +189,20 @@ def _outputs_exist(study: Path, outputs: list[str]) -> bool:
     return all((study / rel).exists() for rel in outputs)
 
 
-def _clean(study: Path, folders: list[str]) -> None:
+def _clean(study: Path, folders: list[str], ours: bool) -> None:
+    """Remove a stage's folders before it starts afresh. ``ours``: the manifest records an
+    earlier run of the stage, so what lies there was written by stromalens; otherwise an
+    existing path is the user's and is never deleted (the run stops, naming it)."""
     root = study.resolve()
     for rel in folders:
         path = (study / rel).resolve()
         if root not in path.parents:
             raise ValueError(f"refusing to clean {path}: outside the study folder {root}")
+        if not ours and path.exists():
+            raise FileExistsError(
+                f"{path} exists but no earlier `stromalens run` in {root} wrote it; "
+                "move it away or choose another --out (nothing was deleted)"
+            )
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -270,7 +278,7 @@ def run_study(
                     on_stage(stage.name, "skipped", previous)
                 continue
             resuming = previous.get("digest") == parts["digest"] and stage.name not in force
-            _run_stage(stage, config, study, manifest, parts, resuming and bool(previous),
+            _run_stage(stage, config, study, manifest, parts, resuming, bool(previous),
                        on_stage)  # fmt: skip
             result.ran.append(stage.name)
         result.seconds = round(time.perf_counter() - started, 1)
@@ -295,11 +303,12 @@ def _upstream(stages: list[Stage], selected: set[str]) -> set[str]:
 
 
 def _run_stage(stage, config, study: Path, manifest: dict, parts: dict, resumed: bool,
-               on_stage) -> None:  # fmt: skip
-    """Run one stage: clean its folder unless it resumes, record it as running, run it, check
-    its outputs, record it done (or failed / interrupted, and re-raise)."""
+               recorded: bool, on_stage) -> None:  # fmt: skip
+    """Run one stage: clean its folder unless it resumes (only what an earlier run of it wrote,
+    ``recorded``), record it as running, run it, check its outputs, record it done (or failed /
+    interrupted, and re-raise)."""
     if not resumed:
-        _clean(study, stage.clean(config))
+        _clean(study, stage.clean(config), ours=recorded)
     outputs = stage.outputs(config)
     record = {
         "status": "running",
