@@ -221,3 +221,10 @@ def test_ordinary_ids_with_dashes_dots_and_spaces_are_accepted(files):
     ids = ["TCGA-AB-1234", "P.01", "patient 7"]
     path = write(files, *(row(p, rna=f"R{i}") for i, p in enumerate(ids)))
     assert load_manifest(path, check_files=False).patients == ids
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity"])
+def test_an_infinite_time_is_refused_at_validation(files, value):
+    """Found before any stage runs, not by the survival models at the end."""
+    with pytest.raises(ManifestError, match="os_time.*not a finite number"):
+        load_manifest(write(files, row("P1", os_time=value)), check_files=False)

@@ -262,6 +262,8 @@ def load_manifest(
                 continue
             if np.isnan(value):
                 problems.append(Problem(row_number[i], col, f"'{text}' is not a number"))
+            elif not np.isfinite(value):
+                problems.append(Problem(row_number[i], col, f"'{text}' is not a finite number"))
             elif low is not None and value < low:
                 what = "a time" if col in TIME_COLUMNS else "it"
                 problems.append(
