@@ -188,10 +188,6 @@ class StudyLayout:
         return self.root / "radiomics"
 
     @property
-    def train_config(self) -> Path:
-        return self.root / "train.yaml"
-
-    @property
     def train(self) -> TrainLayout:
         return TrainLayout(self.root / "train")
 

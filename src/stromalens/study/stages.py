@@ -357,16 +357,12 @@ def _absolute(config: StudyConfig) -> StudyConfig:
 
 
 def run_train(config: StudyConfig, study: Path) -> dict:
-    import yaml
-
     from ..training.run import train_study
 
     layout = StudyLayout(study)
-    resolved = training_config(config, study)
-    layout.train_config.write_text(
-        yaml.safe_dump(json.loads(resolved.model_dump_json()), sort_keys=False), encoding="utf-8"
-    )
-    metrics = train_study(resolved, layout.train.root)
+    # train/config.yaml (written by train_study) is this resolved configuration: `stromalens
+    # train --config STUDY/train/config.yaml` trains again on the same stage outputs
+    metrics = train_study(training_config(config, study), layout.train.root)
     run = json.loads(layout.train.manifest.read_text(encoding="utf-8"))
     targets = pd.read_parquet(layout.targets_table)
     cohort = _frame(config.cohort.manifest)
@@ -539,7 +535,7 @@ def _train_stage() -> Stage:
             _relative(train.predictions),
             _relative(train.bundle / "bundle.json"),
         ],  # fmt: skip
-        clean=lambda c: [_relative(train.root), _relative(_ROOT.train_config)],
+        clean=lambda c: [_relative(train.root)],
         after=("targets", "wsi", "radiomics"),
         description="every model under nested site-stratified CV, distillation, leave-site-out",
     )
