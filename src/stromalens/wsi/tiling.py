@@ -340,6 +340,62 @@ def qc_pass(qc: dict[str, np.ndarray], spec: TilingSpec) -> np.ndarray:
     )
 
 
+def _spread_order(n: int) -> np.ndarray:
+    """0..n-1 in van der Corput order: every prefix is spread evenly (0, n/2, n/4, 3n/4, …)."""
+    bits = max(1, int(np.ceil(np.log2(max(n, 2)))))
+    codes = np.arange(n)
+    reversed_ = np.zeros(n, np.int64)
+    for b in range(bits):
+        reversed_ |= ((codes >> b) & 1) << (bits - 1 - b)
+    return np.argsort(reversed_, kind="stable")
+
+
+def sample_qc_tiles(
+    slide: Slide, plan: TilePlan, n: int, max_reads: int | None = None, batch: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` tiles of ``plan`` that pass QC, spread evenly over the slide.
+
+    ``max_reads`` (default ``4 n``) candidates evenly spaced in grid order are visited in van der
+    Corput order — each prefix of the visit is itself evenly spread — and read ``batch`` at a
+    time, one ``read_region`` per tile, until ``n`` have passed :func:`qc_pass`. At most
+    ``max_reads`` tiles are decoded, so a slide with many pen, fold or glass tiles costs no more
+    than four times a clean one, and a huge slide no more than a small one.
+
+    Returns
+    -------
+    (indices, tiles) : the passing tiles' indices into ``plan`` (ascending) and their pixels
+        (k, tile_px, tile_px, 3), k ≤ n.
+    """
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n!r}")
+    max_reads = 4 * n if max_reads is None else max_reads
+    if max_reads < n:
+        raise ValueError(f"max_reads ({max_reads}) must be at least n ({n})")
+    size = plan.spec.tile_px
+    if len(plan) == 0:
+        return np.zeros(0, np.int64), np.zeros((0, size, size, 3), np.uint8)
+    picks = np.unique(np.round(np.linspace(0, len(plan) - 1, min(len(plan), max_reads))))
+    visit = picks.astype(np.int64)[_spread_order(len(picks))]
+    kept_idx, kept_tiles, found = [], [], 0
+    for start in range(0, len(visit), batch):
+        chosen = visit[start : start + batch]
+        tiles = np.concatenate(
+            [read_block(slide, plan, chosen[k : k + 1]) for k in range(len(chosen))]
+        )
+        qc = tile_qc(tiles)
+        qc["tissue"] = plan.tissue[chosen]
+        ok = qc_pass(qc, plan.spec)
+        take = np.flatnonzero(ok)[: n - found]
+        kept_idx.append(chosen[take])
+        kept_tiles.append(tiles[take])
+        found += len(take)
+        if found >= n:
+            break
+    indices = np.concatenate(kept_idx)
+    order = np.argsort(indices)
+    return indices[order], np.concatenate(kept_tiles)[order]
+
+
 def iter_blocks(
     slide: Slide, plan: TilePlan, shard: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
