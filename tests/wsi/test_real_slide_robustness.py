@@ -165,3 +165,78 @@ def test_stain_sample_is_spread_bounded_and_clean(pen_slides):
     # Spread: the passing tiles lie in both halves of the clean part of the slide.
     rows = plan.grid[indices, 1]
     assert rows.min() <= 2 and rows.max() >= plan.grid[:, 1].max() - 2
+
+
+# --------------------------------------------------------------------------- pen rings
+_RING_OD = {  # optical density of marker inks at full stroke (as the synthetic slides' pens)
+    "green": (0.95, 0.25, 0.75),
+    "blue": (0.9, 0.6, 0.12),
+    "black": (0.7, 0.7, 0.7),
+    "red": (0.1, 0.9, 0.6),  # an eosin-like hue the ink test cannot tell from tissue
+}
+
+
+def _ringed_thumbnail(ink: str, rng) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A 400² thumbnail at 8 µm/px: glass, a textured H&E blob with three small lumina, and a
+    marker ring (anti-aliased, softened edges) drawn around it with glass in between."""
+    import cv2
+
+    side = 400
+    yy, xx = np.mgrid[:side, :side]
+    blob = ((xx - 200) / 70.0) ** 2 + ((yy - 205) / 55.0) ** 2 <= 1.0
+    lumina = np.zeros((side, side), bool)
+    for cx, cy in ((185, 195), (215, 215), (200, 180)):
+        lumina |= (xx - cx) ** 2 + (yy - cy) ** 2 <= 9  # r = 3 px: ~2,300 µm² each
+    ring = np.zeros((side, side), np.uint8)
+    cv2.circle(ring, (200, 200), 140, 255, 10, lineType=cv2.LINE_AA)
+    ring = cv2.GaussianBlur(ring.astype(np.float32) / 255, (0, 0), 1.0)
+    h = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
+    e = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
+    tissue = (blob & ~lumina).astype(float)
+    od_h = tissue * (0.25 + 0.1 * rng.random((side, side)))
+    od_e = tissue * (0.35 + 0.1 * rng.random((side, side)))
+    od = od_h[..., None] * h + od_e[..., None] * e
+    od += 1.3 * ring[..., None] * np.asarray(_RING_OD[ink])
+    od += rng.normal(0, 0.01, od.shape)
+    rgb = np.clip(238 * np.exp(-od), 0, 255).astype(np.uint8)
+    inside = ((xx - 200) ** 2 + (yy - 200) ** 2 <= 125**2) & ~blob
+    return rgb, {"blob": blob, "lumina": lumina, "glass_inside": inside, "ring": ring > 0.5}
+
+
+@pytest.mark.parametrize("ink", ["green", "blue", "black"])
+def test_pen_ring_does_not_turn_glass_into_tissue(ink):
+    from stromalens.wsi.tissue import tissue_mask
+
+    rgb, truth = _ringed_thumbnail(ink, np.random.default_rng(1))
+    mask = tissue_mask(rgb, mpp=8.0)
+    assert mask[truth["glass_inside"]].mean() < 0.02  # the glass inside the ring is glass
+    assert mask[truth["ring"]].mean() < 0.05  # the ink is not tissue either
+    blob = truth["blob"]
+    assert (mask & blob).sum() / (mask | blob).sum() > 0.95  # the tissue is tissue
+    assert mask[truth["lumina"]].all()  # small holes inside real tissue are still filled
+    # The old rule (every hole filled, ink kept): the ring made ~4 mm² of glass tissue.
+    old = tissue_mask(rgb, mpp=8.0, remove_ink=False, max_hole_um2=None)
+    assert old[truth["glass_inside"]].mean() > 0.99
+
+
+def test_a_ring_the_ink_test_misses_still_encloses_no_tissue():
+    from stromalens.wsi.tissue import tissue_mask
+
+    rgb, truth = _ringed_thumbnail("red", np.random.default_rng(2))
+    mask = tissue_mask(rgb, mpp=8.0)
+    # Red ink passes as tissue, but the ~3 mm² it encloses exceeds the 1 mm² hole limit.
+    assert mask[truth["ring"]].mean() > 0.9
+    assert mask[truth["glass_inside"]].mean() < 0.02
+    assert mask[truth["blob"]].all() and mask[truth["lumina"]].all()
+    assert tissue_mask(rgb, mpp=8.0, max_hole_um2=None)[truth["glass_inside"]].all()
+
+
+def test_fill_small_holes_fills_only_up_to_the_limit():
+    from stromalens.wsi.tissue import fill_small_holes
+
+    mask = np.ones((60, 60), bool)
+    mask[5:8, 5:8] = False  # 9 px
+    mask[20:40, 20:40] = False  # 400 px
+    filled = fill_small_holes(mask, max_hole_px=100)
+    assert filled[5:8, 5:8].all() and not filled[20:40, 20:40].any()
+    assert fill_small_holes(mask, None).all()

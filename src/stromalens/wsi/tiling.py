@@ -54,7 +54,7 @@ import cv2
 import numpy as np
 
 from .reader import Slide
-from .tissue import tissue_mask
+from .tissue import ink_pixels, tissue_mask
 
 QC_FIELDS: tuple[str, ...] = ("tissue", "blur", "pen", "black", "white")
 
@@ -305,7 +305,7 @@ def tile_qc(tiles: np.ndarray) -> dict[str, np.ndarray]:
     for i, tile in enumerate(tiles):
         grey = cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY)
         hsv = cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)
-        hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+        sat, val = hsv[..., 1], hsv[..., 2]
         white = (sat < 20) & (val > 215)
         # Blur: Laplacian variance per cell, median over the cells that hold tissue, so a tile
         # half out of focus is caught and flat glass is not mistaken for blur.
@@ -316,14 +316,7 @@ def tile_qc(tiles: np.ndarray) -> dict[str, np.ndarray]:
         variances = lap_cells.var(axis=(1, 3))
         tissue_cells = variances[white_cells < 0.5]
         out["blur"][i] = float(np.median(tissue_cells)) if tissue_cells.size else 0.0
-        # Ink: green/cyan hues (never H&E), bright saturated blue, or dark achromatic pixels
-        # (black ink). OpenCV hue runs 0–180; H&E pink/purple lies at ≥ 120 or ≤ 12.
-        green_ink = (sat > 60) & (hue > 25) & (hue < 100)
-        # Blue ink is bright and saturated; haematoxylin of the same hue is dark.
-        blue_ink = (sat > 100) & (hue >= 100) & (hue < 118) & (val > 160)
-        chromatic_ink = green_ink | blue_ink
-        achromatic_ink = (sat < 45) & (val < 150) & (val >= 40)
-        out["pen"][i] = np.mean(chromatic_ink | achromatic_ink)
+        out["pen"][i] = np.mean(ink_pixels(hsv))
         out["black"][i] = np.mean(val < 40)
         out["white"][i] = np.mean(white)
     return out

@@ -2,8 +2,21 @@
 
 The mask is Otsu's threshold on HSV saturation (glass is grey-white, stained tissue is coloured),
 joined with a darkness test for pale but dense regions, then cleaned by morphology: closing
-(bridging gaps between fibres), hole filling (pale lumina and myxoid matrix inside the tissue),
-and removal of components smaller than ``min_area_um2``.
+(bridging gaps between fibres), removal of marker ink, hole filling (pale lumina and myxoid matrix
+inside the tissue), and removal of components smaller than ``min_area_um2``.
+
+Marker ink is saturated and so passes the saturation test; a pen ring drawn around the tumour
+would then enclose the glass inside it, and hole filling would make that glass tissue. Two rules
+prevent it:
+
+* ink pixels (:func:`ink_pixels`: green/cyan hues, which H&E never has; bright saturated blue;
+  dark achromatic black ink), with their rim (pixels within the closing radius that have no H&E
+  hue), are removed from the mask before hole filling, so a ring encloses nothing; ink lying on
+  tissue becomes a hole of the tissue and is filled back;
+* only holes up to ``max_hole_um2`` (1 mm²) are filled, so glass enclosed by an ink the hue test
+  misses (red) or by a ring of tissue stays background. 1 mm² is CLAM's hole-area filter at 20×
+  (``a_h`` = 16 reference patches of 512² px, ≈ 1.05 mm² at 0.5 µm/px); gland lumina, vessels and
+  myxoid pools are smaller.
 
 Otsu (1979) chooses the threshold t maximising the between-class variance
 
@@ -14,6 +27,7 @@ with ω the class probabilities and μ the class means of the saturation histogr
 References
 ----------
 Otsu N. A threshold selection method from gray-level histograms. IEEE Trans SMC 9:62–66 (1979).
+Lu MY et al. (CLAM) Nat Biomed Eng 5:555 (2021), for the hole-area filter.
 
 Example
 -------
@@ -43,6 +57,39 @@ def otsu_threshold(values: np.ndarray) -> float:
     return float(np.argmax(sigma_b))
 
 
+def ink_pixels(hsv: np.ndarray) -> np.ndarray:
+    """Marker-ink pixels of an OpenCV HSV image (hue 0–180): a boolean array of its shape.
+
+    Green/cyan hues (25 < H < 100, S > 60) never occur in H&E; blue ink is bright and saturated
+    (100 ≤ H < 118, S > 100, V > 160) where haematoxylin of that hue is dark; black ink is dark
+    and achromatic (S < 45, 40 ≤ V < 150). H&E pink and purple lie at H ≥ 120 or H ≤ 12.
+
+    Example
+    -------
+    >>> green = cv2.cvtColor(np.array([[[60, 180, 90]]], np.uint8), cv2.COLOR_RGB2HSV)
+    >>> bool(ink_pixels(green)[0, 0])
+    True
+    """
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    green = (sat > 60) & (hue > 25) & (hue < 100)
+    blue = (sat > 100) & (hue >= 100) & (hue < 118) & (val > 160)
+    black = (sat < 45) & (val < 150) & (val >= 40)
+    return green | blue | black
+
+
+def fill_small_holes(mask: np.ndarray, max_hole_px: float | None) -> np.ndarray:
+    """``mask`` with its holes (background not connected to the border) of at most
+    ``max_hole_px`` pixels filled; every hole when ``max_hole_px`` is None."""
+    filled = ndimage.binary_fill_holes(mask)
+    if max_hole_px is None:
+        return filled
+    holes, n = ndimage.label(filled & ~mask)
+    if n == 0:
+        return filled
+    small = np.concatenate([[False], np.bincount(holes.ravel())[1:] <= max_hole_px])
+    return mask | small[holes]
+
+
 def tissue_mask(
     rgb: np.ndarray,
     mpp: float,
@@ -52,6 +99,8 @@ def tissue_mask(
     closing_um: float = 24.0,
     min_area_um2: float = 20_000.0,
     fill_holes: bool = True,
+    max_hole_um2: float | None = 1_000_000.0,
+    remove_ink: bool = True,
 ) -> np.ndarray:
     """Boolean tissue mask of a thumbnail.
 
@@ -67,6 +116,8 @@ def tissue_mask(
         synthetic slides of both morphologies at 25).
     closing_um : diameter of the closing element.
     min_area_um2 : components smaller than this are dropped (dust, debris).
+    fill_holes, max_hole_um2 : fill holes of the tissue up to this area (None: every hole).
+    remove_ink : remove marker ink (and its rim) from the mask before hole filling.
 
     Returns
     -------
@@ -88,8 +139,17 @@ def tissue_mask(
     radius = max(1, int(round(closing_um / mpp / 2)))
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disk).astype(bool)
+    if remove_ink:
+        ink = ink_pixels(hsv)
+        if ink.any():
+            # The stroke's rim (lighter, anti-aliased ink) is ink too unless it has an H&E hue.
+            hue = hsv[..., 0]
+            he_hue = ((hue >= 118) | (hue <= 25)) & (sat > threshold)
+            near = cv2.dilate(ink.astype(np.uint8), disk).astype(bool)
+            mask &= ~(ink | (near & ~he_hue))
     if fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        max_hole_px = None if max_hole_um2 is None else max_hole_um2 / (mpp * mpp)
+        mask = fill_small_holes(mask, max_hole_px)
     labelled, n = ndimage.label(mask)
     if n:
         areas = np.bincount(labelled.ravel())[1:] * mpp * mpp
