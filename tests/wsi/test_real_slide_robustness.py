@@ -150,6 +150,12 @@ class CountingSlide:
         self.reads.append((level, int(size[0]), int(size[1])))
         return self._slide.read_region(location, level, size)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._slide.close()
+
 
 def test_stain_sample_is_spread_bounded_and_clean(pen_slides):
     from stromalens.wsi.tiling import sample_qc_tiles, tile_qc
@@ -240,3 +246,68 @@ def test_fill_small_holes_fills_only_up_to_the_limit():
     filled = fill_small_holes(mask, max_hole_px=100)
     assert filled[5:8, 5:8].all() and not filled[20:40, 20:40].any()
     assert fill_small_holes(mask, None).all()
+
+
+# --------------------------------------------------------------------------- bounded reads
+@pytest.fixture(scope="module")
+def pyramid_less_slide(tmp_path_factory):
+    """A single-level 6144 × 4096 JPEG TIFF at 0.5 µm/px (75 MB of RGB if read whole)."""
+    from .conftest import write_plain_tiff
+
+    rng = np.random.default_rng(0)
+    rgb = np.full((4096, 6144, 3), 238, np.uint8)
+    rgb[1000:3000, 1500:4500] = (190, 110, 170)
+    rgb[::7] = rng.integers(100, 240, (len(rgb[::7]), 6144, 3), dtype=np.uint8)
+    return write_plain_tiff(tmp_path_factory.mktemp("flat") / "flat.tiff", rgb, resolution=True)
+
+
+def test_overlay_thumbnail_of_a_pyramid_less_slide_is_read_in_bounded_chunks(
+    pyramid_less_slide, monkeypatch
+):
+    import tracemalloc
+
+    import stromalens.wsi.reader as reader
+    from stromalens.evaluation.overlays import _read_thumbnail
+    from stromalens.wsi.tiling import THUMBNAIL_CHUNK_PX
+
+    opened = []
+    real_open = reader.open_slide
+
+    def counting_open(path, mpp=None, backend=None):
+        opened.append(CountingSlide(real_open(path, mpp=mpp, backend=backend)))
+        return opened[-1]
+
+    monkeypatch.setattr(reader, "open_slide", counting_open)
+    with open_slide(pyramid_less_slide) as slide:
+        assert len(slide.level_dimensions) == 1
+    tracemalloc.start()
+    try:
+        thumb, dims = _read_thumbnail(pyramid_less_slide, None, 2_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dims == (6144, 4096)
+    assert thumb.shape == (4096 // 4, 6144 // 4, 3)  # ≤ 2 M pixels: the largest that fits
+    reads = opened[0].reads
+    assert len(reads) >= 6  # the level in chunks, not in one read
+    assert max(max(w, h) for _, w, h in reads) <= THUMBNAIL_CHUNK_PX
+    # The thumbnail plus one chunk's decode (RGBA, its array copy, RGB: 4 bytes × 4 a pixel),
+    # whatever the slide's size; measured 53 MB here, where the level read whole is 75 MB.
+    bound = thumb.nbytes + 16 * THUMBNAIL_CHUNK_PX**2 + 2**20
+    assert peak < min(bound, 6144 * 4096 * 3), peak / 2**20
+    with pytest.raises(ValueError, match="6144×4096 px"):
+        with open_slide(pyramid_less_slide) as slide:
+            slide.read_level(0, max_pixels=2_000_000)
+
+
+def test_a_thumbnail_pixel_larger_than_a_chunk_is_averaged_piecewise(pyramid_less_slide):
+    from stromalens.wsi.tiling import THUMBNAIL_CHUNK_PX, read_thumbnail
+
+    with open_slide(pyramid_less_slide) as slide:
+        counting = CountingSlide(slide)
+        thumb, scale = read_thumbnail(counting, slide.mpp, max_pixels=2)
+        factor = int(scale)
+        assert factor > THUMBNAIL_CHUNK_PX and thumb.shape == (1, 1, 3)
+        assert max(max(w, h) for _, w, h in counting.reads) <= THUMBNAIL_CHUNK_PX
+        whole = slide.read_region((0, 0), 0, (factor, factor))
+    np.testing.assert_allclose(thumb[0, 0], whole.reshape(-1, 3).mean(0), atol=0.51)

@@ -291,12 +291,19 @@ def draw_overlay(
 
 # --------------------------------------------------------------------------- saving
 def _read_thumbnail(slide_path: Path, mpp: float | None, max_pixels: int):
-    """``(thumbnail, (width, height))`` of a slide; raises ``SlideError`` when unreadable."""
+    """``(thumbnail, (width, height))`` of a slide; raises ``SlideError`` when unreadable.
+
+    The thumbnail holds at most ``max_pixels`` pixels and is read by
+    :func:`stromalens.wsi.tiling.read_thumbnail` from the smallest level at least that large, in
+    chunks of at most 2048² level pixels, each downsampled as it is read: memory stays bounded
+    by the thumbnail on any slide, a pyramid-less 100k × 80k one included.
+    """
     from ..wsi.reader import open_slide
+    from ..wsi.tiling import read_thumbnail
 
     with open_slide(slide_path, mpp=mpp) as slide:
-        level = slide.thumbnail_level(max_pixels)
-        return slide.read_level(level), slide.dimensions
+        thumbnail, _ = read_thumbnail(slide, slide.mpp, max_pixels)
+        return thumbnail, slide.dimensions
 
 
 def _log_skipped(skipped: dict[str, str]) -> None:

@@ -117,17 +117,20 @@ class Slide:
             return rgb.astype(np.uint8)
         return np.ascontiguousarray(rgba[..., :3]).astype(np.uint8, copy=False)
 
-    def read_level(self, level: int) -> np.ndarray:
-        """The whole of one (small) pyramid level as RGB."""
-        w, h = self.level_dimensions[level]
-        return self.read_region((0, 0), level, (w, h))
+    def read_level(self, level: int, max_pixels: int = 64_000_000) -> np.ndarray:
+        """The whole of one small pyramid level as RGB.
 
-    def thumbnail_level(self, max_pixels: int = 4_000_000) -> int:
-        """The finest level whose area is at most ``max_pixels`` (the coarsest if none is)."""
-        for level, (w, h) in enumerate(self.level_dimensions):
-            if w * h <= max_pixels:
-                return level
-        return len(self.level_dimensions) - 1
+        A level larger than ``max_pixels`` (default 64 M, ~190 MB of RGB) raises ``ValueError``:
+        a thumbnail of any slide is :func:`stromalens.wsi.tiling.read_thumbnail`, which reads in
+        bounded chunks.
+        """
+        w, h = self.level_dimensions[level]
+        if w * h > max_pixels:
+            raise ValueError(
+                f"level {level} of {self.path} is {w}×{h} px, more than {max_pixels:,}; "
+                "read a thumbnail (stromalens.wsi.tiling.read_thumbnail) or regions instead"
+            )
+        return self.read_region((0, 0), level, (w, h))
 
     def close(self) -> None:
         close = getattr(self._handle, "close", None)

@@ -166,6 +166,22 @@ def choose_level(level_mpps: list[float], target_mpp: float, tolerance: float) -
     return max(finer, key=lambda i: level_mpps[i])
 
 
+#: The side of the largest region a thumbnail read asks of the slide (2048² RGB: 12 MB).
+THUMBNAIL_CHUNK_PX = 2048
+
+
+def _block_mean(slide: Slide, x: int, y: int, level: int, factor: int, ds: float) -> np.ndarray:
+    """Mean RGB of the ``factor²`` level pixels from (x, y), read in pieces of at most
+    ``THUMBNAIL_CHUNK_PX²`` (for a thumbnail pixel larger than one chunk)."""
+    step, total = THUMBNAIL_CHUNK_PX, np.zeros(3)
+    for dy in range(0, factor, step):
+        for dx in range(0, factor, step):
+            size = (min(step, factor - dx), min(step, factor - dy))
+            origin = (int(round((x + dx) * ds)), int(round((y + dy) * ds)))
+            total += slide.read_region(origin, level, size).reshape(-1, 3).sum(0, dtype=float)
+    return np.round(total / factor**2).astype(np.uint8)
+
+
 def read_thumbnail(
     slide: Slide, thumbnail_mpp: float = 8.0, max_pixels: int = 8_000_000
 ) -> tuple[np.ndarray, float]:
@@ -174,8 +190,10 @@ def read_thumbnail(
     The thumbnail holds at most ``max_pixels`` pixels: a slide too large for that at
     ``thumbnail_mpp`` gets a coarser one, so the tissue mask and its temporaries (~20 bytes a
     thumbnail pixel) stay bounded however large the slide. It is read from the coarsest level at
-    least as fine as needed, in chunks of at most 2048² level pixels, so memory stays bounded by
-    the thumbnail even for single-level slides.
+    least as fine as needed (the smallest at least as large), in chunks of at most
+    ``THUMBNAIL_CHUNK_PX²`` level pixels each area-averaged as it is read, so memory stays
+    bounded by the thumbnail even for single-level slides. ``thumbnail_mpp=slide.mpp`` asks for
+    the largest thumbnail within ``max_pixels`` (the overlays' use).
     """
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be ≥ 1, got {max_pixels!r}")
@@ -191,8 +209,14 @@ def read_thumbnail(
     out_w, out_h = width // factor, height // factor
     if out_w == 0 or out_h == 0:
         return np.full((1, max(1, out_w), 3), 255, np.uint8), ds * factor
-    chunk = factor * max(1, 2048 // factor)  # a multiple of factor: chunked area-averaging is exact
     thumb = np.empty((out_h, out_w, 3), np.uint8)
+    if factor > THUMBNAIL_CHUNK_PX:  # one thumbnail pixel spans several chunks
+        for j in range(out_h):
+            for i in range(out_w):
+                thumb[j, i] = _block_mean(slide, i * factor, j * factor, level, factor, ds)
+        return thumb, ds * factor
+    # A multiple of factor: chunked area-averaging equals one whole resize.
+    chunk = factor * (THUMBNAIL_CHUNK_PX // factor)
     for y in range(0, out_h * factor, chunk):
         rows = min(chunk, out_h * factor - y)
         for x in range(0, out_w * factor, chunk):
