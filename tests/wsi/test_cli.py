@@ -15,9 +15,11 @@ def test_wsi_tile_on_a_single_slide(tmp_path, synthetic_slides):
         encoding="utf-8",
     )
     assert out.returncode == 0, out.stderr
-    data = read_slide(tmp_path / f"{slide.stem}.h5")
+    leaf = tmp_path / "tiles" / "0.5mpp_224px_0px_overlap"
+    assert "stores in" in out.stdout  # the folder --features takes is printed
+    data = read_slide(leaf / f"{slide.stem}.h5")
     assert len(data.coords) > 0 and data.features is None
-    assert (tmp_path / f"{slide.stem}.geojson").is_file()
+    assert (leaf / f"{slide.stem}.geojson").is_file()
 
 
 def test_wsi_embed_reports_a_slide_without_mpp(tmp_path, broken_slides):

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from stromalens.wsi.embed import EmbedSettings, SlideJob, embed_cohort, embed_slide
-from stromalens.wsi.store import SlideFeatures, feature_path, is_complete, read_slide, write_slide
+from stromalens.wsi.store import (
+    SlideFeatures,
+    feature_dir,
+    feature_path,
+    is_complete,
+    read_slide,
+    write_slide,
+)
 
 from .conftest import REAL_SLIDE, needs_real_data
 
@@ -70,6 +77,7 @@ def test_cohort_is_resumable_and_isolates_bad_slides(
         SlideJob("empty", broken_slides["empty"]),
     ]
     settings = EmbedSettings(num_workers=0, export=False)
+    leaf = feature_dir(tmp_path, "synthclip", settings.tiling)
     results = {
         r["slide"]: r
         for r in embed_cohort(jobs, tmp_path, "synthclip", "random", settings, progress=False)
@@ -79,19 +87,19 @@ def test_cohort_is_resumable_and_isolates_bad_slides(
     assert results["truncated"]["status"] == "failed"
     assert results["no_mpp"]["status"] == "failed" and "µm/px" in results["no_mpp"]["error"]
     assert results["empty"]["status"] == "empty"
-    assert read_slide(feature_path(tmp_path, "empty")).coords.shape == (0, 2)
-    run = json.loads((tmp_path / "run.json").read_text())
+    assert read_slide(feature_path(leaf, "empty")).coords.shape == (0, 2)
+    run = json.loads((leaf / "run.json").read_text())
     assert len(run["slides"]) == 5
     # A killed run leaves a .partial file and no final store: the re-run redoes that slide only.
-    os.remove(feature_path(tmp_path, "no_mpp_override"))
-    (tmp_path / "no_mpp_override.h5.partial").write_bytes(b"half a file")
+    os.remove(feature_path(leaf, "no_mpp_override"))
+    (leaf / "no_mpp_override.h5.partial").write_bytes(b"half a file")
     again = {
         r["slide"]: r
         for r in embed_cohort(jobs, tmp_path, "synthclip", "random", settings, progress=False)
     }
     assert again["good"]["status"] == "skipped"
     assert again["no_mpp_override"]["status"] == "done"
-    assert is_complete(feature_path(tmp_path, "no_mpp_override"), require_features=True)
+    assert is_complete(feature_path(leaf, "no_mpp_override"), require_features=True)
 
 
 def test_corrupt_store_is_not_complete(tmp_path):
@@ -114,7 +122,9 @@ def test_tile_only_and_process_executor(tmp_path, synthetic_slides):
         progress=False,
     )
     assert [r["status"] for r in results] == ["done", "done"]
-    data = read_slide(feature_path(tmp_path, jobs[0].slide_id))
+    tiles = feature_dir(tmp_path, None, EmbedSettings().tiling)
+    assert tiles.parent.name == "tiles"
+    data = read_slide(feature_path(tiles, jobs[0].slide_id))
     assert data.features is None and data.attrs["encoder"] == "none"
 
 

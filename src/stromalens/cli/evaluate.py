@@ -48,7 +48,10 @@ def predict(
     manifest: Path = typer.Option(..., "--manifest", help="The new cohort's manifest."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     features: Path = typer.Option(
-        None, "--features", help="Directory of the cohort's slide features (stromalens wsi embed)."
+        None,
+        "--features",
+        help="Folder of the cohort's slide stores (.h5): `stromalens wsi embed`'s "
+        "OUT/<encoder>/<tiling>/, or TRIDENT, CLAM or STAMP feature files.",
     ),
     targets: Path = typer.Option(
         None, "--targets", help="The cohort's targets.parquet, for the concordance analysis."

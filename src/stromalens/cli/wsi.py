@@ -46,7 +46,9 @@ def _settings(
     )
 
 
-def _report(results: list[dict]) -> None:
+def _report(results: list[dict], out: Path, encoder: str | None, settings) -> None:
+    from ..wsi.store import feature_dir
+
     table = Table(title="slides")
     for col in ("slide", "status", "tiles", "seconds", "error"):
         table.add_column(col)
@@ -63,6 +65,10 @@ def _report(results: list[dict]) -> None:
             (r.get("error") or "")[:80],
         )
     console.print(table)
+    console.print(f"stores in {feature_dir(out, encoder, settings.tiling)} (--features takes it)")
+    recomputed = [r["slide"] for r in results if r.get("recomputed")]
+    if recomputed:
+        console.print(f"recomputed {len(recomputed)} stale store(s): {recomputed} (see the log)")
     empty = [r["slide"] for r in results if r["status"] == "empty"]
     if empty:
         console.print(f"[bold yellow]warning:[/] {len(empty)} slide(s) yielded zero tiles: {empty}")
@@ -89,14 +95,15 @@ def tile(
     workers: int | None = typer.Option(None, "--workers"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Tissue mask, tiles and QC (no encoder): HDF5 with coords + QC, GeoJSON, QC thumbnail."""
+    """Tissue mask, tiles and QC (no encoder): HDF5 with coords + QC, GeoJSON, QC thumbnail,
+    under OUT/tiles/<tiling>/."""
     from ..wsi.embed import embed_cohort
 
     settings = _settings(target_mpp, tile_px, min_tissue, 64, 0, "none", None, overwrite)
     results = embed_cohort(
         _jobs(source, mpp), out, None, settings=settings, executor=executor, workers=workers
     )
-    _report(results)
+    _report(results, out, None, settings)
 
 
 @app.command("embed")
@@ -124,7 +131,9 @@ def embed(
     workers: int | None = typer.Option(None, "--workers", help="Slides in parallel."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Tile, QC, Macenko-normalise and embed every slide; finished slides are skipped."""
+    """Tile, QC, Macenko-normalise and embed every slide into OUT/<encoder>/<tiling>/; a slide
+    whose store records the same slide file, encoder, weights, tiling and stain settings is
+    skipped, any other is recomputed."""
     from ..wsi.embed import embed_cohort
 
     settings = _settings(
@@ -140,7 +149,7 @@ def embed(
         workers=workers,
         allow_download=allow_download,
     )
-    _report(results)
+    _report(results, out, encoder, settings)
 
 
 @app.command("prompts")

@@ -63,6 +63,16 @@ def _external_data(manifest, features_dir, targets, bundle) -> StudyData:
     )
 
 
+def _store_folders_hint(features_dir) -> str:
+    """`` — did you mean …`` naming the ``<encoder>/<tiling>`` folders below ``features_dir``
+    that hold stores (``--features`` takes the folder of the ``.h5`` files itself)."""
+    root = Path(features_dir)
+    found = sorted({p.parent for p in root.glob("*/*/*.h5")}) if root.is_dir() else []
+    if not found:
+        return ""
+    return " — --features takes the folder holding the .h5 files: " + ", ".join(map(str, found))
+
+
 def _slide_models(bundle) -> list[str]:
     """The bundle's models that can predict from a slide (all but the MRI-only ones)."""
     from ..models import model_info, output_info
@@ -121,7 +131,10 @@ def predict_cohort(
     bundle = load_bundle(model)
     data = _external_data(manifest, features_dir, targets, bundle)
     if not data.bags:
-        raise ValueError(f"no slide features for any patient of {manifest} in {features_dir}")
+        raise ValueError(
+            f"no slide features for any patient of {manifest} in {features_dir}"
+            + _store_folders_hint(features_dir)
+        )
     models = list(models) if models is not None else _slide_models(bundle)
     predictions = _mean_over_folds(bundle, data, models)
     predictions = predictions[predictions["patient_id"].isin(set(data.bags))]

@@ -25,7 +25,9 @@ evaluate     ``evaluation``                               train and external dig
 report       ``name``, ``notes``                          evaluate digest
 ============ ============================================ ==========================================
 
-Every path is built by :class:`~stromalens.rundir.StudyLayout`.
+Every path is built by :class:`~stromalens.rundir.StudyLayout`; the folder of a cohort's slide
+stores below it, ``<features>/<encoder>/<tiling>/``, by :func:`~stromalens.wsi.store.feature_dir`
+(:func:`feature_store`).
 """
 
 from __future__ import annotations
@@ -198,16 +200,31 @@ def _weights_input(config: StudyConfig) -> list[Input]:
     return []
 
 
-def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
-    """Tile, QC, normalise and embed a cohort's slides; summary with skipped slides."""
-    from ..wsi.embed import EmbedSettings, embed_cohort, jobs_from_manifest
+def _tiling(config: StudyConfig):
     from ..wsi.tiling import TilingSpec
 
     w = config.wsi
+    return TilingSpec(
+        target_mpp=w.target_mpp, tile_px=w.tile_px, stride_px=w.tile_px, min_tissue=w.min_tissue
+    )
+
+
+def feature_store(root: Path, config: StudyConfig) -> Path:
+    """The folder of the slide stores the study's encoder and tiling write under ``root`` (a
+    cohort's ``features`` folder): ``root/<encoder>/<tiling>``."""
+    from ..wsi.store import feature_dir
+
+    return feature_dir(root, config.wsi.encoder, _tiling(config))
+
+
+def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
+    """Tile, QC, normalise and embed a cohort's slides into :func:`feature_store` of ``out``;
+    summary with skipped (and recomputed) slides."""
+    from ..wsi.embed import EmbedSettings, embed_cohort, jobs_from_manifest
+
+    w = config.wsi
     settings = EmbedSettings(
-        tiling=TilingSpec(
-            target_mpp=w.target_mpp, tile_px=w.tile_px, stride_px=w.tile_px, min_tissue=w.min_tissue
-        ),
+        tiling=_tiling(config),
         batch_size=w.batch_size,
         stain=w.stain,
         stain_reference=str(w.stain_reference) if w.stain_reference else None,
@@ -243,6 +260,8 @@ def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
     return {
         "slides": counts,
         "tiles": int(sum(r.get("n_tiles", 0) for r in results)),
+        "features": str(feature_store(out, config)),
+        "recomputed": {r["slide"]: r["recomputed"] for r in results if r.get("recomputed")},
         "skipped": skipped,
     }
 
@@ -319,7 +338,7 @@ def training_config(config: StudyConfig, study: Path) -> StudyConfig:
     training = config.training.model_copy(
         update={
             "targets": layout.targets_table,
-            "features": layout.features(config.cohort.name),
+            "features": feature_store(layout.features(config.cohort.name), config),
             "radiomics": layout.radiomics,
             "encoder": config.wsi.encoder,
             "encoder_weights": config.wsi.weights,
@@ -413,7 +432,7 @@ def run_external(config: StudyConfig, study: Path) -> dict:
             layout.train.bundle,
             cohort.manifest,
             layout.train.external(cohort.name),
-            features_dir=features,
+            features_dir=feature_store(features, config),
             targets=targets_path,
             name=cohort.name,
         )

@@ -98,6 +98,10 @@ def read_bags(
 ) -> dict[str, np.ndarray]:
     """Tile embeddings ``<features_dir>/<patient_id>.h5`` of each patient that has one.
 
+    ``features_dir`` is the folder of the ``.h5`` files (``stromalens wsi embed``'s
+    ``<out>/<encoder>/<tiling>/``); TRIDENT, CLAM (``features``) and STAMP (``feats``) feature
+    files are read too (:func:`~stromalens.wsi.store.read_slide`).
+
     Bags larger than ``max_tiles`` keep a random subset (fixed by ``seed`` and the patient id),
     so very large slides stay within memory and time; ``None`` keeps every tile.
     """

@@ -6,7 +6,9 @@ processes (a torch ``DataLoader`` over read blocks) decode each block, compute e
 normalise the kept tiles and apply the encoder's transforms, while the main process runs the
 encoder on fixed-size batches. Decoding, QC, normalisation and encoding therefore overlap.
 
-The store (:mod:`.store`) is written atomically; a complete store is skipped on re-run; a slide
+The store (:mod:`.store`) is written atomically under ``<out>/<encoder>/<tiling>/``; on re-run a
+complete store is skipped only if it records this slide file, encoder, weights, tiling and stain
+settings (:func:`store_identity`), and is otherwise recomputed with the reason logged; a slide
 that fails (unreadable, truncated, no µm/px) is reported and the others go on; a slide without
 tiles is written with zero rows and reported loudly.
 
@@ -32,7 +34,16 @@ from ..logs import event, get_logger
 from .memory import bound_heap
 from .reader import open_slide
 from .stain import MacenkoNormalizer, StainReference, reference_from_image
-from .store import SlideFeatures, empty_qc, feature_path, is_complete, write_slide
+from .store import (
+    SlideFeatures,
+    empty_qc,
+    feature_dir,
+    feature_path,
+    is_complete,
+    slide_identity,
+    store_matches,
+    write_slide,
+)
 from .tiling import (
     QC_FIELDS,
     TilePlan,
@@ -140,6 +151,35 @@ def _fit_stain(slide, plan: TilePlan, settings: EmbedSettings):
     return normaliser, normaliser.params() | {"sample_tiles": int(len(sample))}
 
 
+def store_identity(slide_path, encoder, settings: EmbedSettings, mpp: float | None) -> dict:
+    """The attributes a store must record to be reused for this slide and these settings
+    (:func:`~stromalens.wsi.store.store_matches`): the slide file's identity, the encoder id and
+    weights sha256, the whole tiling, the stain settings and the µm/px override. Decoding and
+    export settings (batch size, workers, GeoJSON) do not change the features and are left out.
+    """
+    return {
+        **slide_identity(slide_path),
+        "encoder": encoder.name if encoder is not None else "none",
+        "weights_sha256": encoder.weights_sha256 if encoder is not None else "",
+        "tiling": asdict(settings.tiling),
+        "stain_settings": _stain_settings(settings),
+        "mpp_override": float(mpp) if mpp is not None else "",
+    }
+
+
+def _stain_settings(settings: EmbedSettings) -> dict:
+    """Every ``stain*`` setting, with the reference image's sha256 (``none``: nothing else)."""
+    if settings.stain == "none":
+        return {"stain": "none"}
+    out = {k: v for k, v in asdict(settings).items() if k.startswith("stain")}
+    reference = settings.stain_reference
+    if reference and Path(reference).is_file():
+        from ..hashing import sha256_file
+
+        out["stain_reference_sha256"] = sha256_file(reference)
+    return out
+
+
 def embed_slide(
     slide_path: Path | str,
     out_path: Path | str,
@@ -151,9 +191,10 @@ def embed_slide(
 ) -> dict:
     """Tile, QC, normalise and (if ``encoder`` is given) embed one slide into ``out_path``.
 
-    Returns a summary dict: ``status`` is ``done``, ``skipped`` (already complete) or ``empty``
-    (no tile passed; the store holds zero rows). Errors propagate (the cohort driver isolates
-    them).
+    Returns a summary dict: ``status`` is ``done``, ``skipped`` (a complete store recording
+    this slide, encoder, weights, tiling and stain settings: :func:`store_identity`) or ``empty``
+    (no tile passed; the store holds zero rows); a stale store is recomputed, its reason logged
+    and returned as ``recomputed``. Errors propagate (the cohort driver isolates them).
     """
     import torch
 
@@ -161,8 +202,13 @@ def embed_slide(
     slide_path, out_path = Path(slide_path), Path(out_path)
     slide_id = out_path.stem
     bound_heap()  # per-block arrays mapped and unmapped, not fragmenting the heap
+    identity = store_identity(slide_path, encoder, settings, mpp)
+    stale = None
     if not settings.overwrite and is_complete(out_path, require_features=encoder is not None):
-        return {"slide": slide_id, "status": "skipped", "path": str(out_path)}
+        stale = store_matches(out_path, identity)
+        if stale is None:
+            return {"slide": slide_id, "status": "skipped", "path": str(out_path)}
+        event(log, "stale store recomputed", slide=slide_id, reason=stale)
     started = time.perf_counter()
     spec = settings.tiling
     with open_slide(slide_path, mpp=mpp) as slide:
@@ -170,6 +216,7 @@ def embed_slide(
         normaliser, stain_params = _fit_stain(slide, plan, settings)
         slide_mpp, mpp_source, backend = slide.mpp, slide.mpp_source, slide.backend
         dims = slide.dimensions
+        level_dim = slide.level_dimensions[plan.level]
     thumbnail, mask = plan.thumbnail, plan.mask
     plan.thumbnail = None  # not shipped to the workers
 
@@ -258,13 +305,12 @@ def embed_slide(
         "read_px": int(plan.read_px),
         "tile_level0_px": float(plan.tile_level0_px),
         "dimensions": list(dims),
-        "encoder": encoder.name if encoder is not None else "none",
-        "weights_sha256": encoder.weights_sha256 if encoder is not None else "",
+        "level_dim": list(level_dim),
         "weights": encoder.weights if encoder is not None else "",
         "stain": stain_params,
-        "tiling": asdict(spec),
         "n_candidates": int(n),
         "stromalens_version": __version__,
+        **identity,  # encoder, weights_sha256, tiling, stain_settings, the slide file
     }
     write_slide(
         out_path,
@@ -277,6 +323,7 @@ def embed_slide(
         write_qc_thumbnail(out_path.with_suffix(".qc.png"), thumbnail, plan, mask, kept_all)
     seconds = time.perf_counter() - started
     status = "done" if len(order_idx) else "empty"
+    recomputed = {"recomputed": stale} if stale else {}
     if status == "empty":
         event(
             log,
@@ -293,6 +340,7 @@ def embed_slide(
         "n_tiles": int(len(order_idx)),
         "n_candidates": int(n),
         "seconds": round(seconds, 2),
+        **recomputed,
     }
 
 
@@ -371,14 +419,17 @@ def embed_cohort(
     once, decode workers feeding it); ``'process'`` and ``'ray'`` spread slides over worker
     processes (:func:`stromalens.executors.run_items`), each loading the encoder once.
     Failures are isolated: each slide's summary carries ``status='failed'`` and the error.
+
+    The stores go to ``feature_dir(out_dir, encoder_name, settings.tiling)``
+    (``<out_dir>/<encoder>/<tiling>/<slide_id>.h5``, with the run's ``run.json``).
     """
     from ..executors import default_workers, run_items
 
     settings = settings or EmbedSettings()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if executor not in ("local", "process", "ray"):
         raise ValueError(f"executor must be 'local', 'process' or 'ray', got {executor!r}")
+    out_dir = feature_dir(out_dir, encoder_name, settings.tiling)
+    out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     if executor == "local":
         encoder = _cached_encoder(encoder_name, weights, allow_download) if encoder_name else None
@@ -469,4 +520,5 @@ __all__ = [
     "embed_cohort",
     "embed_slide",
     "jobs_from_manifest",
+    "store_identity",
 ]
