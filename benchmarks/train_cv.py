@@ -3,7 +3,7 @@ the synthetic cohort, with macro-r per model, r with the planted latents, and th
 shuffled-target control — all measured in one run.
 
 Needs a demo directory (``stromalens demo --out DIR``: the synthetic cohort and the study's
-stage outputs — targets, ``features/development``, radiomics)::
+stage outputs — targets, ``features/development/<encoder>/<tiling>``, radiomics)::
 
     python benchmarks/train_cv.py --demo DIR [--workers 2] [--no-permuted] [--out RUN]
 
@@ -40,22 +40,25 @@ def main() -> None:
     args = parser.parse_args()
 
     from stromalens.config import StudyConfig, load_config
+    from stromalens.study.stages import training_config
     from stromalens.training import (
         load_study_data,
         prompt_embeddings,
         run_cv,
     )
 
-    cfg = load_config(args.config, StudyConfig).training
+    # the training block pointed at the demo folder's stage outputs (its feature store of the
+    # configured encoder and tiling, its targets and radiomics)
+    cfg = training_config(load_config(args.config, StudyConfig), args.demo).training
     settings = cfg.settings
     out = args.out or Path(tempfile.mkdtemp(prefix="train_cv_"))
     t0 = time.perf_counter()
     prompts = prompt_embeddings(cfg.prompts, cfg.encoder, None, out / "prompts")
     data = load_study_data(
         args.demo / "cohort" / "cohort.csv",
-        args.demo / "targets" / "targets.parquet",
-        args.demo / "features" / "development",
-        args.demo / "radiomics",
+        cfg.targets,
+        cfg.features,
+        cfg.radiomics,
         prompts=prompts,
         max_tiles=cfg.max_tiles,
     )
