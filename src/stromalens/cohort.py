@@ -231,7 +231,8 @@ def load_manifest(
                 Problem(
                     row_number[i],
                     "patient_id",
-                    f"{pid!r} cannot name a file: use letters, digits, spaces and . _ - (not first: . or a space)",
+                    f"{pid!r} cannot name a file: use letters, digits, spaces and . _ - "
+                    "(not first: . or a space)",
                 )
             )
     dup = ids[ids.duplicated(keep=False) & (ids != "")]

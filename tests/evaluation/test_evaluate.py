@@ -16,8 +16,8 @@ import pytest
 
 from stromalens.evaluation import evaluate_run, predict_cohort
 from stromalens.evaluation.evaluate import ANALYSES
-from stromalens.rundir import RunDirError, open_run
 from stromalens.evaluation.schema import TABLES, describe
+from stromalens.rundir import RunDirError, open_run
 
 SCRIPT = Path(sys.executable).parent / "stromalens"
 

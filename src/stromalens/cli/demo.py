@@ -163,9 +163,7 @@ def demo(
 
     dev_dir, ext_dir = out / "cohort", out / "external_cohort"
     _generate_cohorts(step, dev_dir, ext_dir, patients, external_patients, seed)
-    step(
-        "synthetic CLIP", lambda: _train_synthclip(dev_dir, steps=300 if quick else 600)
-    )
+    step("synthetic CLIP", lambda: _train_synthclip(dev_dir, steps=300 if quick else 600))
     config = demo_config(dev_dir, ext_dir, quick=quick)
     console.rule("[bold]stromalens run (configs/demo.yaml)")
     summary = run_and_summarise(config, out)

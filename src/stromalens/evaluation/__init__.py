@@ -5,7 +5,6 @@ The run-directory contract (what is read and written) is in ``docs/run_directory
 """
 
 
-
 def evaluate_run(*args, **kwargs):
     """See :func:`stromalens.evaluation.evaluate.evaluate_run` (imported lazily: torch)."""
     from .evaluate import evaluate_run as run
