@@ -80,7 +80,20 @@ class CohortConfig(_Strict):
 class TargetsConfig(_Strict):
     """How the transcriptomic targets are computed (``stromalens targets``)."""
 
-    orientation: Literal["genes-x-samples", "samples-x-genes"] = "genes-x-samples"
+    orientation: Literal["auto", "genes-x-samples", "samples-x-genes"] = Field(
+        "auto", description="auto: the axis holding the manifest's rna_sample ids"
+    )
+    na: Literal["error", "drop-genes", "impute-mean"] = "error"
+    annotation: Path | None = Field(None, description="probe → symbol table (probe, symbol)")
+    annotation_symbol: str = Field("symbol", description="the annotation's symbol column")
+    scale: Literal["auto", "linear", "log2", "log10", "log-ratio"] = Field(
+        "auto", description="log2/log10: of TPM+1, made linear; log-ratio: ERS-CAF only"
+    )
+    negatives: Literal["error", "clip"] = "error"
+    normalize: Literal["none", "tpm"] = Field("none", description="tpm: rescale to sum 1e6")
+    platform: Literal["rnaseq", "microarray"] | None = Field(
+        None, description="null: microarray with an annotation or log ratios, else rnaseq"
+    )
     gene_sets: Path | None = Field(None, description="GMT/YAML with ERS_CAF; null: shipped set")
     signature: Path | None = Field(None, description="CIBERSORT-format matrix; null: TIL10")
     mrna_scaling: Path | None = Field(None, description="TSV cell type → mRNA per cell")
@@ -101,6 +114,14 @@ class WsiConfig(_Strict):
     stain: Literal["macenko", "none"] = "macenko"
     stain_reference: Path | None = None
     batch_size: int = Field(64, ge=1)
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$",
+        description="where the encoder runs (auto: a GPU when present)",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: the encoder's own on a GPU, fp32 on the CPU"
+    )
     executor: Literal["local", "process", "ray"] = "process"
     workers: int | None = Field(None, ge=1, description="slides in parallel; default: all cores")
 

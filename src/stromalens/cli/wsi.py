@@ -29,7 +29,16 @@ def _jobs(source: Path, mpp: float | None):
 
 
 def _settings(
-    target_mpp, tile_px, min_tissue, batch_size, num_workers, stain, reference, overwrite
+    target_mpp,
+    tile_px,
+    min_tissue,
+    batch_size,
+    num_workers,
+    stain,
+    reference,
+    overwrite,
+    device="auto",
+    precision="auto",
 ):
     from ..wsi.embed import EmbedSettings
     from ..wsi.tiling import TilingSpec
@@ -43,6 +52,8 @@ def _settings(
         stain=stain,
         stain_reference=str(reference) if reference else None,
         overwrite=overwrite,
+        device=device,
+        precision=precision,
     )
 
 
@@ -127,6 +138,12 @@ def embed(
     stain_reference: Path | None = typer.Option(
         None, "--stain-reference", help="Reference H&E image (default: the bundled one)."
     ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto, cpu, cuda, cuda:N or mps (auto: a GPU when present)."
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto, fp32, bf16 or fp16 (auto: fp32 on the CPU)."
+    ),
     executor: str = _EXECUTOR,
     workers: int | None = typer.Option(None, "--workers", help="Slides in parallel."),
     overwrite: bool = typer.Option(False, "--overwrite"),
@@ -134,10 +151,21 @@ def embed(
     """Tile, QC, Macenko-normalise and embed every slide into OUT/<encoder>/<tiling>/; a slide
     whose store records the same slide file, encoder, weights, tiling and stain settings is
     skipped, any other is recomputed."""
+    from ..wsi.devices import resolve_device, resolve_precision
     from ..wsi.embed import embed_cohort
 
+    resolve_precision(precision, resolve_device(device))  # a bad choice fails before any slide
     settings = _settings(
-        target_mpp, tile_px, min_tissue, batch_size, num_workers, stain, stain_reference, overwrite
+        target_mpp,
+        tile_px,
+        min_tissue,
+        batch_size,
+        num_workers,
+        stain,
+        stain_reference,
+        overwrite,
+        device,
+        precision,
     )
     results = embed_cohort(
         _jobs(source, mpp),

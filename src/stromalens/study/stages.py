@@ -136,8 +136,20 @@ def validate_study(config: StudyConfig) -> None:
         except ConfigError as exc:
             problems.append(f"radiomics.config: {exc}")
     problems += _manifest_problems(config)
+    problems += _device_problems(config)
     if problems:
         raise ConfigError("invalid study configuration\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _device_problems(config: StudyConfig) -> list[str]:
+    """``wsi.device`` must exist on this machine and ``wsi.precision`` suit it."""
+    from ..wsi.devices import resolve_device, resolve_precision
+
+    try:
+        resolve_precision(config.wsi.precision, resolve_device(config.wsi.device))
+    except ValueError as exc:
+        return [f"wsi.device / wsi.precision: {exc}"]
+    return []
 
 
 def _manifest_problems(config: StudyConfig) -> list[str]:
@@ -228,6 +240,8 @@ def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
         batch_size=w.batch_size,
         stain=w.stain,
         stain_reference=str(w.stain_reference) if w.stain_reference else None,
+        device=w.device,
+        precision=w.precision,
     )
     jobs = jobs_from_manifest(manifest)
     frame = _frame(manifest)

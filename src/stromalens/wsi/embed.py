@@ -69,6 +69,9 @@ class EmbedSettings:
     stain_sample_tiles: int = 64
     overwrite: bool = False
     export: bool = True
+    # where the encoder runs and in which precision (wsi/devices.py); the CPU default is fp32
+    device: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.stain not in ("macenko", "none"):
@@ -151,16 +154,20 @@ def _fit_stain(slide, plan: TilePlan, settings: EmbedSettings):
     return normaliser, normaliser.params() | {"sample_tiles": int(len(sample))}
 
 
-def store_identity(slide_path, encoder, settings: EmbedSettings, mpp: float | None) -> dict:
+def store_identity(
+    slide_path, encoder, settings: EmbedSettings, mpp: float | None, precision: str = "fp32"
+) -> dict:
     """The attributes a store must record to be reused for this slide and these settings
     (:func:`~stromalens.wsi.store.store_matches`): the slide file's identity, the encoder id and
-    weights sha256, the whole tiling, the stain settings and the µm/px override. Decoding and
-    export settings (batch size, workers, GeoJSON) do not change the features and are left out.
+    weights sha256, the encoder's compute precision, the whole tiling, the stain settings and
+    the µm/px override. Decoding, device and export settings (batch size, workers, GPU index,
+    GeoJSON) do not change the features and are left out.
     """
     return {
         **slide_identity(slide_path),
         "encoder": encoder.name if encoder is not None else "none",
         "weights_sha256": encoder.weights_sha256 if encoder is not None else "",
+        "precision": precision if encoder is not None else "",
         "tiling": asdict(settings.tiling),
         "stain_settings": _stain_settings(settings),
         "mpp_override": float(mpp) if mpp is not None else "",
@@ -198,11 +205,17 @@ def embed_slide(
     """
     import torch
 
+    from .devices import PRECISION_NAMES, autocast, resolve_device, resolve_precision
+
     settings = settings or EmbedSettings()
     slide_path, out_path = Path(slide_path), Path(out_path)
     slide_id = out_path.stem
     bound_heap()  # per-block arrays mapped and unmapped, not fragmenting the heap
-    identity = store_identity(slide_path, encoder, settings, mpp)
+    device = resolve_device(settings.device)
+    dtype = resolve_precision(
+        settings.precision, device, encoder.precision if encoder is not None else None
+    )
+    identity = store_identity(slide_path, encoder, settings, mpp, PRECISION_NAMES[dtype])
     stale = None
     if not settings.overwrite and is_complete(out_path, require_features=encoder is not None):
         stale = store_matches(out_path, identity)
@@ -240,7 +253,10 @@ def embed_slide(
             num_workers=workers,
             worker_init_fn=_worker_init if workers else None,
             prefetch_factor=2 if workers else None,
+            pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU async
         )
+        if encoder is not None:
+            encoder.model.to(device)
         pending, pending_idx = [], []
 
         def flush(force: bool):
@@ -250,9 +266,10 @@ def embed_slide(
                 x = torch.cat(pending)  # (N, 3, S, S)
                 ids = np.concatenate(pending_idx)
                 take = min(settings.batch_size, len(x))
-                with torch.inference_mode():
-                    y = encoder.image_fn(x[:take].to(encoder.precision)).float()  # (B, D)
-                feats_parts.append(y.numpy())
+                batch = x[:take].to(device, non_blocking=True)  # (B, 3, S, S) fp32
+                with torch.inference_mode(), autocast(device, dtype):
+                    y = encoder.image_fn(batch).float()  # (B, D)
+                feats_parts.append(y.cpu().numpy())
                 idx_parts.append(ids[:take])
                 pending, pending_idx = [x[take:]], [ids[take:]]
                 total -= take
@@ -398,6 +415,15 @@ def _embed_item(arg: dict) -> dict:
         torch.set_num_threads(max(1, arg["threads"]))
         encoder = _cached_encoder(arg["encoder"], arg["weights"], arg["allow_download"])
     settings = arg["settings"]
+    if encoder is not None:
+        import multiprocessing as mp
+        from dataclasses import replace
+
+        from .devices import worker_device
+
+        # a pool worker's index (1-based in its identity; 0 in the main process)
+        index = (mp.current_process()._identity or (1,))[0] - 1
+        settings = replace(settings, device=worker_device(settings.device, index))
     return embed_slide(arg["path"], arg["out"], encoder, settings, mpp=arg["mpp"])
 
 
