@@ -19,8 +19,13 @@ def validate(
     expression: Path = typer.Option(
         None,
         "--expression",
-        help="Expression table (genes × samples TSV/CSV) whose sample ids "
+        help="Expression table (TSV/CSV, optionally .gz) whose sample ids "
         "the manifest's rna_sample must match.",
+    ),
+    orientation: str = typer.Option(
+        "auto",
+        "--orientation",
+        help="auto (the axis with more rna_sample ids), genes-x-samples or samples-x-genes.",
     ),
     no_file_check: bool = typer.Option(
         False, "--no-file-check", help="Do not check that referenced files exist."
@@ -31,10 +36,7 @@ def validate(
 
     samples = None
     if expression is not None:
-        import pandas as pd
-
-        sep = "\t" if expression.suffix.lower() in {".tsv", ".txt"} else ","
-        samples = list(pd.read_csv(expression, sep=sep, nrows=0, index_col=0).columns)
+        samples = _expression_samples(manifest, expression, orientation)
     cohort = load_manifest(
         manifest,
         sites=[s.strip() for s in sites.split(",")] if sites else None,
@@ -52,3 +54,25 @@ def validate(
     console.print(f"{manifest}: {len(cohort.patients)} patients, valid", soft_wrap=True)
     for warning in cohort.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+
+
+def _expression_samples(manifest: Path, expression: Path, orientation: str) -> list[str]:
+    """The sample ids of ``expression``: its columns (genes × samples), its rows, or (auto) the
+    axis holding more of the manifest's ``rna_sample`` ids."""
+    from ..cohort import read_table
+    from ..targets.adapters import ORIENTATION_CHOICES
+    from ..targets.io import table_ids
+
+    if orientation not in ORIENTATION_CHOICES:
+        raise ValueError(
+            f"orientation must be one of {', '.join(ORIENTATION_CHOICES)}, not {orientation!r}"
+        )
+    if not expression.exists():
+        raise ValueError(f"expression file not found: {expression}")
+    rows, columns = table_ids(expression)
+    if orientation == "auto":
+        raw = read_table(manifest) if manifest.exists() else None
+        wanted = set(raw["rna_sample"]) if raw is not None and "rna_sample" in raw else set()
+        in_rows, in_columns = len(wanted & set(rows)), len(wanted & set(columns))
+        orientation = "samples-x-genes" if in_rows > in_columns else "genes-x-samples"
+    return rows if orientation == "samples-x-genes" else columns

@@ -17,9 +17,34 @@ def targets(
     ),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     orientation: str = typer.Option(
-        "genes-x-samples",
+        "auto",
         "--orientation",
-        help="genes-x-samples or samples-x-genes (text/parquet).",
+        help="auto (the axis with the manifest's rna_sample ids), genes-x-samples or "
+        "samples-x-genes (text/parquet).",
+    ),
+    na: str = typer.Option(
+        "error", "--na", help="Missing values: error, drop-genes or impute-mean (gene mean)."
+    ),
+    annotation: Path = typer.Option(
+        None, "--annotation", help="Probe → symbol table (columns probe, symbol; TSV/CSV[.gz])."
+    ),
+    annotation_symbol: str = typer.Option(
+        "symbol", "--annotation-symbol", help="The annotation's symbol column."
+    ),
+    scale: str = typer.Option(
+        "auto",
+        "--scale",
+        help="auto (refuses log data), linear, log2 / log10 (of TPM+1; made linear) or "
+        "log-ratio (microarray: ERS-CAF only).",
+    ),
+    negatives: str = typer.Option(
+        "error", "--negatives", help="Negative linear values: error or clip (to 0)."
+    ),
+    normalize: str = typer.Option(
+        "none", "--normalize", help="none, or tpm (rescale each sample to sum 1e6)."
+    ),
+    platform: str = typer.Option(
+        None, "--platform", help="rnaseq or microarray (recorded; default inferred)."
     ),
     gene_sets: Path = typer.Option(
         None,
@@ -50,6 +75,13 @@ def targets(
         TargetsConfig,
         {
             "orientation": orientation,
+            "na": na,
+            "annotation": annotation,
+            "annotation_symbol": annotation_symbol,
+            "scale": scale,
+            "negatives": negatives,
+            "normalize": normalize,
+            "platform": platform,
             "gene_sets": gene_sets,
             "signature": signature,
             "mrna_scaling": mrna_scaling,
@@ -68,6 +100,8 @@ def targets(
             f"{summary['ceiling'][target]:.2f}",
             soft_wrap=True,
         )
+    for target, reason in summary["refused"].items():
+        console.print(f"  {target}: {reason}", soft_wrap=True)
     if summary["skipped"]:
         console.print(
             f"  {len(summary['skipped'])} patient(s) without RNA-seq have no targets",

@@ -117,7 +117,7 @@ def validate_study(config: StudyConfig) -> None:
         (f"external.{i}.targets", c.targets) for i, c in enumerate(config.external)
     ]:
         if targets is not None:
-            for key in ("gene_sets", "signature", "mrna_scaling"):
+            for key in ("gene_sets", "signature", "mrna_scaling", "annotation"):
                 checks.append((f"{block}.{key}", getattr(targets, key)))
     for i, cohort in enumerate(config.external):
         checks += [(f"external.{i}.manifest", cohort.manifest)]
@@ -189,6 +189,7 @@ def _targets_inputs(manifest, expression, targets: TargetsConfig) -> list[Input]
         + _file("gene_sets", targets.gene_sets)
         + _file("signature", targets.signature)
         + _file("mrna_scaling", targets.mrna_scaling)
+        + _file("annotation", targets.annotation)
     )
 
 

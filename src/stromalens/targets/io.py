@@ -8,6 +8,18 @@ import pandas as pd
 
 ORIENTATIONS = ("genes-x-samples", "samples-x-genes")
 DUPLICATE_POLICIES = ("error", "sum", "mean", "max")
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zip", ".zst")
+
+
+def text_separator(path: Path | str) -> str:
+    """``","`` for ``.csv`` (also ``.csv.gz``, ``.csv.bz2`` …), a tab otherwise (``.tsv``,
+    ``.txt``, ``.tsv.gz`` …): the suffix before any compression suffix decides."""
+    name = Path(path).name.lower()
+    for suffix in _COMPRESSION:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return "," if name.endswith(".csv") else "\t"
 
 
 def aggregate_duplicates(frame: pd.DataFrame, how: str, axis_name: str = "gene") -> pd.DataFrame:
@@ -17,25 +29,10 @@ def aggregate_duplicates(frame: pd.DataFrame, how: str, axis_name: str = "gene")
     return frame.T.groupby(level=0, sort=False).agg(how).T
 
 
-def read_expression(
-    path: Path | str,
-    *,
-    orientation: str = "genes-x-samples",
-    duplicates: str = "error",
-) -> pd.DataFrame:
-    """Read TSV/CSV(.gz), parquet or .h5ad expression as samples × genes floats.
-
-    ``orientation`` says how a text or parquet table is laid out (first column = row ids);
-    .h5ad files are samples × genes by definition. Duplicated genes raise, or are aggregated with
-    ``duplicates="sum"|"mean"|"max"``; duplicated samples always raise.
-    """
+def read_table(path: Path | str) -> tuple[pd.DataFrame, bool]:
+    """The table of ``path`` as stored (first column = row ids), values numeric, missing or
+    non-numeric cells NaN. Returns ``(table, is_h5ad)``; an .h5ad file is samples × genes."""
     path = Path(path)
-    if orientation not in ORIENTATIONS:
-        raise ValueError(
-            f"orientation must be one of {', '.join(ORIENTATIONS)}, not {orientation!r}"
-        )
-    if duplicates not in DUPLICATE_POLICIES:
-        raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}")
     if not path.exists():
         raise ValueError(f"expression file not found: {path}")
     name = path.name.lower()
@@ -48,40 +45,83 @@ def read_expression(
             ) from None
         adata = anndata.read_h5ad(path)
         x = adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X
-        frame = pd.DataFrame(x, index=list(adata.obs_names), columns=list(adata.var_names))
+        return pd.DataFrame(x, index=list(adata.obs_names), columns=list(adata.var_names)), True
+    if name.endswith((".parquet", ".pq")):
+        table = pd.read_parquet(path)
+        if isinstance(table.index, pd.RangeIndex):  # ids stored as the first column
+            table = table.set_index(table.columns[0])
     else:
-        if name.endswith((".parquet", ".pq")):
-            table = pd.read_parquet(path)
-            if isinstance(table.index, pd.RangeIndex):  # ids stored as the first column
-                table = table.set_index(table.columns[0])
-        else:
-            sep = "," if ".csv" in name else "\t"
-            # Read the header as data: pandas would silently rename duplicated column ids
-            # ("S1", "S1.1"), hiding duplicated samples or genes.
-            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0]
-            table = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0)
-            table.columns = header.iloc[1:].to_numpy()
-        frame = table.T if orientation == "genes-x-samples" else table
-    frame.index = frame.index.astype(str).rename(None)
-    frame.columns = frame.columns.astype(str).rename(None)
+        sep = text_separator(path)
+        # Read the header as data: pandas would silently rename duplicated column ids
+        # ("S1", "S1.1"), hiding duplicated samples or genes.
+        header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0]
+        table = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0)
+        table.columns = header.iloc[1:].to_numpy()
+    table.index = table.index.astype(str).rename(None)
+    table.columns = table.columns.astype(str).rename(None)
+    return table.apply(pd.to_numeric, errors="coerce").astype(float), False
+
+
+def table_ids(path: Path | str) -> tuple[list[str], list[str]]:
+    """The row ids (first column) and column ids (header) of a text table, without reading its
+    values: what ``cohort validate --expression`` needs to match sample ids."""
+    sep = text_separator(path)
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0]
+    rows = pd.read_csv(path, sep=sep, header=None, skiprows=1, usecols=[0], dtype=str).iloc[:, 0]
+    return [str(r) for r in rows], [str(c) for c in header.iloc[1:]]
+
+
+def check_unique_samples(frame: pd.DataFrame, source) -> None:
     if not frame.index.is_unique:
         dup = frame.index[frame.index.duplicated()].unique()[:5]
-        raise ValueError(f"{path}: duplicated sample ids: {', '.join(dup)}")
-    if not frame.columns.is_unique:
-        if duplicates == "error":
-            dup = frame.columns[frame.columns.duplicated()].unique()
-            raise ValueError(
-                f"{path}: {len(dup)} duplicated gene ids (e.g. "
-                f"{', '.join(dup[:5])}); pass duplicates='sum', 'mean' or 'max' "
-                "to aggregate them"
-            )
-        frame = aggregate_duplicates(frame, duplicates)
-    numeric = frame.apply(pd.to_numeric, errors="coerce")
-    if numeric.isna().to_numpy().any():
-        bad = numeric.isna().stack()
-        sample, gene = bad[bad].index[0]
+        raise ValueError(f"{source}: duplicated sample ids: {', '.join(dup)}")
+
+
+def apply_duplicates(frame: pd.DataFrame, duplicates: str, source) -> pd.DataFrame:
+    """Raise on duplicated gene ids (``"error"``) or aggregate them by ``duplicates``."""
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}")
+    if frame.columns.is_unique:
+        return frame
+    if duplicates == "error":
+        dup = frame.columns[frame.columns.duplicated()].unique()
         raise ValueError(
-            f"{path}: missing or non-numeric value for sample '{sample}', gene "
-            f"'{gene}' ({int(bad.sum())} in all)"
+            f"{source}: {len(dup)} duplicated gene ids (e.g. "
+            f"{', '.join(dup[:5])}); pass duplicates='sum', 'mean' or 'max' "
+            "to aggregate them"
         )
-    return numeric.astype(float)
+    return aggregate_duplicates(frame, duplicates)
+
+
+def read_expression(
+    path: Path | str,
+    *,
+    orientation: str = "genes-x-samples",
+    duplicates: str = "error",
+    na: str = "error",
+    samples=None,
+) -> pd.DataFrame:
+    """Read TSV/CSV(.gz), parquet or .h5ad expression as samples × genes floats.
+
+    ``orientation`` says how a text or parquet table is laid out (first column = row ids), or
+    ``"auto"`` (the axis holding ``samples``, else the shorter axis, is the samples'); .h5ad
+    files are samples × genes by definition. Duplicated genes raise, or are aggregated with
+    ``duplicates="sum"|"mean"|"max"``; duplicated samples always raise. Missing or non-numeric
+    values raise, or are handled by ``na`` (:func:`~stromalens.targets.adapters.apply_na`).
+    """
+    from .adapters import ORIENTATION_CHOICES, apply_na, orient
+
+    if orientation not in ORIENTATION_CHOICES:
+        raise ValueError(
+            f"orientation must be one of {', '.join(ORIENTATION_CHOICES)}, not {orientation!r}"
+        )
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}")
+    table, is_h5ad = read_table(path)
+    if is_h5ad:
+        frame = table
+    else:
+        frame, _ = orient(table, orientation, samples=samples, source=path)
+    check_unique_samples(frame, path)
+    frame, _ = apply_na(frame, na, source=path)
+    return apply_duplicates(frame, duplicates, path)

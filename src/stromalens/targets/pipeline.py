@@ -69,8 +69,13 @@ def compute_targets(
     min_coverage: float = 0.5,
     n_boot: int = 2000,
     seed: int = 0,
+    linear: bool = True,
 ) -> TargetsResult:
     """Compute the targets of every sample of ``tpm`` (samples × genes, linear TPM).
+
+    ``linear=False``: ``tpm`` holds log ratios (two-colour microarrays), which have no linear
+    form; only the ERS–CAF targets (ssGSEA and GSVA on the values as given) are computed, and
+    ``lr`` and ``heterogeneity`` (deconvolution needs linear values) are recorded as refused.
 
     Raises ``ValueError`` when the ERS–CAF set's coverage in the data is below ``min_coverage``
     (the message says how many genes are missing, per set).
@@ -89,13 +94,15 @@ def compute_targets(
             f"{name}: {int(r.found)} of {int(r.genes)} genes found" for name, r in low.iterrows()
         )
         raise ValueError(f"gene-set coverage below {min_coverage:.0%} — {lines}")
-    log_expr = np.log2(tpm.clip(lower=0.0) + 1.0)
+    log_expr = np.log2(tpm.clip(lower=0.0) + 1.0) if linear else tpm
 
     scores = ssgsea(log_expr, {ers_caf_set: sets[ers_caf_set]})[ers_caf_set]
     with warnings.catch_warnings():
         # GSVA drops constant genes and says so; that is expected here and recorded below.
         warnings.simplefilter("ignore", GeneSetWarning)
         scores_gsva = gsva(log_expr, {ers_caf_set: sets[ers_caf_set]})[ers_caf_set]
+    if not linear:
+        return _ers_caf_only(scores, scores_gsva, coverage, matched, min_coverage, n_boot, seed)
 
     fractions_svr = deconvolve(tpm, method="nusvr", signature=signature)
     fractions_lsq = deconvolve(tpm, method="lsq", signature=signature, mrna_scaling=mrna_scaling)
@@ -152,6 +159,44 @@ def compute_targets(
         "z_scoring": {"ers_caf_mean": float(scores.mean()), "ers_caf_sd": float(scores.std())},
         "versions": _versions(),
     }
+    return TargetsResult(
+        targets=targets, fractions=fractions, reliability=reliability, metadata=metadata
+    )
+
+
+def _ers_caf_only(scores, scores_gsva, coverage, matched, min_coverage, n_boot, seed):
+    """The ERS–CAF targets of log-ratio data; ``lr`` and ``heterogeneity`` refused."""
+    targets = pd.DataFrame(index=scores.index)
+    targets["ers_caf"] = TargetScaler().fit_transform(scores.rename("ers_caf"))
+    targets["ers_caf_gsva"] = scores_gsva
+    targets["ers_caf_ssgsea_raw"] = scores
+    reliability = {
+        "ers_caf": pipeline_concordance(
+            targets["ers_caf"], targets["ers_caf_gsva"], n_boot=n_boot, seed=seed
+        )
+        | {"pipelines": ["ers_caf", "ers_caf_gsva"]}
+    }
+    refusal = "not computed: deconvolution needs linear expression and log ratios have none"
+    metadata = {
+        "methods": {
+            "ers_caf": "ssGSEA (GSVA 1.46-identical, alpha=0.25, unnormalised) of the ERS_CAF "
+            "set on the log ratios as given (within-sample ranks), z-scored across the samples",
+            "ers_caf_gsva": "GSVA (Gaussian kernel, mx.diff) of the same set on the log ratios",
+        },
+        "refused": {"lr": refusal, "heterogeneity": refusal},
+        "parameters": {
+            "alpha": 0.25,
+            "kcdf": "gaussian",
+            "min_coverage": min_coverage,
+            "n_boot": n_boot,
+            "seed": seed,
+        },
+        "gene_set_coverage": coverage.reset_index().to_dict(orient="records"),
+        "gene_sets_dropped": matched.dropped,
+        "z_scoring": {"ers_caf_mean": float(scores.mean()), "ers_caf_sd": float(scores.std())},
+        "versions": _versions(),
+    }
+    fractions = pd.DataFrame(index=scores.index)
     return TargetsResult(
         targets=targets, fractions=fractions, reliability=reliability, metadata=metadata
     )

@@ -16,11 +16,14 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
     (no ``rna_sample``) with the reason."""
     from ..cohort import load_manifest
     from ..hashing import sha256_file
-    from .io import read_expression
+    from .adapters import adapt_expression
+    from .io import read_table
     from .pipeline import compute_targets, write_targets
 
-    expr = read_expression(
-        expression, orientation=settings.orientation, duplicates=settings.duplicates
+    wanted = load_manifest(manifest, check_files=False).frame["rna_sample"].dropna()
+    table, is_h5ad = read_table(expression)
+    expr, adapters = adapt_expression(
+        table, settings, samples=list(wanted), is_h5ad=is_h5ad, source=expression
     )
     cohort = load_manifest(manifest, expression_samples=list(expr.index), check_files=False)
     samples = cohort.frame["rna_sample"].dropna()
@@ -36,6 +39,7 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
         mrna_scaling=scaling,
         lr_weights=settings.lr_weights,
         min_coverage=settings.min_coverage,
+        linear=adapters["scale"]["linear"],
     )
     without_rna = sorted(str(p) for p in cohort.frame.index[cohort.frame["rna_sample"].isna()])
 
@@ -55,7 +59,11 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
                 "gene_sets_sha256": digest(settings.gene_sets),
                 "signature": str(settings.signature or "TIL10 (shipped)"),
                 "signature_sha256": digest(settings.signature),
+                "annotation": str(settings.annotation) if settings.annotation else None,
+                "annotation_sha256": digest(settings.annotation),
             },
+            "platform": adapters["platform"]["platform"],
+            "expression_adapters": adapters,
             "patients": len(samples),
             "patients_without_rna": without_rna,
         },
@@ -68,4 +76,5 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
             for t, r in result.reliability.items()
         },
         "skipped": [{"item": p, "reason": "no rna_sample (no RNA-seq)"} for p in without_rna],
+        "refused": result.metadata.get("refused", {}),
     }
