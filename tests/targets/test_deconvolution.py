@@ -174,8 +174,24 @@ def test_deconvolution_input_errors():
         deconvolve(-expr, signature=sig)
     with pytest.raises(ValueError, match="signature's 120 genes are in the expression"):
         deconvolve(expr.rename(columns=lambda g: g + "_x"), signature=sig)
-    with pytest.warns(UserWarning, match="linear-scale"):
-        deconvolve(np.log2(expr + 1) / 10, signature=sig)
+    with pytest.raises(ValueError, match="method must be one of"):
+        deconvolve(expr, method="svr", signature=sig)
+
+
+def test_log2_input_is_anti_logged_as_the_references_do():
+    """quanTIseq's fixMixture and CIBERSORT.R: ``if (max(Y) < 50) Y <- 2^Y``."""
+    rng = np.random.default_rng(3)
+    sig = _signature(rng)
+    expr = pd.DataFrame(np.exp(rng.normal(5, 1.0, (3, 120))), columns=sig.index)
+    assert expr.to_numpy().max() > 50 > np.log2(expr).to_numpy().max()
+    for method in ("lsq", "nusvr", "quantiseq"):
+        pd.testing.assert_frame_equal(
+            deconvolve(np.log2(expr), method=method, signature=sig),
+            deconvolve(expr, method=method, signature=sig),
+            atol=1e-6,
+        )
+    with pytest.raises(ValueError, match="antilog must be"):
+        deconvolve(expr, signature=sig, antilog="yes")
 
 
 @pytest.mark.skipif(not (SHARED / "rnaseq" / "hoek_pbmc").exists(), reason="no ../shared/data")

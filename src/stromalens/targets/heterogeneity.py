@@ -13,12 +13,17 @@ least squares) is handled by ``other``:
   sample whose signature explains little is not called heterogeneous for that reason.
 * ``"include"``: "other" is one more category — a tumour with a large uncharacterised share
   counts as more diverse.
+
+Marker scores (MCP-counter) are refused: they are log-scale means in units that differ between
+populations, so renormalising them to sum 1 would not make them proportions.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from .deconvolution import KIND_ATTR
 
 OTHER_COLUMNS = ("other", "Other", "uncharacterized", "uncharacterised")
 
@@ -27,6 +32,11 @@ def shannon_entropy(fractions: pd.DataFrame, *, other: str = "exclude") -> pd.Se
     """H per sample (natural log). Zero fractions contribute 0 (lim p→0 of p log p)."""
     if other not in {"exclude", "include"}:
         raise ValueError(f"other must be 'exclude' or 'include', not {other!r}")
+    if fractions.attrs.get(KIND_ATTR) == "scores":
+        raise ValueError(
+            "these are marker scores (MCP-counter), not fractions: an entropy needs "
+            "proportions; compute H from a fraction method (quantiseq, nusvr or lsq)"
+        )
     table = fractions.astype(float)
     if (table.to_numpy() < -1e-12).any():
         raise ValueError("fractions must be non-negative")
