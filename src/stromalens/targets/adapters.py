@@ -36,6 +36,7 @@ PLATFORMS = ("rnaseq", "microarray")
 # transcriptome reaches ~15-20; linear TPM reaches thousands).
 LOG_MAX = 50.0
 TPM_TOTAL = 1e6
+TPM_MAX_SUM = 1.5e6  # above this a sample cannot be TPM (rounding and clipping stay far below)
 # The targets that need linear expression (deconvolution), refused on log ratios.
 LINEAR_TARGETS = ("lr", "heterogeneity")
 
@@ -271,8 +272,9 @@ def apply_negatives(frame: pd.DataFrame, negatives: str = "error") -> tuple[pd.D
 # ------------------------------------------------------------------------------ library size
 def apply_normalize(frame: pd.DataFrame, normalize: str = "none") -> tuple[pd.DataFrame, dict]:
     """``"tpm"``: rescale each sample to sum 10⁶ over all its genes (tables not normalised to
-    TPM, e.g. GSE107572); ``"none"``: unchanged, with a log line when the sums are far from
-    10⁶ (a gene panel, or not TPM)."""
+    TPM, e.g. GSE107572); ``"none"``: unchanged, refused when a sample sums to more than
+    1.5 × 10⁶ (TPM over any set of genes sums to at most 10⁶: the constrained least squares'
+    Σf ≤ 1 would saturate), a log line when the sums are well below 10⁶ (a gene panel)."""
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, not {normalize!r}")
     sums = frame.sum(axis=1)
@@ -286,11 +288,16 @@ def apply_normalize(frame: pd.DataFrame, normalize: str = "none") -> tuple[pd.Da
             raise ValueError(f"sample '{sums.index[sums <= 0][0]}' has no expression to rescale")
         frame = frame.div(sums, axis=0) * TPM_TOTAL
         event(log, "expression rescaled to sum 1e6 per sample", **record)
-    elif not ((sums > TPM_TOTAL / 2) & (sums < TPM_TOTAL * 2)).all():
-        record["note"] = (
-            "per-sample sums far from 1e6: not TPM over all genes (pass --normalize tpm to rescale)"
+    elif record["sample_sum_max"] > TPM_MAX_SUM:
+        raise ValueError(
+            f"the expression is not TPM: sample '{sums.idxmax()}' sums to "
+            f"{record['sample_sum_max']:.3g} (TPM sums to at most 1e6), which puts deconvolution "
+            f"on the wrong scale; pass {_option('normalize', 'tpm')} to rescale each sample to "
+            "1e6 over its genes"
         )
-        event(log, "expression sums are not TPM", **record)
+    elif record["sample_sum_min"] < TPM_TOTAL / 2:
+        record["note"] = "per-sample sums below 1e6/2: a gene panel or a subset of genes"
+        event(log, "expression sums below TPM", **record)
     return frame, record
 
 

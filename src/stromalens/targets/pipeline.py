@@ -93,7 +93,11 @@ def compute_targets(
         lines = "; ".join(
             f"{name}: {int(r.found)} of {int(r.genes)} genes found" for name, r in low.iterrows()
         )
-        raise ValueError(f"gene-set coverage below {min_coverage:.0%} — {lines}")
+        raise ValueError(
+            f"gene-set coverage below {min_coverage:.0%} — {lines}; check the gene ids "
+            "(symbols; --annotation maps probes), pass --gene-sets with a set measured on "
+            "this panel, or lower --min-coverage"
+        )
     log_expr = np.log2(tpm.clip(lower=0.0) + 1.0) if linear else tpm
 
     scores = ssgsea(log_expr, {ers_caf_set: sets[ers_caf_set]})[ers_caf_set]
