@@ -94,6 +94,7 @@ def main(out: Path) -> None:
     signature, mixture = til10_hoek_inputs()
     signature.to_csv(out / "til10_signature_aligned.csv")
     mixture.T.to_csv(out / "hoek_til10_genes_x_samples.csv")
+    gse107572_expression().T.rename_axis("Gene").to_csv(out / "gse107572_mix.txt", sep="\t")
     synth = synthetic_counts()
     synth.T.to_csv(out / "synthetic_genes_x_samples.csv")
     write_gmt(sets_for(synth.columns), out / "synthetic_sets.gmt")
@@ -129,6 +130,33 @@ def til10_hoek_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
     signature = til10_signature().drop(index=til10_removed_genes(), errors="ignore")
     genes = [g for g in signature.index if g in tpm.columns]
     return signature.loc[genes], tpm[genes]
+
+
+GSE107572 = SHARED / "rnaseq" / "gse107572_finotello"
+
+
+def gse107572_expression() -> pd.DataFrame:
+    """GSE107572 (quanTIseq's 9 blood-derived immune-cell mixtures): samples × genes, as
+    distributed (not TPM-normalised)."""
+    table = pd.read_csv(GSE107572 / "expression_genes_x_samples.tsv.gz", sep="\t", index_col=0)
+    return table.T
+
+
+def gse107572_facs() -> pd.DataFrame:
+    """Flow-cytometry fractions of the GSE107572 samples (samples × 8 cell types)."""
+    return pd.read_csv(GSE107572 / "facs_fractions.tsv", sep="\t", index_col=0)
+
+
+def gse107572_hgnc_mapped() -> pd.DataFrame:
+    """GSE107572 re-annotated as quanTIseq's ``mapGenes`` (HGNC 2017-04-18) does it: the genes
+    it drops removed, the rows it adds under approved symbols appended (recorded by
+    make_quantiseq_reference.R)."""
+    here = Path(__file__).parent
+    expr = gse107572_expression().T
+    dropped = pd.read_csv(here / "quantiseq_gse107572_dropped_genes.csv")["gene"]
+    added = pd.read_csv(here / "quantiseq_gse107572_added_values.csv", index_col=0)
+    added.columns = expr.columns
+    return pd.concat([expr.drop(index=dropped), added]).T
 
 
 if __name__ == "__main__":
