@@ -171,7 +171,9 @@ def test_deconvolution_input_errors():
     with pytest.raises(ValueError, match="method must be"):
         deconvolve(expr, method="cibersortx", signature=sig)
     with pytest.raises(ValueError, match="negative values"):
-        deconvolve(-expr, signature=sig)
+        deconvolve(-expr, signature=sig, antilog=False)
+    with pytest.raises(ValueError, match="negative values"):
+        deconvolve(expr.assign(g0=-1.0) * 100, signature=sig)  # linear (max ≥ 50) with negatives
     with pytest.raises(ValueError, match="signature's 120 genes are in the expression"):
         deconvolve(expr.rename(columns=lambda g: g + "_x"), signature=sig)
     with pytest.raises(ValueError, match="method must be one of"):

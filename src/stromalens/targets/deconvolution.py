@@ -192,6 +192,18 @@ def unlog(frame: pd.DataFrame, antilog: bool | str = "auto") -> pd.DataFrame:
     return frame
 
 
+def linear_frame(expr, antilog: bool | str = "auto") -> pd.DataFrame:
+    """Samples × genes on a linear scale: anti-logged where :func:`unlog` says so (log2 values
+    may be negative, below 1 TPM), then refused if any value is still negative."""
+    frame = unlog(as_expression_frame(expr, allow_negative=True), antilog)
+    if (frame.to_numpy() < 0).any():
+        raise ValueError(
+            "expression has negative values; this method needs a linear, non-negative scale "
+            "(TPM or counts), or log2 values (maximum below 50), which are anti-logged"
+        )
+    return frame
+
+
 def quantile_normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Quantile normalisation across samples (rows), as ``preprocessCore::normalize.quantiles``.
 
@@ -232,8 +244,7 @@ def fix_mixture(expr, *, arrays: bool = False, antilog: bool | str = "auto") -> 
     >>> fix_mixture(pd.DataFrame({"A": [1.0], "B": [3.0]})).to_numpy().tolist()
     [[250000.0, 750000.0]]
     """
-    frame = as_expression_frame(expr, allow_negative=False)
-    frame = unlog(frame, antilog)
+    frame = linear_frame(expr, antilog)
     if arrays:
         frame = quantile_normalise(frame)
     totals = frame.sum(axis=1)
@@ -518,9 +529,7 @@ def deconvolve(
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if method == "mcpcounter":
-        return mcp_counter(
-            unlog(as_expression_frame(expr, allow_negative=False), antilog), markers=markers
-        )
+        return mcp_counter(linear_frame(expr, antilog), markers=markers)
     if method == "quantiseq":
         result = quantiseq(
             expr,
@@ -533,7 +542,7 @@ def deconvolve(
         )
         result.attrs[KIND_ATTR] = "fractions"
         return result
-    frame = unlog(as_expression_frame(expr, allow_negative=False), antilog)
+    frame = linear_frame(expr, antilog)
     sig, mrna_scaling, remove_genes = _resolve_signature(signature, mrna_scaling, remove_genes)
     if remove_genes:
         sig = sig.drop(index=[g for g in remove_genes if g in sig.index])
