@@ -6,10 +6,10 @@ Per patient (DESIGN.md, targets):
   (:class:`~stromalens.targets.scaling.TargetScaler`; refitted on each training fold in CV);
   cross-check ``ers_caf_gsva`` (GSVA, Gaussian kernel);
 * ``lr``        — S_LR, the weighted product score of ERS–CAF → immune triplets with the
-  receiving cell types' fractions from constrained least squares; cross-check
+  receiving cell types' quanTIseq fractions (constrained least squares); cross-check
   ``lr_cellchat`` (CellChat bulk-mode score with the ν-SVR fractions);
 * ``heterogeneity`` — Shannon entropy of the ν-SVR fractions; cross-check
-  ``heterogeneity_lsq`` (entropy of the least-squares fractions, "other" excluded).
+  ``heterogeneity_lsq`` (entropy of the quanTIseq fractions, "other" excluded).
 
 Each target's noise ceiling comes from the concordance of its two pipelines
 (:mod:`~stromalens.targets.reliability`).
@@ -108,8 +108,11 @@ def compute_targets(
     if not linear:
         return _ers_caf_only(scores, scores_gsva, coverage, matched, min_coverage, n_boot, seed)
 
-    fractions_svr = deconvolve(tpm, method="nusvr", signature=signature)
-    fractions_lsq = deconvolve(tpm, method="lsq", signature=signature, mrna_scaling=mrna_scaling)
+    # The input adapters have settled the scale: no second guess from the maximum here.
+    fractions_svr = deconvolve(tpm, method="nusvr", signature=signature, antilog=False)
+    fractions_lsq = deconvolve(  # quanTIseq: fixMixture, lsei, mRNA scaling, Tregs/CD4
+        tpm, method="quantiseq", signature=signature, mrna_scaling=mrna_scaling, antilog=False
+    )
     lr = LRCrosstalk(triplets, weights=lr_weights).fit_transform(log_expr, fractions_lsq)
     lr_cc = LRCrosstalk(triplets, weights=lr_weights, method="cellchat").fit_transform(
         log_expr, fractions_svr
@@ -139,10 +142,11 @@ def compute_targets(
             "set on log2(TPM+1), z-scored across the samples",
             "ers_caf_gsva": "GSVA (Gaussian kernel, mx.diff) of the same set",
             "lr": "weighted product score of ligand/receptor z-scores times the receiving cell "
-            "type's constrained-least-squares fraction",
+            "type's quanTIseq fraction (constrained least squares, mRNA scaling, Tregs/CD4 "
+            "correction)",
             "lr_cellchat": "CellChat bulk-mode (L'R')/(0.5+L'R') with the nu-SVR fractions",
             "heterogeneity": f"Shannon entropy of nu-SVR fractions (other: {other})",
-            "heterogeneity_lsq": "Shannon entropy of least-squares fractions (other excluded)",
+            "heterogeneity_lsq": "Shannon entropy of quanTIseq fractions (other excluded)",
         },
         "parameters": {
             "alpha": 0.25,
