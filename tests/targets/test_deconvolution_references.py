@@ -232,3 +232,14 @@ def test_gse107572_flow_cytometry_recovery_floor(method, floor):
     estimate = deconvolve(expr, method=method)
     r = [pearson(estimate.loc[facs.index, col], facs[f]) for f, col in bench.TIL10_OF_FACS.items()]
     assert np.mean(r) >= floor
+
+
+@pytest.mark.skipif(not (SHARED / "rnaseq" / "hoek_pbmc").exists(), reason="no ../shared/data")
+def test_nusvr_with_quantile_normalisation_matches_r():
+    """Reference: make_nusvr_qn_reference.R (preprocessCore::normalize.quantiles over all genes,
+    then e1071's ν-SVR, as CIBERSORT.R with QN = TRUE). libsvm stops at its 1e-3 tolerance."""
+    prepare = _prepare()
+    ours = deconvolve(prepare.hoek_tpm(), method="nusvr", quantile_normalisation=True)
+    ref = pd.read_csv(REFERENCE / "nusvr_qn_hoek_til10.csv", index_col=0).T
+    ref = ref.loc[ours.index, ours.columns]
+    assert np.abs(ours - ref).to_numpy().max() < 1e-3

@@ -94,6 +94,7 @@ def main(out: Path) -> None:
     signature, mixture = til10_hoek_inputs()
     signature.to_csv(out / "til10_signature_aligned.csv")
     mixture.T.to_csv(out / "hoek_til10_genes_x_samples.csv")
+    hoek_tpm().T.to_csv(out / "hoek_tpm_all_genes_x_samples.csv")
     gse107572_expression().T.rename_axis("Gene").to_csv(out / "gse107572_mix.txt", sep="\t")
     synth = synthetic_counts()
     synth.T.to_csv(out / "synthetic_genes_x_samples.csv")
@@ -116,6 +117,14 @@ def synthetic_counts() -> pd.DataFrame:
     counts, _ = expression.simulate_expression(patients, fractions, batch, seed=0)
     counts = counts.T
     return counts.loc[:, (counts >= 1).all(axis=0)].astype(float)
+
+
+def hoek_tpm() -> pd.DataFrame:
+    """Hoek 2015 PBMC TPM (samples × all genes), clipped at 0 (a few values are negative)."""
+    tpm = pd.read_csv(
+        SHARED / "rnaseq" / "hoek_pbmc" / "bulk_mat_hoek_pbmc_tpm.tsv.gz", sep="\t", index_col=0
+    )
+    return tpm.loc[~tpm.index.duplicated()].clip(lower=0).T
 
 
 def til10_hoek_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
