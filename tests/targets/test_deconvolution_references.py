@@ -207,6 +207,8 @@ def test_mcpcounter_scores_by_hand_and_what_they_refuse(caplog):
         shannon_entropy(scores)
     with pytest.raises(ValueError, match="none of the 5 MCP-counter marker genes"):
         mcp_counter(expr.rename(columns=str.lower), markers=markers)
+    with pytest.raises(ValueError, match=r"P 1 of 2; Q 0 of 1; R 0 of 2 — 2 of 3 populations"):
+        mcp_counter(expr.rename(columns={"C": "Z"}).drop(columns="B"), markers=markers)
     assert set(mcpcounter_markers()["population"]) >= {"T cells", "Fibroblasts", "B lineage"}
 
 

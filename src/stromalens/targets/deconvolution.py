@@ -441,7 +441,8 @@ def mcp_counter(expr, *, markers: pd.DataFrame | None = None, log: bool = True) 
 
     as ``MCPcounter.estimate(log2(expr + 1), featuresType = "HUGO_symbols")`` (which averages the
     values it is given; its paper scores log2 microarray data). Populations none of whose markers
-    are in the data are left out, and logged; no population at all is an error.
+    are in the data are left out, and logged; when more than half the populations have none,
+    the panel is refused with the per-population counts.
 
     The scores are not fractions (see the module docstring): the result carries
     ``attrs["stromalens_kind"] = "scores"``.
@@ -465,6 +466,15 @@ def mcp_counter(expr, *, markers: pd.DataFrame | None = None, log: bool = True) 
         raise ValueError(
             f"none of the {len(table)} MCP-counter marker genes are in the expression data; "
             "check the gene identifiers (HGNC symbols expected; map probes first)"
+        )
+    if 2 * len(missing) > len(populations):
+        counts = "; ".join(
+            f"{p} {len(found[p])} of {int((table['population'] == p).sum())}" for p in populations
+        )
+        raise ValueError(
+            f"MCP-counter markers in the data, per population: {counts} — {len(missing)} of "
+            f"{len(populations)} populations have none. Use a panel that measures them, or "
+            "give markers= (columns gene, population) for genes this panel holds"
         )
     if missing:
         logger.warning("MCP-counter: no marker in the data for %s", ", ".join(missing))
