@@ -260,3 +260,25 @@ def test_cohort_validate_reads_gz_in_both_orientations(small_cohort, tmp_path):
                "--expression", samples_x_genes, "--orientation", "genes-x-samples")  # fmt: skip
     assert run.returncode == 1 and "is not in the expression table" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_declared_linear_is_kept_and_logged(caplog):
+    log2 = np.log2(pd.DataFrame({"A": [0.0, 120.5], "B": [3.0, 40.0]}) + 1)
+    with caplog.at_level("WARNING", logger="stromalens"):
+        same, record = adapters.to_linear(log2, "linear")
+    pd.testing.assert_frame_equal(same, log2)
+    assert "declared linear" in record["note"] and "looks log" in caplog.text
+
+
+def test_separator_from_the_suffix_before_compression_and_auto_orientation(tmp_path):
+    from stromalens.targets.io import read_expression, text_separator
+
+    assert text_separator("x.csv.gz") == "," and text_separator("x.tsv.gz") == "\t"
+    assert text_separator("x.txt") == "\t" and text_separator("X.CSV") == ","
+    table = pd.DataFrame(np.arange(12.0).reshape(6, 2), columns=["S1", "S2"])
+    table.index = [f"G{i}" for i in range(6)]
+    table.T.to_csv(tmp_path / "e.csv.gz")  # samples × genes
+    got = read_expression(tmp_path / "e.csv.gz", orientation="auto")
+    pd.testing.assert_frame_equal(got, table.T)
+    got = read_expression(tmp_path / "e.csv.gz", orientation="auto", samples=["G1", "G2"])
+    assert list(got.index) == list(table.index)  # the manifest's ids decide over the shape

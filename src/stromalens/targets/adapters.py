@@ -16,6 +16,7 @@ duplicated genes → scale → negatives → library size.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,9 @@ def to_linear(frame: pd.DataFrame, scale: str = "auto") -> tuple[pd.DataFrame, d
                 "log ratios (ERS-CAF only), or --scale linear if they are linear"
             )
         scale = "linear"
+    elif scale == "linear" and detected != "linear":
+        record["note"] = f"declared linear although it looks {detected} (maximum < {LOG_MAX:g})"
+        event(log, "expression declared linear looks log", level=logging.WARNING, **record)
     if scale in ("log2", "log10") and record["max"] >= LOG_MAX:
         raise ValueError(
             f"scale {scale} given, but the expression reaches {record['max']:.3g}: these are "

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -32,15 +33,19 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
     scaling = None
     if settings.mrna_scaling is not None:
         scaling = pd.read_csv(settings.mrna_scaling, sep="\t", index_col=0).iloc[:, 0]
-    result = compute_targets(
-        expr.loc[samples.to_numpy()],
-        gene_sets=settings.gene_sets,
-        signature=settings.signature,
-        mrna_scaling=scaling,
-        lr_weights=settings.lr_weights,
-        min_coverage=settings.min_coverage,
-        linear=adapters["scale"]["linear"],
-    )
+    with warnings.catch_warnings():
+        # The scale adapter has decided (and logged) the scale; deconvolution's own guess, a raw
+        # UserWarning when the maximum is below 50, would only repeat it.
+        warnings.filterwarnings("ignore", message="the expression's maximum is below 50")
+        result = compute_targets(
+            expr.loc[samples.to_numpy()],
+            gene_sets=settings.gene_sets,
+            signature=settings.signature,
+            mrna_scaling=scaling,
+            lr_weights=settings.lr_weights,
+            min_coverage=settings.min_coverage,
+            linear=adapters["scale"]["linear"],
+        )
     without_rna = sorted(str(p) for p in cohort.frame.index[cohort.frame["rna_sample"].isna()])
 
     def digest(path):
