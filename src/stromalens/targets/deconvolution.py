@@ -241,7 +241,7 @@ def fix_mixture(expr, *, arrays: bool = False, antilog: bool | str = "auto") -> 
 
     Example
     -------
-    >>> fix_mixture(pd.DataFrame({"A": [1.0], "B": [3.0]})).to_numpy().tolist()
+    >>> fix_mixture(pd.DataFrame({"A": [100.0], "B": [300.0]})).to_numpy().tolist()
     [[250000.0, 750000.0]]
     """
     frame = linear_frame(expr, antilog)
