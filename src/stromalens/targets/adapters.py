@@ -277,8 +277,10 @@ def apply_negatives(frame: pd.DataFrame, negatives: str = "error") -> tuple[pd.D
 def apply_normalize(frame: pd.DataFrame, normalize: str = "none") -> tuple[pd.DataFrame, dict]:
     """``"tpm"``: rescale each sample to sum 10⁶ over all its genes (tables not normalised to
     TPM, e.g. GSE107572); ``"none"``: unchanged, refused when a sample sums to more than
-    1.5 × 10⁶ (TPM over any set of genes sums to at most 10⁶: the constrained least squares'
-    Σf ≤ 1 would saturate), a log line when the sums are well below 10⁶ (a gene panel)."""
+    1.5 × 10⁶ (TPM over any set of genes sums to at most 10⁶), a log line when the sums are
+    well below 10⁶ (a gene panel). quanTIseq rescales its own input (fixMixture), but the
+    log2(x + 1) that ssGSEA, GSVA and the LR z-scores see would carry each sample's library
+    size: a table that is not TPM is a choice to make, not to guess."""
     if normalize not in NORMALIZE:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)}, not {normalize!r}")
     sums = frame.sum(axis=1)
@@ -295,8 +297,8 @@ def apply_normalize(frame: pd.DataFrame, normalize: str = "none") -> tuple[pd.Da
     elif record["sample_sum_max"] > TPM_MAX_SUM:
         raise ValueError(
             f"the expression is not TPM: sample '{sums.idxmax()}' sums to "
-            f"{record['sample_sum_max']:.3g} (TPM sums to at most 1e6), which puts deconvolution "
-            f"on the wrong scale; pass {_option('normalize', 'tpm')} to rescale each sample to "
+            f"{record['sample_sum_max']:.3g} (TPM sums to at most 1e6), so the scores would "
+            f"carry library size; pass {_option('normalize', 'tpm')} to rescale each sample to "
             "1e6 over its genes"
         )
     elif record["sample_sum_min"] < TPM_TOTAL / 2:
