@@ -47,6 +47,8 @@ def gsva(expr, gene_sets, **kwargs):
 
 def deconvolve(expr, *, method: str = "nusvr", **kwargs):
     """Cell-type fractions (:func:`stromalens.targets.deconvolution.deconvolve`, linear TPM);
-    with an AnnData, also ``adata.obsm["fractions_<method>"]``."""
+    with an AnnData, also ``adata.obsm["fractions_<method>"]`` — or ``score_mcpcounter`` for
+    MCP-counter, whose marker scores are not fractions."""
     result = _deconvolution.deconvolve(expr, method=method, **kwargs)
-    return _store(expr, obsm_key("fractions", method), result)
+    kind = "score" if method == "mcpcounter" else "fractions"
+    return _store(expr, obsm_key(kind, method), result)
