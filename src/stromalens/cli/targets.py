@@ -71,27 +71,13 @@ def targets(
     from ..config import TargetsConfig, validate_settings
     from ..targets.run import run_targets
 
-    settings = validate_settings(
-        TargetsConfig,
-        {
-            "orientation": orientation,
-            "na": na,
-            "annotation": annotation,
-            "annotation_symbol": annotation_symbol,
-            "scale": scale,
-            "negatives": negatives,
-            "normalize": normalize,
-            "platform": platform,
-            "gene_sets": gene_sets,
-            "signature": signature,
-            "mrna_scaling": mrna_scaling,
-            "duplicates": duplicates,
-            "lr_weights": lr_weights,
-            "min_coverage": min_coverage,
-        },
-        source="stromalens targets",
-    )
-    summary = run_targets(manifest, expression, settings, out)
+    # every option but the three paths is a key of the study's `targets:` block
+    options = {k: v for k, v in locals().items() if k in TargetsConfig.model_fields}
+    settings = validate_settings(TargetsConfig, options, source="stromalens targets")
+    _print_summary(run_targets(manifest, expression, settings, out), out)
+
+
+def _print_summary(summary: dict, out: Path) -> None:
     console.print(f"targets of {summary['patients']} patients written to {out}", soft_wrap=True)
     for target, rel in summary["concordance"].items():
         console.print(
