@@ -99,6 +99,9 @@ class TargetsConfig(_Strict):
     mrna_scaling: Path | None = Field(None, description="TSV cell type → mRNA per cell")
     duplicates: Literal["error", "sum", "mean", "max"] = "error"
     lr_weights: Literal["resources", "uniform"] = "resources"
+    quantiseq_tumor: bool = Field(
+        False, description="quanTIseq's tumor=TRUE: drop tumour-expressed genes from its fit"
+    )
     min_coverage: float = Field(0.5, ge=0, le=1)
 
 

@@ -120,3 +120,24 @@ def test_cli_reports_samples_without_expression(small_cohort, tmp_path):
             encoding="utf-8",
         )
         assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_quantiseq_tumor_reaches_the_deconvolution_of_the_targets(small_cohort, tmp_path):
+    """``targets.quantiseq_tumor`` runs quanTIseq with ``tumor=True`` (its tumour-expressed
+    genes left out of the fit), which changes the fractions the LR score and H use."""
+    from stromalens.config import TargetsConfig
+    from stromalens.targets.run import run_targets
+
+    settings = TargetsConfig()  # TIL10, whose tumour-gene list quanTIseq ships
+    expression = small_cohort.parent / "rnaseq" / "tpm.tsv"
+    run_targets(small_cohort, expression, settings, tmp_path / "plain")
+    tumour = settings.model_copy(update={"quantiseq_tumor": True})
+    run_targets(small_cohort, expression, tumour, tmp_path / "tumour")
+    a = pd.read_parquet(tmp_path / "plain" / "targets.parquet")
+    b = pd.read_parquet(tmp_path / "tumour" / "targets.parquet")
+    pd.testing.assert_series_equal(a["ers_caf"], b["ers_caf"])  # no deconvolution in it
+    assert not np.allclose(a["heterogeneity_lsq"], b["heterogeneity_lsq"])
+    with pytest.raises(ValueError, match="tumour genes"):  # its list is TIL10's
+        other = small_cohort.parent / "rnaseq" / "signature.tsv"
+        run_targets(small_cohort, expression, tumour.model_copy(update={"signature": other}),
+                    tmp_path / "other")  # fmt: skip

@@ -63,6 +63,9 @@ def targets(
         "error", "--duplicates", help="Duplicated genes: error, sum, mean or max."
     ),
     lr_weights: str = typer.Option("resources", "--lr-weights", help="resources or uniform."),
+    quantiseq_tumor: bool = typer.Option(
+        False, "--quantiseq-tumor", help="quanTIseq's tumor=TRUE (recommended for tumour RNA-seq)."
+    ),
     min_coverage: float = typer.Option(
         0.5, "--min-coverage", help="Fail if the ERS_CAF set's coverage is lower."
     ),

@@ -135,6 +135,14 @@ def validate_study(config: StudyConfig) -> None:
             radiomics_settings(config)
         except ConfigError as exc:
             problems.append(f"radiomics.config: {exc}")
+    for block, targets in [("targets", config.targets)] + [
+        (f"external.{i}.targets", c.targets) for i, c in enumerate(config.external)
+    ]:
+        if targets is not None and targets.quantiseq_tumor and targets.signature is not None:
+            problems.append(
+                f"{block}.quantiseq_tumor: quanTIseq's tumour-gene list is TIL10's; with your "
+                "own signature leave it false"
+            )
     problems += _manifest_problems(config)
     problems += _device_problems(config)
     if problems:

@@ -70,12 +70,15 @@ def compute_targets(
     n_boot: int = 2000,
     seed: int = 0,
     linear: bool = True,
+    tumor: bool = False,
 ) -> TargetsResult:
     """Compute the targets of every sample of ``tpm`` (samples × genes, linear TPM).
 
     ``linear=False``: ``tpm`` holds log ratios (two-colour microarrays), which have no linear
     form; only the ERS–CAF targets (ssGSEA and GSVA on the values as given) are computed, and
     ``lr`` and ``heterogeneity`` (deconvolution needs linear values) are recorded as refused.
+    ``tumor``: quanTIseq's ``tumor=TRUE``, dropping the genes tumour cells express highly from
+    its fit (recommended by quanTIseq for tumour RNA-seq; off by default, as its R code).
 
     Raises ``ValueError`` when the ERS–CAF set's coverage in the data is below ``min_coverage``
     (the message says how many genes are missing, per set).
@@ -111,7 +114,12 @@ def compute_targets(
     # The input adapters have settled the scale: no second guess from the maximum here.
     fractions_svr = deconvolve(tpm, method="nusvr", signature=signature, antilog=False)
     fractions_lsq = deconvolve(  # quanTIseq: fixMixture, lsei, mRNA scaling, Tregs/CD4
-        tpm, method="quantiseq", signature=signature, mrna_scaling=mrna_scaling, antilog=False
+        tpm,
+        method="quantiseq",
+        signature=signature,
+        mrna_scaling=mrna_scaling,
+        antilog=False,
+        tumor=tumor,
     )
     lr = LRCrosstalk(triplets, weights=lr_weights).fit_transform(log_expr, fractions_lsq)
     lr_cc = LRCrosstalk(triplets, weights=lr_weights, method="cellchat").fit_transform(

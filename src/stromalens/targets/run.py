@@ -45,6 +45,7 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
             lr_weights=settings.lr_weights,
             min_coverage=settings.min_coverage,
             linear=adapters["scale"]["linear"],
+            tumor=settings.quantiseq_tumor,
         )
     without_rna = sorted(str(p) for p in cohort.frame.index[cohort.frame["rna_sample"].isna()])
 
