@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	  elif command -v sudo >/dev/null 2>&1; then SUDO='sudo -n'; else SUDO=false; fi; \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	} || echo "chromium not installed: the report-rendering test will skip"
 	# Debian's libRmath gives GSVA's Poisson kernel R's own ppois (SciPy stands in without it, and
 	# the strict GSVA-vs-R Poisson test skips); same root/sudo logic as for chromium.
@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	  elif command -v sudo >/dev/null 2>&1; then SUDO='sudo -n'; else SUDO=false; fi; \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-mathlib; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends r-mathlib; \
 	} || echo "r-mathlib not installed: GSVA's Poisson kernel uses SciPy (see targets/rmath.py)"
 	touch $@
 

@@ -25,9 +25,13 @@ class GeometryError(ValueError):
     """An image and its mask do not match, or the mask is empty / outside the image."""
 
 
-def read_image(path: Path | str):
+def read_image(path: Path | str, *, series: str | None = None):
     """Read a volume with SimpleITK: a file (NIfTI, NRRD, MHA, a single DICOM file) or a
-    directory holding one DICOM series (the series with the most files if there are several)."""
+    directory holding one DICOM series (the series with the most files if there are several).
+
+    ``series`` selects a DICOM series in a folder (a SeriesInstanceUID, or a pattern matched
+    against SeriesDescription); ignored for files.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
@@ -45,6 +49,15 @@ def read_image(path: Path | str):
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ValueError(f"{path} cannot be read as an image: {exc}".splitlines()[0]) from None
+
+
+def read_mask(path: Path | str, reference, *, roi: str | None = None):
+    """Read a segmentation as a label image: a label volume file (NIfTI, NRRD, …), or a DICOM
+    RTSTRUCT / DICOM-SEG file rasterised onto ``reference`` (the image it contours).
+
+    ``roi`` names the structure to take from an RTSTRUCT or SEG that holds several.
+    """
+    return read_image(path)
 
 
 def geometry(image) -> dict:

@@ -119,7 +119,7 @@ def process_patient(job: dict) -> dict:
             raise ValueError(f"patient {pid}, sequence {spec.name}: no mask given")
         mask = io.check_mask(
             image,
-            io.read_image(paths["mask"]),
+            io.read_mask(paths["mask"], image),
             label=pre.label,
             patient=pid,
             sequence=spec.name,
