@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stromalens.radiology import io, preprocess
+from stromalens.radiology import io, nifti, preprocess
 from stromalens.radiology.settings import PreprocessSettings, StabilitySettings
 
 from .conftest import RADIOLOGY, require
@@ -79,6 +79,53 @@ def test_mask_mismatch_is_named_or_resampled():
         io.check_mask(image, outside, on_mismatch="resample")
     with pytest.raises(FileNotFoundError):
         io.read_image("/nonexistent/t1.nii.gz")
+
+
+@pytest.mark.parametrize("name", ["t1.nii.gz", "t1.nii"])
+def test_a_truncated_nifti_is_refused(tmp_path, name):
+    image, _ = _phantom()
+    sitk.WriteImage(image, str(tmp_path / name))
+    whole = (tmp_path / name).read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(whole[: int(0.7 * len(whole))])
+    # what the check guards against: ITK reads the missing 30% as zeros, without an error
+    silent = sitk.GetArrayViewFromImage(sitk.ReadImage(str(cut)))
+    assert (silent == 0).mean() > 0.25
+    with pytest.raises(io.CorruptImageError, match=f"cut_{name}: .*truncated"):
+        io.read_image(cut)
+    with pytest.raises(io.CorruptImageError, match="truncated"):
+        io.read_mask(cut, image)
+    assert io.read_image(tmp_path / name).GetSize() == image.GetSize()  # the whole file reads
+
+
+def test_nifti_size_is_the_headers_promise(tmp_path):
+    image, _ = _phantom(shape=(4, 5, 6))
+    sitk.WriteImage(image, str(tmp_path / "x.nii"))
+    # NIfTI-1: vox_offset 352 + 4 x 5 x 6 float32 voxels (nibabel.load(path).header has the same)
+    assert (tmp_path / "x.nii").stat().st_size == 352 + 4 * 5 * 6 * 4
+    assert nifti.payload_problem(tmp_path / "x.nii") is None
+    (tmp_path / "x.nii").write_bytes((tmp_path / "x.nii").read_bytes()[:-4])
+    problem = nifti.payload_problem(tmp_path / "x.nii")
+    assert "holds 828 bytes of data where its header promises 832 (99.5%)" in problem
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_volumes_are_refused(tmp_path, dtype):
+    image, _ = _phantom()
+    values = sitk.GetArrayFromImage(image).astype(dtype)
+    values[3, 10, 10:13] = np.nan
+    values[4, 11, 11] = -np.inf
+    bad = sitk.GetImageFromArray(values)
+    bad.CopyInformation(image)
+    for name in ("nan.nii.gz", "nan.nii"):
+        sitk.WriteImage(bad, str(tmp_path / name))
+        # what the check guards against: ITK's NIfTI reader turns them into 0 without a word
+        assert np.isfinite(sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_path / name)))).all()
+        with pytest.raises(io.CorruptImageError, match=f"{name}: 3 NaN and 1 infinite voxel"):
+            io.read_image(tmp_path / name)
+    sitk.WriteImage(bad, str(tmp_path / "nan.nrrd"))  # other formats: checked after reading
+    with pytest.raises(io.CorruptImageError, match="nan.nrrd: 3 NaN and 1 infinite voxel"):
+        io.read_image(tmp_path / "nan.nrrd")
 
 
 def test_resampling_to_1mm_keeps_volume_and_grid():

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import nifti
+
 
 class GeometryError(ValueError):
     """An image and its mask do not match, or the mask is empty / outside the image."""
@@ -66,7 +68,7 @@ def read_image(path: Path | str, *, series: str | None = None):
         from .dicom import read_series
 
         return check_finite(read_series(path, series), path)
-    problem = nifti_payload_problem(path)
+    problem = nifti.payload_problem(path)
     if problem:
         raise CorruptImageError(f"{path}: {problem}")
     try:
@@ -125,75 +127,12 @@ def _mask_object(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def nifti_payload_problem(path: Path | str) -> str | None:
-    """What is wrong with a NIfTI file's payload, or None (also for files that are not NIfTI).
-
-    ITK reads a truncated NIfTI with the missing voxels as zeros, so the size is checked here:
-    the header's data must fit in the (decompressed) file,
-
-    .. math:: \\text{size} \\ge \\text{vox\\_offset} + \\prod_{i=1}^{\\text{dim}[0]}
-              \\text{dim}[i] \\cdot \\text{bitpix} / 8 .
-
-    A ``.nii.gz`` is decompressed once for this (a truncated gzip stream is named as such).
-    Reference: the NIfTI-1 and NIfTI-2 header layouts, nifti.nimh.nih.gov.
-    """
-    import gzip
-    import zlib
-
-    path = Path(path)
-    name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return None
-    try:
-        with gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb") as stream:
-            header = stream.read(540)
-            expected = _nifti_expected_size(header)
-            if expected is None:
-                return None  # not a single-file NIfTI-1/2: left to ITK
-            size = len(header)
-            while chunk := stream.read(1 << 22):
-                size += len(chunk)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        return f"the compressed file is truncated or damaged ({exc}); re-export or re-copy it"
-    if size < expected:
-        return (
-            f"the file holds {size:,} bytes of data where its header promises {expected:,} "
-            f"({size / expected:.0%}); it is truncated — re-export or re-copy it"
-        )
-    return None
-
-
-def _nifti_expected_size(header: bytes) -> int | None:
-    """vox_offset + voxel bytes from a NIfTI-1 (348-byte) or NIfTI-2 (540-byte) header."""
-    import struct
-
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            if header[344:347] != b"n+1":
-                return None
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            if header[4:7] != b"n+2":
-                return None
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            offset = struct.unpack(endian + "q", header[168:176])[0]
-            break
-    else:
-        return None
-    n_dim = min(max(int(dims[0]), 1), 7)
-    voxels = int(np.prod([max(int(d), 1) for d in dims[1 : n_dim + 1]], dtype=np.int64))
-    return offset + voxels * int(bitpix) // 8
-
-
 def check_finite(image, path: Path | str = "image"):
     """Return ``image``, or raise :class:`CorruptImageError` if any voxel is NaN or infinite.
 
-    stromalens does not guess a value for such voxels (ITK would pass them on, and PyRadiomics'
-    binning turns them into a bin of their own or zeros), so the file is refused.
+    stromalens does not guess a value for such voxels (PyRadiomics would bin them as numbers or
+    fail late), so the file is refused. ITK's NIfTI reader replaces them by 0 before this check
+    can see them; :func:`stromalens.radiology.nifti.payload_problem` finds them in the file.
     """
     import SimpleITK as sitk
 
