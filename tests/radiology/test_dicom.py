@@ -146,11 +146,12 @@ def test_several_series_are_listed_and_selected(tmp_path):
         io.read_image(tmp_path)
     for text in (t1, "'T1 axial'", "'DWI b1000'", "MR", "6 slices", "4 slices"):
         assert text in str(error.value)
+    assert "\n" not in str(error.value)  # one line, as the radiomics stage records it
     by_uid = sitk.GetArrayFromImage(io.read_image(tmp_path, series=t2))
     np.testing.assert_array_equal(by_uid, _volume(2))
     by_pattern = sitk.GetArrayFromImage(io.read_image(tmp_path, series="t1*"))  # case-blind
     np.testing.assert_array_equal(by_pattern, _volume(1))
-    with pytest.raises(DicomError, match="(?s)'flair\\*' matches no series.*'T2 axial'"):
+    with pytest.raises(DicomError, match="'flair\\*' matches no series.*'T2 axial'"):
         io.read_image(tmp_path, series="flair*")
     with pytest.raises(DicomError, match="'\\*axial' matches 2 series") as error:
         io.read_image(tmp_path, series="*axial")

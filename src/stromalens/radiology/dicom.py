@@ -194,7 +194,8 @@ def _split_selector(selector: str | None) -> tuple[str | None, dict[str, str]]:
 
 
 def _listing(candidates: list[Series]) -> str:
-    return "\n  " + "\n  ".join(s.summary() for s in candidates)
+    # one line: the radiomics stage records the first line of a patient's error
+    return " " + "; ".join(f"[{i}] {s.summary()}" for i, s in enumerate(candidates, start=1))
 
 
 def _select(candidates: list[Series], pattern: str | None, folder: Path) -> Series:
