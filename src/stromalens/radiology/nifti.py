@@ -55,7 +55,9 @@ def payload_problem(path: Path | str) -> str | None:
             if layout is None:
                 return None
             size, n_nan, n_inf = _scan(stream, header, layout)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+    except gzip.BadGzipFile:
+        return None  # not gzip at all: ITK's reader names the file as unreadable
+    except (EOFError, zlib.error) as exc:
         return f"the compressed file is truncated or damaged ({exc}); re-export or re-copy it"
     expected = layout.offset + layout.nbytes
     if size < expected:
