@@ -8,7 +8,7 @@ from scipy import stats
 from stromalens.targets.heterogeneity import effective_richness, shannon_entropy
 from stromalens.targets.lr import LRCrosstalk, curated_triplets
 from stromalens.targets.reliability import pipeline_concordance
-from stromalens.targets.scaling import TargetScaler
+from stromalens.targets.scaling import GeneScaler, TargetScaler
 
 
 # --------------------------------------------------------------------------- heterogeneity
@@ -91,13 +91,60 @@ def test_scaling_is_fitted_on_training_samples_only():
     triplets, expr, fractions = _lr_data(n=20)
     train, test = expr.index[:14], expr.index[14:]
     model = LRCrosstalk(triplets).fit(expr.loc[train])
-    mean_before = model.mean_.copy()
+    mean_before = model.scaler_.mean_.copy()
     perturbed = expr.copy()
     perturbed.loc[test] += 100.0  # wild held-out data
     model.transform(perturbed.loc[test], fractions)
-    pd.testing.assert_series_equal(model.mean_, mean_before)
+    pd.testing.assert_series_equal(model.scaler_.mean_, mean_before)
     refit = LRCrosstalk(triplets).fit(perturbed.loc[train])
-    pd.testing.assert_series_equal(refit.mean_, mean_before)  # independent of held-out rows
+    pd.testing.assert_series_equal(refit.scaler_.mean_, mean_before)  # independent of held-out
+
+
+def test_monotone_score_by_hand():
+    triplets, expr, fractions = _lr_data()
+    score = LRCrosstalk(triplets, method="monotone").fit_transform(expr, fractions)
+    s = (expr - expr.min()) / (expr.max() - expr.min())
+    by_hand = (3 * s["L1"] * s["R1"] * fractions["T"] + 1 * s["L2"] * s["R2"] * fractions["M"]) / 4
+    assert np.allclose(score, by_hand)
+
+
+def test_eq6_is_not_monotone_and_the_variant_is():
+    """Eq. 6: ligand and receptor both low (z = -1, -1) score as high as both high (+1, +1);
+    the monotone variant scores both low as the lowest and never falls when either rises."""
+    triplets = pd.DataFrame({"ligand": ["L"], "receptor": ["R"], "cell_type": ["T"]})
+    expr = pd.DataFrame({"L": [4.0, 6.0, 5.0, 5.0], "R": [4.0, 6.0, 5.0, 5.0]})
+    fractions = pd.DataFrame({"T": [0.5] * 4})
+    eq6 = LRCrosstalk(triplets, weights="uniform").fit_transform(expr, fractions)
+    assert eq6[0] == pytest.approx(eq6[1]) and eq6[0] > eq6[2]
+    mono = LRCrosstalk(triplets, weights="uniform", method="monotone").fit_transform(
+        expr, fractions
+    )
+    assert mono.tolist() == pytest.approx([0.0, 0.5, 0.125, 0.125])
+    rng = np.random.default_rng(3)
+    grid = pd.DataFrame(rng.uniform(3, 7, (50, 2)), columns=["L", "R"])
+    model = LRCrosstalk(triplets, weights="uniform", method="monotone").fit(grid)
+    base = model.transform(grid, pd.DataFrame({"T": [0.5] * 50}))
+    higher = model.transform(grid.assign(L=grid["L"] + 0.3), pd.DataFrame({"T": [0.5] * 50}))
+    assert (higher.to_numpy() >= base.to_numpy() - 1e-15).all()
+
+
+def test_gene_scaler_known_answers_and_training_rows_only():
+    x = pd.DataFrame({"g": [1.0, 2.0, 3.0, 5.0]})
+    # numpy reference: (x - x.mean()) / x.std(ddof=1); min-max (x - 1) / 4, held-out clipped at 0
+    z = GeneScaler("z").fit(x).transform(x)["g"]
+    assert np.allclose(z, (x["g"] - 2.75) / np.std([1, 2, 3, 5], ddof=1))
+    scaler = GeneScaler("minmax").fit(x.iloc[:3])
+    held_out = pd.DataFrame({"g": [0.0, 4.0]})
+    assert scaler.transform(held_out)["g"].tolist() == [0.0, 1.5]
+    assert GeneScaler("max").fit(x).transform(x)["g"].tolist() == [0.2, 0.4, 0.6, 1.0]
+    state = scaler.state()
+    assert state["kind"] == "minmax" and state["min"] == {"g": 1.0} and state["max"] == {"g": 3.0}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        GeneScaler("rank").fit(x)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        GeneScaler().transform(x)
+    with pytest.raises(ValueError, match="at least 2 training samples"):
+        GeneScaler().fit(x.iloc[:1])
 
 
 def test_lr_errors_and_curated_table():

@@ -45,6 +45,36 @@ def test_each_target_follows_its_planted_latent(synthetic):
         assert 0 < rel["ceiling"] <= 1 and rel["ci_low"] <= rel["r"] <= rel["ci_high"]
 
 
+def test_lr_default_is_the_variant_that_recovers_the_planted_crosstalk(synthetic):
+    """Both S_LR variants are computed; the default (``lr``) is the one whose r with the
+    planted crosstalk b is higher on the synthetic cohort (numpy's corrcoef as reference)."""
+    patients, _, result = synthetic
+    t = result.targets.join(patients["b"])
+    r = {k: np.corrcoef(t[k], t["b"])[0, 1] for k in ("lr_eq6", "lr_monotone")}
+    best = max(r, key=r.get)
+    assert best == "lr_monotone", r
+    pd.testing.assert_series_equal(t["lr"], t[best], check_names=False)
+    assert result.metadata["parameters"]["lr_method"] == "monotone"
+    scaling = result.metadata["lr_gene_scaling"]["monotone"]
+    assert scaling["kind"] == "minmax" and "CXCL12" in scaling["min"]
+
+
+def test_reliability_has_shared_and_independent_concordances(synthetic):
+    _, _, result = synthetic
+    for target, record in result.reliability.items():
+        shared, independent = record["shared_inputs"], record["independent"]
+        assert record["ceiling_from"] == "independent" and record["r"] == independent["r"]
+        assert shared["pipelines"][0] == target and "over-estimates" in shared["bounds"]
+        assert "share no gene set" in independent["bounds"]
+        assert set(independent["pipelines"]) <= set(result.targets.columns)
+        # Shared inputs agree more than independent ones: the inflation the issue describes.
+        assert shared["r"] > independent["r"], target
+    inputs = result.metadata["independent_inputs"]
+    assert inputs["ers_caf"]["dropped_shared_with_primary"] == []
+    halves = inputs["heterogeneity"]["split_signature_genes"]
+    assert halves["a"] + halves["b"] == len(expression.signature_matrix(7))
+
+
 def test_coverage_below_threshold_fails_with_counts(synthetic):
     _, _, result = synthetic
     tpm = pd.DataFrame(np.ones((5, 3)) + np.arange(3), columns=["HSPA5", "XBP1", "GAPDH"])
@@ -89,6 +119,8 @@ def test_cli_writes_the_targets_files(small_cohort, tmp_path):
     assert "nusvr__CAF" in fractions and "lsq__other" in fractions
     reliability = json.loads((out / "reliability.json").read_text())
     assert set(reliability) == {"ers_caf", "lr", "heterogeneity"}
+    for record in reliability.values():
+        assert {"shared_inputs", "independent", "ceiling_from", "ceiling"} <= set(record)
     meta = json.loads((out / "targets.json").read_text())
     assert len(meta["inputs"]["expression_sha256"]) == 64 and "versions" in meta
 

@@ -135,6 +135,24 @@ LR_AXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("C3", "C3AR1", ("Macrophages.M2",)),
 )
 
+#: Further CAF → immune axes of the planted crosstalk (b), beyond LR_AXES. The latent programme
+#: is wider than any scored pair table: a scorer recovers b from whichever axes it measures.
+EXTRA_LR_AXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("CXCL1", "CXCR2", ("Neutrophils",)),
+    ("CXCL8", "CXCR1", ("Neutrophils",)),
+    ("IL33", "IL1RL1", ("Tregs", "Macrophages.M2")),
+    ("CCL19", "CCR7", ("T.cells.CD4", "Dendritic.cells")),
+    ("CXCL13", "CXCR5", ("B.cells",)),
+    ("TNFSF13B", "TNFRSF13C", ("B.cells",)),
+    ("GAS6", "MERTK", ("Macrophages.M2",)),
+    ("THBS1", "CD47", ("T.cells.CD8", "T.cells.CD4")),
+    ("TGFB3", "TGFBR1", ("T.cells.CD8", "NK.cells", "Tregs")),
+    ("IL15", "IL2RB", ("NK.cells", "T.cells.CD8")),
+    ("HGF", "MET", ("Dendritic.cells", "Neutrophils")),
+    ("CCL11", "CCR3", ("Macrophages.M2",)),
+    ("SEMA3A", "NRP1", ("Tregs",)),
+)
+
 #: mRNA content per cell, relative units (tumour cells and CAFs are large, neutrophils small).
 MRNA_CONTENT: dict[str, float] = {
     "CAF": 1.6,
@@ -182,8 +200,14 @@ _TEMPERATURE_SLOPE = 0.45  # fractions = softmax(logits · exp(−slope · h))
 #: Programme strengths (log2 fold change per unit latent).
 UPR_LOG2FC_PER_A = 0.9
 HYPOXIA_LOG2FC_PER_A = 0.8
-UPR_LOG2FC_PER_U = 0.9
-LR_LOG2FC_PER_B = 0.9
+UPR_LOG2FC_PER_U = 0.45
+LR_LOG2FC_PER_B = 1.3
+#: ER-stressed CAFs secrete more of the axes' ligands (log2 fold change per unit a).
+LR_LIGAND_LOG2FC_PER_A = 0.5
+#: Share of programme genes that do not respond (drawn per seed), and the spread of the others'
+#: responses (a gene's fold change is the programme's times Uniform(1 − s, 1 + s)).
+SILENT_SHARE = 0.2
+RESPONSE_SPREAD = 0.6
 
 
 @lru_cache(maxsize=1)
@@ -195,6 +219,29 @@ def gene_universe() -> tuple[str, ...]:
         .read_text(encoding="utf-8")
     )
     return tuple(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+@lru_cache(maxsize=1)
+def er_stress_programme() -> tuple[str, ...]:
+    """The genes of the latent ER-stress programme: UPR_GENES and the resource's Hallmark genes."""
+    text = (
+        resources.files(__package__)
+        .joinpath("resources/er_stress_programme.txt")
+        .read_text(encoding="utf-8")
+    )
+    extra = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return UPR_GENES + tuple(g for g in extra if g not in UPR_GENES)
+
+
+def all_lr_axes() -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    return LR_AXES + EXTRA_LR_AXES
+
+
+def gene_responses(genes: tuple[str, ...], seed: int, stream: int) -> np.ndarray:
+    """Per-gene response of a latent programme: 0 for a silent share, else around 1."""
+    rng = np.random.default_rng([seed, 8, stream])
+    response = rng.uniform(1 - RESPONSE_SPREAD, 1 + RESPONSE_SPREAD, len(genes))
+    return np.where(rng.uniform(size=len(genes)) < SILENT_SHARE, 0.0, response)
 
 
 def simulate_fractions(patients: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -255,9 +302,9 @@ def reference_profiles(seed: int) -> pd.DataFrame:
         log2[index[g], 3:] = 8.0 + rng.normal(0.0, 0.3, len(IMMUNE_TYPES))
         log2[index[g], :3] = 0.0
     # Programme genes: modest baseline, to be modulated per patient.
-    for g in UPR_GENES + HYPOXIA_GENES:
+    for g in er_stress_programme() + HYPOXIA_GENES:
         log2[index[g], :] = 4.0 + rng.normal(0.0, 0.3, len(CELL_TYPES))
-    for ligand, receptor, receivers in LR_AXES:
+    for ligand, receptor, receivers in all_lr_axes():
         log2[index[ligand], :] = 1.0
         log2[index[ligand], 0] = 6.0  # ligands are made by CAFs
         log2[index[receptor], :] = 1.0
@@ -268,18 +315,31 @@ def reference_profiles(seed: int) -> pd.DataFrame:
     return pd.DataFrame(tpm, index=pd.Index(genes, name="gene"), columns=list(CELL_TYPES))
 
 
-def signature_matrix(seed: int, *, min_log2_spread: float = 2.0, min_tpm: float = 20.0):
-    """A deconvolution signature (genes × cell types) derived from the pure profiles, as a user
-    would derive one from single-cell data: genes expressed ≥ ``min_tpm`` in some cell type and
+def signature_matrix(
+    seed: int,
+    *,
+    min_log2_spread: float = 2.0,
+    min_tpm: float = 20.0,
+    reference_noise_sd: float = 0.35,
+):
+    """A deconvolution signature (genes × cell types) as a user would derive one from their own
+    sorted-cell or single-cell reference: the pure profiles *measured* once more, with log2 noise
+    N(0, ``reference_noise_sd``²) per gene and cell type (an independent draw, so the signature
+    is not the generator's profiles), then genes expressed ≥ ``min_tpm`` in some cell type and
     ≥ ``min_log2_spread`` log2 units above their median over cell types there."""
     profiles = reference_profiles(seed)
-    log = np.log2(profiles + 1.0)
+    rng = np.random.default_rng([seed, 9])
+    measured = profiles * np.exp2(rng.normal(0.0, reference_noise_sd, profiles.shape))
+    measured *= 1e6 / measured.sum(axis=0)
+    log = np.log2(measured + 1.0)
     spread = log.max(axis=1) - log.median(axis=1)
-    keep = (spread >= min_log2_spread) & (profiles.max(axis=1) >= min_tpm)
-    return profiles.loc[keep]
+    keep = (spread >= min_log2_spread) & (measured.max(axis=1) >= min_tpm)
+    return measured.loc[keep]
 
 
-def _programme_multipliers(patients: pd.DataFrame, genes: tuple[str, ...]) -> np.ndarray:
+def _programme_multipliers(
+    patients: pd.DataFrame, genes: tuple[str, ...], seed: int = 0
+) -> dict[int, np.ndarray]:
     """Per-patient, per-gene, per-cell-type fold changes (n × G × C) of the latent programmes.
 
     Only a handful of genes are touched, so this is built sparsely over those genes.
@@ -296,15 +356,19 @@ def _programme_multipliers(patients: pd.DataFrame, genes: tuple[str, ...]) -> np
     def log2fc(gene: str) -> np.ndarray:
         return touched.setdefault(index[gene], np.zeros((n, len(CELL_TYPES))))
 
-    for g in UPR_GENES:
-        log2fc(g)[:, caf] += UPR_LOG2FC_PER_A * a
-        log2fc(g)[:, tumour] += UPR_LOG2FC_PER_U * u
-    for g in HYPOXIA_GENES:
-        log2fc(g)[:, caf] += HYPOXIA_LOG2FC_PER_A * a
-    for ligand, receptor, receivers in LR_AXES:
-        log2fc(ligand)[:, caf] += LR_LOG2FC_PER_B * b
+    programme = er_stress_programme()
+    for g, k in zip(programme, gene_responses(programme, seed, 0), strict=True):
+        log2fc(g)[:, caf] += k * UPR_LOG2FC_PER_A * a
+        log2fc(g)[:, tumour] += k * UPR_LOG2FC_PER_U * u
+    for g, k in zip(HYPOXIA_GENES, gene_responses(HYPOXIA_GENES, seed, 1), strict=True):
+        log2fc(g)[:, caf] += k * HYPOXIA_LOG2FC_PER_A * a
+    axes = all_lr_axes()
+    # Axes respond with their own strength (none silent: each axis is part of the crosstalk).
+    strength = np.random.default_rng([seed, 8, 2]).uniform(0.6, 1.4, len(axes))
+    for (ligand, receptor, receivers), k in zip(axes, strength, strict=True):
+        log2fc(ligand)[:, caf] += k * (LR_LOG2FC_PER_B * b + LR_LIGAND_LOG2FC_PER_A * a)
         for r in receivers:
-            log2fc(receptor)[:, CELL_TYPES.index(r)] += LR_LOG2FC_PER_B * b
+            log2fc(receptor)[:, CELL_TYPES.index(r)] += k * LR_LOG2FC_PER_B * b
     return touched
 
 
@@ -335,7 +399,7 @@ def simulate_expression(
         [MRNA_CONTENT[c] for c in CELL_TYPES]
     )  # (n, C)
     mixture = weights @ profiles.T  # (n, G)
-    for gene_index, log2fc in _programme_multipliers(patients, genes).items():
+    for gene_index, log2fc in _programme_multipliers(patients, genes, seed).items():
         # exact re-mixing of the modulated genes: Σ_c w_ic r_cg 2^{fc_icg}
         mixture[:, gene_index] = (weights * profiles[gene_index] * np.exp2(log2fc)).sum(axis=1)
     mixture /= weights.sum(axis=1, keepdims=True)

@@ -1,22 +1,34 @@
 """ERS–CAF → immune ligand–receptor crosstalk from bulk expression.
 
-**Product score** (the study's S_LR). Over curated triplets t = (ligand l, receptor r, receiving
-cell type c) with weights w_t,
+Over curated triplets t = (ligand l, receptor r, receiving cell type c) with weights w_t, each
+score is a weighted mean of a pair term P_t times the deconvolved fraction p_ic of the receiving
+cell type,
 
-    S_LR(i) = (1/Z) Σ_t w_t · z(x_il) · z(x_ir) · p_ic,      Z = Σ_t w_t,
+    S(i) = (1/Z) Σ_t w_t · P_t(i) · p_ic,      Z = Σ_t w_t,
 
-where x is log2(TPM + 1), z(·) standardises each gene with a mean and SD fitted on the training
-samples (:class:`LRCrosstalk` is an estimator: fit on the training fold, transform any fold), and
-p_ic is the deconvolved fraction of the receiving cell type.
+where x is log2(TPM + 1) and every gene scaling is fitted on the training samples
+(:class:`~stromalens.targets.scaling.GeneScaler`; :class:`LRCrosstalk` is an estimator: fit on
+the training fold, transform any fold).
 
-**CellChat-style score** (an independent pipeline for the noise ceiling; Jin et al. 2021,
-Nat Commun 12:1088, bulk mode): with ligand and receptor expression max-scaled to [0, 1] over
-the training samples (L', R'),
+**Eq. 6 as written** (``method="product"``, the study's S_LR): P_t = z(x_il) · z(x_ir), with
+z = (x − μ̂)/σ̂. A patient with low ligand *and* low receptor (z = −1, −1) scores +1, as high as
+one with both high: the product is not monotone in expression.
 
-    P_t(i) = L'·R' / (0.5 + L'·R'),     S_CC(i) = (1/Z) Σ_t w_t · P_t(i) · p_ic.
+**Monotone variant** (``method="monotone"``): P_t = s(x_il) · s(x_ir) with the min–max scaling
+s(x) = max(0, (x − min̂)/(max̂ − min̂)) ∈ [0, 1] on the training samples, so P_t never
+decreases when the ligand or the receptor rises, and both low gives 0.
+
+**CellChat-style score** (``method="cellchat"``; Jin et al. 2021, Nat Commun 12:1088, bulk
+mode): with expression max-scaled to [0, 1] over the training samples (L', R'),
+P_t = L'R' / (0.5 + L'R').
 
 Weights: by default the number of LIANA resources listing the pair (``n_resources`` in
 ``resources/ers_caf_lr_triplets.csv``); ``weights="uniform"`` sets w = 1.
+
+Example
+-------
+>>> model = LRCrosstalk(method="monotone").fit(log_expr.loc[train])     # doctest: +SKIP
+>>> s_lr = model.transform(log_expr, fractions)                         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,14 +38,23 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from .scaling import GeneScaler
 
-def curated_triplets() -> pd.DataFrame:
-    """The shipped ERS–CAF → immune triplets with provenance (see the file's header)."""
-    with (
-        resources.files(__package__)
-        .joinpath("resources/ers_caf_lr_triplets.csv")
-        .open(encoding="utf-8") as f
-    ):
+#: Pair term of each method → the gene scaling it uses.
+LR_METHODS: dict[str, str] = {"product": "z", "monotone": "minmax", "cellchat": "max"}
+#: The method of the ``lr`` target: the monotone variant recovers the synthetic cohort's planted
+#: crosstalk better than Eq. 6 (README, "targets"; tests/targets/test_pipeline.py).
+DEFAULT_LR_METHOD = "monotone"
+TRIPLETS_FILE = "resources/ers_caf_lr_triplets.csv"
+#: Other ERS–CAF → immune pairs, sharing no gene with TRIPLETS_FILE (independent noise ceiling).
+INDEPENDENT_TRIPLETS_FILE = "resources/ers_caf_lr_triplets_independent.csv"
+
+
+def curated_triplets(independent: bool = False) -> pd.DataFrame:
+    """The shipped ERS–CAF → immune triplets with provenance (see the files' headers);
+    ``independent=True``: the second table, whose genes the first does not use."""
+    name = INDEPENDENT_TRIPLETS_FILE if independent else TRIPLETS_FILE
+    with resources.files(__package__).joinpath(name).open(encoding="utf-8") as f:
         return pd.read_csv(f, comment="#")
 
 
@@ -45,7 +66,7 @@ class LRCrosstalk:
     triplets : DataFrame with ``ligand, receptor, cell_type`` (and ``n_resources``); default the
         curated table.
     weights : ``"resources"`` (w = n_resources) or ``"uniform"``.
-    method : ``"product"`` (S_LR) or ``"cellchat"``.
+    method : ``"product"`` (Eq. 6), ``"monotone"`` or ``"cellchat"`` (see the module).
     """
 
     def __init__(
@@ -72,28 +93,24 @@ class LRCrosstalk:
             w = pd.Series(1.0, index=table.index)
         else:
             raise ValueError(f"weights must be 'resources' or 'uniform', not {self.weights!r}")
-        if self.method not in {"product", "cellchat"}:
-            raise ValueError(f"method must be 'product' or 'cellchat', not {self.method!r}")
+        if self.method not in LR_METHODS:
+            raise ValueError(f"method must be one of {', '.join(LR_METHODS)}, not {self.method!r}")
         return table.assign(weight=w.to_numpy())
 
     def fit(self, log_expr: pd.DataFrame, fractions: pd.DataFrame | None = None) -> LRCrosstalk:
         """Fit the per-gene scaling on training samples (samples × genes, log2(TPM + 1))."""
         table = self._table()
         genes = sorted(set(table["ligand"]) | set(table["receptor"]))
-        absent = [g for g in genes if g not in log_expr.columns]
-        if len(absent) == len(genes):
-            raise ValueError("none of the ligand/receptor genes is in the expression data")
         present = [g for g in genes if g in log_expr.columns]
-        x = log_expr[present]
-        self.mean_ = x.mean()
-        self.sd_ = x.std(ddof=1).replace(0.0, np.nan)
-        self.max_ = x.max().replace(0.0, np.nan)
+        if not present:
+            raise ValueError("none of the ligand/receptor genes is in the expression data")
+        self.scaler_ = GeneScaler(LR_METHODS[self.method]).fit(log_expr[present])
         self.table_ = table[table["ligand"].isin(present) & table["receptor"].isin(present)]
-        self.missing_genes_ = absent
+        self.missing_genes_ = [g for g in genes if g not in log_expr.columns]
         return self
 
     def transform(self, log_expr: pd.DataFrame, fractions: pd.DataFrame) -> pd.Series:
-        """S_LR (or the CellChat-style score) per sample."""
+        """The score per sample (``method``'s pair term, see the module)."""
         if not hasattr(self, "table_"):
             raise RuntimeError("LRCrosstalk is not fitted; call fit() on the training samples")
         table = self.table_
@@ -101,14 +118,11 @@ class LRCrosstalk:
         if absent_types:
             raise ValueError(f"the fractions lack receiving cell types: {', '.join(absent_types)}")
         fractions = fractions.loc[log_expr.index]
-        if self.method == "product":
-            z = (log_expr[self.mean_.index] - self.mean_) / self.sd_
-            pair = z[table["ligand"]].to_numpy() * z[table["receptor"]].to_numpy()
-        else:
-            scaled = (log_expr[self.max_.index] / self.max_).clip(lower=0.0)
-            lr = scaled[table["ligand"]].to_numpy() * scaled[table["receptor"]].to_numpy()
-            pair = lr / (0.5 + lr)
-        pair = np.nan_to_num(pair)  # a constant gene carries no crosstalk information
+        scaled = self.scaler_.transform(log_expr)
+        pair = scaled[table["ligand"]].to_numpy() * scaled[table["receptor"]].to_numpy()
+        if self.method == "cellchat":
+            pair = pair / (0.5 + pair)
+        pair = np.nan_to_num(pair)  # a gene constant in training carries no crosstalk information
         receiving = fractions[table["cell_type"]].to_numpy()
         w = table["weight"].to_numpy()
         score = (pair * receiving) @ w / w.sum()

@@ -4,15 +4,22 @@ Per patient (DESIGN.md, targets):
 
 * ``ers_caf``   — ssGSEA of the ERS–CAF gene set on log2(TPM + 1), z-scored across the cohort
   (:class:`~stromalens.targets.scaling.TargetScaler`; refitted on each training fold in CV);
-  cross-check ``ers_caf_gsva`` (GSVA, Gaussian kernel);
-* ``lr``        — S_LR, the weighted product score of ERS–CAF → immune triplets with the
-  receiving cell types' quanTIseq fractions (constrained least squares); cross-check
-  ``lr_cellchat`` (CellChat bulk-mode score with the ν-SVR fractions);
-* ``heterogeneity`` — Shannon entropy of the ν-SVR fractions; cross-check
-  ``heterogeneity_lsq`` (entropy of the quanTIseq fractions, "other" excluded).
+* ``lr``        — S_LR over ERS–CAF → immune triplets with the receiving cell types' quanTIseq
+  fractions; by default the monotone variant (``lr_monotone``), with Eq. 6 as written beside it
+  (``lr_eq6``; :mod:`~stromalens.targets.lr`);
+* ``heterogeneity`` — Shannon entropy of the ν-SVR fractions.
 
-Each target's noise ceiling comes from the concordance of its two pipelines
-(:mod:`~stromalens.targets.reliability`).
+Each target has two second pipelines for its noise ceiling
+(:mod:`~stromalens.targets.reliability`):
+
+* shared inputs — ``ers_caf_gsva`` (GSVA of the same set), ``lr_cellchat`` (CellChat-style
+  score of the same triplets), ``heterogeneity_lsq`` (entropy of quanTIseq on the same
+  signature);
+* independent inputs (:mod:`~stromalens.targets.independent`) — ``ers_caf_independent`` (GSVA
+  of another gene set) against ``ers_caf``; ``lr_split_a`` against ``lr_independent`` (other
+  triplets, uniform weights, CellChat-style, fractions from the other half of the signature);
+  ``heterogeneity_split_a`` (ν-SVR, half A) against ``heterogeneity_split_b`` (quanTIseq,
+  half B).
 """
 
 from __future__ import annotations
@@ -31,17 +38,29 @@ from .. import __version__
 from .deconvolution import deconvolve
 from .genesets import GeneSetsLike, as_gene_sets, match_gene_sets
 from .heterogeneity import shannon_entropy
-from .lr import LRCrosstalk
-from .reliability import pipeline_concordance
+from .independent import (
+    independent_gene_set,
+    independent_triplets,
+    resolve_signature,
+    split_signature,
+)
+from .lr import DEFAULT_LR_METHOD, LRCrosstalk
+from .reliability import noise_ceiling
 from .scaling import TargetScaler
 from .scores import GeneSetWarning, gsva, ssgsea
 
-ALTERNATIVES = {
-    "ers_caf": "ers_caf_gsva",
-    "lr": "lr_cellchat",
-    "heterogeneity": "heterogeneity_lsq",
+#: target → (its shared-input second pipeline, its independent pair of pipelines).
+PIPELINES = {
+    "ers_caf": (("ers_caf", "ers_caf_gsva"), ("ers_caf", "ers_caf_independent")),
+    "lr": (("lr", "lr_cellchat"), ("lr_split_a", "lr_independent")),
+    "heterogeneity": (
+        ("heterogeneity", "heterogeneity_lsq"),
+        ("heterogeneity_split_a", "heterogeneity_split_b"),
+    ),
 }
+ALTERNATIVES = {target: shared[1] for target, (shared, _) in PIPELINES.items()}
 ERS_CAF_SET = "ERS_CAF"
+INDEPENDENT_ERS_CAF = "ERS_CAF_INDEPENDENT"
 
 
 def default_gene_sets_path() -> Path:
@@ -56,40 +75,12 @@ class TargetsResult:
     metadata: dict = field(default_factory=dict)
 
 
-def compute_targets(
-    tpm: pd.DataFrame,
-    *,
-    gene_sets: GeneSetsLike | None = None,
-    ers_caf_set: str = ERS_CAF_SET,
-    signature=None,
-    mrna_scaling=None,
-    triplets: pd.DataFrame | None = None,
-    lr_weights: str = "resources",
-    other: str = "exclude",
-    min_coverage: float = 0.5,
-    n_boot: int = 2000,
-    seed: int = 0,
-    linear: bool = True,
-    tumor: bool = False,
-) -> TargetsResult:
-    """Compute the targets of every sample of ``tpm`` (samples × genes, linear TPM).
-
-    ``linear=False``: ``tpm`` holds log ratios (two-colour microarrays), which have no linear
-    form; only the ERS–CAF targets (ssGSEA and GSVA on the values as given) are computed, and
-    ``lr`` and ``heterogeneity`` (deconvolution needs linear values) are recorded as refused.
-    ``tumor``: quanTIseq's ``tumor=TRUE``, dropping the genes tumour cells express highly from
-    its fit (recommended by quanTIseq for tumour RNA-seq; off by default, as its R code).
-
-    Raises ``ValueError`` when the ERS–CAF set's coverage in the data is below ``min_coverage``
-    (the message says how many genes are missing, per set).
-    """
-    gene_sets = default_gene_sets_path() if gene_sets is None else gene_sets
-    sets = as_gene_sets(gene_sets)
+def _check_coverage(sets, ers_caf_set, columns, min_coverage):
     if ers_caf_set not in sets:
         raise ValueError(
             f"the gene sets have no set named '{ers_caf_set}' (have: {', '.join(list(sets)[:10])})"
         )
-    matched = match_gene_sets(sets, list(tpm.columns))
+    matched = match_gene_sets(sets, list(columns))
     coverage = matched.coverage
     low = coverage[coverage["coverage"] < min_coverage]
     if ers_caf_set in low.index:
@@ -101,120 +92,255 @@ def compute_targets(
             "(symbols; --annotation maps probes), pass --gene-sets with a set measured on "
             "this panel, or lower --min-coverage"
         )
-    log_expr = np.log2(tpm.clip(lower=0.0) + 1.0) if linear else tpm
+    return matched
 
-    scores = ssgsea(log_expr, {ers_caf_set: sets[ers_caf_set]})[ers_caf_set]
+
+def _ers_caf_scores(log_expr, genes, min_coverage) -> tuple[dict, dict]:
+    """ssGSEA (primary), GSVA of the same set (shared inputs) and GSVA of the independent set
+    (when enough of its genes are measured); and what the independent set was."""
+    scores = {"ers_caf_ssgsea_raw": ssgsea(log_expr, {ERS_CAF_SET: genes})[ERS_CAF_SET]}
+    independent, dropped = independent_gene_set(genes)
+    found = [g for g in independent if g in log_expr.columns]
+    info = {
+        "set": INDEPENDENT_ERS_CAF,
+        "genes": len(independent),
+        "found": len(found),
+        "dropped_shared_with_primary": dropped,
+    }
     with warnings.catch_warnings():
         # GSVA drops constant genes and says so; that is expected here and recorded below.
         warnings.simplefilter("ignore", GeneSetWarning)
-        scores_gsva = gsva(log_expr, {ers_caf_set: sets[ers_caf_set]})[ers_caf_set]
-    if not linear:
-        return _ers_caf_only(scores, scores_gsva, coverage, matched, min_coverage, n_boot, seed)
+        scores["ers_caf_gsva"] = gsva(log_expr, {ERS_CAF_SET: genes})[ERS_CAF_SET]
+        if independent and len(found) >= min_coverage * len(independent):
+            scores["ers_caf_independent"] = gsva(log_expr, {INDEPENDENT_ERS_CAF: independent})[
+                INDEPENDENT_ERS_CAF
+            ]
+        else:
+            info["not_computed"] = (
+                f"{len(found)} of {len(independent)} genes measured, below min_coverage"
+            )
+    return scores, info
 
+
+def _fractions(tpm, signature, mrna_scaling, tumor) -> tuple[dict, dict]:
+    """ν-SVR and quanTIseq fractions on the full signature and on each of its two halves."""
     # The input adapters have settled the scale: no second guess from the maximum here.
-    fractions_svr = deconvolve(tpm, method="nusvr", signature=signature, antilog=False)
-    fractions_lsq = deconvolve(  # quanTIseq: fixMixture, lsei, mRNA scaling, Tregs/CD4
-        tpm,
-        method="quantiseq",
-        signature=signature,
-        mrna_scaling=mrna_scaling,
-        antilog=False,
-        tumor=tumor,
-    )
-    lr = LRCrosstalk(triplets, weights=lr_weights).fit_transform(log_expr, fractions_lsq)
-    lr_cc = LRCrosstalk(triplets, weights=lr_weights, method="cellchat").fit_transform(
-        log_expr, fractions_svr
-    )
-
-    targets = pd.DataFrame(index=tpm.index)
-    targets["ers_caf"] = TargetScaler().fit_transform(scores.rename("ers_caf"))
-    targets["lr"] = lr
-    targets["heterogeneity"] = shannon_entropy(fractions_svr, other=other)
-    targets["ers_caf_gsva"] = scores_gsva
-    targets["lr_cellchat"] = lr_cc
-    targets["heterogeneity_lsq"] = shannon_entropy(fractions_lsq, other="exclude")
-    targets["ers_caf_ssgsea_raw"] = scores
-    targets["effective_richness"] = np.exp(targets["heterogeneity"])
-
-    reliability = {
-        target: pipeline_concordance(targets[target], targets[alt], n_boot=n_boot, seed=seed)
-        | {"pipelines": [target, alt]}
-        for target, alt in ALTERNATIVES.items()
+    out = {
+        "nusvr": deconvolve(tpm, method="nusvr", signature=signature, antilog=False),
+        "lsq": deconvolve(  # quanTIseq: fixMixture, lsei, mRNA scaling, Tregs/CD4
+            tpm,
+            method="quantiseq",
+            signature=signature,
+            mrna_scaling=mrna_scaling,
+            antilog=False,
+            tumor=tumor,
+        ),
     }
-    fractions = pd.concat(
-        [fractions_svr.add_prefix("nusvr__"), fractions_lsq.add_prefix("lsq__")], axis=1
-    )
-    metadata = {
-        "methods": {
-            "ers_caf": "ssGSEA (GSVA 1.46-identical, alpha=0.25, unnormalised) of the ERS_CAF "
-            "set on log2(TPM+1), z-scored across the samples",
-            "ers_caf_gsva": "GSVA (Gaussian kernel, mx.diff) of the same set",
-            "lr": "weighted product score of ligand/receptor z-scores times the receiving cell "
-            "type's quanTIseq fraction (constrained least squares, mRNA scaling, Tregs/CD4 "
-            "correction)",
-            "lr_cellchat": "CellChat bulk-mode (L'R')/(0.5+L'R') with the nu-SVR fractions",
-            "heterogeneity": f"Shannon entropy of nu-SVR fractions (other: {other})",
-            "heterogeneity_lsq": "Shannon entropy of quanTIseq fractions (other excluded)",
+    # quanTIseq's tumour genes (TIL10 only; it refuses others) leave before the split.
+    sig, scaling = resolve_signature(signature, mrna_scaling, tumor=tumor)
+    half_a, half_b = split_signature(sig)
+    for name, half in (("a", half_a), ("b", half_b)):
+        out[f"nusvr_{name}"] = deconvolve(tpm, method="nusvr", signature=half, antilog=False)
+        out[f"lsq_{name}"] = deconvolve(
+            tpm,
+            method="quantiseq",
+            signature=half,
+            mrna_scaling=scaling,
+            remove_genes=[],
+            antilog=False,
+        )
+    info = {"split_signature_genes": {"a": len(half_a), "b": len(half_b)}}
+    return out, info
+
+
+def _lr_scores(log_expr, fractions, triplets, lr_weights, lr_method, train) -> tuple[dict, dict]:
+    """Both S_LR variants, the shared-input and the independent second pipelines."""
+    fit_on = log_expr.loc[train]
+    scores, scaling = {}, {}
+    for method in ("product", "monotone"):
+        model = LRCrosstalk(triplets, weights=lr_weights, method=method).fit(fit_on)
+        scores[f"lr_{'eq6' if method == 'product' else method}"] = model.transform(
+            log_expr, fractions["lsq"]
+        )
+        scaling[method] = model.scaler_.state()
+    scores["lr"] = scores["lr_eq6" if lr_method == "product" else "lr_monotone"]
+    cellchat = LRCrosstalk(triplets, weights=lr_weights, method="cellchat").fit(fit_on)
+    scores["lr_cellchat"] = cellchat.transform(log_expr, fractions["nusvr"])
+    split_a = LRCrosstalk(triplets, weights=lr_weights, method=lr_method).fit(fit_on)
+    scores["lr_split_a"] = split_a.transform(log_expr, fractions["lsq_a"])
+    table, dropped = independent_triplets(triplets)
+    info = {"triplets": len(table), "dropped_shared_with_primary": dropped}
+    measured = set(table["ligand"]) & set(log_expr.columns)
+    if len(table) and measured:
+        other = LRCrosstalk(table, weights="uniform", method="cellchat").fit(fit_on)
+        scores["lr_independent"] = other.transform(log_expr, fractions["nusvr_b"])
+    else:
+        info["not_computed"] = "no independent triplet left (shared genes dropped) or measured"
+    return scores, {"independent": info, "gene_scaling": scaling}
+
+
+def compute_targets(
+    tpm: pd.DataFrame,
+    *,
+    gene_sets: GeneSetsLike | None = None,
+    ers_caf_set: str = ERS_CAF_SET,
+    signature=None,
+    mrna_scaling=None,
+    triplets: pd.DataFrame | None = None,
+    lr_weights: str = "resources",
+    lr_method: str = DEFAULT_LR_METHOD,
+    other: str = "exclude",
+    min_coverage: float = 0.5,
+    n_boot: int = 2000,
+    seed: int = 0,
+    linear: bool = True,
+    tumor: bool = False,
+    train: list | None = None,
+) -> TargetsResult:
+    """Compute the targets of every sample of ``tpm`` (samples × genes, linear TPM).
+
+    ``linear=False``: ``tpm`` holds log ratios (two-colour microarrays), which have no linear
+    form; only the ERS–CAF targets (ssGSEA and GSVA on the values as given) are computed, and
+    ``lr`` and ``heterogeneity`` (deconvolution needs linear values) are recorded as refused.
+    ``tumor``: quanTIseq's ``tumor=TRUE``, dropping the genes tumour cells express highly from
+    its fit (recommended by quanTIseq for tumour RNA-seq; off by default, as its R code).
+    ``lr_method``: ``"monotone"`` (default) or ``"product"`` (Eq. 6 as written); both are in the
+    table. ``train``: the samples on which the fitted scalings (S_LR's gene scaling, the
+    ERS–CAF z-scoring) are fitted; default all of them.
+
+    Raises ``ValueError`` when the ERS–CAF set's coverage in the data is below ``min_coverage``
+    (the message says how many genes are missing, per set).
+    """
+    if lr_method not in ("product", "monotone"):
+        raise ValueError(f"lr_method must be 'monotone' or 'product', not {lr_method!r}")
+    sets = as_gene_sets(default_gene_sets_path() if gene_sets is None else gene_sets)
+    matched = _check_coverage(sets, ers_caf_set, tpm.columns, min_coverage)
+    train = list(tpm.index) if train is None else list(train)
+    log_expr = np.log2(tpm.clip(lower=0.0) + 1.0) if linear else tpm
+    ers, ers_info = _ers_caf_scores(log_expr, sets[ers_caf_set], min_coverage)
+    scaler = TargetScaler().fit(ers["ers_caf_ssgsea_raw"].loc[train].rename("ers_caf"))
+    ers["ers_caf"] = scaler.transform(ers["ers_caf_ssgsea_raw"].rename("ers_caf"))
+    base = _metadata_base(matched, min_coverage, n_boot, seed, scaler, ers_info)
+    if not linear:
+        return _ers_caf_only(ers, base, n_boot, seed)
+
+    fractions, split_info = _fractions(tpm, signature, mrna_scaling, tumor)
+    lr, lr_info = _lr_scores(log_expr, fractions, triplets, lr_weights, lr_method, train)
+    columns = ers | lr
+    columns["heterogeneity"] = shannon_entropy(fractions["nusvr"], other=other)
+    columns["heterogeneity_lsq"] = shannon_entropy(fractions["lsq"], other="exclude")
+    columns["heterogeneity_split_a"] = shannon_entropy(fractions["nusvr_a"], other=other)
+    columns["heterogeneity_split_b"] = shannon_entropy(fractions["lsq_b"], other="exclude")
+    targets = pd.DataFrame(columns, index=tpm.index)
+    targets["effective_richness"] = np.exp(targets["heterogeneity"])
+    first = ["ers_caf", "lr", "heterogeneity"]
+    targets = targets[first + [c for c in targets.columns if c not in first]]
+    reliability = _reliability(targets, n_boot, seed)
+    metadata = base | {
+        "methods": _methods(other, lr_method),
+        "independent_inputs": {
+            "ers_caf": ers_info,
+            "lr": lr_info["independent"],
+            "heterogeneity": split_info,
         },
+        "lr_gene_scaling": lr_info["gene_scaling"],
+    }
+    metadata["parameters"] |= {
+        "lr_weights": lr_weights,
+        "lr_method": lr_method,
+        "other": other,
+        "signature": _signature_name(signature),
+    }
+    table = pd.concat(
+        [fractions["nusvr"].add_prefix("nusvr__"), fractions["lsq"].add_prefix("lsq__")], axis=1
+    )
+    return TargetsResult(
+        targets=targets, fractions=table, reliability=reliability, metadata=metadata
+    )
+
+
+def _reliability(targets, n_boot, seed) -> dict:
+    return {
+        target: noise_ceiling(
+            targets,
+            shared,
+            independent if independent[1] in targets else None,
+            split_half=target != "ers_caf",
+            n_boot=n_boot,
+            seed=seed,
+        )
+        for target, (shared, independent) in PIPELINES.items()
+        if target in targets
+    }
+
+
+def _signature_name(signature) -> str:
+    if signature is None:
+        return "TIL10"
+    return str(signature) if isinstance(signature, str | Path) else "user matrix"
+
+
+def _methods(other, lr_method) -> dict:
+    lr_name = "monotone variant (min-max scaled, >= 0)" if lr_method == "monotone" else "Eq. 6"
+    return {
+        "ers_caf": "ssGSEA (GSVA 1.46-identical, alpha=0.25, unnormalised) of the ERS_CAF "
+        "set on log2(TPM+1), z-scored across the training samples",
+        "ers_caf_gsva": "GSVA (Gaussian kernel, mx.diff) of the same set",
+        "ers_caf_independent": "GSVA of ERS_CAF_INDEPENDENT (Hallmark UPR and fibroblast "
+        "markers, no gene of the primary set)",
+        "lr": f"S_LR, {lr_name}: weighted ligand x receptor terms times the receiving cell "
+        "type's quanTIseq fraction",
+        "lr_eq6": "S_LR, Eq. 6 as written: z(ligand) z(receptor) (not monotone)",
+        "lr_monotone": "S_LR with min-max scaled expression (monotone in ligand and receptor)",
+        "lr_cellchat": "CellChat bulk-mode (L'R')/(0.5+L'R') with the nu-SVR fractions",
+        "lr_split_a": "the lr score with quanTIseq fractions on signature half A",
+        "lr_independent": "CellChat-style score of the independent triplets (no shared gene), "
+        "uniform weights, nu-SVR fractions on signature half B",
+        "heterogeneity": f"Shannon entropy of nu-SVR fractions (other: {other})",
+        "heterogeneity_lsq": "Shannon entropy of quanTIseq fractions (other excluded)",
+        "heterogeneity_split_a": "Shannon entropy of nu-SVR fractions on signature half A",
+        "heterogeneity_split_b": "Shannon entropy of quanTIseq fractions on signature half B",
+    }
+
+
+def _metadata_base(matched, min_coverage, n_boot, seed, scaler, ers_info) -> dict:
+    return {
         "parameters": {
             "alpha": 0.25,
             "kcdf": "gaussian",
-            "lr_weights": lr_weights,
-            "other": other,
             "min_coverage": min_coverage,
             "n_boot": n_boot,
             "seed": seed,
-            "signature": "TIL10"
-            if signature is None
-            else str(signature)
-            if isinstance(signature, str | Path)
-            else "user matrix",
         },
-        "gene_set_coverage": coverage.reset_index().to_dict(orient="records"),
+        "gene_set_coverage": matched.coverage.reset_index().to_dict(orient="records"),
         "gene_sets_dropped": matched.dropped,
-        "z_scoring": {"ers_caf_mean": float(scores.mean()), "ers_caf_sd": float(scores.std())},
+        "z_scoring": {
+            "ers_caf_mean": float(scaler.mean_["ers_caf"]),
+            "ers_caf_sd": float(scaler.scale_["ers_caf"]),
+        },
         "versions": _versions(),
     }
-    return TargetsResult(
-        targets=targets, fractions=fractions, reliability=reliability, metadata=metadata
-    )
 
 
-def _ers_caf_only(scores, scores_gsva, coverage, matched, min_coverage, n_boot, seed):
+def _ers_caf_only(ers, base, n_boot, seed):
     """The ERS–CAF targets of log-ratio data; ``lr`` and ``heterogeneity`` refused."""
-    targets = pd.DataFrame(index=scores.index)
-    targets["ers_caf"] = TargetScaler().fit_transform(scores.rename("ers_caf"))
-    targets["ers_caf_gsva"] = scores_gsva
-    targets["ers_caf_ssgsea_raw"] = scores
-    reliability = {
-        "ers_caf": pipeline_concordance(
-            targets["ers_caf"], targets["ers_caf_gsva"], n_boot=n_boot, seed=seed
-        )
-        | {"pipelines": ["ers_caf", "ers_caf_gsva"]}
-    }
+    targets = pd.DataFrame(ers)
+    targets = targets[["ers_caf"] + [c for c in targets.columns if c != "ers_caf"]]
     refusal = "not computed: deconvolution needs linear expression and log ratios have none"
-    metadata = {
+    metadata = base | {
         "methods": {
             "ers_caf": "ssGSEA (GSVA 1.46-identical, alpha=0.25, unnormalised) of the ERS_CAF "
             "set on the log ratios as given (within-sample ranks), z-scored across the samples",
             "ers_caf_gsva": "GSVA (Gaussian kernel, mx.diff) of the same set on the log ratios",
+            "ers_caf_independent": "GSVA of ERS_CAF_INDEPENDENT on the log ratios",
         },
         "refused": {"lr": refusal, "heterogeneity": refusal},
-        "parameters": {
-            "alpha": 0.25,
-            "kcdf": "gaussian",
-            "min_coverage": min_coverage,
-            "n_boot": n_boot,
-            "seed": seed,
-        },
-        "gene_set_coverage": coverage.reset_index().to_dict(orient="records"),
-        "gene_sets_dropped": matched.dropped,
-        "z_scoring": {"ers_caf_mean": float(scores.mean()), "ers_caf_sd": float(scores.std())},
-        "versions": _versions(),
     }
-    fractions = pd.DataFrame(index=scores.index)
     return TargetsResult(
-        targets=targets, fractions=fractions, reliability=reliability, metadata=metadata
+        targets=targets,
+        fractions=pd.DataFrame(index=targets.index),
+        reliability=_reliability(targets, n_boot, seed),
+        metadata=metadata,
     )
 
 

@@ -45,3 +45,46 @@ def pipeline_concordance(
         "n": int(len(x)),
         "n_boot": int(len(boot)),
     }
+
+
+#: What each concordance bounds (written beside it in ``reliability.json``).
+BOUNDS = {
+    "shared_inputs": "agreement of two scoring methods on the same inputs (gene set, triplets, "
+    "signature): errors of those inputs are in both pipelines and count as agreement, so this "
+    "over-estimates the target's reliability; it bounds only the noise the method adds",
+    "independent": "agreement of two pipelines that share no gene set, signature gene or "
+    "ligand-receptor pair: a conservative (lower-bound) estimate of the target's reliability, "
+    "and sqrt(r) the noise ceiling on any predictor's r (the study's Eqs. 8-10)",
+}
+
+
+def noise_ceiling(
+    targets: pd.DataFrame,
+    shared: tuple[str, str],
+    independent: tuple[str, str] | None,
+    *,
+    split_half: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """The record of one target in ``reliability.json``.
+
+    Both concordances are given, each labelled (``bounds``) with its pipelines; the top-level
+    ``r``/``ceiling`` fields (what evaluation and the report read) are the independent one, or
+    the shared-input one where no independent pipeline could run (``ceiling_from`` says which).
+    ``split_half``: the independent pipelines each used half the signature's genes, and the
+    Spearman–Brown value is added.
+    """
+    from .independent import spearman_brown
+
+    def one(a: str, b: str, kind: str) -> dict:
+        out = pipeline_concordance(targets[a], targets[b], n_boot=n_boot, seed=seed)
+        return out | {"pipelines": [a, b], "bounds": BOUNDS[kind]}
+
+    record = {"shared_inputs": one(*shared, "shared_inputs")}
+    if independent is not None:
+        record["independent"] = one(*independent, "independent")
+        if split_half:
+            record["independent"]["r_spearman_brown"] = spearman_brown(record["independent"]["r"])
+    chosen = "independent" if "independent" in record else "shared_inputs"
+    return dict(record[chosen]) | {"ceiling_from": chosen} | record
