@@ -42,7 +42,8 @@ import torch, timm
 import lazyslide as zs
 from wsidata import open_wsi
 
-slide, arch, batch, threads, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+slide, arch = sys.argv[1], sys.argv[2]
+batch, threads, seed = (int(v) for v in sys.argv[3:6])
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
 model = timm.create_model(arch, pretrained=False, num_classes=0).eval()
@@ -99,7 +100,11 @@ def stromalens_run(encoder, slide: Path, out_dir: Path, batch: int, stain: str) 
     summary = embed_slide(slide, out, encoder, settings)
     seconds = time.perf_counter() - start
     out.unlink()
-    return {"tiles": summary["n_tiles"], "seconds": seconds, "tiles_per_s": summary["n_tiles"] / seconds}
+    return {
+        "tiles": summary["n_tiles"],
+        "seconds": seconds,
+        "tiles_per_s": summary["n_tiles"] / seconds,
+    }
 
 
 def lazyslide_run(python: str, slide: Path, arch: str, batch: int, threads: int, seed: int) -> dict:
@@ -143,7 +148,9 @@ def main() -> None:
         for _ in range(args.repeats):
             runs["stromalens"].append(stromalens_run(encoder, slide, tmp, args.batch, "macenko"))
             runs["lazyslide"].append(
-                lazyslide_run(args.lazyslide_python, slide, args.arch, args.batch, threads, args.seed)
+                lazyslide_run(
+                    args.lazyslide_python, slide, args.arch, args.batch, threads, args.seed
+                )
             )
             runs["stromalens_no_stain"].append(
                 stromalens_run(encoder, slide, tmp, args.batch, "none")
