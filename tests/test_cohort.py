@@ -145,7 +145,7 @@ def test_duplicate_ids_and_unknown_sites(files):
     with pytest.raises(ManifestError) as info:
         load_manifest(path, sites=["A", "B"])
     text = str(info.value)
-    assert "'P1' is not unique (rows 1, 2)" in text
+    assert "'P1' repeats row 1 with the same slide 'data/s1.tiff'" in text
     assert "row 3, column 'site': unknown site 'Z'" in text
 
 
@@ -153,13 +153,14 @@ def test_every_problem_is_reported_at_once(files):
     path = write(
         files,
         row("P1", os_time="-3", wsi="nope.tiff"),
-        row("P1", os_event="x"),
+        row("P1", os_event="x", wsi="nope.tiff"),  # a repeated row, not a further slide
         row("P3", pfs_time="abc", rna="R-P1"),
     )
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
     columns = sorted(p.column for p in info.value.problems)
-    assert columns == ["os_event", "os_time", "patient_id", "pfs_time", "rna_sample", "wsi"]
+    # row 2 repeats row 1 and its slide: both slides are missing, and the row is a repeat
+    assert columns == ["os_event", "os_time", "pfs_time", "rna_sample", "wsi", "wsi", "wsi"]
 
 
 def test_missing_required_column(tmp_path):

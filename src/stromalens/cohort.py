@@ -1,4 +1,5 @@
-"""The cohort manifest: one row per patient, paths relative to the manifest.
+"""The cohort manifest: one row per patient (and one further row per extra slide), paths
+relative to the manifest.
 
 Columns (DESIGN.md): ``patient_id`` (unique), ``site``, ``mri_t1``, ``mri_t2``, ``mri_ce``,
 ``mri_mask``, ``wsi``, ``wsi_mpp`` (optional µm/px override), ``rna_sample``, clinical columns
@@ -7,6 +8,13 @@ Columns (DESIGN.md): ``patient_id`` (unique), ``site``, ``mri_t1``, ``mri_t2``, 
 ``annotations``). An empty cell means that modality is missing for that patient — recorded, not an
 error. Every problem is collected and reported at once, by row and column, in one
 :class:`ManifestError`.
+
+Several slides per patient: a patient may repeat on further rows, one per extra slide. A further
+row gives ``wsi`` (and optionally ``wsi_mpp``, ``annotations``, ``slide_id``); its patient-level
+cells (site, clinical, MRI, RNA) are empty or equal to the patient's. :attr:`Cohort.slides` is
+the slide table (``patient_id, slide_id, path, mpp, annotations``). A patient's first slide has
+``slide_id`` = its patient id (so single-slide cohorts keep ``<patient_id>.h5`` stores); the k-th
+(k ≥ 2) is ``<patient_id>.<k>`` unless the optional ``slide_id`` column names it.
 
 Example
 -------
@@ -35,6 +43,8 @@ PATH_COLUMNS: tuple[str, ...] = (
     "wsi",
     "annotations",
 )
+#: Columns that describe one slide: they may differ between a patient's rows.
+SLIDE_COLUMNS: tuple[str, ...] = ("wsi", "wsi_mpp", "annotations", "slide_id")
 MRI_SEQUENCES: tuple[str, ...] = ("mri_t1", "mri_t2", "mri_ce")
 MODALITY_COLUMNS: tuple[str, ...] = (*MRI_SEQUENCES, "mri_mask", "wsi", "rna_sample")
 TIME_COLUMNS: tuple[str, ...] = ("os_time", "pfs_time")
@@ -80,6 +90,7 @@ KNOWN_COLUMNS: tuple[str, ...] = (
     "fibrosis_grade",
     "exclusion_grade",
     "annotations",
+    "slide_id",
 )
 
 
@@ -124,10 +135,19 @@ class Cohort:
     frame: pd.DataFrame
     missing: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    #: one row per slide: patient_id, slide_id, path, mpp (NaN = from the slide), annotations
+    slides: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SLIDE_TABLE))
 
     @property
     def patients(self) -> list[str]:
         return list(self.frame.index)
+
+    def slide_ids(self) -> dict[str, list[str]]:
+        """Each patient's slide ids, in manifest order (patients without a slide: absent)."""
+        return {
+            str(pid): list(group["slide_id"])
+            for pid, group in self.slides.groupby("patient_id", sort=False)
+        }
 
     @property
     def sites(self) -> list[str]:
@@ -151,6 +171,9 @@ class Cohort:
         table.loc["all"] = table.sum(numeric_only=True)
         table.index.name = "site"
         return table.astype(int)
+
+
+SLIDE_TABLE: tuple[str, ...] = ("patient_id", "slide_id", "path", "mpp", "annotations")
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -235,12 +258,11 @@ def load_manifest(
                     "(not first: . or a space)",
                 )
             )
-    dup = ids[ids.duplicated(keep=False) & (ids != "")]
-    for pid, group in dup.groupby(dup):
-        rows = ", ".join(str(row_number[i]) for i in group.index)
-        problems.append(Problem(None, "patient_id", f"'{pid}' is not unique (rows {rows})"))
+    further = _merge_further_rows(raw, row_number, problems)
     allowed_sites = set(sites) if sites is not None else None
     for i, site in raw["site"].items():
+        if i in further:
+            continue
         if _is_empty(site):
             problems.append(Problem(row_number[i], "site", "empty site"))
         elif allowed_sites is not None and site not in allowed_sites:
@@ -369,9 +391,103 @@ def load_manifest(
     for col in ("rna_sample", "sex", "location", "treatment"):
         if col in frame:
             frame[col] = frame[col].mask(frame[col] == "", None)
-    frame = frame.set_index("patient_id")
+    slides = _slide_table(frame, further, row_number, path)
+    frame = frame.drop(index=sorted(further)).set_index("patient_id")
+    first = slides.drop_duplicates("patient_id").set_index("patient_id")["path"]
+    if "wsi" in frame:
+        frame["wsi"] = [first.get(pid) for pid in frame.index]
     missing = pd.DataFrame(
         {col: (frame[col].isna() if col in frame else True) for col in MODALITY_COLUMNS},
         index=frame.index,
     )
-    return Cohort(path=path, frame=frame, missing=missing, warnings=warnings)
+    return Cohort(path=path, frame=frame, missing=missing, warnings=warnings, slides=slides)
+
+
+def _merge_further_rows(raw: pd.DataFrame, row_number: dict, problems: list) -> set[int]:
+    """Indices of the rows that repeat an earlier patient (one extra slide each), after moving
+    their patient-level values onto the patient's first row and blanking them there; a value
+    that contradicts the patient's, or a further row without a slide, is a problem."""
+    ids = raw["patient_id"]
+    repeated = ids[ids.duplicated(keep="first") & (ids != "")]
+    patient_columns = [c for c in raw.columns if c not in ("patient_id", *SLIDE_COLUMNS)]
+    for i, pid in repeated.items():
+        head = int(ids[ids == pid].index[0])
+        if "wsi" not in raw or _is_empty(raw.at[i, "wsi"]):
+            problems.append(
+                Problem(
+                    row_number[i],
+                    "patient_id",
+                    f"'{pid}' repeats row {row_number[head]}: a further row of a patient must "
+                    "list one more slide in 'wsi' (patient ids are otherwise unique)",
+                )
+            )
+            continue
+        earlier = raw.loc[: i - 1]
+        same = earlier[(earlier["patient_id"] == pid) & (earlier["wsi"] == raw.at[i, "wsi"])]
+        if len(same):
+            problems.append(
+                Problem(
+                    row_number[i],
+                    "wsi",
+                    f"'{pid}' repeats row {row_number[int(same.index[0])]} with the same slide "
+                    f"'{raw.at[i, 'wsi']}' (patient ids are unique; a further row lists "
+                    "another slide)",
+                )
+            )
+            continue
+        for col in patient_columns:
+            value = raw.at[i, col]
+            if _is_empty(value):
+                continue
+            if _is_empty(raw.at[head, col]):
+                raw.at[head, col] = value
+            elif raw.at[head, col] != value:
+                problems.append(
+                    Problem(
+                        row_number[i],
+                        col,
+                        f"'{value}' differs from patient '{pid}' "
+                        f"('{raw.at[head, col]}' in row {row_number[head]}); a further slide row "
+                        "leaves patient-level columns empty or equal",
+                    )
+                )
+            raw.at[i, col] = ""
+    return set(int(i) for i in repeated.index)
+
+
+def _slide_table(frame: pd.DataFrame, further: set[int], row_number: dict, path: Path):
+    """One row per slide (see :attr:`Cohort.slides`); slide ids are checked to be safe file
+    names and unique."""
+    rows, count = [], {}
+    for i, row in frame.iterrows():
+        wsi = row.get("wsi")
+        if wsi is None:
+            continue
+        pid = str(row["patient_id"])
+        count[pid] = count.get(pid, 0) + 1
+        given = row.get("slide_id")
+        default = pid if count[pid] == 1 else f"{pid}.{count[pid]}"
+        mpp = row.get("wsi_mpp")
+        rows.append(
+            {
+                "patient_id": pid,
+                "slide_id": default if _is_empty(given) else str(given),
+                "path": wsi,
+                "mpp": float(mpp) if mpp is not None and pd.notna(mpp) else float("nan"),
+                "annotations": row.get("annotations"),
+                "_row": row_number[i],
+            }
+        )
+    table = pd.DataFrame(rows, columns=[*SLIDE_TABLE, "_row"])
+    problems = []
+    for _, slide in table.iterrows():
+        if not _SAFE_ID.match(slide["slide_id"]):
+            problems.append(
+                Problem(slide["_row"], "slide_id", f"{slide['slide_id']!r} cannot name a file")
+            )
+    for sid, group in table[table["slide_id"].duplicated(keep=False)].groupby("slide_id"):
+        rows_text = ", ".join(str(r) for r in group["_row"])
+        problems.append(Problem(None, "slide_id", f"'{sid}' is not unique (rows {rows_text})"))
+    if problems:
+        raise ManifestError(path, problems)
+    return table.drop(columns="_row").reset_index(drop=True)

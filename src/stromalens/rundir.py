@@ -375,6 +375,18 @@ class RunFiles:
 
         return self._load(str(self.manifest_path or "cohort.manifest"), self.manifest_path, read)
 
+    def slide_ids(self) -> dict[str, list[str]]:
+        """Each patient's slide ids (:meth:`~stromalens.cohort.Cohort.slide_ids`); empty when
+        the manifest is missing (callers then assume one slide named after the patient)."""
+
+        def read(path):
+            from .cohort import load_manifest
+
+            return load_manifest(path, check_files=False).slide_ids()
+
+        found = self._load("cohort.slides", self.manifest_path, read)
+        return found or {}
+
     @property
     def targets(self):
         """The targets table (index patient_id as str) or None."""

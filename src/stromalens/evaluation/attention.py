@@ -315,6 +315,10 @@ def grade_stratum(grade) -> str | None:
 def check_tiles(tiles: pd.DataFrame) -> pd.DataFrame:
     """Validate an attention-tile table; returns it with numeric columns as float.
 
+    An optional ``slide_id`` column tells a patient's slides apart (several slides per patient;
+    coordinates are in each slide's own frame); without it every tile is on the slide named
+    after the patient.
+
     Raises :class:`ValueError` naming missing columns, non-finite or negative attention,
     non-finite coordinates, non-positive ``tile_px``, or duplicated tiles.
     """
@@ -326,6 +330,9 @@ def check_tiles(tiles: pd.DataFrame) -> pd.DataFrame:
     if tiles.empty:
         raise ValueError("attention tiles table is empty")
     out = tiles.loc[:, list(TILE_COLUMNS)].copy()
+    out["slide_id"] = (
+        tiles["slide_id"].astype(str) if "slide_id" in tiles else out["patient_id"].astype(str)
+    )
     for col in ("x", "y", "tile_px", "attention"):
         values = pd.to_numeric(out[col], errors="coerce").astype(float)
         bad = ~np.isfinite(values.to_numpy())
@@ -343,7 +350,7 @@ def check_tiles(tiles: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"{int(bad.sum())} tile(s) with {label} (patients {', '.join(pids)})")
     for col in ("patient_id", "model", "target"):
         out[col] = out[col].astype(str)
-    dup = out.duplicated(["patient_id", "model", "target", "x", "y"])
+    dup = out.duplicated(["patient_id", "slide_id", "model", "target", "x", "y"])
     if dup.any():
         first = out.loc[dup].iloc[0]
         raise ValueError(
@@ -451,6 +458,8 @@ def colocalisation(
     cache: dict = {}
     rows, skipped = [], []
     for (pid, model, target), slide in tiles.groupby(["patient_id", "model", "target"], sort=True):
+        # the manifest's annotations of a patient are drawn on the patient's first slide
+        slide = slide[slide["slide_id"] == slide["slide_id"].iloc[0]]
         annotations, reason = load_patient_annotations(frame, pid, manifest_dir, cache)
         if annotations is not None and not (slide["attention"] > 0).any():
             annotations, reason = None, "attention is zero on every tile"

@@ -38,13 +38,15 @@ def _external_data(manifest, features_dir, targets, bundle) -> StudyData:
     from ..training.data import read_bags
     from ..wsi.store import feature_path, read_attrs
 
-    frame = load_manifest(manifest, check_files=False).frame
+    cohort = load_manifest(manifest, check_files=False)
+    frame, slides = cohort.frame, cohort.slide_ids()
     patients = [str(p) for p in frame.index]
     for pid in patients:
-        path = feature_path(features_dir, pid)
-        if path.is_file():
-            attrs, width = read_attrs(path)
-            bundle.contract.check(FeatureContract.of_store(attrs, width), str(path))
+        for sid in slides.get(pid, [pid]):
+            path = feature_path(features_dir, sid)
+            if path.is_file():
+                attrs, width = read_attrs(path)
+                bundle.contract.check(FeatureContract.of_store(attrs, width), str(path))
     table = pd.DataFrame(np.nan, index=patients, columns=list(TARGETS))
     if targets is not None:
         loaded = pd.read_parquet(targets)
@@ -56,7 +58,7 @@ def _external_data(manifest, features_dir, targets, bundle) -> StudyData:
     return StudyData(
         patients=patients,
         sites=frame["site"].astype(str).to_numpy(),
-        bags=read_bags(features_dir, patients, bundle.max_tiles, bundle.seed),
+        bags=read_bags(features_dir, patients, bundle.max_tiles, bundle.seed, slides),
         radiomics=pd.DataFrame(index=patients),
         targets=table,
         prompts=bundle.prompts,

@@ -182,7 +182,7 @@ def missing_modalities(data: StudyData, fold: Fold, repeats: int = 3, seed: int 
 
 
 def gates_and_attention(
-    data: StudyData, fold: Fold, tile_coords: dict[str, tuple[np.ndarray, float]]
+    data: StudyData, fold: Fold, tile_coords: dict[str, tuple]
 ) -> tuple[list[dict], list[pd.DataFrame]]:
     """Gate rows (patient_id, gate_mri, gate_wsi, has_wsi, has_mri) of the fusion model and
     tile-attention frames (fusion and ``wsi_clip``) for the fold's held-out patients."""
@@ -224,18 +224,19 @@ def gates_and_attention(
                 pid = arrays.patients[i]
                 if pid not in tile_coords or arrays.bags[i] is None:
                     continue
-                coords, tile_px = tile_coords[pid]
+                coords, tile_px, slide_ids = tile_coords[pid]
                 n = len(arrays.bags[i])
                 for j in range(att.shape[1]):
                     attention.append(
                         pd.DataFrame(
                             {
                                 "patient_id": pid,
+                                "slide_id": slide_ids[:n],
                                 "model": name,
                                 "target": TARGETS[j] if att.shape[1] == len(TARGETS) else "all",
                                 "x": coords[:n, 0],
                                 "y": coords[:n, 1],
-                                "tile_px": tile_px,
+                                "tile_px": tile_px[:n],
                                 "attention": att[row, j, :n],
                             }
                         )
@@ -313,21 +314,23 @@ def prompt_perturbation(data: StudyData, fold: Fold, groups: dict[str, np.ndarra
     return rows
 
 
-def tile_positions(run: RunFiles, data: StudyData) -> dict[str, tuple[np.ndarray, float]]:
-    """Level-0 top-left corners (n, 2) of the tiles in each patient's bag, in bag order, and
-    the tile's level-0 side; the same random subset as :func:`~stromalens.training.read_bags`."""
-    from ..training.data import bag_subset
-    from ..wsi.store import feature_path, read_slide
+def tile_positions(run: RunFiles, data: StudyData) -> dict[str, tuple]:
+    """Level-0 top-left corners (n, 2) of the tiles in each patient's bag, in bag order, each
+    tile's level-0 side (n,) and slide id (n,); the same pooled subset as
+    :func:`~stromalens.training.data.read_patient_tiles` gives the model."""
+    from ..training.data import read_patient_tiles
 
     cfg = run.training
     features = resolve_run_path(cfg.get("features"), run.root)
     seed = (cfg.get("settings") or {}).get("seed", 0)
+    slides = run.slide_ids()
     out = {}
     for pid in data.bags:
-        slide = read_slide(feature_path(features, pid))
-        index = bag_subset(len(slide.coords), cfg.get("max_tiles"), seed, pid)
-        tile_px = float(slide.attrs.get("tile_level0_px", slide.attrs.get("read_px", 224)))
-        out[pid] = (np.asarray(slide.coords)[index], tile_px)
+        tiles = read_patient_tiles(
+            features, pid, slides.get(pid, [pid]), cfg.get("max_tiles"), seed
+        )
+        if tiles is not None:
+            out[pid] = (tiles.coords, tiles.tile_px, tiles.slide_ids)
     return out
 
 

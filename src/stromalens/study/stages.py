@@ -252,12 +252,14 @@ def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
         device=w.device,
         precision=w.precision,
     )
+    from ..cohort import load_manifest
+
     jobs = jobs_from_manifest(manifest)
-    frame = _frame(manifest)
-    with_slide = {j.slide_id for j in jobs}
+    cohort = load_manifest(manifest, check_files=False)
+    with_slide = set(cohort.slides["patient_id"])
     skipped = [
         {"item": str(p), "reason": "no slide in the manifest"}
-        for p in frame.index
+        for p in cohort.frame.index
         if str(p) not in with_slide
     ]
     results = embed_cohort(

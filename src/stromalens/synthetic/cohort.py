@@ -41,7 +41,8 @@ from . import annotations, biology, expression, mri, slides
 
 log = get_logger(__name__)
 
-MANIFEST_COLUMNS = KNOWN_COLUMNS  # the manifest columns of DESIGN.md, in their order
+# the manifest columns of DESIGN.md, in their order (one slide per patient: no slide_id)
+MANIFEST_COLUMNS = tuple(c for c in KNOWN_COLUMNS if c != "slide_id")
 EXTERNAL_SITE = "X"
 
 

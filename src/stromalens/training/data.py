@@ -93,10 +93,68 @@ class StudyData:
 
 
 # ---------------------------------------------------------------------------- loading
+@dataclass
+class PatientTiles:
+    """A patient's bag: the tiles of all their slides, pooled in slide order, after the random
+    subset :func:`bag_subset` keeps."""
+
+    features: np.ndarray  # (n, D) float32
+    coords: np.ndarray  # (n, 2) level-0 top-left corners, x then y, in the tile's own slide
+    slide_ids: np.ndarray  # (n,) the slide each tile comes from
+    tile_px: np.ndarray  # (n,) the tile's level-0 side on its slide
+
+
+def read_patient_tiles(
+    features_dir: Path | str,
+    patient_id: str,
+    slide_ids=None,
+    max_tiles: int | None = None,
+    seed: int = 0,
+) -> PatientTiles | None:
+    """The pooled bag of ``patient_id``'s slides (``slide_ids``; default: the one slide named
+    after the patient): every complete store ``<features_dir>/<slide_id>.h5`` in order, then at
+    most ``max_tiles`` of the pooled tiles (:func:`bag_subset`). ``None`` if no slide has a
+    complete store with tiles. Stores of one patient must share the feature width."""
+    from ..wsi.store import feature_path, is_complete, read_slide
+
+    parts = []
+    for sid in slide_ids if slide_ids is not None else [patient_id]:
+        path = feature_path(features_dir, str(sid))
+        if not is_complete(path, require_features=True):
+            continue
+        slide = read_slide(path)
+        feats = np.asarray(slide.features, np.float32)
+        if len(feats):
+            side = float(slide.attrs.get("tile_level0_px", slide.attrs.get("read_px", 224)))
+            parts.append((str(sid), feats, np.asarray(slide.coords), side))
+    if not parts:
+        return None
+    widths = {f.shape[1] for _, f, _, _ in parts}
+    if len(widths) > 1:
+        raise ValueError(
+            f"patient {patient_id}: slide stores of different feature widths {sorted(widths)} "
+            "(embed all slides with one encoder)"
+        )
+    features = np.concatenate([f for _, f, _, _ in parts])
+    keep = bag_subset(len(features), max_tiles, seed, patient_id)
+    return PatientTiles(
+        features=features[keep],
+        coords=np.concatenate([c for _, _, c, _ in parts])[keep],
+        slide_ids=np.concatenate([[sid] * len(f) for sid, f, _, _ in parts])[keep],
+        tile_px=np.concatenate([[side] * len(f) for _, f, _, side in parts])[keep],
+    )
+
+
 def read_bags(
-    features_dir: Path | str, patients, max_tiles: int | None = None, seed: int = 0
+    features_dir: Path | str,
+    patients,
+    max_tiles: int | None = None,
+    seed: int = 0,
+    slides: dict | None = None,
 ) -> dict[str, np.ndarray]:
-    """Tile embeddings ``<features_dir>/<patient_id>.h5`` of each patient that has one.
+    """Tile embeddings of each patient that has a slide store: the patient's slides
+    (``slides[patient]``, e.g. :meth:`~stromalens.cohort.Cohort.slide_ids`; by default the one
+    store ``<features_dir>/<patient_id>.h5``) pooled into one bag (:func:`read_patient_tiles`).
 
     ``features_dir`` is the folder of the ``.h5`` files (``stromalens wsi embed``'s
     ``<out>/<encoder>/<tiling>/``); TRIDENT, CLAM (``features``) and STAMP (``feats``) feature
@@ -105,17 +163,12 @@ def read_bags(
     Bags larger than ``max_tiles`` keep a random subset (fixed by ``seed`` and the patient id),
     so very large slides stay within memory and time; ``None`` keeps every tile.
     """
-    from ..wsi.store import feature_path, is_complete, read_slide
-
     bags: dict[str, np.ndarray] = {}
     for pid in patients:
-        path = feature_path(features_dir, str(pid))
-        if not is_complete(path, require_features=True):
-            continue
-        feats = np.asarray(read_slide(path).features, np.float32)
-        if not len(feats):
-            continue
-        bags[str(pid)] = feats[bag_subset(len(feats), max_tiles, seed, pid)]
+        ids = (slides or {}).get(str(pid), [str(pid)])
+        tiles = read_patient_tiles(features_dir, str(pid), ids, max_tiles, seed)
+        if tiles is not None:
+            bags[str(pid)] = tiles.features
     return bags
 
 
@@ -172,7 +225,8 @@ def load_study_data(
     """
     from ..cohort import load_manifest
 
-    cohort = load_manifest(manifest).frame
+    loaded = load_manifest(manifest)
+    cohort = loaded.frame
     table = pd.read_parquet(targets)
     missing = [t for t in TARGETS if t not in table.columns]
     if missing:
@@ -182,7 +236,11 @@ def load_study_data(
     if not patients:
         raise ValueError(f"no patient of {manifest} has targets in {targets}")
     sites = cohort.loc[patients, "site"].astype(str).to_numpy()
-    bags = read_bags(features_dir, patients, max_tiles, seed) if features_dir else {}
+    bags = (
+        read_bags(features_dir, patients, max_tiles, seed, loaded.slide_ids())
+        if features_dir
+        else {}
+    )
     radiomics = pd.DataFrame(index=patients)
     perturbations = None
     if radiomics_dir is not None:

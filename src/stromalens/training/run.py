@@ -21,18 +21,25 @@ from ..rundir import TrainLayout
 log = get_logger("training.run")
 
 
-def _feature_contract(features_dir: Path | None, patients):
+def _feature_contract(features_dir: Path | None, patients, slides: dict | None = None):
     """The feature contract of the first training slide's store (every store of a cohort is
     embedded with the same settings; ``read_bags`` refuses mixed feature widths)."""
     from ..wsi.store import feature_path, read_attrs
     from .bundle import FeatureContract
 
-    for pid in patients if features_dir is not None else ():
-        path = feature_path(features_dir, pid)
+    ids = [s for pid in patients for s in (slides or {}).get(str(pid), [str(pid)])]
+    for sid in ids if features_dir is not None else ():
+        path = feature_path(features_dir, sid)
         if path.is_file():
             attrs, width = read_attrs(path)
             return FeatureContract.of_store(attrs, width)
     return FeatureContract(None, None, None, None, None)
+
+
+def _slide_ids(manifest) -> dict[str, list[str]]:
+    from ..cohort import load_manifest
+
+    return load_manifest(manifest, check_files=False).slide_ids()
 
 
 def _prompt_text(banks_dir: Path) -> dict[str, list[str]]:
@@ -105,7 +112,7 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     write_bundle(
         train,
         sorted(metrics["models"]),
-        _feature_contract(cfg.features, data.patients),
+        _feature_contract(cfg.features, data.patients, _slide_ids(study.cohort.manifest)),
         prompts,
         _prompt_text(cfg.prompts),
         max_tiles=cfg.max_tiles,

@@ -372,24 +372,14 @@ class SlideJob:
 
 
 def jobs_from_manifest(manifest: Path | str) -> list[SlideJob]:
-    """Slides of a cohort manifest (patients without a slide are left out)."""
+    """Slides of a cohort manifest, one job per slide (:attr:`~stromalens.cohort.Cohort.slides`:
+    a patient may have several; patients without a slide are left out)."""
     from ..cohort import load_manifest
 
-    cohort = load_manifest(manifest)
-    frame = cohort.frame
     jobs = []
-    for pid, row in frame.iterrows():
-        path = row.get("wsi")
-        if path is None or (isinstance(path, float) and np.isnan(path)):
-            continue
-        override = row.get("wsi_mpp") if "wsi_mpp" in frame else None
-        try:
-            override = float(override) if override not in (None, "") else None
-        except (TypeError, ValueError):
-            override = None
-        if override is not None and not np.isfinite(override):
-            override = None
-        jobs.append(SlideJob(str(pid), Path(path), override))
+    for slide in load_manifest(manifest).slides.itertuples(index=False):
+        mpp = float(slide.mpp) if np.isfinite(slide.mpp) else None
+        jobs.append(SlideJob(str(slide.slide_id), Path(slide.path), mpp))
     return jobs
 
 
