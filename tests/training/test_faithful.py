@@ -1,0 +1,107 @@
+"""Faithful training (issue 17): weight decay on weights only, checkpoint digests covering every
+input of a fit, one nested grid for every model, repeated CV."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stromalens.models import ModelSpec, create_model
+from stromalens.training import TrainSettings
+from stromalens.training.curriculum import decay_groups, make_optimiser
+
+from .conftest import make_study
+
+FAST = TrainSettings(
+    hidden=8,
+    epochs_stage1=2,
+    epochs_stage2=3,
+    epochs_stage3=2,
+    epochs_distill=2,
+    epochs_baseline=3,
+    batch_size=8,
+    max_tiles=16,
+)
+
+
+# ---------------------------------------------------------------------------- weight decay
+@pytest.mark.parametrize("name", ["gated_fusion", "transmil", "clip_mil_coop"])
+def test_weight_decay_acts_on_weight_matrices_only(name):
+    """One AdamW step with every gradient zero: Adam's update is then 0, so only the decoupled
+    decay moves a parameter, θ ← θ (1 − lr·λ). log σ (set away from 0, where decay would show),
+    biases, LayerNorm parameters and prompt vectors stay bit for bit; the Linear weights shrink
+    by exactly that factor."""
+    spec = ModelSpec(tile_dim=16, rad_dim=8, hidden=8)
+    prompts = torch.randn(3, 2, 16)
+    model = create_model(name, spec, prompts=prompts)
+    log_sigma = torch.nn.Parameter(torch.full((3,), 0.7))
+    settings = FAST.with_(lr=0.01, weight_decay=1.0)
+    optimiser = make_optimiser(model, settings, log_sigma)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for p in [*model.parameters(), log_sigma]:
+        p.grad = torch.zeros_like(p)
+    optimiser.step()
+    torch.testing.assert_close(log_sigma.detach(), torch.full((3,), 0.7), rtol=0, atol=0)
+    decay, _ = decay_groups(model)
+    decayed = {id(p) for p in decay}
+    assert decayed, "every model has Linear weights"
+    for key, p in model.named_parameters():
+        if id(p) in decayed:
+            torch.testing.assert_close(p.detach(), before[key] * (1 - 0.01 * 1.0))
+            assert p.ndim == 2
+        else:
+            torch.testing.assert_close(p.detach(), before[key], rtol=0, atol=0)
+    names = {k for k, p in model.named_parameters() if id(p) in decayed}
+    assert not any(k.endswith("bias") or "norm" in k or "prompts" in k for k in names)
+
+
+# ---------------------------------------------------------------------------- checkpoint digests
+def _fits(monkeypatch, study, out, settings=FAST, **options) -> int:
+    """The number of stages trained (not reloaded) by a CV of two models into ``out``."""
+    from stromalens.training import curriculum, run_cv
+
+    calls = []
+    real = curriculum.train_stage
+
+    def counting(model, arrays, stage, *args, **kwargs):
+        calls.append((model.model_name, stage))
+        return real(model, arrays, stage, *args, **kwargs)
+
+    monkeypatch.setattr(curriculum, "train_stage", counting)
+    run_cv(study, out, settings, models=["clip_mil", "mri_only"], folds=2, **options)
+    return len(calls)
+
+
+def _study(what: str = ""):
+    """The tiny study, with one input changed by ``what``."""
+    study = make_study(n=18)
+    study.meta = {"inputs": {"encoder": "synthclip", "weights_sha256": "a" * 64}}
+    if what == "target":
+        study.targets.iloc[3, 1] += 0.5
+    elif what == "feature":
+        pid = next(iter(study.bags))
+        study.bags[pid][0, 0] += 0.5
+    elif what == "prompt":
+        study.prompts[0, 0, 0] += 0.1
+    elif what == "encoder":
+        study.meta["inputs"] = {"encoder": "another_clip", "weights_sha256": "0" * 64}
+    return study
+
+
+@pytest.mark.parametrize(
+    ("what", "refits"),
+    [("target", 3), ("feature", 3), ("prompt", 4), ("encoder", 6), ("icc", 6), ("setting", 6)],
+)
+def test_a_changed_input_invalidates_the_checkpoints_and_nothing_changed_reuses_them(
+    monkeypatch, tmp_path, what, refits
+):
+    """A rerun into the same folder reloads every stage when nothing changed, and refits when
+    a target value, a tile feature, the prompt embeddings, the encoder's record, the ICC
+    threshold or a training setting changed. One CV is 2 folds × (clip_mil: stages I and II;
+    mri_only: one stage) = 6 trained stages; a prompt change refits clip_mil only (4); a
+    changed patient is a training patient of one of the two folds, which alone refits (3)."""
+    assert _fits(monkeypatch, _study(), tmp_path) == 6
+    assert _fits(monkeypatch, _study(), tmp_path) == 0  # nothing changed: all reloaded
+    options = {"icc_threshold": 0.5} if what == "icc" else {}
+    settings = FAST.with_(dropout=0.2) if what == "setting" else FAST
+    assert _fits(monkeypatch, _study(what), tmp_path, settings, **options) == refits
