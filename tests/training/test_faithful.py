@@ -3,6 +3,7 @@ input of a fit, one nested grid for every model, repeated CV."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,55 @@ def test_a_changed_input_invalidates_the_checkpoints_and_nothing_changed_reuses_
     options = {"icc_threshold": 0.5} if what == "icc" else {}
     settings = FAST.with_(dropout=0.2) if what == "setting" else FAST
     assert _fits(monkeypatch, _study(what), tmp_path, settings, **options) == refits
+
+
+# ---------------------------------------------------------------------------- one nested grid
+def test_each_model_is_selected_over_the_grid_keys_it_reads():
+    from stromalens.training.cv import model_grid
+
+    grid = {"tau": [0.25, 1.0], "lambda_coral": [0.0, 0.1, 0.3], "weight_decay": [0.1, 1.0]}
+    assert len(model_grid("gated_fusion", grid)) == 2 * 3 * 2  # τ × λ_coral × decay
+    assert len(model_grid("clip_mil", grid)) == 2 * 2  # no CORAL stage
+    assert len(model_grid("mean_pool", grid)) == 2  # no prompts, no CORAL
+    assert model_grid("mri_only", grid) == [{"weight_decay": 0.1}, {"weight_decay": 1.0}]
+    assert model_grid("mri_only", {"tau": [0.25, 1.0]}) == [{}]
+    with pytest.raises(ValueError, match="rad_components"):
+        model_grid("mri_only", {"rad_components": [2, 4]})
+
+
+def test_config_grid_refuses_preprocessing_keys_and_empty_lists():
+    from stromalens.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="rad_components.*training.settings"):
+        TrainingConfig(grid={"rad_components": [2, 4]})
+    with pytest.raises(ValueError, match="tau"):
+        TrainingConfig(grid={"tau": []})
+    with pytest.raises(ValueError, match="lambda_coral=-1"):
+        TrainingConfig(grid={"lambda_coral": [-1]})
+
+
+def test_every_model_gets_the_nested_selection_and_is_refitted_at_its_best_point(tmp_path):
+    """λ_coral and weight decay in the grid: gated fusion is selected over both (4 points),
+    mean pooling over weight decay alone (2); each outer fit uses its model's best inner
+    score, and a model that reads no grid key (none here) would get the base settings."""
+    import pandas as pd
+
+    from stromalens.training import run_cv
+
+    study = make_study(n=24)
+    grid = {"lambda_coral": [0.0, 0.3], "weight_decay": [0.1, 1.0]}
+    metrics = run_cv(
+        study, tmp_path, FAST, models=["gated_fusion", "mean_pool"], folds=2, inner_folds=2,
+        grid=grid, checkpoints=False,
+    )  # fmt: skip
+    selection = pd.read_csv(tmp_path / "selection.csv")
+    assert selection.groupby("model").size().to_dict() == {"gated_fusion": 8, "mean_pool": 4}
+    assert selection.loc[selection["model"] == "mean_pool", "lambda_coral"].isna().all()
+    for (fold, model), part in selection.groupby(["fold", "model"]):
+        best = part.iloc[int(np.argmax(part["score"].to_numpy()))]
+        chosen = metrics["selected"][str(fold)][model]
+        assert chosen["weight_decay"] == best["weight_decay"]
+        if model == "gated_fusion":
+            assert chosen["lambda_coral"] == best["lambda_coral"]
+        else:
+            assert chosen["lambda_coral"] == FAST.lambda_coral  # not a key mean pooling reads

@@ -312,6 +312,47 @@ def predict(model, arrays: FoldArrays, batch_size: int = 64) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- one model's fit
+#: Settings every fit reads (the stage-II-style optimisation and the layers' sizes).
+_COMMON = frozenset(
+    {"hidden", "dropout", "lr", "batch_size", "weight_decay", "seed", "rad_components"}
+    | {"rad_reduction"}
+)
+
+
+def settings_read(name: str) -> frozenset[str]:
+    """The :class:`TrainSettings` the fit of registered model ``name`` reads, so that the
+    nested selection multiplies only those (a setting a model ignores would refit the same
+    model at another grid point).
+
+    Every fit reads the sizes and the optimiser's settings; a model reading slides reads
+    ``max_tiles``; a text-guided one ``tau`` (its prompt attention's temperature); a fusion
+    model ``modality_dropout``; the curriculum (``gated_fusion``) its four stages' epochs,
+    ``lr_prompts`` and ``lambda_coral``; the CLIP-guided MIL stages I and II; the others
+    ``epochs_baseline``.
+
+    >>> sorted(settings_read("gated_fusion") - settings_read("mean_pool"))[:3]
+    ['epochs_distill', 'epochs_stage1', 'epochs_stage2']
+    """
+    from ..models import model_info
+
+    info = model_info(name)
+    used = set(_COMMON)
+    if "wsi" in info.modalities:
+        used.add("max_tiles")
+    if info.needs_prompts:
+        used.add("tau")
+    if len(info.modalities) == 2:
+        used.add("modality_dropout")
+    if name in ("gated_fusion", "student"):
+        used |= {"epochs_stage1", "epochs_stage2", "epochs_stage3", "epochs_distill"}
+        used |= {"lr_prompts", "lambda_coral"}
+    elif name.startswith("clip_mil"):
+        used |= {"epochs_stage1", "epochs_stage2", "lr_prompts"}
+    else:
+        used.add("epochs_baseline")
+    return frozenset(used)
+
+
 def fit_digest(name: str, arrays: FoldArrays, prompts, settings, spec, inputs=None) -> dict:
     """The configuration a checkpoint of this fit is keyed by (its sha256 is the checkpoint's
     ``digest``): the model, every setting, the spec, the sha256 of the training arrays (the

@@ -5,25 +5,28 @@ Protocol, per outer fold k (``run_cv``):
 
 1. ``FoldPreprocessor.fit`` on the outer-training patients only (ICC filter, ComBat, radiomics
    standardisation, target z-scoring and min–max scaling); the held-out fold is only transformed.
-2. Nested selection for the study model (``gated_fusion``): every point of the grid (the
-   cartesian product of ``grid``, e.g. τ × q × λ_coral × weight decay × hidden size) is scored by
-   the macro-r (mean over targets of Pearson's r of the pooled inner out-of-fold predictions)
-   over ``inner_folds`` site-stratified folds of the outer-training patients, each inner fold
-   re-fitting its own preprocessor on its inner-training patients. The best point trains the
-   outer model. Baselines use the base settings (no selection; same folds, same preprocessing).
+2. Nested selection for every model, with the same budget rule for all: every point of the
+   model's grid (the cartesian product over the keys of ``grid`` that the model's fit reads,
+   e.g. τ × q × λ_coral × weight decay for the gated fusion, weight decay alone for mean
+   pooling: :func:`model_grid`) is scored by the macro-r (mean over targets of Pearson's r of
+   the pooled inner out-of-fold predictions) over the same ``inner_folds`` site-stratified
+   folds of the outer-training patients, each inner fold re-fitting its own preprocessor on
+   its inner-training patients. The best point trains the outer model. A model whose grid
+   has one point (no key it reads has two values) is fitted with it directly.
 3. Every model is trained on the outer-training patients and predicts the held-out patients;
    predictions are returned to target units with the training fold's scaler.
 
 Every fit (a model on an outer fold, or a grid point on an inner fold) is one task of
-:mod:`.schedule`'s worker pool, so the cores stay busy whatever the number of folds; a fold's
-gated-fusion fit starts once its selection is scored. The results do not depend on the
-number of workers or the order in which the tasks ran (each fit seeds itself).
+:mod:`.schedule`'s worker pool, so the cores stay busy whatever the number of folds; a
+model's fit on a fold starts once its selection there is scored. The results do not depend on
+the number of workers or the order in which the tasks ran (each fit seeds itself).
 
 Outputs: ``folds.csv`` (patient_id, site, fold), ``predictions.parquet`` (patient_id, fold,
 model, target, y_true, y_pred; ``model`` is the study's name of each trained model, from the
 registry: ``fusion``, ``fusion_no_coral``, ``wsi_clip``, ``mri``, ``mri_student``, the baselines
 by their registered names), ``metrics.json`` (per model and target r, RMSE, MAE; macro-r;
-the selected settings per fold), ``selection.csv`` (inner scores), checkpoints under
+the selected settings per fold and model), ``selection.csv`` (fold, model, grid point, inner
+score), checkpoints under
 ``checkpoints/fold<k>/``. ``run_leave_site_out`` trains on all sites but one and tests on it,
 with and without CORAL, into ``leave_site_out/``.
 """
@@ -90,36 +93,61 @@ def _macro_r(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([pearson(y[:, j], pred[:, j]) for j in range(y.shape[1])]))
 
 
-def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, points, inner_folds):
-    """The nested selection's fits for outer fold ``fold``: every grid point on every inner
-    fold of ``train_ids`` (site-stratified), each scored on its inner-held-out patients."""
+#: The fit output a model's nested selection scores (its own output unless named here): the
+#: curriculum's is the study model, stage III with CORAL.
+SCORED_OUTPUT = {"gated_fusion": "gated_fusion_coral"}
+
+
+def model_grid(name: str, grid: dict | None) -> list[dict]:
+    """The grid points of model ``name``: the cartesian product over the keys of ``grid`` the
+    model's fit reads (:func:`~stromalens.training.curriculum.settings_read`). A key it does
+    not read is not multiplied (it would refit the same model), so e.g. ``lambda_coral``
+    gives gated fusion its points and leaves ``mean_pool`` with one."""
+    from .curriculum import settings_read
+
+    parameter_grid(grid)  # validates the whole grid, keys the model ignores included
+    used = settings_read(name)
+    return parameter_grid({k: v for k, v in (grid or {}).items() if k in used})
+
+
+def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, name, points, inner):
+    """The nested selection's fits of model ``name`` for outer fold ``fold``: every grid point
+    on every inner fold of ``train_ids`` (site-stratified; the same inner folds for every
+    model), each scored on its inner-held-out patients."""
     train_ids = list(train_ids)
-    folds = assign_folds(train_ids, data.site_of().loc[train_ids], inner_folds, base.seed + 1)
+    folds = assign_folds(train_ids, data.site_of().loc[train_ids], inner, base.seed + 1)
     return [
         FitTask(
-            key=("select", fold, p, f),
-            model="gated_fusion",
+            key=("select", fold, name, p, f),
+            model=name,
             train_ids=tuple(folds.index[folds != f]),
             test_ids=tuple(folds.index[folds == f]),
             settings=base.with_(**point),
             with_student=False,
             with_plain=False,  # the selection scores gated_fusion_coral only
-            priority=1,  # they unblock the fold's gated-fusion fit
+            priority=1,  # they unblock the fold's fit of the model
         )
         for p, point in enumerate(points)
-        for f in range(inner_folds)
+        for f in range(inner)
     ]
 
 
-def _selection_scores(results: dict, fold, points, inner_folds) -> list[dict]:
+def _selection_scores(results: dict, fold, name, points, inner_folds) -> list[dict]:
     """Macro-r of each grid point's pooled inner out-of-fold predictions (z-scored units)."""
     scores = []
+    scored = SCORED_OUTPUT.get(name, name)
     for p, point in enumerate(points):
-        parts = [results[("select", fold, p, f)] for f in range(inner_folds)]
+        parts = [results[("select", fold, name, p, f)] for f in range(inner_folds)]
         y = np.concatenate([r.y_z for r in parts])
-        pred = np.concatenate([r.predictions_z["gated_fusion_coral"] for r in parts])
+        pred = np.concatenate([r.predictions_z[scored] for r in parts])
         scores.append({"point": point, "score": round(_macro_r(y, pred), 4)})
     return scores
+
+
+def _best(scores: list[dict]) -> int:
+    """The index of the best score; an undefined one (a constant prediction) ranks last and
+    ties go to the first point (the grid's order), so the choice is deterministic."""
+    return max(range(len(scores)), key=lambda i: np.nan_to_num(scores[i]["score"], nan=-np.inf))
 
 
 def _fold_rows(fold, ids, data, name, pred) -> pd.DataFrame:
@@ -159,58 +187,55 @@ def run_protocol(
     """Fit every model on every split's training patients and predict its test patients.
 
     ``splits`` are ``(fold, train_ids, test_ids)``. Each model's fit on each split is one task
-    (:mod:`.schedule`); ``gated_fusion`` first has its settings chosen by the nested selection
-    on the split's training patients (when ``grid`` has more than one point), and is fitted as
-    soon as that is scored. Baselines use ``settings``. Returns the prediction rows, the chosen
-    settings and selection scores per fold, and each fit's seconds."""
+    (:mod:`.schedule`). Every model whose grid (:func:`model_grid`: the keys of ``grid`` it
+    reads) has more than one point first has its settings chosen by the nested selection on
+    the split's training patients, over the same inner folds for every model, and is fitted
+    as soon as that is scored; the others use ``settings`` with the grid's one point. Returns
+    the prediction rows, the chosen settings and selection scores per fold and model, and each
+    fit's seconds."""
     from ..models import study_name
 
-    points = parameter_grid(grid)
-    select = "gated_fusion" in models and len(points) > 1
+    points = {name: model_grid(name, grid) for name in models}
     by_fold = {fold: (list(train), list(test)) for fold, train, test in splits}
-    chosen = {fold: settings.with_(**points[0]) for fold in by_fold}
-    scores = {fold: [{"point": points[0], "score": None}] for fold in by_fold}
+    chosen = {(f, m): settings.with_(**points[m][0]) for f in by_fold for m in models}
+    scores = {(f, m): [{"point": points[m][0], "score": None}] for f in by_fold for m in models}
 
-    def fit_task(fold, name: str, fit_settings: TrainSettings, priority: float = 0.0):
+    def fit_task(fold, name: str, priority: float = 0.0):
         train, test = by_fold[fold]
         return FitTask(
             key=("fit", fold, name),
             model=name,
             train_ids=tuple(train),
             test_ids=tuple(test),
-            settings=fit_settings,
+            settings=chosen[(fold, name)],
             checkpoint_dir=checkpoint_root / f"fold{fold}" if checkpoint_root else None,
             with_student=with_student,
             priority=priority,
         )
 
-    tasks = []
+    tasks, pending = [], {}
     for fold, (train, _) in by_fold.items():
         for name in models:
-            if name == "gated_fusion" and select:
-                tasks += _selection_tasks(data, fold, train, settings, points, inner_folds)
+            if len(points[name]) > 1:
+                tasks += _selection_tasks(
+                    data, fold, train, settings, name, points[name], inner_folds
+                )
+                pending[(fold, name)] = len(points[name]) * inner_folds
             else:
-                own = chosen[fold] if name == "gated_fusion" else settings
-                tasks.append(fit_task(fold, name, own))
-
-    pending = {fold: len(points) * inner_folds for fold in by_fold}
+                tasks.append(fit_task(fold, name))
     results: dict = {}
 
     def on_result(result) -> list[FitTask]:
         results[result.key] = result
         if result.key[0] != "select":
             return []
-        fold = result.key[1]
-        pending[fold] -= 1
-        if pending[fold]:
+        fold, name = result.key[1], result.key[2]
+        pending[(fold, name)] -= 1
+        if pending[(fold, name)]:
             return []
-        scores[fold] = _selection_scores(results, fold, points, inner_folds)
-        # an undefined score (a constant prediction) ranks last
-        best = max(
-            range(len(points)), key=lambda i: np.nan_to_num(scores[fold][i]["score"], nan=-np.inf)
-        )
-        chosen[fold] = settings.with_(**points[best])
-        return [fit_task(fold, "gated_fusion", chosen[fold], priority=2)]
+        scores[(fold, name)] = _selection_scores(results, fold, name, points[name], inner_folds)
+        chosen[(fold, name)] = settings.with_(**points[name][_best(scores[(fold, name)])])
+        return [fit_task(fold, name, priority=2)]
 
     run_tasks(tasks, data, workers, harmonise, icc_threshold, on_result, progress, description)
     rows, seconds = [], {str(fold): {} for fold in by_fold}
@@ -222,11 +247,15 @@ def run_protocol(
                 rows.append(_fold_rows(fold, test, data, study_name(out_name), pred))
     return {
         "rows": pd.concat(rows, ignore_index=True),
-        "selected": {str(fold): chosen[fold].to_dict() for fold in by_fold},
+        "selected": {
+            str(fold): {name: chosen[(fold, name)].to_dict() for name in models} for fold in by_fold
+        },
         "selection": [
-            {"fold": fold, **s["point"], "score": s["score"]}
+            {"fold": fold, "model": name, **s["point"], "score": s["score"]}
             for fold in by_fold
-            for s in scores[fold]
+            for name in models
+            if len(points[name]) > 1
+            for s in scores[(fold, name)]
         ],
         "seconds": seconds,
     }
@@ -345,7 +374,10 @@ def run_cv(
     )
     predictions = result["rows"]
     predictions.to_parquet(out / "predictions.parquet", index=False)
-    pd.DataFrame(result["selection"]).to_csv(out / "selection.csv", index=False)
+    selection = pd.DataFrame(result["selection"])
+    if selection.empty:  # no model had two grid points: the header alone
+        selection = pd.DataFrame(columns=["fold", "model", "score"])
+    selection.to_csv(out / "selection.csv", index=False)
     metrics = {
         "models": compute_metrics(predictions),
         "folds": folds,
