@@ -228,6 +228,12 @@ class TrainingConfig(_Strict):
     models: tuple[str, ...] | None = Field(None, description="registered models; default: all")
     folds: int = Field(5, ge=2)
     inner_folds: int = Field(3, ge=2)
+    repeats: int = Field(
+        1,
+        ge=1,
+        description="outer CVs with different fold assignments (seeds seed … seed+repeats−1); "
+        "predictions carry a `repeat` column (configs/study.yaml: 3)",
+    )
     grid: dict[str, list] = Field(
         default_factory=dict,
         description="nested-selection grid {setting: [values]}: every model is selected over "

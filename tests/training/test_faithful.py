@@ -158,3 +158,39 @@ def test_every_model_gets_the_nested_selection_and_is_refitted_at_its_best_point
             assert chosen["lambda_coral"] == best["lambda_coral"]
         else:
             assert chosen["lambda_coral"] == FAST.lambda_coral  # not a key mean pooling reads
+
+
+# ---------------------------------------------------------------------------- repeated CV
+def test_repeated_cv_reassigns_the_folds_and_labels_every_row(tmp_path):
+    """Two repeats: every patient once per repeat, model and target; the repeats' folds
+    differ; repeat 0 is bit for bit the single CV; the evaluation's reader (RunFiles) sees
+    repeat 0 alone, one row per patient, model and target."""
+    import pandas as pd
+
+    from stromalens.rundir import RunFiles
+    from stromalens.training import run_cv
+
+    study = make_study(n=18)
+    options = dict(models=["mean_pool", "mri_only"], folds=3, checkpoints=False)
+    metrics = run_cv(study, tmp_path / "twice", FAST, repeats=2, **options)
+    run_cv(study, tmp_path / "once", FAST, **options)
+    both = pd.read_parquet(tmp_path / "twice" / "predictions.parquet")
+    counts = both.groupby(["repeat", "model", "target", "patient_id"]).size()
+    assert (counts == 1).all() and len(counts) == 2 * 2 * 3 * 18
+    folds = pd.read_csv(tmp_path / "twice" / "folds.csv")
+    assert list(folds.columns) == ["patient_id", "site", "fold", "fold_repeat1"]
+    assert (folds["fold"] != folds["fold_repeat1"]).any()
+    repeat1 = both[both["repeat"] == 1].merge(folds, on="patient_id")
+    assert (repeat1["fold_x"] == repeat1["fold_repeat1"]).all()  # rows carry their own folds
+    once = pd.read_parquet(tmp_path / "once" / "predictions.parquet")
+    pd.testing.assert_frame_equal(both[both["repeat"] == 0].reset_index(drop=True), once)
+    per_repeat = metrics["repeats"]["models"]["mri"]["macro_r"]
+    assert metrics["repeats"]["n"] == 2 and len(per_repeat) == 2
+    assert per_repeat[0] == metrics["models"]["mri"]["macro_r"]
+    assert metrics["repeats"]["models"]["mri"]["macro_r_mean"] == pytest.approx(
+        np.mean(per_repeat), abs=1e-4
+    )
+    read = RunFiles(tmp_path / "twice").predictions
+    assert len(read) == len(once) and set(read["repeat"]) == {0}
+    with pytest.raises(ValueError, match="repeats"):
+        run_cv(study, tmp_path / "bad", FAST, repeats=0, **options)

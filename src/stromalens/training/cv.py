@@ -150,7 +150,7 @@ def _best(scores: list[dict]) -> int:
     return max(range(len(scores)), key=lambda i: np.nan_to_num(scores[i]["score"], nan=-np.inf))
 
 
-def _fold_rows(fold, ids, data, name, pred) -> pd.DataFrame:
+def _fold_rows(fold, ids, data, name, pred, repeat: int = 0) -> pd.DataFrame:
     truth = data.targets.loc[ids, list(TARGETS)].to_numpy()
     frames = []
     for j, target in enumerate(TARGETS):
@@ -163,6 +163,7 @@ def _fold_rows(fold, ids, data, name, pred) -> pd.DataFrame:
                     "target": target,
                     "y_true": truth[:, j],
                     "y_pred": pred[:, j],
+                    "repeat": repeat,
                 }
             )
         )
@@ -183,6 +184,7 @@ def run_protocol(
     with_student: bool = True,
     progress: bool = False,
     description: str = "model fits",
+    repeat: int = 0,
 ) -> dict:
     """Fit every model on every split's training patients and predict its test patients.
 
@@ -192,8 +194,12 @@ def run_protocol(
     the split's training patients, over the same inner folds for every model, and is fitted
     as soon as that is scored; the others use ``settings`` with the grid's one point. Returns
     the prediction rows, the chosen settings and selection scores per fold and model, and each
-    fit's seconds."""
+    fit's seconds. ``repeat`` (of a repeated CV) labels the rows; a repeat r ≥ 1 keeps its
+    checkpoints under ``repeat<r>/fold<k>/`` of ``checkpoint_root``."""
     from ..models import study_name
+
+    if checkpoint_root is not None and repeat:
+        checkpoint_root = checkpoint_root / f"repeat{repeat}"
 
     points = {name: model_grid(name, grid) for name in models}
     by_fold = {fold: (list(train), list(test)) for fold, train, test in splits}
@@ -244,7 +250,7 @@ def run_protocol(
             result = results[("fit", fold, name)]
             seconds[str(fold)][name] = result.seconds
             for out_name, pred in result.predictions.items():
-                rows.append(_fold_rows(fold, test, data, study_name(out_name), pred))
+                rows.append(_fold_rows(fold, test, data, study_name(out_name), pred, repeat))
     return {
         "rows": pd.concat(rows, ignore_index=True),
         "selected": {
@@ -294,6 +300,23 @@ def compute_metrics(predictions: pd.DataFrame) -> dict:
     return out
 
 
+def repeat_metrics(predictions: pd.DataFrame) -> dict:
+    """Per model, the macro-r of each repeat of a repeated CV (pooled out-of-fold predictions
+    of that repeat's folds), their mean and SD (ddof = 1; 0 for one repeat)."""
+    out = {}
+    for model, frame in predictions.groupby("model", sort=True):
+        values = [
+            compute_metrics(part)[model]["macro_r"]
+            for _, part in frame.groupby("repeat", sort=True)
+        ]
+        out[model] = {
+            "macro_r": values,
+            "macro_r_mean": round(float(np.mean(values)), 4),
+            "macro_r_sd": round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0,
+        }
+    return out
+
+
 def default_models() -> list[str]:
     """Every registered model except the student (trained inside the gated-fusion fit)."""
     from ..models import list_models
@@ -315,6 +338,23 @@ def _check_models(models) -> list[str]:
     return models
 
 
+def _permuted(data: StudyData, seed: int) -> StudyData:
+    """``data`` with its targets shuffled across patients (the negative control)."""
+    rng = np.random.default_rng(seed + 12345)
+    shuffled = data.targets.iloc[rng.permutation(len(data.patients))].to_numpy()
+    targets = pd.DataFrame(shuffled, index=data.patients, columns=data.targets.columns)
+    return StudyData(**{**data.__dict__, "targets": targets})
+
+
+def repeat_folds(data: StudyData, folds: int, seed: int, repeats: int) -> pd.DataFrame:
+    """The outer folds of each repeat (columns ``0..repeats−1``, index patient_id): repeat r
+    deals the site-stratified folds with the seed ``seed + r``, so repeat 0 is the single CV's
+    assignment and every repeat partitions the patients differently."""
+    return pd.DataFrame(
+        {r: assign_folds(data.patients, data.sites, folds, seed + r) for r in range(repeats)}
+    )
+
+
 def run_cv(
     data: StudyData,
     out_dir: Path | str,
@@ -329,62 +369,62 @@ def run_cv(
     permute_targets: bool = False,
     checkpoints: bool = True,
     progress: bool = False,
+    repeats: int = 1,
 ) -> dict:
-    """K-fold CV of ``models`` on ``data``; writes the run files into ``out_dir``.
+    """K-fold CV of ``models`` on ``data``, ``repeats`` times with different fold assignments
+    (:func:`repeat_folds`; the training seed stays ``settings.seed``, so the repeats differ by
+    the partition alone); writes the run files into ``out_dir``.
 
-    ``permute_targets`` shuffles the targets across patients first (a negative control: every
-    model's r should then be ≈ 0)."""
+    ``predictions.parquet`` holds every repeat (column ``repeat``); ``folds.csv`` has repeat
+    0's folds in ``fold`` and repeat r's in ``fold_repeat<r>``; ``metrics.json``'s ``models``
+    are repeat 0's (the run whose fold models form the bundle) and ``repeats`` each model's
+    macro-r per repeat with mean and SD. ``permute_targets`` shuffles the targets across
+    patients first (a negative control: every model's r should then be ≈ 0)."""
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer ≥ 1, got {repeats!r}")
     settings = settings or TrainSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = _check_models(models)
     started = time.perf_counter()
     if permute_targets:
-        rng = np.random.default_rng(settings.seed + 12345)
-        shuffled = data.targets.iloc[rng.permutation(len(data.patients))].to_numpy()
-        data = StudyData(
-            **{
-                **data.__dict__,
-                "targets": pd.DataFrame(
-                    shuffled, index=data.patients, columns=data.targets.columns
-                ),
-            }
-        )
-    fold_of = assign_folds(data.patients, data.sites, folds, settings.seed)
-    pd.DataFrame(
-        {"patient_id": data.patients, "site": data.sites, "fold": fold_of.to_numpy()}
-    ).to_csv(out / "folds.csv", index=False)
-    splits = [
-        (k, fold_of.index[fold_of != k].tolist(), fold_of.index[fold_of == k].tolist())
-        for k in range(folds)
-    ]
-    result = run_protocol(
-        data,
-        splits,
-        models,
-        settings,
-        grid,
-        inner_folds,
-        harmonise,
-        icc_threshold,
-        workers,
-        out / "checkpoints" if checkpoints else None,
-        progress=progress,
-        description="CV fits (shuffled targets)" if permute_targets else "CV fits",
-    )
-    predictions = result["rows"]
+        data = _permuted(data, settings.seed)
+    assignment = repeat_folds(data, folds, settings.seed, repeats)
+    table = pd.DataFrame({"patient_id": data.patients, "site": data.sites})
+    for r in range(repeats):
+        table["fold" if r == 0 else f"fold_repeat{r}"] = assignment[r].to_numpy()
+    table.to_csv(out / "folds.csv", index=False)
+    results = []
+    for r in range(repeats):
+        fold_of = assignment[r]
+        splits = [
+            (k, fold_of.index[fold_of != k].tolist(), fold_of.index[fold_of == k].tolist())
+            for k in range(folds)
+        ]
+        label = "CV fits (shuffled targets)" if permute_targets else "CV fits"
+        result = run_protocol(
+            data, splits, models, settings, grid, inner_folds, harmonise, icc_threshold,
+            workers, out / "checkpoints" if checkpoints else None, progress=progress,
+            description=label if repeats == 1 else f"{label}, repeat {r + 1}/{repeats}",
+            repeat=r,
+        )  # fmt: skip
+        results.append(result)
+    predictions = pd.concat([res["rows"] for res in results], ignore_index=True)
     predictions.to_parquet(out / "predictions.parquet", index=False)
-    selection = pd.DataFrame(result["selection"])
+    selection = pd.DataFrame(
+        [{"repeat": r, **row} for r, res in enumerate(results) for row in res["selection"]]
+    )
     if selection.empty:  # no model had two grid points: the header alone
-        selection = pd.DataFrame(columns=["fold", "model", "score"])
+        selection = pd.DataFrame(columns=["repeat", "fold", "model", "score"])
     selection.to_csv(out / "selection.csv", index=False)
     metrics = {
-        "models": compute_metrics(predictions),
+        "models": compute_metrics(predictions[predictions["repeat"] == 0]),
+        "repeats": {"n": repeats, "models": repeat_metrics(predictions)},
         "folds": folds,
         "inner_folds": inner_folds,
         "grid": grid or {},
-        "selected": result["selected"],
-        "fit_seconds": result["seconds"],
+        "selected": results[0]["selected"],
+        "fit_seconds": results[0]["seconds"],
         "permuted_targets": permute_targets,
         "seconds": round(time.perf_counter() - started, 1),
     }

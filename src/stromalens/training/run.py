@@ -107,7 +107,7 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     common = dict(harmonise=cfg.harmonise, icc_threshold=cfg.icc_threshold, progress=progress)
     n_workers = workers or cfg.workers
     cv = dict(models=cfg.models, folds=cfg.folds, inner_folds=cfg.inner_folds, workers=n_workers)
-    metrics = run_cv(data, train.root, settings, grid=cfg.grid, **cv, **common)
+    metrics = run_cv(data, train.root, settings, grid=cfg.grid, repeats=cfg.repeats, **cv, **common)
     if cfg.leave_site_out and len(set(data.sites)) > 1:
         run_leave_site_out(data, train.leave_site_out.root, settings, workers=n_workers, **common)
     if cfg.permuted_control:
