@@ -13,7 +13,8 @@ Stage II. Heteroscedastic multi-task regression of the z-scored targets, with mo
 
     L_II = Σ_j [ (1/2σ_j²) · MSE_j + log σ_j ]
 
-Stage III. Continues from stage II with CORAL over the sites of the fused features (Eq. 24) and
+Stage III. Continues from stage II with CORAL over the sites of the fused features (Eq. 24;
+over the whole training fold at every step, from a feature bank: models.FeatureBankCoral) and
 weight decay (AdamW; here every gradient stage uses the same decoupled weight decay, because
 with ~100 patients an unregularised stage II or baseline overfits its training fold; it acts on
 the layers' weight matrices only, never on log σ_j, biases, norms or prompt vectors:
@@ -226,7 +227,7 @@ def train_stage(
     III with λ_coral = 0), ``"distill"`` or ``"baseline"``. Returns the loss history."""
     import torch
 
-    from ..models import calibration_loss, coral_loss, distillation_loss, heteroscedastic_loss
+    from ..models import calibration_loss, distillation_loss, heteroscedastic_loss
     from ..models.registry import model_info
 
     epochs = {
@@ -263,6 +264,7 @@ def train_stage(
         sigma = log_sigma if stage != "distill" else None
         optimiser = make_optimiser(model, settings, sigma)
 
+    coral = _coral_bank(model, arrays) if stage == "III" and settings.lambda_coral > 0 else None
     history = []
     n = len(arrays)
     for _epoch in range(epochs[stage]):
@@ -280,8 +282,8 @@ def train_stage(
                 loss = distillation_loss(out.pred, teacher[idx])
             else:
                 loss = heteroscedastic_loss(out.pred, y[idx], log_sigma) + out.aux_loss
-                if stage == "III" and settings.lambda_coral > 0 and out.fused is not None:
-                    loss = loss + settings.lambda_coral * coral_loss(out.fused, batch.site)
+                if coral is not None and out.fused is not None:
+                    loss = loss + settings.lambda_coral * coral.loss(out.fused, idx)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -289,6 +291,22 @@ def train_stage(
         history.append(total / n)
     model.eval()
     return {"stage": stage, "epochs": epochs[stage], "loss": [round(v, 5) for v in history]}
+
+
+def _coral_bank(model, arrays: FoldArrays):
+    """The CORAL feature bank of stage III: every training patient's fused features from an
+    eval-mode pass (no dropout) of the stage-II weights, and their sites; ``None`` for a
+    model without fused features."""
+    import torch
+
+    from ..models import FeatureBankCoral
+
+    model.eval()
+    with torch.no_grad():
+        fused = [model(make_batch(arrays, idx)).fused for idx in _chunks(len(arrays), 64)]
+    if any(f is None for f in fused):
+        return None
+    return FeatureBankCoral(torch.cat(fused), torch.from_numpy(arrays.site))
 
 
 def _chunks(n: int, size: int, order=None):
