@@ -228,7 +228,18 @@ class TrainingConfig(_Strict):
     models: tuple[str, ...] | None = Field(None, description="registered models; default: all")
     folds: int = Field(5, ge=2)
     inner_folds: int = Field(3, ge=2)
-    grid: dict[str, list] = Field(default_factory=dict, description="nested-selection grid")
+    repeats: int = Field(
+        1,
+        ge=1,
+        description="outer CVs with different fold assignments (seeds seed … seed+repeats−1); "
+        "predictions carry a `repeat` column (configs/study.yaml: 3)",
+    )
+    grid: dict[str, list] = Field(
+        default_factory=dict,
+        description="nested-selection grid {setting: [values]}: every model is selected over "
+        "the cartesian product of the keys its fit reads (training.cv.model_grid), on the same "
+        "inner folds; a model reading no key with two values is fitted at the base settings",
+    )
     harmonise: bool = True
     icc_threshold: float | None = Field(0.75, ge=0, le=1)
     max_tiles: int | None = Field(2048, ge=1, description="tiles kept per slide when loading")
@@ -248,6 +259,13 @@ class TrainingConfig(_Strict):
                 raise ValueError(
                     f"grid key {key!r} is not a training setting; settings: " + ", ".join(known)
                 )
+            if key in ("rad_components", "rad_reduction"):
+                # the inner folds' preprocessing is fitted once, before the grid is searched
+                raise ValueError(
+                    f"grid key {key!r} is a preprocessing setting: set it in training.settings"
+                )
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid values of {key!r} must be a non-empty list, got {values!r}")
             for item in values:
                 try:
                     TrainSettings.model_validate({key: item})

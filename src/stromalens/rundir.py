@@ -341,12 +341,16 @@ class RunFiles:
 
     @property
     def predictions(self):
-        """Out-of-fold predictions (patient_id, fold, model, target, y_true, y_pred) or None."""
+        """Out-of-fold predictions (patient_id, fold, model, target, y_true, y_pred) or None:
+        one row per patient, model and target, of repeat 0 of a repeated CV (the folds of
+        ``folds.csv`` and of the bundle's fold models; the file holds every repeat)."""
 
         def read(path):
             import pandas as pd
 
             frame = pd.read_parquet(path)
+            if "repeat" in frame.columns:
+                frame = frame[frame["repeat"] == 0].reset_index(drop=True)
             return frame.assign(patient_id=frame["patient_id"].astype(str))
 
         return self._load(PREDICTIONS, self.layout.predictions, read)

@@ -218,6 +218,48 @@ def test_coral_loss_is_zero_for_identical_sites_and_grows_with_shift():
         coral_loss(x, torch.zeros(3).long())
 
 
+def _coral_numpy(x, sites):
+    """The closed form, Σ_d ‖μ_d − μ‖² + ‖Σ_d − Σ‖_F², with numpy's population covariance
+    (``np.cov(x.T, bias=True)``) over all rows of x."""
+    import numpy as np
+
+    mu, cov = x.mean(0), np.cov(x.T, bias=True)
+    return sum(
+        ((x[sites == d].mean(0) - mu) ** 2).sum()
+        + ((np.cov(x[sites == d].T, bias=True) - cov) ** 2).sum()
+        for d in np.unique(sites)
+    )
+
+
+def test_coral_over_the_feature_bank_is_the_full_data_coral_with_the_batch_gradient():
+    """The bank holds every patient: its loss equals the closed-form CORAL of the full data
+    (numpy), and the gradient reaches exactly the batch rows, with the values the full-data
+    CORAL's gradient has there. Rows seen later in the epoch replace their bank entries."""
+    from stromalens.models import FeatureBankCoral
+
+    g = torch.Generator().manual_seed(3)
+    full = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    full[:10] += 1.0  # site 0 shifted
+    sites = torch.arange(30) % 3
+    bank = FeatureBankCoral(full, sites)
+    index = torch.tensor([2, 7, 11, 19, 25])
+    batch = full[index].clone().requires_grad_(True)
+    loss = bank.loss(batch, index)
+    expected = _coral_numpy(full.numpy(), sites.numpy())
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    loss.backward()
+    reference = full.clone().requires_grad_(True)
+    coral_loss(reference, sites).backward()
+    torch.testing.assert_close(batch.grad, reference.grad[index])
+    # a later batch with moved features: the bank now holds them (detached)
+    moved = full[index] + 0.5
+    bank.loss(moved, index)
+    torch.testing.assert_close(bank.bank[index], moved)
+    assert not bank.bank.requires_grad
+    with pytest.raises(ValueError, match="sites"):
+        FeatureBankCoral(full, sites[:3])
+
+
 def test_monotone_calibrator_keeps_a_non_negative():
     cal = MonotoneCalibrator(2)
     with torch.no_grad():

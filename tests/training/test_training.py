@@ -186,6 +186,7 @@ def test_cv_writes_out_of_fold_predictions_for_every_model(tmp_path):
         "target",
         "y_true",
         "y_pred",
+        "repeat",
     ]
     # the run files carry the study's names (model registry): gated_fusion's fit gives three
     expected = {"fusion", "fusion_no_coral", "mri_student", "mean_pool", "mri"}

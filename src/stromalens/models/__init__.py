@@ -18,6 +18,7 @@ Example
 from . import baselines, clip_mil, fusion  # noqa: F401 - registers the models
 from .base import MILBatch, MILModel, MILOutput, ModelSpec
 from .losses import (
+    FeatureBankCoral,
     MonotoneCalibrator,
     calibration_loss,
     coral_loss,
@@ -42,6 +43,7 @@ __all__ = [
     "MILOutput",
     "ModelSpec",
     "MonotoneCalibrator",
+    "FeatureBankCoral",
     "coral_loss",
     "create_model",
     "distillation_loss",

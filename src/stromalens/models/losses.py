@@ -13,7 +13,12 @@ Stage III — CORAL alignment of the fused features h over the sites d (the stud
 
     L_III = L_II + λ_coral · Σ_d ( ‖μ_d − μ‖² + ‖Σ_d − Σ‖_F² )      (+ weight decay)
 
-with μ, Σ the mean and population (1/n) covariance of h over the batch, μ_d, Σ_d those of site d.
+with μ, Σ the mean and population (1/n) covariance of h, μ_d, Σ_d those of site d, computed over
+the whole training fold at every step (:class:`FeatureBankCoral`): the current minibatch's rows
+carry the gradient, every other patient enters with its latest (detached) features. A
+minibatch of 32 holds ~6 patients per site, whose 128 × 128 covariance has rank ≤ 5, so a
+per-batch CORAL aligns sampling noise; the bank aligns each site's full statistics, the
+domain-balanced quantity Eq. 24 names (each site weighted once whatever its size).
 
 Distillation — the MRI-only student S is trained on the teacher T's predictions (Eq. 26)::
 
@@ -82,6 +87,42 @@ def coral_loss(features: torch.Tensor, sites: torch.Tensor, min_count: int = 2) 
             + ((torch.cov(x.T, correction=0) - cov) ** 2).sum()
         )
     return total
+
+
+class FeatureBankCoral:
+    """CORAL over every training patient at every step, from a bank of their fused features.
+
+    ``features`` (P, F), the fused features of the fold's P training patients (e.g. from an
+    eval-mode pass before stage III), and their ``sites`` (P,) start the bank. ``loss(batch,
+    index)`` puts the batch's features (B, F), with their gradient, in rows ``index`` of the
+    bank, returns :func:`coral_loss` over all P rows and then stores the batch's rows
+    (detached). So the gradient reaches only the batch, while the statistics are those of the
+    whole fold: with the bank current, the value and the batch rows' gradient are those of
+    the closed-form CORAL on the full data (tests/models). Patients seen earlier in an epoch
+    enter with the features of the weights they were seen with (as in memory-bank methods,
+    Wu et al., CVPR 2018); each is refreshed once per epoch.
+
+    >>> bank = FeatureBankCoral(torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]))
+    >>> float(bank.loss(torch.ones(2, 2), torch.tensor([0, 1])))  # site 0 moved to (1, 1)
+    1.5
+    """
+
+    def __init__(self, features: torch.Tensor, sites: torch.Tensor, min_count: int = 2) -> None:
+        if features.ndim != 2 or sites.shape != features.shape[:1]:
+            raise ValueError(
+                f"features (P, F) and sites (P,) expected, got {tuple(features.shape)} and "
+                f"{tuple(sites.shape)}"
+            )
+        self.bank = features.detach().clone()  # (P, F)
+        self.sites = sites.clone()
+        self.min_count = min_count
+
+    def loss(self, features: torch.Tensor, index) -> torch.Tensor:
+        index = torch.as_tensor(index, dtype=torch.long)
+        full = self.bank.index_put((index,), features)  # out of place: grad flows to `features`
+        value = coral_loss(full, self.sites, self.min_count)
+        self.bank[index] = features.detach()
+        return value
 
 
 def distillation_loss(

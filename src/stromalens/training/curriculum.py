@@ -13,9 +13,12 @@ Stage II. Heteroscedastic multi-task regression of the z-scored targets, with mo
 
     L_II = Σ_j [ (1/2σ_j²) · MSE_j + log σ_j ]
 
-Stage III. Continues from stage II with CORAL over the sites of the fused features (Eq. 24) and
+Stage III. Continues from stage II with CORAL over the sites of the fused features (Eq. 24;
+over the whole training fold at every step, from a feature bank: models.FeatureBankCoral) and
 weight decay (AdamW; here every gradient stage uses the same decoupled weight decay, because
-with ~100 patients an unregularised stage II or baseline overfits its training fold):
+with ~100 patients an unregularised stage II or baseline overfits its training fold; it acts on
+the layers' weight matrices only, never on log σ_j, biases, norms or prompt vectors:
+:func:`decay_groups`):
 
     L_III = L_II + λ_coral · Σ_d (‖μ_d − μ‖² + ‖Σ_d − Σ‖_F²)
 
@@ -76,8 +79,14 @@ def _with(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def save_checkpoint(path: Path | str, model, config: dict, log_sigma=None) -> Path:
-    """``<path>.safetensors`` (weights; ``loss.log_sigma`` included) + ``<path>.json``, atomic."""
+def save_checkpoint(
+    path: Path | str, model, config: dict, log_sigma=None, history: dict | None = None
+) -> Path:
+    """``<path>.safetensors`` (weights; ``loss.log_sigma`` included) + ``<path>.json``, atomic.
+
+    The JSON's ``digest`` is that of ``config`` (what determined the fit; a rerun with the
+    same config reloads these weights); ``history`` (the losses) is recorded beside it and is
+    not part of the digest."""
     import torch
     from safetensors.torch import save_file
 
@@ -92,7 +101,7 @@ def save_checkpoint(path: Path | str, model, config: dict, log_sigma=None) -> Pa
     meta = {
         "model": model.model_name,
         "spec": model.spec.to_dict(),
-        "config": config,
+        "config": config | ({"history": history} if history is not None else {}),
         "digest": _digest(config),
         "torch": torch.__version__,
     }
@@ -143,6 +152,52 @@ def _cached(path: Path | None, config: dict):
 
 
 # ---------------------------------------------------------------------------- the loop
+def decay_groups(model, log_sigma=None) -> tuple[list, list]:
+    """The trainable parameters of ``model`` (its stage-I calibrator left out) split into
+    (decayed, not decayed), with ``log_sigma`` among the latter.
+
+    Decayed: the weight matrices of ``nn.Linear`` layers and of attention's input projection,
+    the parameters whose size is a capacity that shrinking regularises. Not decayed:
+    log σ_j (decay would pull every σ_j towards 1, i.e. towards equal task weights, which is
+    not a prior of Kendall et al.'s loss but a bias of it); biases and LayerNorm gains and
+    shifts (shrinking them changes the centring and the scale of a layer, not its capacity);
+    the prompt mixture's logits, the learnable prompt context and query vectors and the
+    class token (their norm means something in the CLIP embedding space or is a softmax's
+    temperature-free logit).
+    """
+    from torch import nn
+
+    calibrator = getattr(model, "calibrator", None)
+    skip = set(map(id, calibrator.parameters())) if calibrator is not None else set()
+    decayed = set()
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            decayed.add(id(module.weight))
+        elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            decayed.add(id(module.in_proj_weight))
+    params = [p for p in model.parameters() if id(p) not in skip and p.requires_grad]
+    decay = [p for p in params if id(p) in decayed]
+    rest = [p for p in params if id(p) not in decayed]
+    if log_sigma is not None:
+        rest.append(log_sigma)
+    return decay, rest
+
+
+def make_optimiser(model, settings: TrainSettings, log_sigma=None):
+    """AdamW (decoupled weight decay, Loshchilov & Hutter, ICLR 2019) over
+    :func:`decay_groups`: ``settings.weight_decay`` on the weight matrices, none on the rest.
+    Every gradient stage decays, not only stage III: with ~100 patients an unregularised
+    stage II or baseline overfits its training fold."""
+    import torch
+
+    decay, rest = decay_groups(model, log_sigma)
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr)
+
+
 def _modality_dropout(batch, q: float, rng: np.random.Generator):
     """For each patient with both modalities, with probability q zero one of them (chosen at
     random): the slide's mask or the radiomics flag."""
@@ -172,7 +227,7 @@ def train_stage(
     III with λ_coral = 0), ``"distill"`` or ``"baseline"``. Returns the loss history."""
     import torch
 
-    from ..models import calibration_loss, coral_loss, distillation_loss, heteroscedastic_loss
+    from ..models import calibration_loss, distillation_loss, heteroscedastic_loss
     from ..models.registry import model_info
 
     epochs = {
@@ -206,17 +261,10 @@ def train_stage(
         ]
         optimiser = torch.optim.Adam(groups)
     else:
-        calibrator = (
-            set(map(id, model.calibrator.parameters())) if hasattr(model, "calibrator") else set()
-        )
-        params = [p for p in model.parameters() if id(p) not in calibrator]
-        if log_sigma is not None and stage != "distill":
-            params.append(log_sigma)
-        # Decoupled weight decay (AdamW) in every gradient stage, not only stage III: with
-        # ~100 patients an unregularised stage II or baseline overfits its training fold.
-        decay = settings.weight_decay
-        optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=decay)
+        sigma = log_sigma if stage != "distill" else None
+        optimiser = make_optimiser(model, settings, sigma)
 
+    coral = _coral_bank(model, arrays) if stage == "III" and settings.lambda_coral > 0 else None
     history = []
     n = len(arrays)
     for _epoch in range(epochs[stage]):
@@ -234,8 +282,8 @@ def train_stage(
                 loss = distillation_loss(out.pred, teacher[idx])
             else:
                 loss = heteroscedastic_loss(out.pred, y[idx], log_sigma) + out.aux_loss
-                if stage == "III" and settings.lambda_coral > 0 and out.fused is not None:
-                    loss = loss + settings.lambda_coral * coral_loss(out.fused, batch.site)
+                if coral is not None and out.fused is not None:
+                    loss = loss + settings.lambda_coral * coral.loss(out.fused, idx)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -243,6 +291,22 @@ def train_stage(
         history.append(total / n)
     model.eval()
     return {"stage": stage, "epochs": epochs[stage], "loss": [round(v, 5) for v in history]}
+
+
+def _coral_bank(model, arrays: FoldArrays):
+    """The CORAL feature bank of stage III: every training patient's fused features from an
+    eval-mode pass (no dropout) of the stage-II weights, and their sites; ``None`` for a
+    model without fused features."""
+    import torch
+
+    from ..models import FeatureBankCoral
+
+    model.eval()
+    with torch.no_grad():
+        fused = [model(make_batch(arrays, idx)).fused for idx in _chunks(len(arrays), 64)]
+    if any(f is None for f in fused):
+        return None
+    return FeatureBankCoral(torch.cat(fused), torch.from_numpy(arrays.site))
 
 
 def _chunks(n: int, size: int, order=None):
@@ -266,6 +330,70 @@ def predict(model, arrays: FoldArrays, batch_size: int = 64) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- one model's fit
+#: Settings every fit reads (the stage-II-style optimisation and the layers' sizes).
+_COMMON = frozenset(
+    {"hidden", "dropout", "lr", "batch_size", "weight_decay", "seed", "rad_components"}
+    | {"rad_reduction"}
+)
+
+
+def settings_read(name: str) -> frozenset[str]:
+    """The :class:`TrainSettings` the fit of registered model ``name`` reads, so that the
+    nested selection multiplies only those (a setting a model ignores would refit the same
+    model at another grid point).
+
+    Every fit reads the sizes and the optimiser's settings; a model reading slides reads
+    ``max_tiles``; a text-guided one ``tau`` (its prompt attention's temperature); a fusion
+    model ``modality_dropout``; the curriculum (``gated_fusion``) its four stages' epochs,
+    ``lr_prompts`` and ``lambda_coral``; the CLIP-guided MIL stages I and II; the others
+    ``epochs_baseline``.
+
+    >>> sorted(settings_read("gated_fusion") - settings_read("mean_pool"))[:3]
+    ['epochs_distill', 'epochs_stage1', 'epochs_stage2']
+    """
+    from ..models import model_info
+
+    info = model_info(name)
+    used = set(_COMMON)
+    if "wsi" in info.modalities:
+        used.add("max_tiles")
+    if info.needs_prompts:
+        used.add("tau")
+    if len(info.modalities) == 2:
+        used.add("modality_dropout")
+    if name in ("gated_fusion", "student"):
+        used |= {"epochs_stage1", "epochs_stage2", "epochs_stage3", "epochs_distill"}
+        used |= {"lr_prompts", "lambda_coral"}
+    elif name.startswith("clip_mil"):
+        used |= {"epochs_stage1", "epochs_stage2", "lr_prompts"}
+    else:
+        used.add("epochs_baseline")
+    return frozenset(used)
+
+
+def fit_digest(name: str, arrays: FoldArrays, prompts, settings, spec, inputs=None) -> dict:
+    """The configuration a checkpoint of this fit is keyed by (its sha256 is the checkpoint's
+    ``digest``): the model, every setting, the spec, the sha256 of the training arrays (the
+    targets, the tile features and the harmonised, filtered radiomics as the fold's
+    preprocessor made them: :meth:`FoldArrays.digest`), the sha256 of the prompt embeddings
+    (text-guided models) and ``inputs``, the provenance of those arrays (encoder id, weights
+    sha256, prompt texts, ComBat and the ICC threshold). The arrays' digest alone determines
+    the fit; ``inputs`` makes a changed upstream choice visible in the checkpoint's JSON."""
+    prompt_digest = None
+    if prompts is not None:
+        values = np.ascontiguousarray(np.asarray(prompts, np.float32))
+        prompt_digest = hashlib.sha256(repr(values.shape).encode() + values.tobytes()).hexdigest()
+    return {
+        "model": name,
+        "settings": settings.to_dict(),
+        "spec": spec.to_dict(),
+        "patients": _digest({"ids": list(arrays.patients)}),
+        "arrays": arrays.digest(),
+        "prompts": prompt_digest,
+        "inputs": dict(inputs or {}),
+    }
+
+
 def fit_model(
     name: str,
     arrays: FoldArrays,
@@ -276,13 +404,19 @@ def fit_model(
     checkpoint_dir: Path | str | None = None,
     with_student: bool = True,
     with_plain: bool = True,
+    inputs: dict | None = None,
 ) -> dict:
     """Fit registered model ``name`` on a fold's training ``arrays``; returns ``{output name:
     model}``. ``gated_fusion`` runs the whole curriculum and returns ``gated_fusion`` (stage III,
     λ_coral = 0), ``gated_fusion_coral`` (stage III with CORAL) and ``student``
     (``with_plain=False`` / ``with_student=False`` skip the first or the last: the nested
     selection scores ``gated_fusion_coral`` alone); CLIP-guided MIL models run stages I and II;
-    the others are trained with the stage-II loss."""
+    the others are trained with the stage-II loss.
+
+    A stage's checkpoint under ``checkpoint_dir`` is reused only if its digest matches
+    (:func:`fit_digest`): the model, settings and spec, the training arrays, the prompt
+    embeddings and ``inputs`` (what produced the arrays: encoder, weights, prompt texts,
+    preprocessing settings)."""
     import torch
 
     from ..models import create_model, model_info
@@ -290,12 +424,9 @@ def fit_model(
     info = model_info(name)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     spec = model_spec(arrays, tile_dim, settings, n_sites)
-    base_config = {
-        "model": name,
-        "settings": settings.to_dict(),
-        "spec": spec.to_dict(),
-        "patients": _digest({"ids": list(arrays.patients)}),
-    }
+    base_config = fit_digest(
+        name, arrays, prompts if info.needs_prompts else None, settings, spec, inputs
+    )
     started = time.perf_counter()
 
     def run(model, stage: str, ckname: str, log_sigma=None, teacher=None, parent=None):
@@ -310,7 +441,7 @@ def fit_model(
             return loaded, config
         history = train_stage(model, arrays, stage, settings, log_sigma, teacher)
         if path is not None:
-            save_checkpoint(path, model, config | {"history": history}, log_sigma)
+            save_checkpoint(path, model, config, log_sigma, history)
         return model, config
 
     torch.manual_seed(settings.seed)

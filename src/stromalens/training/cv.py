@@ -5,25 +5,28 @@ Protocol, per outer fold k (``run_cv``):
 
 1. ``FoldPreprocessor.fit`` on the outer-training patients only (ICC filter, ComBat, radiomics
    standardisation, target z-scoring and min–max scaling); the held-out fold is only transformed.
-2. Nested selection for the study model (``gated_fusion``): every point of the grid (the
-   cartesian product of ``grid``, e.g. τ × q × λ_coral × weight decay × hidden size) is scored by
-   the macro-r (mean over targets of Pearson's r of the pooled inner out-of-fold predictions)
-   over ``inner_folds`` site-stratified folds of the outer-training patients, each inner fold
-   re-fitting its own preprocessor on its inner-training patients. The best point trains the
-   outer model. Baselines use the base settings (no selection; same folds, same preprocessing).
+2. Nested selection for every model, with the same budget rule for all: every point of the
+   model's grid (the cartesian product over the keys of ``grid`` that the model's fit reads,
+   e.g. τ × q × λ_coral × weight decay for the gated fusion, weight decay alone for mean
+   pooling: :func:`model_grid`) is scored by the macro-r (mean over targets of Pearson's r of
+   the pooled inner out-of-fold predictions) over the same ``inner_folds`` site-stratified
+   folds of the outer-training patients, each inner fold re-fitting its own preprocessor on
+   its inner-training patients. The best point trains the outer model. A model whose grid
+   has one point (no key it reads has two values) is fitted with it directly.
 3. Every model is trained on the outer-training patients and predicts the held-out patients;
    predictions are returned to target units with the training fold's scaler.
 
 Every fit (a model on an outer fold, or a grid point on an inner fold) is one task of
-:mod:`.schedule`'s worker pool, so the cores stay busy whatever the number of folds; a fold's
-gated-fusion fit starts once its selection is scored. The results do not depend on the
-number of workers or the order in which the tasks ran (each fit seeds itself).
+:mod:`.schedule`'s worker pool, so the cores stay busy whatever the number of folds; a
+model's fit on a fold starts once its selection there is scored. The results do not depend on
+the number of workers or the order in which the tasks ran (each fit seeds itself).
 
 Outputs: ``folds.csv`` (patient_id, site, fold), ``predictions.parquet`` (patient_id, fold,
 model, target, y_true, y_pred; ``model`` is the study's name of each trained model, from the
 registry: ``fusion``, ``fusion_no_coral``, ``wsi_clip``, ``mri``, ``mri_student``, the baselines
 by their registered names), ``metrics.json`` (per model and target r, RMSE, MAE; macro-r;
-the selected settings per fold), ``selection.csv`` (inner scores), checkpoints under
+the selected settings per fold and model), ``selection.csv`` (fold, model, grid point, inner
+score), checkpoints under
 ``checkpoints/fold<k>/``. ``run_leave_site_out`` trains on all sites but one and tests on it,
 with and without CORAL, into ``leave_site_out/``.
 """
@@ -90,39 +93,64 @@ def _macro_r(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([pearson(y[:, j], pred[:, j]) for j in range(y.shape[1])]))
 
 
-def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, points, inner_folds):
-    """The nested selection's fits for outer fold ``fold``: every grid point on every inner
-    fold of ``train_ids`` (site-stratified), each scored on its inner-held-out patients."""
+#: The fit output a model's nested selection scores (its own output unless named here): the
+#: curriculum's is the study model, stage III with CORAL.
+SCORED_OUTPUT = {"gated_fusion": "gated_fusion_coral"}
+
+
+def model_grid(name: str, grid: dict | None) -> list[dict]:
+    """The grid points of model ``name``: the cartesian product over the keys of ``grid`` the
+    model's fit reads (:func:`~stromalens.training.curriculum.settings_read`). A key it does
+    not read is not multiplied (it would refit the same model), so e.g. ``lambda_coral``
+    gives gated fusion its points and leaves ``mean_pool`` with one."""
+    from .curriculum import settings_read
+
+    parameter_grid(grid)  # validates the whole grid, keys the model ignores included
+    used = settings_read(name)
+    return parameter_grid({k: v for k, v in (grid or {}).items() if k in used})
+
+
+def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, name, points, inner):
+    """The nested selection's fits of model ``name`` for outer fold ``fold``: every grid point
+    on every inner fold of ``train_ids`` (site-stratified; the same inner folds for every
+    model), each scored on its inner-held-out patients."""
     train_ids = list(train_ids)
-    folds = assign_folds(train_ids, data.site_of().loc[train_ids], inner_folds, base.seed + 1)
+    folds = assign_folds(train_ids, data.site_of().loc[train_ids], inner, base.seed + 1)
     return [
         FitTask(
-            key=("select", fold, p, f),
-            model="gated_fusion",
+            key=("select", fold, name, p, f),
+            model=name,
             train_ids=tuple(folds.index[folds != f]),
             test_ids=tuple(folds.index[folds == f]),
             settings=base.with_(**point),
             with_student=False,
             with_plain=False,  # the selection scores gated_fusion_coral only
-            priority=1,  # they unblock the fold's gated-fusion fit
+            priority=1,  # they unblock the fold's fit of the model
         )
         for p, point in enumerate(points)
-        for f in range(inner_folds)
+        for f in range(inner)
     ]
 
 
-def _selection_scores(results: dict, fold, points, inner_folds) -> list[dict]:
+def _selection_scores(results: dict, fold, name, points, inner_folds) -> list[dict]:
     """Macro-r of each grid point's pooled inner out-of-fold predictions (z-scored units)."""
     scores = []
+    scored = SCORED_OUTPUT.get(name, name)
     for p, point in enumerate(points):
-        parts = [results[("select", fold, p, f)] for f in range(inner_folds)]
+        parts = [results[("select", fold, name, p, f)] for f in range(inner_folds)]
         y = np.concatenate([r.y_z for r in parts])
-        pred = np.concatenate([r.predictions_z["gated_fusion_coral"] for r in parts])
+        pred = np.concatenate([r.predictions_z[scored] for r in parts])
         scores.append({"point": point, "score": round(_macro_r(y, pred), 4)})
     return scores
 
 
-def _fold_rows(fold, ids, data, name, pred) -> pd.DataFrame:
+def _best(scores: list[dict]) -> int:
+    """The index of the best score; an undefined one (a constant prediction) ranks last and
+    ties go to the first point (the grid's order), so the choice is deterministic."""
+    return max(range(len(scores)), key=lambda i: np.nan_to_num(scores[i]["score"], nan=-np.inf))
+
+
+def _fold_rows(fold, ids, data, name, pred, repeat: int = 0) -> pd.DataFrame:
     truth = data.targets.loc[ids, list(TARGETS)].to_numpy()
     frames = []
     for j, target in enumerate(TARGETS):
@@ -135,6 +163,7 @@ def _fold_rows(fold, ids, data, name, pred) -> pd.DataFrame:
                     "target": target,
                     "y_true": truth[:, j],
                     "y_pred": pred[:, j],
+                    "repeat": repeat,
                 }
             )
         )
@@ -155,62 +184,64 @@ def run_protocol(
     with_student: bool = True,
     progress: bool = False,
     description: str = "model fits",
+    repeat: int = 0,
 ) -> dict:
     """Fit every model on every split's training patients and predict its test patients.
 
     ``splits`` are ``(fold, train_ids, test_ids)``. Each model's fit on each split is one task
-    (:mod:`.schedule`); ``gated_fusion`` first has its settings chosen by the nested selection
-    on the split's training patients (when ``grid`` has more than one point), and is fitted as
-    soon as that is scored. Baselines use ``settings``. Returns the prediction rows, the chosen
-    settings and selection scores per fold, and each fit's seconds."""
+    (:mod:`.schedule`). Every model whose grid (:func:`model_grid`: the keys of ``grid`` it
+    reads) has more than one point first has its settings chosen by the nested selection on
+    the split's training patients, over the same inner folds for every model, and is fitted
+    as soon as that is scored; the others use ``settings`` with the grid's one point. Returns
+    the prediction rows, the chosen settings and selection scores per fold and model, and each
+    fit's seconds. ``repeat`` (of a repeated CV) labels the rows; a repeat r ≥ 1 keeps its
+    checkpoints under ``repeat<r>/fold<k>/`` of ``checkpoint_root``."""
     from ..models import study_name
 
-    points = parameter_grid(grid)
-    select = "gated_fusion" in models and len(points) > 1
-    by_fold = {fold: (list(train), list(test)) for fold, train, test in splits}
-    chosen = {fold: settings.with_(**points[0]) for fold in by_fold}
-    scores = {fold: [{"point": points[0], "score": None}] for fold in by_fold}
+    if checkpoint_root is not None and repeat:
+        checkpoint_root = checkpoint_root / f"repeat{repeat}"
 
-    def fit_task(fold, name: str, fit_settings: TrainSettings, priority: float = 0.0):
+    points = {name: model_grid(name, grid) for name in models}
+    by_fold = {fold: (list(train), list(test)) for fold, train, test in splits}
+    chosen = {(f, m): settings.with_(**points[m][0]) for f in by_fold for m in models}
+    scores = {(f, m): [{"point": points[m][0], "score": None}] for f in by_fold for m in models}
+
+    def fit_task(fold, name: str, priority: float = 0.0):
         train, test = by_fold[fold]
         return FitTask(
             key=("fit", fold, name),
             model=name,
             train_ids=tuple(train),
             test_ids=tuple(test),
-            settings=fit_settings,
+            settings=chosen[(fold, name)],
             checkpoint_dir=checkpoint_root / f"fold{fold}" if checkpoint_root else None,
             with_student=with_student,
             priority=priority,
         )
 
-    tasks = []
+    tasks, pending = [], {}
     for fold, (train, _) in by_fold.items():
         for name in models:
-            if name == "gated_fusion" and select:
-                tasks += _selection_tasks(data, fold, train, settings, points, inner_folds)
+            if len(points[name]) > 1:
+                tasks += _selection_tasks(
+                    data, fold, train, settings, name, points[name], inner_folds
+                )
+                pending[(fold, name)] = len(points[name]) * inner_folds
             else:
-                own = chosen[fold] if name == "gated_fusion" else settings
-                tasks.append(fit_task(fold, name, own))
-
-    pending = {fold: len(points) * inner_folds for fold in by_fold}
+                tasks.append(fit_task(fold, name))
     results: dict = {}
 
     def on_result(result) -> list[FitTask]:
         results[result.key] = result
         if result.key[0] != "select":
             return []
-        fold = result.key[1]
-        pending[fold] -= 1
-        if pending[fold]:
+        fold, name = result.key[1], result.key[2]
+        pending[(fold, name)] -= 1
+        if pending[(fold, name)]:
             return []
-        scores[fold] = _selection_scores(results, fold, points, inner_folds)
-        # an undefined score (a constant prediction) ranks last
-        best = max(
-            range(len(points)), key=lambda i: np.nan_to_num(scores[fold][i]["score"], nan=-np.inf)
-        )
-        chosen[fold] = settings.with_(**points[best])
-        return [fit_task(fold, "gated_fusion", chosen[fold], priority=2)]
+        scores[(fold, name)] = _selection_scores(results, fold, name, points[name], inner_folds)
+        chosen[(fold, name)] = settings.with_(**points[name][_best(scores[(fold, name)])])
+        return [fit_task(fold, name, priority=2)]
 
     run_tasks(tasks, data, workers, harmonise, icc_threshold, on_result, progress, description)
     rows, seconds = [], {str(fold): {} for fold in by_fold}
@@ -219,14 +250,18 @@ def run_protocol(
             result = results[("fit", fold, name)]
             seconds[str(fold)][name] = result.seconds
             for out_name, pred in result.predictions.items():
-                rows.append(_fold_rows(fold, test, data, study_name(out_name), pred))
+                rows.append(_fold_rows(fold, test, data, study_name(out_name), pred, repeat))
     return {
         "rows": pd.concat(rows, ignore_index=True),
-        "selected": {str(fold): chosen[fold].to_dict() for fold in by_fold},
+        "selected": {
+            str(fold): {name: chosen[(fold, name)].to_dict() for name in models} for fold in by_fold
+        },
         "selection": [
-            {"fold": fold, **s["point"], "score": s["score"]}
+            {"fold": fold, "model": name, **s["point"], "score": s["score"]}
             for fold in by_fold
-            for s in scores[fold]
+            for name in models
+            if len(points[name]) > 1
+            for s in scores[(fold, name)]
         ],
         "seconds": seconds,
     }
@@ -265,6 +300,23 @@ def compute_metrics(predictions: pd.DataFrame) -> dict:
     return out
 
 
+def repeat_metrics(predictions: pd.DataFrame) -> dict:
+    """Per model, the macro-r of each repeat of a repeated CV (pooled out-of-fold predictions
+    of that repeat's folds), their mean and SD (ddof = 1; 0 for one repeat)."""
+    out = {}
+    for model, frame in predictions.groupby("model", sort=True):
+        values = [
+            compute_metrics(part)[model]["macro_r"]
+            for _, part in frame.groupby("repeat", sort=True)
+        ]
+        out[model] = {
+            "macro_r": values,
+            "macro_r_mean": round(float(np.mean(values)), 4),
+            "macro_r_sd": round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0,
+        }
+    return out
+
+
 def default_models() -> list[str]:
     """Every registered model except the student (trained inside the gated-fusion fit)."""
     from ..models import list_models
@@ -286,6 +338,23 @@ def _check_models(models) -> list[str]:
     return models
 
 
+def _permuted(data: StudyData, seed: int) -> StudyData:
+    """``data`` with its targets shuffled across patients (the negative control)."""
+    rng = np.random.default_rng(seed + 12345)
+    shuffled = data.targets.iloc[rng.permutation(len(data.patients))].to_numpy()
+    targets = pd.DataFrame(shuffled, index=data.patients, columns=data.targets.columns)
+    return StudyData(**{**data.__dict__, "targets": targets})
+
+
+def repeat_folds(data: StudyData, folds: int, seed: int, repeats: int) -> pd.DataFrame:
+    """The outer folds of each repeat (columns ``0..repeats−1``, index patient_id): repeat r
+    deals the site-stratified folds with the seed ``seed + r``, so repeat 0 is the single CV's
+    assignment and every repeat partitions the patients differently."""
+    return pd.DataFrame(
+        {r: assign_folds(data.patients, data.sites, folds, seed + r) for r in range(repeats)}
+    )
+
+
 def run_cv(
     data: StudyData,
     out_dir: Path | str,
@@ -300,59 +369,62 @@ def run_cv(
     permute_targets: bool = False,
     checkpoints: bool = True,
     progress: bool = False,
+    repeats: int = 1,
 ) -> dict:
-    """K-fold CV of ``models`` on ``data``; writes the run files into ``out_dir``.
+    """K-fold CV of ``models`` on ``data``, ``repeats`` times with different fold assignments
+    (:func:`repeat_folds`; the training seed stays ``settings.seed``, so the repeats differ by
+    the partition alone); writes the run files into ``out_dir``.
 
-    ``permute_targets`` shuffles the targets across patients first (a negative control: every
-    model's r should then be ≈ 0)."""
+    ``predictions.parquet`` holds every repeat (column ``repeat``); ``folds.csv`` has repeat
+    0's folds in ``fold`` and repeat r's in ``fold_repeat<r>``; ``metrics.json``'s ``models``
+    are repeat 0's (the run whose fold models form the bundle) and ``repeats`` each model's
+    macro-r per repeat with mean and SD. ``permute_targets`` shuffles the targets across
+    patients first (a negative control: every model's r should then be ≈ 0)."""
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer ≥ 1, got {repeats!r}")
     settings = settings or TrainSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = _check_models(models)
     started = time.perf_counter()
     if permute_targets:
-        rng = np.random.default_rng(settings.seed + 12345)
-        shuffled = data.targets.iloc[rng.permutation(len(data.patients))].to_numpy()
-        data = StudyData(
-            **{
-                **data.__dict__,
-                "targets": pd.DataFrame(
-                    shuffled, index=data.patients, columns=data.targets.columns
-                ),
-            }
-        )
-    fold_of = assign_folds(data.patients, data.sites, folds, settings.seed)
-    pd.DataFrame(
-        {"patient_id": data.patients, "site": data.sites, "fold": fold_of.to_numpy()}
-    ).to_csv(out / "folds.csv", index=False)
-    splits = [
-        (k, fold_of.index[fold_of != k].tolist(), fold_of.index[fold_of == k].tolist())
-        for k in range(folds)
-    ]
-    result = run_protocol(
-        data,
-        splits,
-        models,
-        settings,
-        grid,
-        inner_folds,
-        harmonise,
-        icc_threshold,
-        workers,
-        out / "checkpoints" if checkpoints else None,
-        progress=progress,
-        description="CV fits (shuffled targets)" if permute_targets else "CV fits",
-    )
-    predictions = result["rows"]
+        data = _permuted(data, settings.seed)
+    assignment = repeat_folds(data, folds, settings.seed, repeats)
+    table = pd.DataFrame({"patient_id": data.patients, "site": data.sites})
+    for r in range(repeats):
+        table["fold" if r == 0 else f"fold_repeat{r}"] = assignment[r].to_numpy()
+    table.to_csv(out / "folds.csv", index=False)
+    results = []
+    for r in range(repeats):
+        fold_of = assignment[r]
+        splits = [
+            (k, fold_of.index[fold_of != k].tolist(), fold_of.index[fold_of == k].tolist())
+            for k in range(folds)
+        ]
+        label = "CV fits (shuffled targets)" if permute_targets else "CV fits"
+        result = run_protocol(
+            data, splits, models, settings, grid, inner_folds, harmonise, icc_threshold,
+            workers, out / "checkpoints" if checkpoints else None, progress=progress,
+            description=label if repeats == 1 else f"{label}, repeat {r + 1}/{repeats}",
+            repeat=r,
+        )  # fmt: skip
+        results.append(result)
+    predictions = pd.concat([res["rows"] for res in results], ignore_index=True)
     predictions.to_parquet(out / "predictions.parquet", index=False)
-    pd.DataFrame(result["selection"]).to_csv(out / "selection.csv", index=False)
+    selection = pd.DataFrame(
+        [{"repeat": r, **row} for r, res in enumerate(results) for row in res["selection"]]
+    )
+    if selection.empty:  # no model had two grid points: the header alone
+        selection = pd.DataFrame(columns=["repeat", "fold", "model", "score"])
+    selection.to_csv(out / "selection.csv", index=False)
     metrics = {
-        "models": compute_metrics(predictions),
+        "models": compute_metrics(predictions[predictions["repeat"] == 0]),
+        "repeats": {"n": repeats, "models": repeat_metrics(predictions)},
         "folds": folds,
         "inner_folds": inner_folds,
         "grid": grid or {},
-        "selected": result["selected"],
-        "fit_seconds": result["seconds"],
+        "selected": results[0]["selected"],
+        "fit_seconds": results[0]["seconds"],
         "permuted_targets": permute_targets,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -15,6 +15,7 @@ Stage I targets are min–max scaled on the training fold, ỹ = (y − min) / (
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,9 +285,29 @@ class FoldArrays:
     y: np.ndarray  # (P, J) z-scored targets, NaN unknown
     y01: np.ndarray  # (P, J) min–max scaled targets, NaN unknown
     tile_dim: int | None = None  # D of the tile embeddings, known even when no bag is here
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.patients)
+
+    def digest(self) -> str:
+        """sha256 of everything a fit reads from these arrays: the patient ids, every bag's
+        tiles, the radiomics, their presence flags, the site codes and both target scalings
+        (computed once; the arrays are not changed after the preprocessor made them)."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            h.update("\x1f".join(map(str, self.patients)).encode())
+            for bag in self.bags:
+                # the shape first, so bags that split differently never hash alike
+                h.update(b"-" if bag is None else repr(bag.shape).encode())
+                if bag is not None:
+                    h.update(np.ascontiguousarray(bag).tobytes())
+            for part in (self.rad, self.has_rad, self.site, self.y, self.y01):
+                part = np.ascontiguousarray(part)
+                h.update(f"{part.dtype}{part.shape}".encode())
+                h.update(part.tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
 
 
 class FoldPreprocessor:

@@ -99,11 +99,22 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
         max_tiles=cfg.max_tiles,
         seed=settings.seed,
     )
+    contract = _feature_contract(cfg.features, data.patients, _slide_ids(study.cohort.manifest))
+    prompt_text = _prompt_text(cfg.prompts)
+    # what produced the arrays, recorded in every checkpoint's digest (fit_digest): a rerun
+    # into this folder after changing one of them refits instead of reloading old weights
+    data.meta["inputs"] = {
+        "encoder": cfg.encoder,
+        "encoder_weights": None if cfg.encoder_weights is None else str(cfg.encoder_weights),
+        "features": {"encoder": contract.encoder, "weights_sha256": contract.weights_sha256},
+        "prompt_text": prompt_text,
+        "max_tiles_loaded": cfg.max_tiles,
+    }
     _write_run_files(train, study, settings, data)
     common = dict(harmonise=cfg.harmonise, icc_threshold=cfg.icc_threshold, progress=progress)
     n_workers = workers or cfg.workers
     cv = dict(models=cfg.models, folds=cfg.folds, inner_folds=cfg.inner_folds, workers=n_workers)
-    metrics = run_cv(data, train.root, settings, grid=cfg.grid, **cv, **common)
+    metrics = run_cv(data, train.root, settings, grid=cfg.grid, repeats=cfg.repeats, **cv, **common)
     if cfg.leave_site_out and len(set(data.sites)) > 1:
         run_leave_site_out(data, train.leave_site_out.root, settings, workers=n_workers, **common)
     if cfg.permuted_control:
@@ -112,9 +123,9 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     write_bundle(
         train,
         sorted(metrics["models"]),
-        _feature_contract(cfg.features, data.patients, _slide_ids(study.cohort.manifest)),
+        contract,
         prompts,
-        _prompt_text(cfg.prompts),
+        prompt_text,
         max_tiles=cfg.max_tiles,
         seed=settings.seed,
     )

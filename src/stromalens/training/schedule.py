@@ -104,6 +104,19 @@ def _write_preprocessor(prep, checkpoint_dir: Path) -> None:
     os.replace(tmp, path)  # atomic: tasks of one fold may race to write the same content
 
 
+def _fit_inputs(data: StudyData, prep: FoldPreprocessor) -> dict:
+    """The provenance of a fold's arrays for the checkpoint digest: the study's own record
+    (``data.meta["inputs"]``: encoder, weights, prompt texts) and the preprocessing settings."""
+    return {
+        **data.meta.get("inputs", {}),
+        "harmonise": prep.harmonise,
+        "icc_threshold": prep.icc_threshold,
+        "min_present": prep.min_present,
+        "rad_components": prep.rad_components,
+        "rad_reduction": prep.rad_reduction,
+    }
+
+
 def execute(task: FitTask) -> TaskResult:
     """Run one task in this process (the worker's data must be set by :func:`_init_worker`)."""
     started = time.perf_counter()
@@ -120,6 +133,7 @@ def execute(task: FitTask) -> TaskResult:
         task.checkpoint_dir,
         with_student=task.with_student,
         with_plain=task.with_plain,
+        inputs=_fit_inputs(data, prep),
     )
     if task.checkpoint_dir is not None:
         _write_preprocessor(prep, task.checkpoint_dir)
