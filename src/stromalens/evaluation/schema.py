@@ -49,6 +49,7 @@ SCHEMA: dict[str, str] = {
     "external.<cohort>.<model>.r.<target>": "zero-shot r of any applied model",
     "external.<cohort>.c_index.<endpoint>.<clinical|clinical_ai>": "Harrell's C on the external "
     "cohort, out-of-fold Cox models without / with the frozen model's scores",
+    "warnings.<analysis>.count": "warnings flagged for the analysis (rows of fit_warnings.csv)",
     "meta.<key>": "what was evaluated: run directory, versions, seconds, notes (not numbers)",
 }
 
@@ -76,6 +77,9 @@ TABLES: tuple[str, ...] = (
     "external.csv",
     "truth.csv",
 )
+#: every analysis's fit warnings (analysis, table, source, message); written, maybe empty, by
+#: every evaluation (:mod:`stromalens.evaluation.fit_warnings`)
+WARNINGS_TABLE = "fit_warnings.csv"
 #: written only when an external cohort has outcomes
 OPTIONAL_TABLES: tuple[str, ...] = ("external_survival.csv",)
 
