@@ -95,3 +95,28 @@ def test_fidelity_of_a_constant_model_warns_nothing():
     assert np.isfinite(table.loc["good", "r_fold_mean"])
     macro = fidelity_macro(pd.concat(rows, ignore_index=True)).set_index("model")
     assert np.isnan(macro.loc["constant", "macro_r_fold_mean"])
+
+
+def test_the_training_progress_total_is_stable(tmp_path, caplog):
+    """With nested selection each fold's final gated-fusion fit is queued only once its
+    selection is scored; the total (the bar's, and the ``of`` of every "task done" line) counts
+    it from the start instead of growing."""
+    from stromalens.training.cv import run_cv
+
+    from ..training.conftest import make_study
+    from ..training.test_training import FAST
+
+    with caplog.at_level(logging.INFO, logger="stromalens"):
+        run_cv(
+            make_study(n=24),
+            tmp_path,
+            FAST.with_(epochs_stage2=1, epochs_baseline=1),
+            models=["gated_fusion", "mri_only"],
+            folds=3,
+            inner_folds=2,
+            grid={"tau": [0.25, 1.0]},
+        )
+    done = [r.fields for r in caplog.records if r.getMessage() == "task done"]
+    # 3 folds × (2 grid points × 2 inner folds of selection + gated_fusion + mri_only) = 18
+    assert [d["done"] for d in done] == list(range(1, 19))
+    assert {d["of"] for d in done} == {18}
