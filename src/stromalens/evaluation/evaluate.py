@@ -358,10 +358,9 @@ def _distillation(context: Context) -> Tables:
 
 
 def _distillation_metrics(tables: Tables, context: Context) -> dict:
-    return {
-        metric_key("distillation", row.metric): row.value
-        for row in tables["distillation.csv"].itertuples(index=False)
-    }
+    from .distillation import distillation_metrics
+
+    return distillation_metrics(tables["distillation.csv"])
 
 
 # ----------------------------------------------------------------------- 11. external cohorts

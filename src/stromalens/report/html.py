@@ -825,7 +825,9 @@ def section_deployability(run: RunFiles) -> Section:
             _table(
                 distil,
                 "Table 3b. Deployability of the MRI-only student",
-                "Retention: student r / teacher r; speed and memory: teacher / student.",
+                "Retention: student r / teacher r; speed: teacher / student seconds per "
+                "patient (median of repeats on a fixed 256-patient batch, after a warm-up; a "
+                "timing, so it varies between runs); memory: student / teacher peak MB.",
             )
         )
     if missing:
