@@ -3,6 +3,11 @@
 Log calls carry their context as fields, ``log.info("slide written", extra={"fields": {...}})``
 or through :func:`event`, so a run's log file can be filtered and aggregated by patient, slide or
 stage.
+
+Python warnings (``RuntimeWarning``, a library's ``UserWarning``) are routed into the same
+handlers as one line each by :func:`capture_warnings`, which :func:`configure_logging` installs:
+the console shows no raw warning with its source line, and the log file keeps every one. Only
+an explicit call installs it (the CLI entry does); importing the package changes nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 _ROOT = "stromalens"
@@ -50,8 +56,33 @@ def event(logger: logging.Logger, message: str, level: int = logging.INFO, **fie
     logger.log(level, message, extra={"fields": fields})
 
 
-def configure_logging(level: str | int = "INFO", json_file: Path | None = None) -> None:
-    """Console handler (rich if available) and, optionally, a JSON-lines file handler."""
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A ``warnings.showwarning`` replacement: the warning as one WARNING record of the
+    ``stromalens.warnings`` logger, with its category and ``file:line`` as fields."""
+    event(
+        get_logger("warnings"),
+        f"{category.__name__}: {str(message).strip()}",
+        logging.WARNING,
+        source=f"{Path(filename).name}:{lineno}",
+    )
+
+
+_SHOWWARNING = warnings.showwarning
+
+
+def capture_warnings(enable: bool = True) -> None:
+    """Send Python warnings to the ``stromalens.warnings`` logger (``enable``) or back to
+    stderr as Python prints them. Warning filters are untouched: what Python would not show
+    is not logged either, and a filter ``error`` still raises (as in the tests)."""
+    warnings.showwarning = _log_warning if enable else _SHOWWARNING
+
+
+def configure_logging(
+    level: str | int = "INFO", json_file: Path | None = None, *, warnings_to_log: bool = True
+) -> None:
+    """Console handler (rich if available) and, optionally, a JSON-lines file handler;
+    with ``warnings_to_log`` Python warnings go to these handlers too
+    (:func:`capture_warnings`)."""
     root = logging.getLogger(_ROOT)
     root.setLevel(level)
     for handler in list(root.handlers):
@@ -70,3 +101,4 @@ def configure_logging(level: str | int = "INFO", json_file: Path | None = None) 
         file_handler.setFormatter(JsonLinesFormatter())
         root.addHandler(file_handler)
     root.propagate = False
+    capture_warnings(warnings_to_log)

@@ -138,3 +138,76 @@ def test_draw_overlay_renders_one_figure():
         assert heat.max() == pytest.approx(1.0) and heat.min() == 0.0  # scaled to the maximum
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- QuPath GeoJSON
+def _tiles_for_geojson(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(0, 4 * 224, 224), np.arange(448, 448 + 3 * 224, 224))
+    rows = []
+    for pid in ("P1", "P2"):
+        for model in ("fusion", "wsi_clip"):
+            for target in ("ers_caf", "lr", "heterogeneity"):
+                w = rng.random(xs.size)
+                for xi, yi, wi in zip(xs.ravel(), ys.ravel(), w / w.sum(), strict=True):
+                    rows.append((pid, model, target, int(xi), int(yi), 224, float(wi)))
+    return pd.DataFrame(rows, columns=list(TILE_COLUMNS))
+
+
+def test_attention_geojson_is_valid_and_matches_the_tiles(tmp_path):
+    """The file parses as a GeoJSON FeatureCollection (RFC 7946: each Polygon a list of closed
+    linear rings of ≥ 4 positions) in QuPath's import layout (QuPath docs, "Exporting
+    annotations — GeoJSON": pixel coordinates of the full-resolution image, origin top-left;
+    ``properties.objectType``, ``properties.measurements`` as name → number), one tile per
+    feature with the attention of every target."""
+    from stromalens.evaluation.overlays import (
+        GEOJSON_OBJECT_TYPE,
+        measurement_name,
+        save_attention_geojson,
+    )
+
+    tiles = _tiles_for_geojson()
+    paths = save_attention_geojson(tiles, tmp_path / "attention")
+    assert [p.name for p in paths] == ["P1.geojson", "P2.geojson"]
+    assert not list((tmp_path / "attention").glob("*.tmp"))
+    data = json.loads(paths[0].read_text(encoding="utf-8"))
+    assert data["type"] == "FeatureCollection"
+    mine = tiles[(tiles["patient_id"] == "P1") & (tiles["model"] == "fusion")]
+    by_tile = mine.pivot_table(index=["x", "y"], columns="target", values="attention")
+    assert len(data["features"]) == len(by_tile) == 12
+    seen = set()
+    for feature in data["features"]:
+        assert feature["type"] == "Feature"
+        geometry, props = feature["geometry"], feature["properties"]
+        assert geometry["type"] == "Polygon"
+        [ring] = geometry["coordinates"]
+        assert len(ring) == 5 and ring[0] == ring[-1]  # closed
+        (x0, y0), (x1, _), (_, y2) = ring[0], ring[1], ring[2]
+        assert x1 - x0 == 224 and y2 - y0 == 224  # the tile side in level-0 px
+        # shoelace area of the ring = the tile's area (counter-clockwise in image axes)
+        xs, ys = np.array(ring).T
+        assert 0.5 * abs(np.dot(xs[:-1], ys[1:]) - np.dot(xs[1:], ys[:-1])) == 224 * 224
+        assert props["objectType"] == GEOJSON_OBJECT_TYPE == "tile"
+        expected = by_tile.loc[(x0, y0)]
+        assert props["measurements"] == {
+            measurement_name(t): pytest.approx(expected[t], abs=1e-15)
+            for t in ("ers_caf", "lr", "heterogeneity")
+        }
+        seen.add((x0, y0))
+    assert seen == set(by_tile.index)  # every tile once, at its own coordinates
+    total = sum(f["properties"]["measurements"]["attention lr"] for f in data["features"])
+    assert total == pytest.approx(1.0)  # attention sums to 1 over the slide
+
+
+def test_attention_geojson_refuses_unsafe_ids_and_unknown_models(tmp_path):
+    from stromalens.evaluation.overlays import attention_geojson, save_attention_geojson
+
+    tiles = _tiles_for_geojson()
+    with pytest.raises(ValueError, match="model 'nope'"):
+        save_attention_geojson(tiles, tmp_path, model="nope")
+    with pytest.raises(ValueError, match="no attention tiles of patient 'P9'"):
+        attention_geojson(tiles, "P9", "fusion")
+    bad = tiles.assign(patient_id=tiles["patient_id"].replace({"P1": "../escape"}))
+    with pytest.raises(ValueError, match="cannot be used as a folder name"):
+        save_attention_geojson(bad, tmp_path / "attention")
+    assert not (tmp_path / "escape.geojson").exists()

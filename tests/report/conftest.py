@@ -297,6 +297,12 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
         img[..., 1] = (np.kron(hot.reshape(6, 8), np.ones((8, 8))) * 255).astype(np.uint8)
         img[..., 2] = 120
         Image.fromarray(img).save(ev / "attention" / f"{pid}.png")
+        feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0],
+                   [224, 0], [224, 224], [0, 224], [0, 0]]]}, "properties": {"objectType":
+                   "tile", "measurements": {"attention ers_caf": 1.0}}}  # fmt: skip
+        (ev / "attention" / f"{pid}.geojson").write_text(
+            json.dumps({"type": "FeatureCollection", "features": [feature]}), encoding="utf-8"
+        )
     pd.concat(tiles).to_parquet(ev / "attention_tiles.parquet", index=False)
     for i, pid in enumerate(pids):
         grade = int(manifest.loc[i, "fibrosis_grade"])
@@ -445,6 +451,31 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
             )
         metrics[metric_key("external", "EXT", "r", t)] = r
     pd.DataFrame(ext).to_csv(ev / "external.csv", index=False)
+    # the fit warnings as the evaluation writes them (stromalens.evaluation.fit_warnings)
+    pd.DataFrame(
+        [
+            {
+                "analysis": "survival",
+                "table": "survival_hr.csv",
+                "source": "stromalens.evaluation.survival",
+                "message": "pfs hazard ratios: Cox fit did not converge cleanly",
+            },
+            {
+                "analysis": "survival",
+                "table": "survival_cindex.csv",
+                "source": "stromalens.evaluation.survival",
+                "message": "fold 1 clinical_ai: Cox fit did not converge cleanly",
+            },
+            {
+                "analysis": "treatment",
+                "table": "treatment.csv",
+                "source": "check",
+                "message": "ers_caf_pred: estimate = 1e-16 [0, inf] — estimate or CI not finite",
+            },
+        ]
+    ).to_csv(ev / "fit_warnings.csv", index=False)
+    for analysis, count in (("survival", 2), ("treatment", 1), ("fidelity", 0)):
+        metrics[metric_key("warnings", analysis, "count")] = count
     (ev / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return train
 

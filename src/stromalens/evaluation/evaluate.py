@@ -29,6 +29,7 @@ name that ``skip`` takes, with the module that computes it:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from scipy import stats
 from ..logs import event, get_logger
 from ..names import PROPOSED
 from ..rundir import metric_key, open_run
+from .fit_warnings import warnings_table
+from .schema import WARNINGS_TABLE
 
 if TYPE_CHECKING:
     from ..rundir import RunFiles
@@ -268,7 +271,7 @@ def _has_tiles(context: Context) -> bool:
 
 def _attention(context: Context) -> Tables:
     from .attention import colocalisation
-    from .overlays import save_overlays
+    from .overlays import save_attention_geojson, save_overlays
 
     run, slides = context.run, context.run.manifest_path.parent
     tiles = pd.read_parquet(context.out / TILES)
@@ -284,6 +287,8 @@ def _attention(context: Context) -> Tables:
         context.out / "attention",
         max_patients=context.max_overlays,
     )
+    # every slide's tiles, for QuPath, beside the PNG overlays
+    save_attention_geojson(tiles, context.out / "attention")  # the proposed model's
     tables = {"attention.csv": result.per_patient, "attention_summary.csv": result.summary}
     if len(result.skipped):
         tables["attention_skipped.csv"] = result.skipped
@@ -353,10 +358,9 @@ def _distillation(context: Context) -> Tables:
 
 
 def _distillation_metrics(tables: Tables, context: Context) -> dict:
-    return {
-        metric_key("distillation", row.metric): row.value
-        for row in tables["distillation.csv"].itertuples(index=False)
-    }
+    from .distillation import distillation_metrics
+
+    return distillation_metrics(tables["distillation.csv"])
 
 
 # ----------------------------------------------------------------------- 11. external cohorts
@@ -444,6 +448,49 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
         raise ValueError(f"table {path.name!r}: not a .csv or .parquet file name")
 
 
+def _run_analysis(analysis: Analysis, context: Context) -> tuple[dict, list[dict]]:
+    """Run one analysis, write its tables, and return its metrics and its warnings: what its
+    fits logged or raised while it ran and what its tables' numbers show
+    (:mod:`~stromalens.evaluation.fit_warnings`)."""
+    from .fit_warnings import capture, table_flags
+
+    with capture(analysis.name) as caught:
+        tables = analysis.run(context)
+    for name, table in tables.items():
+        _write_table(table, context.out / name)
+    flags = caught.rows(tables) + table_flags(analysis.name, tables)
+    if flags:
+        event(log, f"{analysis.name}: {len(flags)} warning(s) flagged in the report",
+              logging.WARNING, analysis=analysis.name, file=WARNINGS_TABLE)  # fmt: skip
+    return analysis.metrics(tables, context), flags
+
+
+def _run_all(context: Context) -> tuple[dict, dict[str, float]]:
+    """Every analysis the context does not skip and has the inputs of, in registry order, each
+    announced in the log (``evaluation 4/9: attention``); their metrics (with
+    ``warnings.<analysis>.count``) and seconds. Writes ``fit_warnings.csv``."""
+    metrics: dict = {}
+    seconds: dict[str, float] = {}
+    flags: list[dict] = []
+    chosen = [a for a in ANALYSES if not (a.skippable and a.name in context.skip)]
+    for i, analysis in enumerate(chosen, start=1):
+        # asked here, not up front: an analysis may need what an earlier one wrote (the tiles)
+        if not analysis.needs(context):
+            event(log, f"evaluation {i}/{len(chosen)}: {analysis.name} left out (no inputs)")
+            continue
+        event(log, f"evaluation {i}/{len(chosen)}: {analysis.name}", analysis=analysis.name)
+        t0 = time.perf_counter()
+        found, raised = _run_analysis(analysis, context)
+        metrics.update(found)
+        flags += raised
+        seconds[analysis.name] = round(time.perf_counter() - t0, 1)
+    _write_table(warnings_table(flags), context.out / WARNINGS_TABLE)
+    for name in seconds:
+        count = sum(row["analysis"] == name for row in flags)
+        metrics[metric_key("warnings", name, "count")] = count
+    return metrics, seconds
+
+
 def evaluate_run(
     train_dir: Path | str,
     out: Path | str | None = None,
@@ -476,6 +523,10 @@ def evaluate_run(
         Repeats of the random missing-modality probes, top-K share of attended tiles, attention
         heat maps written, random seed.
 
+    Each analysis is announced in the log as it starts (``evaluation 3/9: alignment``); the
+    warnings of its fits go to ``fit_warnings.csv`` (every analysis's, empty when none) and
+    their number to ``warnings.<analysis>.count``.
+
     Returns
     -------
     dict
@@ -504,18 +555,7 @@ def evaluate_run(
         seed=seed,
         notes=list(run.notes),
     )
-    metrics: dict = {}
-    seconds: dict[str, float] = {}
-    for analysis in ANALYSES:
-        if (analysis.skippable and analysis.name in skip) or not analysis.needs(context):
-            continue
-        t0 = time.perf_counter()
-        tables = analysis.run(context)
-        for name, table in tables.items():
-            _write_table(table, out / name)
-        metrics.update(analysis.metrics(tables, context))
-        seconds[analysis.name] = round(time.perf_counter() - t0, 1)
-
+    metrics, seconds = _run_all(context)
     meta = {
         "run": str(run.root),
         "stromalens": __version__,

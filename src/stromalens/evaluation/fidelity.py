@@ -73,6 +73,14 @@ def _fold_values(part: pd.DataFrame) -> tuple[list[float], list[float]]:
     return rs, rmses
 
 
+def finite_mean(values) -> float:
+    """Mean of the finite ``values``; NaN when there are none (a fold or target whose r is
+    undefined), without numpy's "Mean of empty slice" warning."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else np.nan
+
+
 def _sd(values) -> float:
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
@@ -93,7 +101,7 @@ def fidelity(predictions: pd.DataFrame, reliability: dict | None = None) -> pd.D
                 "model": model,
                 "target": target,
                 **{k: summary[k] for k in ("r", "r_ci_low", "r_ci_high", "p")},
-                "r_fold_mean": float(np.nanmean(fold_r)),
+                "r_fold_mean": finite_mean(fold_r),
                 "r_fold_sd": _sd(fold_r),
                 "rmse": float(np.sqrt(np.mean((p - y) ** 2))),
                 "rmse_fold_sd": _sd(fold_rmse),
@@ -113,13 +121,11 @@ def fidelity(predictions: pd.DataFrame, reliability: dict | None = None) -> pd.D
 
 def macro_r(predictions: pd.DataFrame) -> float:
     """Mean over targets of the pooled Pearson r of one model's predictions."""
-    return float(
-        np.nanmean(
-            [
-                pearson_summary(p["y_true"].to_numpy(float), p["y_pred"].to_numpy(float))["r"]
-                for _, p in predictions.groupby("target")
-            ]
-        )
+    return finite_mean(
+        [
+            pearson_summary(p["y_true"].to_numpy(float), p["y_pred"].to_numpy(float))["r"]
+            for _, p in predictions.groupby("target")
+        ]
     )
 
 
@@ -132,7 +138,7 @@ def fidelity_macro(predictions: pd.DataFrame) -> pd.DataFrame:
             {
                 "model": model,
                 "macro_r": macro_r(part),
-                "macro_r_fold_mean": float(np.nanmean(per_fold)),
+                "macro_r_fold_mean": finite_mean(per_fold),
                 "macro_r_fold_sd": _sd(per_fold),
             }
         )

@@ -3,7 +3,10 @@
 Three steps: :func:`select_overlays` chooses the model × target and the patients to draw (and
 says why the others are not drawn); :func:`draw_overlay` renders one figure from a thumbnail,
 the slide's tiles and attention and its annotations; :func:`save_overlays` reads the
-thumbnails, draws and writes ``<patient_id>.png``.
+thumbnails, draws and writes ``<patient_id>.png``. Beside them,
+:func:`save_attention_geojson` writes every slide's tiles with their attention per target as
+``<patient_id>.geojson``, which QuPath imports (*File → Import objects from file*) to browse
+the attention on the full-resolution slide.
 
 Each figure shows the attention scaled to the slide's maximum,
 
@@ -32,6 +35,7 @@ import pandas as pd
 
 from ..logs import event, get_logger
 from ..names import TARGETS
+from ..rundir import check_name
 from .annotations import Annotations, TileRaster, load_patient_annotations, resolve_path
 from .attention import check_tiles, colocalise_slide, top_k
 
@@ -387,4 +391,87 @@ def save_overlays(
         plt.close(fig)
         written.append(path)
     _log_skipped(skipped)
+    return written
+
+
+# --------------------------------------------------------------------------- QuPath GeoJSON
+#: QuPath's object type of the exported tiles (a ``PathTileObject``; ``"detection"`` also
+#: imports, as a detection).
+GEOJSON_OBJECT_TYPE = "tile"
+
+
+def measurement_name(target: str) -> str:
+    """The QuPath measurement holding a tile's attention for ``target``."""
+    return f"attention {target}"
+
+
+def attention_geojson(tiles: pd.DataFrame, patient_id: str, model: str) -> dict:
+    """The tiles of one slide as a GeoJSON ``FeatureCollection`` in QuPath's import layout.
+
+    One ``Feature`` per tile: a ``Polygon`` geometry, the closed ring
+    ``(x, y) → (x+s, y) → (x+s, y+s) → (x, y+s) → (x, y)`` of its level-0 top-left corner
+    ``(x, y)`` and side ``s`` (QuPath's coordinates: pixels of the full-resolution image, origin
+    at its top-left corner — QuPath docs, "Exporting annotations: GeoJSON"); ``properties`` with
+    ``objectType`` :data:`GEOJSON_OBJECT_TYPE`, a ``name`` and ``measurements``, a map of
+    :func:`measurement_name` to the tile's attention weight for each target of ``model`` (the
+    raw weight a_i, summing to 1 over the slide's tiles; QuPath ≥ 0.4 reads measurements as a
+    name → number map). NaN weights are left out (JSON has no NaN).
+
+    Parameters
+    ----------
+    tiles : the contract's attention-tile table (:data:`~.attention.TILE_COLUMNS`).
+    patient_id, model : the slide and the model whose attention is exported.
+    """
+    part = check_tiles(tiles)
+    part = part[(part["patient_id"].astype(str) == str(patient_id)) & (part["model"] == model)]
+    if part.empty:
+        raise ValueError(f"no attention tiles of patient {patient_id!r} and model {model!r}")
+    wide = part.pivot_table(
+        index=["x", "y", "tile_px"], columns="target", values="attention", aggfunc="first"
+    )
+    targets = [t for t in TARGETS if t in wide.columns] + sorted(
+        t for t in wide.columns if t not in TARGETS
+    )
+    features = []
+    for i, ((x, y, side), row) in enumerate(wide.iterrows()):
+        x, y, side = float(x), float(y), float(side)
+        ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+        measurements = {measurement_name(t): float(row[t]) for t in targets if np.isfinite(row[t])}
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": GEOJSON_OBJECT_TYPE,
+                    "name": f"{model} tile {i}",
+                    "measurements": measurements,
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def save_attention_geojson(
+    tiles: pd.DataFrame, out_dir: Path | str, model: str | None = None
+) -> list[Path]:
+    """``out_dir/<patient_id>.geojson`` (:func:`attention_geojson`) for every slide with
+    tiles of ``model`` (default: the proposed model when present, else the first in sorted
+    order), written atomically; returns the files. A patient id that is not a safe file name
+    is refused (:func:`stromalens.rundir.check_name`)."""
+    import json
+
+    from ..names import PROPOSED
+
+    tiles = check_tiles(tiles)
+    model = _pick(sorted(tiles["model"].unique()), PROPOSED, "model", model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for pid in sorted(tiles.loc[tiles["model"] == model, "patient_id"].astype(str).unique()):
+        path = out_dir / f"{check_name(pid, 'patient')}.geojson"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(attention_geojson(tiles, pid, model)), encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    event(log, "attention written as QuPath GeoJSON", slides=len(written), model=model)
     return written

@@ -377,7 +377,8 @@ def inference_cost(data: StudyData, fold: Fold, repeats: int = 3) -> dict:
     """What the teacher (fusion: slide tiles + radiomics) and the MRI-only student cost at
     inference, on the fold's held-out patients.
 
-    * seconds per patient: best of ``repeats`` timed predictions (after a warm-up);
+    * seconds per patient: :func:`~stromalens.evaluation.distillation.time_inference` (a fixed
+      batch, warm-up, the median of repeats; ``repeats`` is kept for callers and unused);
     * peak memory (MB) of one batch of :data:`MEMORY_BATCH` patients (the held-out patients
       repeated), in a fresh spawned process per model: the bytes of the inputs the model reads
       (tile bags and radiomics for the teacher, radiomics only for the student) plus the peak
@@ -385,7 +386,7 @@ def inference_cost(data: StudyData, fold: Fold, repeats: int = 3) -> dict:
     """
     import multiprocessing as mp
 
-    from ..training.curriculum import predict
+    from .distillation import time_inference
 
     if not (fold.has(PROPOSED) and fold.has("mri_student")):
         return {}
@@ -394,14 +395,8 @@ def inference_cost(data: StudyData, fold: Fold, repeats: int = 3) -> dict:
     out = {}
     for name, inputs in (("teacher", arrays), ("student", mri_only)):
         registered = PROPOSED if name == "teacher" else "mri_student"
-        model = fold.load(registered)
-        predict(model, inputs)  # warm-up
-        best = np.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            predict(model, inputs)
-            best = min(best, time.perf_counter() - t0)
-        out[f"{name}_seconds_per_patient"] = best / len(arrays)
+        # a fixed batch, warm-up, median of repeats (distillation.time_inference)
+        out[f"{name}_seconds_per_patient"] = time_inference(fold.load(registered), inputs)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         stem = str(fold.bundled.checkpoint(registered))

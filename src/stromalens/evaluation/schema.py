@@ -43,14 +43,31 @@ SCHEMA: dict[str, str] = {
     "survival.<endpoint>.hr.<term>": "hazard ratio (T3 vs T1 tertile, or per SD)",
     "treatment.or_per_sd": "odds ratio of response per SD of the LR surrogate",
     "treatment.auc": "AUC of the response model",
-    "distillation.<metric>": "student vs teacher: retention, calibration, speed, memory",
+    "distillation.<metric>": "student vs teacher: retention, calibration, memory",
+    "distillation.timing.<metric>": "seconds per patient of each, and their speed ratio "
+    "(measured: differs between runs)",
     "truth.<model>.r.<target>": "r of predictions and the planted latent (synthetic cohorts)",
     "external.<cohort>.r.<target>": "zero-shot r of the proposed model on an external cohort",
     "external.<cohort>.<model>.r.<target>": "zero-shot r of any applied model",
     "external.<cohort>.c_index.<endpoint>.<clinical|clinical_ai>": "Harrell's C on the external "
     "cohort, out-of-fold Cox models without / with the frozen model's scores",
+    "warnings.<analysis>.count": "warnings flagged for the analysis (rows of fit_warnings.csv)",
     "meta.<key>": "what was evaluated: run directory, versions, seconds, notes (not numbers)",
 }
+
+
+#: The key part that marks a timing (measured seconds, or a ratio of them): such values differ
+#: between identical runs, so determinism checks leave them out, as they leave out ``meta.*``.
+TIMING = "timing"
+
+
+def is_timing(key: str) -> bool:
+    """Whether the ``metrics.json`` key is a timing or run provenance (``meta.*``), i.e. may
+    differ between two identical runs: one of its parts is :data:`TIMING`, or it is ``meta.``."""
+    from ..rundir import parse_metric_key
+
+    parts = parse_metric_key(key)
+    return parts[0] == "meta" or TIMING in parts
 
 
 #: The tables ``stromalens evaluate`` writes into ``TRAIN/evaluation/`` (docs/run_directory.md),
@@ -76,6 +93,9 @@ TABLES: tuple[str, ...] = (
     "external.csv",
     "truth.csv",
 )
+#: every analysis's fit warnings (analysis, table, source, message); written, maybe empty, by
+#: every evaluation (:mod:`stromalens.evaluation.fit_warnings`)
+WARNINGS_TABLE = "fit_warnings.csv"
 #: written only when an external cohort has outcomes
 OPTIONAL_TABLES: tuple[str, ...] = ("external_survival.csv",)
 

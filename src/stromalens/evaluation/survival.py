@@ -100,6 +100,9 @@ MODELS: tuple[str, ...] = ("clinical", "clinical_ai")
 PREDICT_PENALIZER = 0.01
 #: Ridge penalty of a Cox refit when the unpenalised information matrix is singular.
 SINGULAR_PENALIZER = 0.1
+#: The evaluation tables that the hazard-ratio fit and the out-of-fold fits feed (named in their
+#: fit warnings, which the report flags beside them).
+HR_TABLE, CINDEX_TABLE = "survival_hr.csv", "survival_cindex.csv"
 #: Risk thresholds of the decision curves.
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.01, 1.0, 0.01), 2))
 
@@ -256,7 +259,7 @@ class AITerms:
 
 
 def fit_cox(
-    X: pd.DataFrame, time, event_, penalizer: float = 0.0, label: str = "cox"
+    X: pd.DataFrame, time, event_, penalizer: float = 0.0, label: str = "cox", table: str = ""
 ) -> CoxPHFitter:
     """``lifelines.CoxPHFitter`` (Efron ties) of ``time, event_`` on the columns of ``X``.
 
@@ -265,12 +268,14 @@ def fit_cox(
     and logged with ``label`` instead of propagating: the fit is still returned, and the log says
     which model to distrust. A singular information matrix (lifelines' ``ConvergenceError``:
     collinear columns) is refitted with the ridge penalty ``SINGULAR_PENALIZER`` and logged;
-    ``cph.penalizer`` tells which fit was returned. Reference: R ``coxph(Surv(time, event) ~ .,
+    ``cph.penalizer`` tells which fit was returned. Each such log record names ``table``, the
+    evaluation table the fit feeds, so the report can flag it there
+    (:mod:`~stromalens.evaluation.fit_warnings`). Reference: R ``coxph(Surv(time, event) ~ .,
     ties = "efron")`` (``tests/evaluation/reference/cox_reference.R``).
     """
     data = X.astype(float).assign(_time=np.asarray(time, float), _event=np.asarray(event_, float))
     try:
-        return _fit_cox(data, penalizer, label)
+        return _fit_cox(data, penalizer, label, table)
     except ConvergenceError as error:
         if penalizer >= SINGULAR_PENALIZER:
             raise
@@ -280,11 +285,12 @@ def fit_cox(
             f"{SINGULAR_PENALIZER} (hazard ratios shrunk towards 1)",
             logging.WARNING,
             detail=str(error).splitlines()[0][:200],
+            table=table,
         )
-        return _fit_cox(data, SINGULAR_PENALIZER, label)
+        return _fit_cox(data, SINGULAR_PENALIZER, label, table)
 
 
-def _fit_cox(data: pd.DataFrame, penalizer: float, label: str) -> CoxPHFitter:
+def _fit_cox(data: pd.DataFrame, penalizer: float, label: str, table: str) -> CoxPHFitter:
     cph = CoxPHFitter(penalizer=penalizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -301,6 +307,7 @@ def _fit_cox(data: pd.DataFrame, penalizer: float, label: str) -> CoxPHFitter:
                 f"{label}: Cox fit did not converge cleanly",
                 logging.WARNING,
                 detail=str(w.message).strip().splitlines()[0],
+                table=table,
             )
         else:  # anything else is not ours to swallow
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -310,7 +317,9 @@ def _fit_cox(data: pd.DataFrame, penalizer: float, label: str) -> CoxPHFitter:
 def _hazard_ratios(frame: pd.DataFrame, endpoint: str) -> pd.DataFrame:
     X = clinical_design(frame).join(AITerms().fit(frame).transform(frame))
     X = _drop_constant(X, f"{endpoint} hazard ratios")
-    cph = fit_cox(X, frame["time"], frame["event"], label=f"{endpoint} hazard ratios")
+    cph = fit_cox(
+        X, frame["time"], frame["event"], label=f"{endpoint} hazard ratios", table=HR_TABLE
+    )
     s = cph.summary
     return pd.DataFrame(
         {
@@ -364,8 +373,9 @@ def out_of_fold_predictions(
             X_train = _drop_constant(X_train, f"fold {fold} {model}")
             X_test = X_test[X_train.columns]
             cph = fit_cox(
-                X_train, train["time"], train["event"], penalizer, label=f"fold {fold} {model}"
-            )
+                X_train, train["time"], train["event"], penalizer, f"fold {fold} {model}",
+                table=CINDEX_TABLE,
+            )  # fmt: skip
             # Centre-free linear predictor x'β: lifelines' predict_log_partial_hazard subtracts
             # the training means, a per-fold shift that would distort the pooled C-index.
             lp = X_test.to_numpy(float) @ cph.params_.to_numpy()

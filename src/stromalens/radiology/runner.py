@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -229,7 +230,7 @@ def run_radiomics(
         pid = result.key
         if not result.ok:
             message = result.error.splitlines()[0]
-            event(log, "radiomics: patient failed", patient=pid, error=message)
+            event(log, "radiomics: patient failed", logging.WARNING, patient=pid, error=message)
             statuses.append({"patient_id": pid, "status": "failed", "error": message})
             continue
         record = result.value

@@ -632,6 +632,40 @@ def external_concordance(external: pd.DataFrame) -> Figure:
     return fig
 
 
+def external_predictions(
+    predictions: dict[str, pd.DataFrame], reference: pd.DataFrame | None, model: str
+) -> Figure:
+    """Zero-shot predictions of cohorts that have no targets: per target, the distribution of
+    ``model``'s predictions in each cohort (``predictions``: cohort → long ``predict`` output)
+    beside its out-of-fold predictions on the development cohort (``reference``: patients ×
+    targets; grey), so a shift in scale or spread is seen even without targets."""
+    fig = _new(4.2 * len(TARGETS), 3.4)
+    axes = fig.subplots(1, len(TARGETS), squeeze=False)[0]
+    for ax, target in zip(axes, TARGETS, strict=True):
+        groups, labels, colours = [], [], []
+        if reference is not None and target in reference:
+            groups.append(reference[target].dropna().to_numpy(float))
+            labels.append(f"development\n(out-of-fold, n = {len(groups[-1])})")
+            colours.append(GREY)
+        for i, (cohort, frame) in enumerate(predictions.items()):
+            part = frame[(frame["model"] == model) & (frame["target"] == target)]
+            groups.append(part["y_pred"].to_numpy(float))
+            labels.append(f"{cohort}\n(n = {len(part)})")
+            colours.append(colour(i))
+        if not any(len(g) for g in groups):
+            _empty(ax)
+            continue
+        parts = ax.violinplot([g if len(g) else [np.nan] for g in groups], showmedians=True)
+        for body, c in zip(parts["bodies"], colours, strict=True):
+            body.set_facecolor(c)
+            body.set_alpha(0.6)
+        ax.set_xticks(np.arange(1, len(groups) + 1), labels, fontsize=7)
+        ax.set_ylabel(f"predicted {target_label(target)}\n(target units)", fontsize=8)
+        ax.set_title(target_label(target), fontsize=9)
+    fig.suptitle(f"{model}: zero-shot predictions of cohorts without targets", fontsize=10)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # Synthetic cohorts — planted truth
 def planted_truth(predictions: pd.DataFrame, truth: pd.DataFrame, model_label: str) -> Figure:

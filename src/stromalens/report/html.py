@@ -1,9 +1,17 @@
 """Assemble the report: one self-contained HTML file (figures embedded as base64 PNG) rendered
 with Jinja2 from ``templates/report.html.j2``.
 
-Every section is a list of blocks (figure, table, metrics, note, preformatted text). A block
-whose input file is absent becomes the note "not run: <file> missing"; a figure that fails to
-draw becomes "figure failed: <error>", so one bad table never costs the whole report.
+Every section is a list of blocks (figure, table, metrics, note, flag, preformatted text). A
+block whose input file is absent becomes the note "not run: <file> missing"; a figure that fails
+to draw becomes "figure failed: <error>", so one bad table never costs the whole report.
+
+Two rules keep the page honest and readable:
+
+* the warnings of the evaluation's fits (``evaluation/fit_warnings.csv``,
+  :mod:`stromalens.evaluation.fit_warnings`) are shown as a flag beside the figure and the table
+  they concern, and counted in a banner under the title;
+* a table longer than :data:`LONG_TABLE` rows is collapsed (``<details>``) and written in full as
+  CSV beside the report (``tables/<name>.csv``), linked from its caption.
 """
 
 from __future__ import annotations
@@ -20,11 +28,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluation.schema import WARNINGS_TABLE
 from ..names import PROMPT_SETS, PROPOSED, TARGETS, target_label
-from ..rundir import RunFiles, flatten, metric_key, metric_parts
+from ..rundir import RunDirError, RunFiles, flatten, metric_key, metric_parts
 from . import figures
 
 log = logging.getLogger(__name__)
+
+#: Tables with more rows than this are collapsed in the page and written in full as CSV.
+LONG_TABLE = 20
+#: Folder of those CSV files, beside the report's HTML file.
+TABLES_DIR = "tables"
+#: Messages listed in one flag; the rest are counted (all are in fit_warnings.csv).
+FLAG_LINES = 6
 
 #: Models of the study's own design, listed first in the tables (the rest: baselines).
 STUDY_MODELS: tuple[str, ...] = ("fusion", "fusion_no_coral", "wsi_clip", "mri", "mri_student")
@@ -59,7 +75,11 @@ class Card:
 
 @dataclass
 class Block:
-    kind: str  # figure | table | note | pre | metrics
+    """One item of a section. ``kind``: figure | table | note | flag | pre | metrics. A table
+    keeps its source ``frame`` (full precision) for its CSV file; ``csv`` is the link to that
+    file once written, and ``collapsed`` says the page folds it."""
+
+    kind: str
     title: str = ""
     caption: str = ""
     image: str = ""  # data: URI
@@ -68,6 +88,10 @@ class Block:
     rows: list[list[str]] = field(default_factory=list)
     text: str = ""
     items: list[Metric] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    frame: pd.DataFrame | None = None
+    csv: str = ""
+    collapsed: bool = False
 
 
 @dataclass
@@ -112,6 +136,7 @@ def _table(frame: pd.DataFrame, title: str, caption: str = "", digits: int = 3) 
         caption=caption,
         columns=[str(c) for c in frame.columns],
         rows=[[_fmt(v, digits) for v in row] for row in frame.itertuples(index=False)],
+        frame=frame,
     )
 
 
@@ -136,6 +161,51 @@ def _note(text: str) -> Block:
 
 def _missing(names: list[str]) -> Block:
     return _note("; ".join(f"not run: {name} missing" for name in names))
+
+
+def _fit_warnings(run: RunFiles) -> pd.DataFrame | None:
+    """``evaluation/fit_warnings.csv`` (empty cells as ""), or None for a run evaluated
+    without it (the footer then lists it among the inputs not found)."""
+    table = run.evaluation(WARNINGS_TABLE)
+    return None if table is None else table.fillna("")
+
+
+def _flags(run: RunFiles, analysis: str, tables: tuple[str, ...] | None = None) -> list[Block]:
+    """A flag listing the fit warnings of ``analysis`` — those about ``tables`` and those about
+    the analysis as a whole — or nothing when there are none; ``tables=None``: all of them."""
+    found = _fit_warnings(run)
+    if found is None or found.empty:
+        return []
+    rows = found[found["analysis"] == analysis]
+    if tables is not None:
+        rows = rows[rows["table"].isin(tables) | (rows["table"] == "")]
+    if rows.empty:
+        return []
+    lines = [f"{r.message} [{r.source}]" for r in rows.head(FLAG_LINES).itertuples()]
+    if len(rows) > FLAG_LINES:
+        lines.append(f"… and {len(rows) - FLAG_LINES} more")
+    what = ", ".join(tables) if tables else f"the {analysis} analysis"
+    return [
+        Block(
+            kind="flag",
+            title=f"{len(rows)} fit warning(s) for {what}",
+            text=f"Read these numbers with care (all in evaluation/{WARNINGS_TABLE}):",
+            lines=lines,
+        )
+    ]
+
+
+def warning_summary(run: RunFiles) -> str:
+    """The banner under the title: how many fit warnings each analysis raised, or ""."""
+    found = _fit_warnings(run)
+    if found is None or found.empty:
+        return ""
+    counts = found.groupby("analysis", sort=False).size()
+    parts = ", ".join(f"{name} {n}" for name, n in counts.items())
+    return (
+        f"{len(found)} fit warning(s) were raised ({parts}); each is flagged beside its "
+        "table and figure below."
+    )
 
 
 def _png(fig) -> str:
@@ -346,6 +416,7 @@ def section_attention(run: RunFiles) -> Section:
                 for pid in images
                 if pid in grades.index and pd.notna(grades[pid])
             }
+        blocks += _flags(run, "attention")
         blocks.append(
             _figure(
                 "Fig. 2. Attention co-localisation",
@@ -362,6 +433,7 @@ def section_attention(run: RunFiles) -> Section:
         blocks.append(_table(summary[cols], "Attention co-localisation summary"))
         if not overlays:
             blocks.append(_missing(["evaluation/attention/*.png"]))
+        blocks += _geojson_links(run)
         if table is None:
             blocks.append(_missing(["evaluation/attention.csv"]))
     return Section(
@@ -370,6 +442,42 @@ def section_attention(run: RunFiles) -> Section:
         "Does the model look where pathologists see fibrosis?",
         blocks,
     )
+
+
+def _geojson_links(run: RunFiles) -> list[Block]:
+    """Links to the slides' attention as QuPath GeoJSON (``evaluation/attention/*.geojson``,
+    :func:`stromalens.evaluation.overlays.save_attention_geojson`); nothing when none."""
+    folder = run.layout.overlays
+    files = sorted(folder.glob("*.geojson")) if folder.is_dir() else []
+    if not files:
+        return []
+    return [
+        Block(
+            kind="links",
+            title="Attention as QuPath GeoJSON",
+            text="Each slide's tiles with their attention per target as measurements; in "
+            "QuPath: File → Import objects from file, on the slide itself (level-0 pixels).",
+            rows=[[path.stem, str(path.resolve())] for path in files],
+        )
+    ]
+
+
+def relink(sections: list[Section], out_dir: Path | None) -> None:
+    """Links of ``links`` blocks relative to the report's folder ``out_dir`` (so that the
+    report and the run move together), or ``file:`` URIs when it is not known."""
+    import os
+
+    for section in sections:
+        for block in section.blocks:
+            if block.kind != "links":
+                continue
+            for row in block.rows:
+                path = Path(row[1])
+                row[1] = (
+                    Path(os.path.relpath(path, Path(out_dir).resolve())).as_posix()
+                    if out_dir is not None
+                    else path.as_uri()
+                )
 
 
 def fidelity_tables(fidelity: pd.DataFrame, macro: pd.DataFrame | None) -> tuple[Block, Block]:
@@ -437,6 +545,7 @@ def section_fidelity(run: RunFiles) -> Section:
         blocks.append(_missing(missing))
     else:
         t1, t2 = fidelity_tables(fidelity, macro)
+        blocks += _flags(run, "fidelity")
         blocks += [
             t1,
             t2,
@@ -472,6 +581,7 @@ def section_survival(run: RunFiles) -> Section:
     if hr is None or cindex is None:
         blocks.append(_missing([m for m in missing if "hr" in m or m.endswith("cindex.csv")]))
     else:
+        blocks += _flags(run, "survival")
         blocks.append(
             _figure(
                 "Fig. 3. Survival",
@@ -481,10 +591,12 @@ def section_survival(run: RunFiles) -> Section:
                 lambda: figures.survival(hr, cindex, auc, dc),
             )
         )
+        blocks += _flags(run, "survival", ("survival_hr.csv",))
         blocks.append(_table(hr, "Cox hazard ratios"))
         if diff is not None:
             blocks.append(_table(diff, "C-index difference (clinical + AI − clinical)"))
     if treatment is not None:
+        blocks += _flags(run, "treatment")
         blocks.append(_table(treatment, "Treatment response model"))
     rest = [m for m in missing if m.endswith(("auc.csv", "curve.csv", "diff.csv", "ent.csv"))]
     if rest and hr is not None and cindex is not None:
@@ -504,6 +616,7 @@ def section_prompts(run: RunFiles) -> Section:
     if pert is None:
         blocks.append(_missing(missing))
     else:
+        blocks += _flags(run, "probes", ("prompt_perturbation.csv", "attention_tiles.parquet"))
         blocks.append(
             _figure(
                 "Fig. 4. Prompt perturbation and attention with and without text",
@@ -532,6 +645,7 @@ def section_gating(run: RunFiles) -> Section:
     if gates is None and missing_mod is None:
         blocks.append(_missing(missing))
     else:
+        blocks += _flags(run, "probes", ("gate_strata.csv", "missing_modalities.csv"))
         if gates is not None:
             blocks.append(
                 _figure(
@@ -576,6 +690,7 @@ def section_sites(run: RunFiles) -> Section:
                 )
     if items:
         blocks.append(Block(kind="metrics", title="Site alignment (metrics.json)", items=items))
+    blocks += _flags(run, "alignment")
     if emb is None:
         blocks.append(_missing(missing))
     else:
@@ -600,12 +715,76 @@ def section_sites(run: RunFiles) -> Section:
     )
 
 
+def predictions_without_targets(run: RunFiles) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """``{cohort: (predictions, predict.json)}`` of the external cohorts that
+    ``stromalens predict`` applied the model to without targets (``TRAIN/external/*/``)."""
+    from ..rundir import PREDICT_INFO, PREDICTIONS
+
+    found = {}
+    for directory in run.layout.external_dirs():
+        info = json.loads((directory / PREDICT_INFO).read_text(encoding="utf-8"))
+        if info.get("targets") or not (directory / PREDICTIONS).is_file():
+            continue
+        found[str(info.get("cohort") or directory.name)] = (
+            pd.read_parquet(directory / PREDICTIONS),
+            info,
+        )
+    return found
+
+
+def prediction_summary(predictions: pd.DataFrame, cohort: str) -> pd.DataFrame:
+    """cohort, model, target, n, mean, SD, median, quartiles of zero-shot predictions."""
+    rows = []
+    for (model, target), part in predictions.groupby(["model", "target"], sort=False):
+        y = part["y_pred"].to_numpy(float)
+        q1, median, q3 = np.quantile(y, [0.25, 0.5, 0.75])
+        rows.append(
+            {"cohort": cohort, "model": model, "target": target, "n": len(y),
+             "mean": y.mean(), "sd": y.std(ddof=1) if len(y) > 1 else np.nan,
+             "median": median, "q1": q1, "q3": q3}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _untargeted_blocks(run: RunFiles, cohorts: dict[str, tuple[pd.DataFrame, dict]]) -> list:
+    """What is known of cohorts predicted without targets: the figure, the table and a note
+    saying what is missing."""
+    notes = []
+    for cohort, (preds, info) in cohorts.items():
+        left = info.get("skipped_no_slide") or []
+        notes.append(
+            f"external cohort {cohort}: {preds['patient_id'].nunique()} patients predicted, "
+            "no targets given to `stromalens predict` (predict.json: targets null), so no "
+            "concordance r"
+            + (f"; {len(left)} patient(s) without a slide not predicted" if left else "")
+        )
+    preds = {c: p for c, (p, _) in cohorts.items()}
+    models = {m for p in preds.values() for m in p["model"]}
+    model = PROPOSED if PROPOSED in models else sorted(models)[0]
+    try:
+        reference = run.wide(model)
+    except RunDirError:  # the development predictions are context only
+        reference = None
+    table = pd.concat([prediction_summary(p, c) for c, p in preds.items()], ignore_index=True)
+    return [
+        _note("; ".join(notes)),
+        _figure(
+            "Fig. 7b. Predictions of cohorts without targets",
+            f"Distribution of {model}'s zero-shot predictions per target (violin, median) "
+            "beside its out-of-fold predictions on the development cohort (grey).",
+            lambda: figures.external_predictions(preds, reference, model),
+        ),
+        _table(table, "Zero-shot predictions of cohorts without targets", digits=3),
+    ]
+
+
 def section_external(run: RunFiles) -> Section:
     (external,), missing = _need(run, "external.csv")
-    blocks = (
-        [_missing(missing)]
-        if external is None
-        else [
+    untargeted = predictions_without_targets(run)
+    blocks: list[Block] = []
+    if external is not None and len(external):
+        blocks += _flags(run, "external")
+        blocks.append(
             _figure(
                 "Fig. 7. Zero-shot external concordance",
                 "Pearson r with the external cohort's RNA-derived targets (thin: 95% CI; thick: "
@@ -613,8 +792,11 @@ def section_external(run: RunFiles) -> Section:
                 "(predictions shuffled across patients).",
                 lambda: figures.external_concordance(external),
             )
-        ]
-    )
+        )
+    elif not untargeted:
+        blocks.append(_missing(missing) if missing else _note("no external cohort has targets"))
+    if untargeted:
+        blocks += _untargeted_blocks(run, untargeted)
     return Section(
         "fig7",
         "Fig. 7 — External cohorts",
@@ -627,6 +809,7 @@ def section_deployability(run: RunFiles) -> Section:
     (external, distil), missing = _need(run, "external.csv", "distillation.csv")
     blocks: list[Block] = []
     if external is not None:
+        blocks += _flags(run, "external", ("external.csv",))
         frame = external.copy()
         frame["r [95% CI]"] = [
             _ci(r, lo, hi)
@@ -637,11 +820,14 @@ def section_deployability(run: RunFiles) -> Section:
         ]
         blocks.append(_table(frame[cols], "Table 3a. External generalisation"))
     if distil is not None:
+        blocks += _flags(run, "distillation")
         blocks.append(
             _table(
                 distil,
                 "Table 3b. Deployability of the MRI-only student",
-                "Retention: student r / teacher r; speed and memory: teacher / student.",
+                "Retention: student r / teacher r; speed: teacher / student seconds per "
+                "patient (median of repeats on a fixed 256-patient batch, after a warm-up; a "
+                "timing, so it varies between runs); memory: student / teacher peak MB.",
             )
         )
     if missing:
@@ -678,6 +864,7 @@ def section_truth(run: RunFiles) -> Section:
             )
         )
     if table is not None:
+        blocks += _flags(run, "truth")
         blocks.append(
             _wide(
                 table,
@@ -712,8 +899,42 @@ SECTIONS: tuple[Callable[[RunFiles], Section], ...] = (
 )
 
 
-def render(run: RunFiles) -> str:
-    """The report of ``run`` as one HTML string."""
+def _slug(title: str) -> str:
+    words = "".join(c.lower() if c.isalnum() else " " for c in title).split()
+    return "-".join(words[:8]) or "table"
+
+
+def fold_long_tables(sections: list[Section], out_dir: Path | None) -> list[Path]:
+    """Collapse every table of more than :data:`LONG_TABLE` rows and, with ``out_dir`` (the
+    report's folder), write it in full to ``out_dir/tables/<slug of its title>.csv`` (its
+    source frame at full precision, else the cells as shown) and link it. Returns the files."""
+    written: list[Path] = []
+    used: set[str] = set()
+    for section in sections:
+        for block in section.blocks:
+            if block.kind != "table" or len(block.rows) <= LONG_TABLE:
+                continue
+            block.collapsed = True
+            if out_dir is None:
+                continue
+            name = _slug(block.title)
+            while name in used:
+                name += "-1"
+            used.add(name)
+            path = Path(out_dir) / TABLES_DIR / f"{name}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame = block.frame
+            if frame is None:
+                frame = pd.DataFrame(block.rows, columns=block.columns)
+            frame.to_csv(path, index=False)
+            block.csv = f"{TABLES_DIR}/{path.name}"
+            written.append(path)
+    return written
+
+
+def render(run: RunFiles, out_dir: Path | None = None) -> str:
+    """The report of ``run`` as one HTML string; long tables are written as CSV under
+    ``out_dir`` (the report's folder) when given (:func:`fold_long_tables`)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(
@@ -726,6 +947,8 @@ def render(run: RunFiles) -> str:
     from .. import __version__
 
     sections = [build(run) for build in SECTIONS]
+    fold_long_tables(sections, out_dir)
+    relink(sections, out_dir)
     return env.get_template("report.html.j2").render(
         title=f"stromalens report — {run.config.get('name') or run.root.resolve().name}",
         train_dir=str(run.root),
@@ -734,6 +957,7 @@ def render(run: RunFiles) -> str:
         overview=overview(run),
         demo_note=run.demo_note(),
         notes=run.config.get("notes") or "",
+        warnings=warning_summary(run),
         cards=headline(run),
         sections=sections,
         missing=sorted(run.missing),
@@ -745,6 +969,6 @@ def write(run: RunFiles, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(run), encoding="utf-8")
+    tmp.write_text(render(run, out.parent), encoding="utf-8")
     tmp.replace(out)
     return out

@@ -243,7 +243,11 @@ def run_protocol(
         chosen[(fold, name)] = settings.with_(**points[name][_best(scores[(fold, name)])])
         return [fit_task(fold, name, priority=2)]
 
-    run_tasks(tasks, data, workers, harmonise, icc_threshold, on_result, progress, description)
+    # with selection, each fold's final gated_fusion fit is queued once its scores are in
+    planned = len(by_fold) if select else 0
+    run_tasks(
+        tasks, data, workers, harmonise, icc_threshold, on_result, progress, description, planned
+    )
     rows, seconds = [], {str(fold): {} for fold in by_fold}
     for fold, (_, test) in by_fold.items():
         for name in models:

@@ -158,18 +158,21 @@ def run_tasks(
     on_result: Callable[[TaskResult], list[FitTask]] | None = None,
     progress: bool = False,
     description: str = "model fits",
+    planned: int = 0,
 ) -> dict[tuple, TaskResult]:
     """Run ``tasks`` (and those ``on_result`` returns as results arrive) and return every
     result by key. ``workers`` ≤ 1 runs them here, in order, with torch's own thread count;
     otherwise in ``workers`` spawned processes with one torch thread each. The queue is ordered
     by (priority, cost), highest first; at most ``workers`` tasks are in flight, so a task
     queued later with a higher priority starts at the next free slot. ``progress`` shows a bar
-    over the tasks (its total grows as ``on_result`` adds some)."""
+    over the tasks; ``planned`` tasks that ``on_result`` will add are in its total from the
+    start, so the total grows only if more than those arrive."""
     from ..executors import progress_bar
 
     queue = list(tasks)
     results: dict[tuple, TaskResult] = {}
-    total = len(queue)
+    first = len(queue)
+    total, added = first + planned, 0
     bar = progress_bar(progress)
     bar_task = bar.add_task(description, total=total)
 
@@ -178,11 +181,12 @@ def run_tasks(
         return queue.pop(best)
 
     def finish(result: TaskResult) -> None:
-        nonlocal total
+        nonlocal total, added
         results[result.key] = result
         more = on_result(result) if on_result is not None else []
         queue.extend(more)
-        total += len(more)
+        added += len(more)
+        total = first + max(planned, added)
         bar.update(bar_task, total=total, advance=1)
         event(
             log,
