@@ -24,7 +24,7 @@ class EncoderInfo:
     id : registry name (``get_encoder(id)``)
     embed_dim : width D of one tile's feature vector
     has_text : whether a text tower embeds prompts (needed by the CLIP-guided MIL)
-    input_px : the square input size S the model was trained at
+    input_px : the square tile size in pixels the model was trained on (the tiling default)
     mpp : µm/px of its training tiles (0.5 = 20×)
     mean, std : per-channel input normalisation
     architecture : the network, in words

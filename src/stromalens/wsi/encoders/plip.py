@@ -8,10 +8,7 @@ from pathlib import Path
 
 from ..transforms import OPENAI_MEAN, OPENAI_STD, TileTransform
 from .base import Encoder, EncoderInfo, register_encoder
-from .weights import load_state_dict, load_strict, read_config, resolve_weights, weights_spec
-
-#: Buffers older transformers saved and 5.x no longer has (non-persistent): not weights.
-_LEGACY_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+from .weights import load_transformers_strict, read_config, weights_spec
 
 
 def _plip_model(weights, depth):
@@ -61,11 +58,7 @@ def _plip(weights=None, allow_download=False, depth=None) -> Encoder:
     else:
         model, sha = _plip_model(weights, depth), "random"
     if weights not in ("random", "hub"):
-        state, sha = load_state_dict(weights)
-        expected = model.state_dict()
-        state = {k: v for k, v in state.items() if k in expected or k not in _LEGACY_BUFFERS}
-        load_strict(model, state, str(weights))
-        weights = str(resolve_weights(weights).parent if Path(weights).is_dir() else weights)
+        model, sha = load_transformers_strict(transformers.CLIPModel, weights, model.config, "plip")
     model.eval()
     tokenizer = _tokenizer(weights)
 

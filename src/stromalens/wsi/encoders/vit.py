@@ -30,7 +30,14 @@ import inspect
 
 from ..transforms import HOPTIMUS_MEAN, HOPTIMUS_STD, IMAGENET_MEAN, IMAGENET_STD, TileTransform
 from .base import Encoder, EncoderInfo, register_encoder
-from .weights import WeightsMismatchError, load_state_dict, load_strict, read_config, weights_spec
+from .weights import (
+    WeightsMismatchError,
+    load_state_dict,
+    load_strict,
+    load_transformers_strict,
+    read_config,
+    weights_spec,
+)
 
 _NC_ND = "CC-BY-NC-ND 4.0, gated: non-commercial academic use"
 
@@ -232,8 +239,8 @@ PHIKON_V2_CONFIG = {
 def _phikon_v2(weights=None, allow_download=False, depth=None) -> Encoder:
     """Phikon-v2 (Filiot et al. 2024): ``last_hidden_state[:, 0]`` of a ``Dinov2Model``.
 
-    ``weights`` is its snapshot folder (``config.json`` + ``model.safetensors``) or a single
-    checkpoint with the published key names (then the published config is used).
+    ``weights`` is its snapshot folder (``config.json`` + ``model.safetensors``), loaded by
+    transformers (which maps its published key names) and refused if any key does not fit.
     """
     import torch
     from transformers import Dinov2Config, Dinov2Model
@@ -248,14 +255,13 @@ def _phikon_v2(weights=None, allow_download=False, depth=None) -> Encoder:
     settings = dict(PHIKON_V2_CONFIG, **{k: v for k, v in (config or {}).items() if k in accepted})
     if depth is not None:
         settings["num_hidden_layers"] = depth
-    sha = "random"
     if weights == "hub":
         model, sha = Dinov2Model.from_pretrained("owkin/phikon-v2"), "hub:owkin/phikon-v2"
+    elif weights == "random":
+        model, sha = Dinov2Model(Dinov2Config(**settings)), "random"
     else:
-        model = Dinov2Model(Dinov2Config(**settings))
-    if weights not in ("random", "hub"):
-        state, sha = load_state_dict(weights)
-        load_strict(model, state, str(weights))
+        config = Dinov2Config(**settings)
+        model, sha = load_transformers_strict(Dinov2Model, weights, config, "phikon-v2")
     model.eval()
     return Encoder(
         name="phikon-v2",

@@ -162,3 +162,27 @@ def find_local_weights(name: str, weights_dir: Path | str | None = None) -> Path
         if (root / f"{name}{suffix}").is_file():
             return root / f"{name}{suffix}"
     return None
+
+
+def load_transformers_strict(cls, folder, config, name: str):
+    """``cls.from_pretrained(folder)`` (transformers maps its published key names itself),
+    refused with :class:`WeightsMismatchError` naming any missing, unexpected or mis-shaped
+    key — transformers would otherwise initialise missing weights at random with a warning."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{name} weights must be its snapshot folder (config.json + weights), "
+                         f"got {str(folder)!r}")  # fmt: skip
+    model, report = cls.from_pretrained(
+        folder, config=config, local_files_only=True, output_loading_info=True
+    )
+    problems = {
+        "missing": sorted(report.get("missing_keys", [])),
+        "unexpected": sorted(report.get("unexpected_keys", [])),
+        "mis-shaped": sorted(str(k) for k in report.get("mismatched_keys", [])),
+    }
+    if any(problems.values()):
+        raise WeightsMismatchError(
+            f"{folder} does not fit {name}: "
+            + "; ".join(f"{len(v)} {k} key(s): {_named(v)}" for k, v in problems.items() if v)
+        )
+    return model, sha256_file(resolve_weights(folder))
