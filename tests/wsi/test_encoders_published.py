@@ -328,3 +328,18 @@ def test_full_size_models_run_forward(name):
     encoder = get_encoder(name, weights="random")
     size = encoder.info.input_px
     assert encoder.encode_images(_tile(size, n=1)).shape == (1, encoder.info.embed_dim)
+
+
+def test_cli_lists_encoders_and_the_local_weights_found(tmp_path):
+    from typer.testing import CliRunner
+
+    from stromalens.cli import app
+
+    folder, _ = _timm_snapshot(tmp_path, "uni")
+    result = CliRunner().invoke(
+        app, ["wsi", "encoders", "--weights-dir", str(tmp_path)], env={"COLUMNS": "300"}
+    )
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
+    assert "2560" in rows["virchow2"] and "448" in rows["conch"]
+    assert str(folder) in rows["uni"] and rows["virchow2"].rstrip(" │").endswith("no")
