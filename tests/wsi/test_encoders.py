@@ -4,10 +4,13 @@ import torch
 
 from stromalens.wsi.encoders import get_encoder, list_encoders, load_state_dict, sha256_file
 
-#: Entries whose own package is optional: skipped with a reason when it is absent.
-OPTIONAL = {"plip": "transformers", "conch": "conch"}
 #: Entries too large for the default tier (forward pass checked under -m slow).
 LARGE = {"openclip-vit-l-14"}
+#: Transformer entries built one block deep here (full size: test_encoders_published.py).
+DEEP = {"uni", "uni2-h", "virchow2", "h-optimus-0", "h-optimus-1", "prov-gigapath", "phikon-v2",
+        "conch", "plip"}  # fmt: skip
+#: Precision names of the metadata records.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _tiles(n=2, size=224):
@@ -20,22 +23,22 @@ def _tiles(n=2, size=224):
     [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_encoders()],
 )
 def test_every_registered_encoder_runs_forward(name):
-    if name in OPTIONAL:
-        pytest.importorskip(OPTIONAL[name], reason=f"{name} needs the optional {OPTIONAL[name]}")
-    if name == "conch":
-        pytest.skip("CONCH has no random-weight mode; needs the user's gated checkpoint")
-    encoder = get_encoder(name, weights="random")
+    depth = {"_depth": 1} if name in DEEP else {}
+    encoder = get_encoder(name, weights="random", **depth)
     model, transforms, precision = encoder
-    assert precision == torch.float32
-    x = transforms(_tiles())
-    assert x.shape[:2] == (2, 3)
-    feats = encoder.encode_images(_tiles())
-    assert feats.shape == (2, encoder.embed_dim)
+    assert precision == DTYPES[encoder.info.precision]
+    size = encoder.info.input_px
+    x = transforms(_tiles(size=size))
+    # synthclip shrinks its 224-px tiles to its own small input; the others take them as they are
+    assert x.shape == (2, 3, transforms.size, transforms.size)
+    feats = encoder.encode_images(_tiles(size=size))
+    assert feats.shape == (2, encoder.embed_dim) and encoder.embed_dim == encoder.info.embed_dim
     assert torch.isfinite(feats).all()
-    if encoder.has_text:
+    assert encoder.has_text == encoder.info.has_text
+    if encoder.has_text and name != "conch":  # CONCH's tokenizer file is the user's
         text = encoder.encode_texts(["fibrous stroma", "tumour cells", "lymphocytes"])
         assert text.shape == (3, encoder.embed_dim)
-    else:
+    elif not encoder.has_text:
         with pytest.raises(ValueError, match="no text tower"):
             encoder.encode_texts(["x"])
 
@@ -114,7 +117,7 @@ def test_plip_loads_from_a_local_snapshot_directory(tmp_path):
     transformers = pytest.importorskip("transformers", reason="plip needs transformers")
     import open_clip
 
-    random = get_encoder("plip", weights="random")
+    random = get_encoder("plip", weights="random", _depth=1)
     snapshot = tmp_path / "plip"
     random.model.save_pretrained(snapshot)
     _write_clip_tokenizer(snapshot)

@@ -1,4 +1,4 @@
-"""``stromalens wsi``: tile, embed, prompts, train-clip."""
+"""``stromalens wsi``: tile, embed, prompts, train-clip, encoders."""
 
 from __future__ import annotations
 
@@ -130,7 +130,9 @@ def embed(
     ),
     mpp: float | None = _MPP,
     target_mpp: float = typer.Option(0.5, "--target-mpp"),
-    tile_px: int = typer.Option(224, "--tile-px"),
+    tile_px: int | None = typer.Option(
+        None, "--tile-px", help="Tile size in px (default: the encoder's input size, e.g. 448)."
+    ),
     min_tissue: float = typer.Option(0.5, "--min-tissue"),
     batch_size: int = typer.Option(64, "--batch-size"),
     num_workers: int = typer.Option(1, "--num-workers", help="Decode processes per slide."),
@@ -153,8 +155,11 @@ def embed(
     skipped, any other is recomputed."""
     from ..wsi.devices import resolve_device, resolve_precision
     from ..wsi.embed import embed_cohort
+    from ..wsi.encoders import encoder_info
 
     resolve_precision(precision, resolve_device(device))  # a bad choice fails before any slide
+    # tiles at the encoder's own input size (CONCH: 448 px), never 224-px tiles upsampled
+    tile_px = tile_px or encoder_info(encoder).input_px
     settings = _settings(
         target_mpp,
         tile_px,
@@ -241,3 +246,37 @@ def train_clip(
     summary = train_synthclip(slides, out, ClipTrainSettings(max_steps=steps, seed=seed))
     console.print(json.dumps(summary["heldout_retrieval"], indent=2))
     console.print(f"trained in {summary['training']['train_seconds']} s → {out}")
+
+
+@app.command("encoders")
+def encoders(
+    weights_dir: Path | None = typer.Option(
+        None,
+        "--weights-dir",
+        help="Folder holding <id>/ snapshot folders or <id>.safetensors|.bin|.pt files "
+        "(default: $STROMALENS_WEIGHTS).",
+    ),
+) -> None:
+    """List the registered encoders: feature width, text tower, input size, µm/px, licence,
+    and whether local weights were found under --weights-dir / $STROMALENS_WEIGHTS."""
+    from ..wsi.encoders import WEIGHTS_ENV, find_local_weights, list_infos, weights_root
+
+    table = Table(title="encoders")
+    for col in ("id", "width", "text", "input px", "µm/px", "licence", "hub", "local weights"):
+        table.add_column(col)
+    for info in list_infos():
+        found = find_local_weights(info.id, weights_dir)
+        table.add_row(
+            info.id,
+            str(info.embed_dim),
+            "yes" if info.has_text else "no",
+            str(info.input_px),
+            f"{info.mpp:g}",
+            info.licence,
+            info.hub or "",
+            str(found) if found else "no",
+        )
+    console.print(table)
+    root = weights_root(weights_dir)
+    where = root if root else f"nowhere (set --weights-dir or ${WEIGHTS_ENV})"
+    console.print(f"local weights searched in {where}")
