@@ -8,13 +8,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .options import LEGACY_MANIFEST, manifest_from, manifest_option
+
 app = typer.Typer(help="Inspect and validate cohort manifests.", no_args_is_help=True)
 console = Console()
 
 
-@app.command("validate")
+@app.command("validate", context_settings=LEGACY_MANIFEST)
 def validate(
-    manifest: Path = typer.Argument(..., help="Cohort manifest (CSV, TSV or parquet)."),
+    ctx: typer.Context,
+    manifest: Path | None = manifest_option(),
     sites: str = typer.Option(None, "--sites", help="Comma-separated allowed site labels."),
     expression: Path = typer.Option(
         None,
@@ -34,6 +37,7 @@ def validate(
     """Validate MANIFEST and print a summary per site; exit non-zero if it is invalid."""
     from ..cohort import load_manifest
 
+    manifest = manifest_from(ctx, manifest)
     samples = None
     if expression is not None:
         samples = _expression_samples(manifest, expression, orientation)

@@ -32,6 +32,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,7 +138,17 @@ def load_state_dict(path: Path | str) -> tuple[dict, str]:
 
         state = load_file(str(file))
     else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # torch's own message advises weights_only=False, i.e. running the file's code
+            raise ValueError(
+                f"{file}: refused: it holds Python objects besides tensors, which are never "
+                "loaded (torch.load(weights_only=True)); save the state dict alone "
+                "(torch.save(model.state_dict(), path)) or as safetensors"
+            ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -165,6 +176,20 @@ def _weights_spec(weights, name: str, allow_download: bool, hub: str | None):
                 "(--allow-download)"
             )
     return weights
+
+
+@contextlib.contextmanager
+def _fetching(name: str, source: str):
+    """A hub download (asked for with allow_download) that fails, offline say, is one error
+    naming the encoder and the source, not the hub client's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        raise ValueError(
+            f"encoder {name!r}: could not fetch {source} from the hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no message'}); offline, give a "
+            "local weight file or snapshot folder as weights instead"
+        ) from None
 
 
 # --------------------------------------------------------------------------- open_clip
@@ -195,7 +220,8 @@ def build_open_clip(
     else:
         config = {"arch": arch}
         if weights == "hub":
-            model, _, _ = open_clip.create_model_and_transforms(f"hf-hub:{hub}")
+            with _fetching(name, hub):
+                model, _, _ = open_clip.create_model_and_transforms(f"hf-hub:{hub}")
         else:
             model = open_clip.create_model(arch, pretrained=None)
         tokenizer_name, context = arch, None
@@ -306,10 +332,13 @@ def _plip(weights=None, allow_download=False) -> Encoder:
         source = "vinid/plip" if weights == "hub" else str(weights)
         if weights != "hub" and not Path(weights).is_dir():
             raise ValueError(f"PLIP weights must be a snapshot directory, got {weights!r}")
-        model = transformers.CLIPModel.from_pretrained(source, local_files_only=weights != "hub")
-        tokenizer = transformers.CLIPTokenizer.from_pretrained(
-            source, local_files_only=weights != "hub"
-        )
+        with _fetching("plip", source) if weights == "hub" else contextlib.nullcontext():
+            model = transformers.CLIPModel.from_pretrained(
+                source, local_files_only=weights != "hub"
+            )
+            tokenizer = transformers.CLIPTokenizer.from_pretrained(
+                source, local_files_only=weights != "hub"
+            )
         sha = sha256_file(resolve_weights(source)) if weights != "hub" else "hub:vinid/plip"
     model.eval()
 
@@ -382,7 +411,8 @@ def _timm_entry(name: str, arch: str, size: int):
         import torch
 
         weights = _weights_spec(weights, name, allow_download, f"timm/{arch}")
-        model = timm.create_model(arch, pretrained=weights == "hub", num_classes=0)
+        with _fetching(name, f"timm/{arch}") if weights == "hub" else contextlib.nullcontext():
+            model = timm.create_model(arch, pretrained=weights == "hub", num_classes=0)
         sha = "random" if weights == "random" else f"hub:timm/{arch}"
         if weights not in ("random", "hub"):
             state, sha = load_state_dict(weights)
