@@ -232,6 +232,22 @@ def _clean(study: Path, folders: list[str], ours: bool) -> None:
             path.unlink()
 
 
+def check_study(config: StudyConfig, validate: Callable[[StudyConfig], None]) -> None:
+    """Everything a study file says, checked before the first stage: every name against its
+    registry (:func:`~.checks.name_problems`) and ``validate`` (the stages' own checks:
+    files, manifests, devices). One :class:`ConfigError` lists every problem of both."""
+    from .checks import name_problems
+
+    problems = name_problems(config)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        lines = str(exc).splitlines()
+        problems += [line.removeprefix("  ") for line in lines[1:]] or [lines[0]]
+    if problems:
+        raise ConfigError("invalid study configuration\n" + "\n".join(f"  {p}" for p in problems))
+
+
 def run_study(
     config: StudyConfig | Path | str,
     study: Path | str,
@@ -253,7 +269,7 @@ def run_study(
     if config_path is not None:
         config = load_config(config_path, StudyConfig)
     if stages is None:
-        validate_study(config)
+        check_study(config, validate_study)
         stages = default_stages(config)
     _check_order(stages)
     names = [s.name for s in stages]
