@@ -183,8 +183,41 @@ def read_table(path: Path) -> pd.DataFrame:
         frame = pd.read_parquet(path)
         frame = frame.astype(object).where(frame.notna(), "")
         return frame.map(lambda v: "" if v is None else str(v))
-    sep = "\t" if suffixes.endswith((".tsv", ".tsv.gz", ".txt")) else ","
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[])
+    sep = _separator(path)
+    # The header is read as data: pandas would rename a repeated column ("os_time.1") and
+    # the repetition would go unseen.
+    frame = pd.read_csv(path, sep=sep, dtype=str, header=None, keep_default_na=False, na_values=[])
+    header = [str(c) for c in frame.iloc[0]] if len(frame) else []
+    frame = frame.iloc[1:].reset_index(drop=True)
+    frame.columns = header
+    return frame
+
+
+def _separator(path: Path) -> str:
+    """The separator stromalens reads ``path`` with: tab for .tsv/.txt, else a comma."""
+    return "\t" if "".join(path.suffixes).lower().endswith((".tsv", ".tsv.gz", ".txt")) else ","
+
+
+def _delimiter_hint(path: Path, columns) -> str | None:
+    """Why the required columns may be absent: a header that splits into them at another
+    delimiter (a ';'-separated export of a spreadsheet read as comma-separated, say)."""
+    if len(columns) > 2:
+        return None
+    header = "".join(str(c) for c in columns)
+    for delimiter, name in ((";", "';'"), ("\t", "tab"), (",", "','"), ("|", "'|'")):
+        if delimiter == _separator(path):
+            continue
+        parts = [part.strip() for part in header.split(delimiter)]
+        if all(col in parts for col in REQUIRED_COLUMNS):
+            read_as = "tab" if _separator(path) == "\t" else "','"
+            fix = {"\t": "rename it .tsv", ",": "rename it .csv"}.get(
+                delimiter, "save it comma-separated (.csv) or tab-separated (.tsv)"
+            )
+            return (
+                f"the header splits at {name} into {', '.join(parts[:3])}, …: the file looks "
+                f"{name}-delimited, but {path.name} is read as {read_as}-delimited; {fix}"
+            )
+    return None
 
 
 def _is_empty(value) -> bool:
@@ -228,9 +261,17 @@ def load_manifest(
     missing_cols = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     for col in missing_cols:
         problems.append(Problem(None, col, "required column is absent"))
+    hint = _delimiter_hint(path, raw.columns) if missing_cols else None
+    if hint:
+        problems.append(Problem(None, None, hint))
     duplicated_cols = raw.columns[raw.columns.duplicated()].unique()
     for col in duplicated_cols:
-        problems.append(Problem(None, col, "column appears more than once"))
+        at = [str(i + 1) for i, c in enumerate(raw.columns) if c == col]
+        problems.append(
+            Problem(
+                None, col, f"column appears {len(at)} times (columns {', '.join(at)}); keep one"
+            )
+        )
     if missing_cols or len(duplicated_cols):
         raise ManifestError(path, problems)
     unknown = [c for c in raw.columns if c not in KNOWN_COLUMNS]

@@ -265,7 +265,7 @@ def test_cohort_validate_reads_gz_in_both_orientations(small_cohort, tmp_path):
         assert "valid" in run.stdout
     run = _cli("cohort", "validate", small_cohort, "--no-file-check",
                "--expression", samples_x_genes, "--orientation", "genes-x-samples")  # fmt: skip
-    assert run.returncode == 1 and "is not in the expression table" in run.stderr
+    assert run.returncode == 1 and "none of the manifest's rna_sample ids" in run.stderr
     assert "Traceback" not in run.stderr
 
 

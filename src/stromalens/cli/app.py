@@ -8,12 +8,14 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from .. import __version__
 from ..logs import configure_logging
 from . import cohort, demo, radiomics, run, synth, targets, train, wsi
 from . import evaluate as evaluate_cli
 from . import report as report_cli
+from .errors import os_error_line
 
 app = typer.Typer(
     name="stromalens",
@@ -67,23 +69,19 @@ def version() -> None:
 
 
 def main() -> None:
-    """Entry point: user errors (bad input, bad configuration) exit 1 with one clear message."""
+    """Entry point: user errors (bad input, bad configuration, an operating-system error such as a
+    missing file or a full disk) exit 1 with one line (:mod:`.errors`); usage errors exit 2 with
+    click's message and the usage."""
     from ..cohort import ManifestError
     from ..config import ConfigError
 
     try:
         # Without standalone mode, click returns (not raises) the code of a `typer.Exit`.
         code = app(standalone_mode=False)
-    except (
-        ManifestError,
-        ConfigError,
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        ImportError,
-    ) as exc:
-        error_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    except OSError as exc:
+        _fail(os_error_line(exc))
+    except (ManifestError, ConfigError, ValueError, ImportError) as exc:
+        _fail(str(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -98,6 +96,12 @@ def main() -> None:
         raise
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _fail(message: str) -> None:
+    # Text, not markup: a path or a value with brackets is printed as it is
+    error_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    sys.exit(1)
 
 
 def _usage_errors() -> tuple[type, ...]:

@@ -1,4 +1,4 @@
-"""``stromalens cohort ...``: inspect and validate cohort manifests."""
+"""``stromalens cohort ...``: inspect and validate cohort manifests (the preflight)."""
 
 from __future__ import annotations
 
@@ -8,41 +8,66 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .options import LEGACY_MANIFEST, manifest_from, manifest_option
+
 app = typer.Typer(help="Inspect and validate cohort manifests.", no_args_is_help=True)
 console = Console()
 
 
-@app.command("validate")
+@app.command("validate", context_settings=LEGACY_MANIFEST)
 def validate(
-    manifest: Path = typer.Argument(..., help="Cohort manifest (CSV, TSV or parquet)."),
+    ctx: typer.Context,
+    manifest: Path | None = manifest_option(),
     sites: str = typer.Option(None, "--sites", help="Comma-separated allowed site labels."),
     expression: Path = typer.Option(
         None,
         "--expression",
-        help="Expression table (TSV/CSV, optionally .gz) whose sample ids "
-        "the manifest's rna_sample must match.",
+        help="Expression table (TSV/CSV, optionally .gz; parquet; h5ad), read as the targets "
+        "stage reads it: orientation, scale and every rna_sample are checked.",
     ),
     orientation: str = typer.Option(
         "auto",
         "--orientation",
         help="auto (the axis with more rna_sample ids), genes-x-samples or samples-x-genes.",
     ),
+    scale: str = typer.Option(
+        "auto", "--scale", help="The expression's scale as the study states it (targets: scale)."
+    ),
     no_file_check: bool = typer.Option(
         False, "--no-file-check", help="Do not check that referenced files exist."
     ),
 ) -> None:
-    """Validate MANIFEST and print a summary per site; exit non-zero if it is invalid."""
-    from ..cohort import load_manifest
+    """The preflight: check MANIFEST and what a study will read from it (slides open with
+    µm/px, files of every column exist, the expression's orientation, scale and samples); print
+    a summary per site and every finding; exit 1 if there is an error."""
+    from ..preflight import ERROR, preflight
 
-    samples = None
-    if expression is not None:
-        samples = _expression_samples(manifest, expression, orientation)
-    cohort = load_manifest(
+    manifest = manifest_from(ctx, manifest)
+    cohort, findings = preflight(
         manifest,
         sites=[s.strip() for s in sites.split(",")] if sites else None,
         check_files=not no_file_check,
-        expression_samples=samples,
+        expression=expression,
+        orientation=orientation,
+        scale=scale,
     )
+    if cohort is not None:
+        _print_summary(cohort)
+    if findings:
+        _print_findings(findings)
+    errors = [f for f in findings if f.level == ERROR]
+    if errors:
+        lines = "\n".join(f"  - {_where(f)}{f.message}" for f in errors)
+        raise ValueError(f"{manifest}: {len(errors)} problem(s) found by the preflight\n{lines}")
+    n = len(cohort.patients)
+    console.print(f"{manifest}: {n} patients, valid", soft_wrap=True)
+
+
+def _where(finding) -> str:
+    return f"patient {finding.patient}: " if finding.patient else ""
+
+
+def _print_summary(cohort) -> None:
     summary = cohort.summary()
     table = Table(title="patients and modalities per site")
     table.add_column("site")
@@ -51,28 +76,13 @@ def validate(
     for site, row in summary.iterrows():
         table.add_row(str(site), *(str(v) for v in row))
     console.print(table)
-    console.print(f"{manifest}: {len(cohort.patients)} patients, valid", soft_wrap=True)
-    for warning in cohort.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
 
-def _expression_samples(manifest: Path, expression: Path, orientation: str) -> list[str]:
-    """The sample ids of ``expression``: its columns (genes × samples), its rows, or (auto) the
-    axis holding more of the manifest's ``rna_sample`` ids."""
-    from ..cohort import read_table
-    from ..targets.adapters import ORIENTATION_CHOICES
-    from ..targets.io import table_ids
-
-    if orientation not in ORIENTATION_CHOICES:
-        raise ValueError(
-            f"orientation must be one of {', '.join(ORIENTATION_CHOICES)}, not {orientation!r}"
-        )
-    if not expression.exists():
-        raise ValueError(f"expression file not found: {expression}")
-    rows, columns = table_ids(expression)
-    if orientation == "auto":
-        raw = read_table(manifest) if manifest.exists() else None
-        wanted = set(raw["rna_sample"]) if raw is not None and "rna_sample" in raw else set()
-        in_rows, in_columns = len(wanted & set(rows)), len(wanted & set(columns))
-        orientation = "samples-x-genes" if in_rows > in_columns else "genes-x-samples"
-    return rows if orientation == "samples-x-genes" else columns
+def _print_findings(findings) -> None:
+    table = Table(title="preflight findings")
+    for col in ("level", "patient", "column", "message"):
+        table.add_column(col, overflow="fold")
+    for f in findings:
+        style = "red" if f.level == "error" else "yellow"
+        table.add_row(f"[{style}]{f.level}[/]", f.patient or "", f.column or "", f.message)
+    console.print(table)

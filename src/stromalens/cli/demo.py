@@ -23,6 +23,8 @@ import typer
 import yaml
 from rich.console import Console
 
+from .options import out_folder
+
 console = Console()
 
 #: Overrides of configs/demo.yaml for ``--quick`` (a smoke test of every stage, not a study).
@@ -146,6 +148,13 @@ def demo(
     ),
 ) -> None:
     """Generate the synthetic cohorts and run the full study on them (stromalens run)."""
+    from ..study.runner import study_lock
+
+    with study_lock(out_folder(out)):  # before the cohorts: a second demo into OUT stops here
+        _demo(out, patients, external_patients, seed, quick)
+
+
+def _demo(out: Path, patients: int, external_patients: int, seed: int, quick: bool) -> None:
     from .run import run_and_summarise
 
     if quick:

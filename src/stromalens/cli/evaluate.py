@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .options import out_folder
+
 console = Console()
 
 
@@ -27,6 +29,8 @@ def evaluate(
     from ..names import PROPOSED
     from ..rundir import metric_parts
 
+    if out is not None:
+        out_folder(out)
     metrics = evaluate_run(
         run_dir, out, external=external or None, skip=tuple(skip or ()), n_boot=n_boot
     )
@@ -62,7 +66,9 @@ def predict(
     The bundle holds everything needed: the training cohort's files are not read."""
     from ..evaluation.external import predict_cohort
 
-    preds = predict_cohort(model, manifest, out, features_dir=features, targets=targets, name=name)
+    preds = predict_cohort(
+        model, manifest, out_folder(out), features_dir=features, targets=targets, name=name
+    )
     console.print(
         f"predicted {preds['patient_id'].nunique()} patients × {preds['model'].nunique()} "
         f"models → {out / 'predictions.parquet'}"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .options import out_folder
+
 
 def radiomics(
     manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest (CSV/TSV/parquet)."),
@@ -26,6 +28,7 @@ def radiomics(
     from ..radiology.runner import run_radiomics
     from ..radiology.settings import RadiomicsConfig
 
+    out_folder(out)
     settings = load_config(config, RadiomicsConfig) if config else RadiomicsConfig()
     summary = run_radiomics(
         manifest, out, settings, workers=workers, progress=not no_progress, executor=executor

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .options import out_folder
+
 console = Console()
 
 
@@ -54,4 +56,4 @@ def run(
 ) -> None:
     """Run targets, WSI, radiomics, training, external application, evaluation and the report;
     each stage is skipped when done for the same inputs and settings (manifest.json)."""
-    run_and_summarise(config, out, only=only or None, force=force or ())
+    run_and_summarise(config, out_folder(out), only=only or None, force=force or ())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from .options import out_folder
+
 
 def synth(
     out: Path = typer.Option(..., "--out", help="Output directory."),
@@ -34,5 +36,5 @@ def synth(
     if workers is not None:
         updates["workers"] = workers
     settings = validate_settings(SynthConfig, base.model_dump() | updates, source="synth")
-    manifest = generate_cohort(out, settings)
+    manifest = generate_cohort(out_folder(out), settings)
     typer.echo(f"manifest: {manifest}")

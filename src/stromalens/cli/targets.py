@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .options import out_folder
+
 console = Console()
 
 
@@ -77,7 +79,7 @@ def targets(
     # every option but the three paths is a key of the study's `targets:` block
     options = {k: v for k, v in locals().items() if k in TargetsConfig.model_fields}
     settings = validate_settings(TargetsConfig, options, source="stromalens targets")
-    _print_summary(run_targets(manifest, expression, settings, out), out)
+    _print_summary(run_targets(manifest, expression, settings, out_folder(out)), out)
 
 
 def _print_summary(summary: dict, out: Path) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .options import out_folder
+
 console = Console()
 
 
@@ -26,6 +28,7 @@ def train(
     from ..study.stages import training_config
     from ..training.run import train_study
 
+    out_folder(out)
     study_config = load_config(config, StudyConfig)
     if study_config.training is None:
         raise ValueError(f"{config}: no 'training' block")

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .options import LEGACY_MANIFEST, manifest_from, manifest_option, out_folder
+
 app = typer.Typer(help="Whole-slide images: tiles, QC, stain normalisation, CLIP features.")
 console = Console()
 
@@ -89,14 +91,15 @@ def _report(results: list[dict], out: Path, encoder: str | None, settings) -> No
         raise ValueError(f"{failed} slide(s) failed (the others are done): {', '.join(names)}")
 
 
-_SOURCE = typer.Argument(..., help="Cohort manifest (CSV/TSV/parquet) or a single slide file.")
+_MANIFEST = manifest_option("Cohort manifest (CSV/TSV/parquet), or a single slide file.")
 _MPP = typer.Option(None, "--mpp", help="µm/px override for slides without it in metadata.")
 _EXECUTOR = typer.Option("local", "--executor", help="local, process or ray.")
 
 
-@app.command("tile")
+@app.command("tile", context_settings=LEGACY_MANIFEST)
 def tile(
-    source: Path = _SOURCE,
+    ctx: typer.Context,
+    manifest: Path | None = _MANIFEST,
     out: Path = typer.Option(..., "--out", help="Output directory (one HDF5 per slide)."),
     mpp: float | None = _MPP,
     target_mpp: float = typer.Option(0.5, "--target-mpp"),
@@ -110,16 +113,23 @@ def tile(
     under OUT/tiles/<tiling>/."""
     from ..wsi.embed import embed_cohort
 
+    source = manifest_from(ctx, manifest)
     settings = _settings(target_mpp, tile_px, min_tissue, 64, 0, "none", None, overwrite)
     results = embed_cohort(
-        _jobs(source, mpp), out, None, settings=settings, executor=executor, workers=workers
+        _jobs(source, mpp),
+        out_folder(out),
+        None,
+        settings=settings,
+        executor=executor,
+        workers=workers,
     )
     _report(results, out, None, settings)
 
 
-@app.command("embed")
+@app.command("embed", context_settings=LEGACY_MANIFEST)
 def embed(
-    source: Path = _SOURCE,
+    ctx: typer.Context,
+    manifest: Path | None = _MANIFEST,
     out: Path = typer.Option(..., "--out", help="Output directory (one HDF5 per slide)."),
     encoder: str = typer.Option("synthclip", "--encoder", help="Registered encoder name."),
     weights: str | None = typer.Option(
@@ -157,6 +167,7 @@ def embed(
     from ..wsi.embed import embed_cohort
     from ..wsi.encoders import encoder_info
 
+    source = manifest_from(ctx, manifest)
     resolve_precision(precision, resolve_device(device))  # a bad choice fails before any slide
     # tiles at the encoder's own input size (CONCH: 448 px), never 224-px tiles upsampled
     tile_px = tile_px or encoder_info(encoder).input_px
@@ -174,7 +185,7 @@ def embed(
     )
     results = embed_cohort(
         _jobs(source, mpp),
-        out,
+        out_folder(out),
         encoder,
         weights,
         settings,
@@ -197,6 +208,7 @@ def prompts(
     from ..wsi.encoders import get_encoder
     from ..wsi.prompts import embed_bank, load_banks
 
+    out_folder(out)
     enc = get_encoder(encoder, weights, allow_download=allow_download)
     for target, bank in load_banks(banks).items():
         table = embed_bank(bank, enc, cache_dir=out)

@@ -134,18 +134,41 @@ def _write_manifest(study: Path, manifest: dict) -> None:
     tmp.replace(path)
 
 
+#: Study folders this process holds the lock of, with how many holders nest there.
+_HELD: dict[Path, int] = {}
+
+
 @contextlib.contextmanager
-def _lock(study: Path):
-    """An exclusive lock on the study folder; the OS releases it if the process dies."""
+def study_lock(study: Path | str):
+    """An exclusive lock on the study folder (created if needed); the OS releases it if the
+    process dies. Re-entrant within a process: ``stromalens demo`` takes it before generating
+    its cohorts and keeps it through the ``run_study`` that takes it again."""
     import fcntl
 
+    study = Path(study)
+    study.mkdir(parents=True, exist_ok=True)
+    key = study.resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     handle = open(StudyLayout(study).lock, "w")  # noqa: SIM115 - held for the whole run
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"{study}: another `stromalens run` is using this folder") from None
-        yield
+            raise ValueError(
+                f"{study}: another stromalens run or demo is using this folder; wait for it to "
+                "finish or choose another --out"
+            ) from None
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
     finally:
         handle.close()
 
@@ -209,6 +232,22 @@ def _clean(study: Path, folders: list[str], ours: bool) -> None:
             path.unlink()
 
 
+def check_study(config: StudyConfig, validate: Callable[[StudyConfig], None]) -> None:
+    """Everything a study file says, checked before the first stage: every name against its
+    registry (:func:`~.checks.name_problems`) and ``validate`` (the stages' own checks:
+    files, manifests, devices). One :class:`ConfigError` lists every problem of both."""
+    from .checks import name_problems
+
+    problems = name_problems(config)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        lines = str(exc).splitlines()
+        problems += [line.removeprefix("  ") for line in lines[1:]] or [lines[0]]
+    if problems:
+        raise ConfigError("invalid study configuration\n" + "\n".join(f"  {p}" for p in problems))
+
+
 def run_study(
     config: StudyConfig | Path | str,
     study: Path | str,
@@ -230,7 +269,7 @@ def run_study(
     if config_path is not None:
         config = load_config(config_path, StudyConfig)
     if stages is None:
-        validate_study(config)
+        check_study(config, validate_study)
         stages = default_stages(config)
     _check_order(stages)
     names = [s.name for s in stages]
@@ -238,10 +277,9 @@ def run_study(
         if name not in names:
             raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(names)}")
     study = Path(study)
-    study.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = StudyResult(study=study, records={})
-    with _lock(study):
+    with study_lock(study):
         manifest = read_manifest(study)
         manifest.update(
             {

@@ -8,6 +8,7 @@ without building a model.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -153,10 +154,31 @@ def get_encoder(
     if weights is None:
         weights = find_local_weights(name, weights_dir)
     overrides = {} if _depth is None else {"depth": int(_depth)}
-    encoder = _REGISTRY[name][1](weights=weights, allow_download=allow_download, **overrides)
+    build = _REGISTRY[name][1]
+    if weights == "hub" or (allow_download and weights is None):
+        with _fetching(name, info.hub or name):
+            encoder = build(weights=weights, allow_download=allow_download, **overrides)
+    else:
+        encoder = build(weights=weights, allow_download=allow_download, **overrides)
     encoder.info = info
     encoder.precision = getattr(torch, _DTYPES[info.precision])  # recommended on accelerators
     return encoder
 
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@contextlib.contextmanager
+def _fetching(name: str, source: str):
+    """A hub download (asked for with allow_download) that fails, offline say, is one error
+    naming the encoder and the source, not the hub client's traceback."""
+    try:
+        yield
+    except (ValueError, TypeError):
+        raise  # the project's own refusals already say what to do
+    except Exception as exc:  # noqa: BLE001 - any hub-client failure is one clear line
+        first = str(exc).splitlines()[0][:200] if str(exc) else "no message"
+        raise ValueError(
+            f"encoder {name!r}: could not fetch {source} from the hub ({type(exc).__name__}: "
+            f"{first}); offline, give a local weight file or snapshot folder as weights instead"
+        ) from None

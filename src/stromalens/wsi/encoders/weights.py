@@ -72,7 +72,17 @@ def load_state_dict(path: Path | str) -> tuple[dict, str]:
 
         state = load_file(str(file))
     else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # torch's own message advises weights_only=False, i.e. running the file's code
+            raise ValueError(
+                f"{file}: refused: it holds Python objects besides tensors, which are never "
+                "loaded (torch.load(weights_only=True)); save the state dict alone "
+                "(torch.save(model.state_dict(), path)) or as safetensors"
+            ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
