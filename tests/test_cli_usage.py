@@ -21,7 +21,7 @@ SCRIPT = Path(sys.executable).parent / "stromalens"
 REPO = Path(__file__).resolve().parents[1]
 
 #: Commands that do their work with no argument at all (so no "missing argument" case).
-RUN_WITHOUT_ARGUMENTS = {"demo", "version", "wsi train-clip"}
+RUN_WITHOUT_ARGUMENTS = {"demo", "version", "wsi train-clip", "wsi encoders"}
 
 
 def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:
