@@ -94,3 +94,37 @@ def test_single_slide_cohorts_keep_the_patient_id_as_slide_id(tmp_path):
     assert cohort.slide_ids() == {"P1": ["P1"]}
     assert list(cohort.slides.columns) == ["patient_id", "slide_id", "path", "mpp", "annotations"]
     assert isinstance(cohort.slides, pd.DataFrame)
+
+
+def _attention_tiles():
+    """Patient P1 with two slides whose tiles share coordinates, P2 with one (no slide_id)."""
+    rows = []
+    for pid, sid, n in (("P1", "P1", 3), ("P1", "P1.2", 2), ("P2", "P2", 2)):
+        for i in range(n):
+            rows.append(
+                {"patient_id": pid, "slide_id": sid, "model": "fusion", "target": "ers_caf",
+                 "x": 224.0 * i, "y": 0.0, "tile_px": 224.0, "attention": 1.0 / 7}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_attention_tiles_of_two_slides_may_share_coordinates():
+    from stromalens.evaluation.attention import check_tiles
+
+    tiles = check_tiles(_attention_tiles())
+    assert tiles.groupby("slide_id").size().to_dict() == {"P1": 3, "P1.2": 2, "P2": 2}
+    # without a slide_id column every tile is on the slide named after its patient
+    plain = check_tiles(_attention_tiles().drop(columns="slide_id").iloc[5:])
+    assert list(plain["slide_id"]) == ["P2", "P2"]
+
+
+def test_attention_geojson_one_file_per_slide_in_its_own_coordinates(tmp_path):
+    import json
+
+    from stromalens.evaluation.overlays import save_attention_geojson
+
+    written = save_attention_geojson(_attention_tiles(), tmp_path, "fusion")
+    assert sorted(p.name for p in written) == ["P1.2.geojson", "P1.geojson", "P2.geojson"]
+    second = json.loads((tmp_path / "P1.2.geojson").read_text())
+    rings = [f["geometry"]["coordinates"][0][0] for f in second["features"]]
+    assert sorted(rings) == [[0.0, 0.0], [224.0, 0.0]]

@@ -104,8 +104,12 @@ def _overlay_input(
     manifest_dir: Path | str | None,
     cache: dict,
 ) -> tuple[OverlayInput | None, str]:
-    """A patient's :class:`OverlayInput`, or ``None`` and why the patient cannot be drawn."""
+    """A patient's :class:`OverlayInput`, or ``None`` and why the patient cannot be drawn.
+    The overlay is drawn on the patient's first slide, the one its manifest row names (and its
+    annotations are drawn on); further slides are exported as GeoJSON only."""
     slide_tiles = tiles[tiles["patient_id"] == pid]
+    if "slide_id" in slide_tiles and len(slide_tiles):
+        slide_tiles = slide_tiles[slide_tiles["slide_id"] == slide_tiles["slide_id"].iloc[0]]
     if slide_tiles.empty:
         return None, "no attention tiles"
     annotations, reason = load_patient_annotations(frame, pid, manifest_dir, cache)
@@ -405,7 +409,9 @@ def measurement_name(target: str) -> str:
     return f"attention {target}"
 
 
-def attention_geojson(tiles: pd.DataFrame, patient_id: str, model: str) -> dict:
+def attention_geojson(
+    tiles: pd.DataFrame, patient_id: str, model: str, slide_id: str | None = None
+) -> dict:
     """The tiles of one slide as a GeoJSON ``FeatureCollection`` in QuPath's import layout.
 
     One ``Feature`` per tile: a ``Polygon`` geometry, the closed ring
@@ -420,12 +426,21 @@ def attention_geojson(tiles: pd.DataFrame, patient_id: str, model: str) -> dict:
     Parameters
     ----------
     tiles : the contract's attention-tile table (:data:`~.attention.TILE_COLUMNS`).
-    patient_id, model : the slide and the model whose attention is exported.
+    patient_id, model : the patient and the model whose attention is exported.
+    slide_id : which of the patient's slides (default: the one named after the patient, i.e.
+        the only slide of a single-slide patient).
     """
     part = check_tiles(tiles)
-    part = part[(part["patient_id"].astype(str) == str(patient_id)) & (part["model"] == model)]
+    slide_id = str(patient_id) if slide_id is None else str(slide_id)
+    part = part[
+        (part["patient_id"].astype(str) == str(patient_id))
+        & (part["slide_id"] == slide_id)
+        & (part["model"] == model)
+    ]
     if part.empty:
-        raise ValueError(f"no attention tiles of patient {patient_id!r} and model {model!r}")
+        raise ValueError(
+            f"no attention tiles of patient {patient_id!r}, slide {slide_id!r}, model {model!r}"
+        )
     wide = part.pivot_table(
         index=["x", "y", "tile_px"], columns="target", values="attention", aggfunc="first"
     )
@@ -454,10 +469,11 @@ def attention_geojson(tiles: pd.DataFrame, patient_id: str, model: str) -> dict:
 def save_attention_geojson(
     tiles: pd.DataFrame, out_dir: Path | str, model: str | None = None
 ) -> list[Path]:
-    """``out_dir/<patient_id>.geojson`` (:func:`attention_geojson`) for every slide with
-    tiles of ``model`` (default: the proposed model when present, else the first in sorted
-    order), written atomically; returns the files. A patient id that is not a safe file name
-    is refused (:func:`stromalens.rundir.check_name`)."""
+    """``out_dir/<slide_id>.geojson`` (:func:`attention_geojson`) for every slide with tiles
+    of ``model`` (default: the proposed model when present, else the first in sorted order),
+    written atomically; returns the files. A single-slide patient's slide id is the patient id;
+    a patient with several slides gets one file per slide, each in that slide's coordinates. A
+    slide id that is not a safe file name is refused (:func:`stromalens.rundir.check_name`)."""
     import json
 
     from ..names import PROPOSED
@@ -467,10 +483,11 @@ def save_attention_geojson(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for pid in sorted(tiles.loc[tiles["model"] == model, "patient_id"].astype(str).unique()):
-        path = out_dir / f"{check_name(pid, 'patient')}.geojson"
+    slides = tiles.loc[tiles["model"] == model, ["patient_id", "slide_id"]].drop_duplicates()
+    for pid, sid in sorted(slides.astype(str).itertuples(index=False)):
+        path = out_dir / f"{check_name(sid, 'slide')}.geojson"
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(attention_geojson(tiles, pid, model)), encoding="utf-8")
+        tmp.write_text(json.dumps(attention_geojson(tiles, pid, model, sid)), encoding="utf-8")
         tmp.replace(path)
         written.append(path)
     event(log, "attention written as QuPath GeoJSON", slides=len(written), model=model)
