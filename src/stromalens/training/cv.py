@@ -243,8 +243,8 @@ def run_protocol(
         chosen[(fold, name)] = settings.with_(**points[name][_best(scores[(fold, name)])])
         return [fit_task(fold, name, priority=2)]
 
-    # with selection, each fold's final gated_fusion fit is queued once its scores are in
-    planned = len(by_fold) if select else 0
+    # each selected model's final fit on a fold is queued once its inner scores are in
+    planned = len(pending)
     run_tasks(
         tasks, data, workers, harmonise, icc_threshold, on_result, progress, description, planned
     )
