@@ -91,3 +91,22 @@ def test_settings_and_grid_names_fail_when_the_file_is_read(
     assert done.value.code == 1
     assert shown in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_an_image_only_encoder_is_refused_for_text_guided_models_only(tmp_path):
+    """UNI (no text tower) serves the models that need no prompts; a text-guided one is named."""
+    from stromalens.config import StudyConfig
+    from stromalens.models import text_guided
+    from stromalens.study.checks import name_problems
+
+    guided = text_guided(None)
+    assert "clip_mil" in guided and "abmil" not in guided
+    base = {"cohort": {"manifest": str(tmp_path / "m.csv")}, "wsi": {"encoder": "uni"}}
+    ok = StudyConfig.model_validate({**base, "training": {"encoder": "uni", "models": ["abmil"]}})
+    assert name_problems(ok) == []
+    bad = StudyConfig.model_validate(
+        {**base, "training": {"encoder": "uni", "models": ["abmil", "clip_mil"]}}
+    )
+    (problem,) = name_problems(bad)
+    assert "'uni' has no text encoder" in problem and "clip_mil" in problem
+    assert "synthclip" in problem  # the encoders that would do

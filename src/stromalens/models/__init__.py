@@ -34,6 +34,7 @@ from .registry import (
     output_info,
     register_model,
     study_name,
+    text_guided,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Output",
     "output_info",
     "study_name",
+    "text_guided",
     "model_info",
     "register_model",
 ]

@@ -99,6 +99,13 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
+def text_guided(models) -> list[str]:
+    """The registered models among ``models`` (default: all) that need prompt embeddings, i.e.
+    a slide encoder with a text tower."""
+    names = list_models() if models is None else list(models)
+    return [name for name in names if model_info(name).needs_prompts]
+
+
 def create_model(name: str, spec, prompts=None):
     """Build the registered model ``name`` from a :class:`ModelSpec` and, for text-guided
     models, the prompt embeddings ``prompts`` (J, M, D) — J targets, M prompts each."""

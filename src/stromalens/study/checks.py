@@ -18,7 +18,12 @@ from ..names import TARGETS
 
 def name_problems(config: StudyConfig) -> list[str]:
     """Every bad name of ``config`` as ``"key: 'value' ... choices: ..."`` lines (empty: none)."""
-    return _encoder_problems(config) + _model_problems(config) + _prompt_problems(config)
+    return (
+        _encoder_problems(config)
+        + _model_problems(config)
+        + _prompt_problems(config)
+        + _text_problems(config)
+    )
 
 
 def _choices(names) -> str:
@@ -54,6 +59,30 @@ def _model_problems(config: StudyConfig) -> list[str]:
     if "student" in models and "gated_fusion" not in models:
         problems.append("training.models: 'student' needs 'gated_fusion' (its teacher) too")
     return problems
+
+
+def _text_problems(config: StudyConfig) -> list[str]:
+    """Text-guided models need an encoder with a text tower (an image-only encoder such as UNI
+    serves every other model)."""
+    training = config.training
+    if training is None:
+        return []
+    from ..wsi.encoders import encoder_info, list_encoders, list_infos
+
+    if training.encoder not in list_encoders() or encoder_info(training.encoder).has_text:
+        return []
+    from ..models import list_models, text_guided
+
+    named = [m for m in (training.models or ()) if m in list_models()]
+    needing = text_guided(named if training.models is not None else None)
+    if not needing:
+        return []
+    with_text = [info.id for info in list_infos() if info.has_text]
+    return [
+        f"training.encoder: {training.encoder!r} has no text encoder, which the text-guided "
+        f"model(s) {', '.join(needing)} need: use one of {_choices(with_text)}, or leave those "
+        "models out of training.models"
+    ]
 
 
 def _prompt_problems(config: StudyConfig) -> list[str]:

@@ -36,6 +36,26 @@ def _feature_contract(features_dir: Path | None, patients, slides: dict | None =
     return FeatureContract(None, None, None, None, None)
 
 
+def _prompts(cfg, train: TrainLayout):
+    """The (J, M, D) prompt embeddings, or None when the encoder has no text tower (image-only
+    encoders such as UNI serve every model that needs no text; text-guided ones are refused)."""
+    from ..models import text_guided
+    from ..wsi.encoders import encoder_info
+    from .data import prompt_embeddings
+
+    if not encoder_info(cfg.encoder).has_text:
+        needing = text_guided(cfg.models)
+        if needing:
+            raise ValueError(
+                f"training.encoder {cfg.encoder!r} has no text encoder; the text-guided model(s) "
+                f"{', '.join(needing)} need one: choose a CLIP encoder or leave them out"
+            )
+        return None
+    return prompt_embeddings(
+        cfg.prompts, cfg.encoder, cfg.encoder_weights, cfg.prompt_cache or train.prompts_cache
+    )
+
+
 def _slide_ids(manifest) -> dict[str, list[str]]:
     from ..cohort import load_manifest
 
@@ -76,7 +96,7 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     (``models`` → study name → macro-r …) with ``total_seconds``."""
     from .bundle import write_bundle
     from .cv import run_cv, run_leave_site_out
-    from .data import load_study_data, prompt_embeddings
+    from .data import load_study_data
 
     cfg = study.training
     if cfg is None or cfg.targets is None:
@@ -87,9 +107,7 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     train = TrainLayout(out)
     settings = cfg.settings
     started = time.perf_counter()
-    prompts = prompt_embeddings(
-        cfg.prompts, cfg.encoder, cfg.encoder_weights, cfg.prompt_cache or train.prompts_cache
-    )
+    prompts = _prompts(cfg, train)
     data = load_study_data(
         study.cohort.manifest,
         cfg.targets,
