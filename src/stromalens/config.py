@@ -102,6 +102,12 @@ class TargetsConfig(_Strict):
     quantiseq_tumor: bool = Field(
         False, description="quanTIseq's tumor=TRUE: drop tumour-expressed genes from its fit"
     )
+    lr_method: Literal["monotone", "product"] = Field(
+        "monotone", description="S_LR: monotone (scaled expression ≥ 0) or Eq. 6's z-product"
+    )
+    nusvr_quantile_normalisation: bool = Field(
+        False, description="CIBERSORT's QN=TRUE before ν-SVR (its default for microarrays)"
+    )
     min_coverage: float = Field(0.5, ge=0, le=1)
 
 

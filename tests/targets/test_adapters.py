@@ -289,3 +289,23 @@ def test_separator_from_the_suffix_before_compression_and_auto_orientation(tmp_p
     pd.testing.assert_frame_equal(got, table.T)
     got = read_expression(tmp_path / "e.csv.gz", orientation="auto", samples=["G1", "G2"])
     assert list(got.index) == list(table.index)  # the manifest's ids decide over the shape
+
+
+def test_lr_method_and_nusvr_qn_reach_the_pipeline(log2_cohort, tmp_path):
+    """The study keys `targets.lr_method` and `targets.nusvr_quantile_normalisation` change
+    what they name: S_LR's default column and the ν-SVR fractions (CIBERSORT's QN=TRUE)."""
+    manifest, linear, _, base = log2_cohort
+    run_targets(manifest, linear, TargetsConfig(**base), tmp_path / "a")
+    run_targets(
+        manifest,
+        linear,
+        TargetsConfig(lr_method="product", nusvr_quantile_normalisation=True, **base),
+        tmp_path / "b",
+    )
+    a = pd.read_parquet(tmp_path / "a" / "targets.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "targets.parquet")
+    pd.testing.assert_series_equal(a["lr"], a["lr_monotone"], check_names=False)
+    pd.testing.assert_series_equal(b["lr"], b["lr_eq6"], check_names=False)
+    fa = pd.read_parquet(tmp_path / "a" / "fractions.parquet").filter(like="nusvr__")
+    fb = pd.read_parquet(tmp_path / "b" / "fractions.parquet").filter(like="nusvr__")
+    assert not np.allclose(fa.to_numpy(), fb.to_numpy())

@@ -68,6 +68,12 @@ def targets(
     quantiseq_tumor: bool = typer.Option(
         False, "--quantiseq-tumor", help="quanTIseq's tumor=TRUE (recommended for tumour RNA-seq)."
     ),
+    lr_method: str = typer.Option(
+        "monotone", "--lr-method", help="S_LR: monotone (default) or product (Eq. 6 as written)."
+    ),
+    nusvr_quantile_normalisation: bool = typer.Option(
+        False, "--nusvr-qn", help="CIBERSORT's quantile normalisation before ν-SVR (QN=TRUE)."
+    ),
     min_coverage: float = typer.Option(
         0.5, "--min-coverage", help="Fail if the ERS_CAF set's coverage is lower."
     ),

@@ -122,11 +122,13 @@ def _ers_caf_scores(log_expr, genes, min_coverage) -> tuple[dict, dict]:
     return scores, info
 
 
-def _fractions(tpm, signature, mrna_scaling, tumor) -> tuple[dict, dict]:
-    """ν-SVR and quanTIseq fractions on the full signature and on each of its two halves."""
+def _fractions(tpm, signature, mrna_scaling, tumor, qn=False) -> tuple[dict, dict]:
+    """ν-SVR and quanTIseq fractions on the full signature and on each of its two halves
+    (``qn``: CIBERSORT's quantile normalisation before each ν-SVR fit)."""
     # The input adapters have settled the scale: no second guess from the maximum here.
+    nusvr = {"method": "nusvr", "antilog": False, "quantile_normalisation": qn}
     out = {
-        "nusvr": deconvolve(tpm, method="nusvr", signature=signature, antilog=False),
+        "nusvr": deconvolve(tpm, signature=signature, **nusvr),
         "lsq": deconvolve(  # quanTIseq: fixMixture, lsei, mRNA scaling, Tregs/CD4
             tpm,
             method="quantiseq",
@@ -140,7 +142,7 @@ def _fractions(tpm, signature, mrna_scaling, tumor) -> tuple[dict, dict]:
     sig, scaling = resolve_signature(signature, mrna_scaling, tumor=tumor)
     half_a, half_b = split_signature(sig)
     for name, half in (("a", half_a), ("b", half_b)):
-        out[f"nusvr_{name}"] = deconvolve(tpm, method="nusvr", signature=half, antilog=False)
+        out[f"nusvr_{name}"] = deconvolve(tpm, signature=half, **nusvr)
         out[f"lsq_{name}"] = deconvolve(
             tpm,
             method="quantiseq",
@@ -196,6 +198,7 @@ def compute_targets(
     linear: bool = True,
     tumor: bool = False,
     train: list | None = None,
+    nusvr_quantile_normalisation: bool = False,
 ) -> TargetsResult:
     """Compute the targets of every sample of ``tpm`` (samples × genes, linear TPM).
 
@@ -206,7 +209,8 @@ def compute_targets(
     its fit (recommended by quanTIseq for tumour RNA-seq; off by default, as its R code).
     ``lr_method``: ``"monotone"`` (default) or ``"product"`` (Eq. 6 as written); both are in the
     table. ``train``: the samples on which the fitted scalings (S_LR's gene scaling, the
-    ERS–CAF z-scoring) are fitted; default all of them.
+    ERS–CAF z-scoring) are fitted; default all of them. ``nusvr_quantile_normalisation``:
+    CIBERSORT's ``QN = TRUE`` before the ν-SVR fits.
 
     Raises ``ValueError`` when the ERS–CAF set's coverage in the data is below ``min_coverage``
     (the message says how many genes are missing, per set).
@@ -224,7 +228,9 @@ def compute_targets(
     if not linear:
         return _ers_caf_only(ers, base, n_boot, seed)
 
-    fractions, split_info = _fractions(tpm, signature, mrna_scaling, tumor)
+    fractions, split_info = _fractions(
+        tpm, signature, mrna_scaling, tumor, nusvr_quantile_normalisation
+    )
     lr, lr_info = _lr_scores(log_expr, fractions, triplets, lr_weights, lr_method, train)
     columns = ers | lr
     columns["heterogeneity"] = shannon_entropy(fractions["nusvr"], other=other)

@@ -46,6 +46,8 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
             min_coverage=settings.min_coverage,
             linear=adapters["scale"]["linear"],
             tumor=settings.quantiseq_tumor,
+            lr_method=settings.lr_method,
+            nusvr_quantile_normalisation=settings.nusvr_quantile_normalisation,
         )
     without_rna = sorted(str(p) for p in cohort.frame.index[cohort.frame["rna_sample"].isna()])
 
