@@ -330,10 +330,14 @@ def test_full_size_models_run_forward(name):
     assert encoder.encode_images(_tile(size, n=1)).shape == (1, encoder.info.embed_dim)
 
 
-def test_cli_lists_encoders_and_the_local_weights_found(tmp_path):
+def test_cli_lists_encoders_and_the_local_weights_found(tmp_path, monkeypatch):
+    from rich.console import Console
     from typer.testing import CliRunner
 
     from stromalens.cli import app
+
+    # a wide console whatever the terminal (or xdist worker) this runs under: paths in full
+    monkeypatch.setattr("stromalens.cli.wsi.console", Console(width=300))
 
     folder, _ = _timm_snapshot(tmp_path, "uni")
     result = CliRunner().invoke(
