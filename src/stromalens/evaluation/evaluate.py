@@ -20,7 +20,8 @@ name that ``skip`` takes, with the module that computes it:
 ``attention``      7. attention co-localisation with the pathologist's annotations
                    (``attention``, ``overlays``)
 ``survival``       8. survival: Cox HRs, Harrell/Uno C, AUC(t), decision curves (``survival``)
-``treatment``      9. treatment response (``treatment``)
+``treatment``      9. treatment response: treatment × score interaction, prognostic vs
+                   predictive, out-of-fold AUC (``treatment``)
 ``distillation``  10. distillation (``distillation``)
 ``external``      11. zero-shot external cohorts, ``stromalens predict`` outputs (``external``)
 ``truth``         12. known truth, synthetic cohorts (``truth``)
@@ -328,20 +329,19 @@ def _treatment(context: Context) -> Tables:
     from .treatment import treatment_analysis
 
     table = treatment_analysis(
-        context.scores, context.run.clinical, n_boot=context.n_boot, seed=context.seed
+        context.scores,
+        context.run.clinical,
+        context.run.folds,
+        n_boot=context.n_boot,
+        seed=context.seed,
     )
     return {"treatment.csv": table}
 
 
 def _treatment_metrics(tables: Tables, context: Context) -> dict:
-    treat = tables["treatment.csv"]
-    lr_row = treat[treat["term"].astype(str).str.startswith("lr")]
-    if not len(lr_row):
-        return {}
-    return {
-        metric_key("treatment", "or_per_sd"): lr_row["estimate"].iloc[0],
-        metric_key("treatment", "auc"): lr_row["auc"].iloc[0],
-    }
+    from .treatment import treatment_metrics
+
+    return treatment_metrics(tables["treatment.csv"])
 
 
 # ----------------------------------------------------------------------------- 10. distillation

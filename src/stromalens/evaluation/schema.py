@@ -41,8 +41,14 @@ SCHEMA: dict[str, str] = {
     "survival.<endpoint>.c_index.clinical": "Harrell's C, out-of-fold clinical-only Cox model",
     "survival.<endpoint>.c_index.clinical_ai": "Harrell's C, clinical + AI scores",
     "survival.<endpoint>.hr.<term>": "hazard ratio (T3 vs T1 tertile, or per SD)",
-    "treatment.or_per_sd": "odds ratio of response per SD of the LR surrogate",
-    "treatment.auc": "AUC of the response model",
+    "treatment.prognostic.<or|ci_low|ci_high|p>": "odds ratio of response per SD of the LR "
+    "surrogate in the reference arm (the score's main effect; null when the fit is flagged)",
+    "treatment.predictive.<arm>.<or|ci_low|ci_high|p>": "treatment × LR interaction: ratio of the "
+    "per-SD odds ratios, arm vs reference (null when the fit is flagged)",
+    "treatment.auc": "out-of-fold AUC of the interaction model (refitted per CV fold)",
+    "treatment.auc_gain": "out-of-fold AUC with the score minus without it (same patients)",
+    "treatment.auc_gain_ci_<low|high>": "paired bootstrap 95% CI of the AUC gain",
+    "treatment.flagged_terms": "terms whose fit did not converge, separated or is unstable",
     "distillation.<metric>": "student vs teacher: retention, calibration, speed, memory",
     "truth.<model>.r.<target>": "r of predictions and the planted latent (synthetic cohorts)",
     "external.<cohort>.r.<target>": "zero-shot r of the proposed model on an external cohort",
