@@ -98,7 +98,8 @@ def test_probes_keep_their_invariants(evaluated):
     prompts = pd.read_csv(train / "evaluation" / "prompt_perturbation.csv")
     assert {"NONE", "CUR", "SYN", "ANTI", "OOD"} <= set(prompts["prompt_set"])
     gates = pd.read_csv(train / "evaluation" / "gate_strata.csv")
-    assert gates["gate_wsi"].between(0, 1).all()
+    assert gates["share_wsi"].between(0, 1).all()
+    assert (gates["share_wsi"] + gates["share_mri"]).to_numpy() == pytest.approx(1.0)
     assert set(gates["stratifier"]) == {"location", "volume_tertile", "age_group"}
     dist = pd.read_csv(train / "evaluation" / "distillation.csv").set_index("metric")["value"]
     assert dist["teacher_peak_mb"] > dist["student_peak_mb"] > 0

@@ -12,9 +12,10 @@ name that ``skip`` takes, with the module that computes it:
 
 ``fidelity``       1. fidelity per model and target, 2. the noise ceiling beside each r
                    (``fidelity``)
-``probes``         3. missing modalities (``robustness``), 4. gate weights by strata
-                   (``gates``), 6. prompt perturbation (``robustness``), and each tile's
-                   attention, which ``attention`` reads (``probes``)
+``probes``         3. missing modalities (``robustness``), 4. each branch's share of the
+                   fused representation by strata (``gates``), 6. prompt perturbation
+                   (``robustness``), and each tile's attention, which ``attention`` reads
+                   (``probes``)
 ``alignment``      5. site alignment: leave-site-out, k-NN site entropy, 2-D embedding
                    (``alignment``)
 ``attention``      7. attention co-localisation with the pathologist's annotations
@@ -189,7 +190,7 @@ def _probes_metrics(tables: Tables, context: Context) -> dict:
     gates = tables.get("gate_strata.csv")
     if gates is not None:
         for row in gates[gates["model"] == PROPOSED].itertuples(index=False):
-            m[metric_key("gate", row.stratifier, row.stratum, "wsi")] = row.gate_wsi
+            m[metric_key("gate", row.stratifier, row.stratum, "share_wsi")] = row.share_wsi
             m[metric_key("gate", row.stratifier, "p_kruskal")] = row.p_kruskal
     return m
 

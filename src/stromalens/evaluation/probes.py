@@ -9,8 +9,9 @@ training left them; nothing is re-fitted. Then, on the fold's held-out patients 
   (0, 20, …, 100 %; at 100 % the slide is absent) and with MRI sequences removed (0, 1, 2 or
   all 3 of T1/T2/CE; every combination; a removed sequence's features are missing and take the
   training mean, as any missing value does; with all three removed the patient has no MRI);
-* **gate weights** of the gated fusion (stage III + CORAL): the mean gate value g over the MRI
-  half and the WSI half of h = g ⊙ [z_rad; z_wsi];
+* **gate shares** of the gated fusion (stage III + CORAL): each branch's share of the fused
+  representation h = g ⊙ [z_rad; z_wsi], ‖h_wsi‖² / ‖h‖² and ‖h_rad‖² / ‖h‖² (summing to 1;
+  :mod:`~stromalens.evaluation.gates`), beside the mean raw gate value of each half;
 * **fused embeddings** before (``fusion_no_coral``) and after (``fusion``) CORAL — of every
   patient, by each fold's model (embeddings of different folds live in different spaces);
 * **prompt perturbation** — the CLIP-guided MIL (CUR prompts) with its frozen text embeddings
@@ -181,10 +182,36 @@ def missing_modalities(data: StudyData, fold: Fold, repeats: int = 3, seed: int 
     return rows
 
 
+def gate_rows(out, batch, patients: list[str], fold: int) -> list[dict]:
+    """Per patient of one forward pass of the gated fusion: each branch's share of the fused
+    representation h = g ⊙ [z_rad; z_wsi] (:func:`~stromalens.evaluation.gates.
+    contribution_shares`), the mean raw gate value of each half, and which modalities the
+    patient has."""
+    from .gates import contribution_shares
+
+    share_mri, share_wsi = contribution_shares(out.fused.numpy())  # (B,), (B,)
+    g = out.gate.numpy()  # (B, 2H), MRI half first
+    half = g.shape[1] // 2
+    present = batch.wsi_present()
+    return [
+        {
+            "fold": fold,
+            "patient_id": pid,
+            "share_mri": float(share_mri[row]),
+            "share_wsi": float(share_wsi[row]),
+            "gate_mri_mean": float(g[row, :half].mean()),
+            "gate_wsi_mean": float(g[row, half:].mean()),
+            "has_wsi": bool(present[row]),
+            "has_mri": bool(batch.has_rad[row]),
+        }
+        for row, pid in enumerate(patients)
+    ]
+
+
 def gates_and_attention(
     data: StudyData, fold: Fold, tile_coords: dict[str, tuple[np.ndarray, float]]
 ) -> tuple[list[dict], list[pd.DataFrame]]:
-    """Gate rows (patient_id, gate_mri, gate_wsi, has_wsi, has_mri) of the fusion model and
+    """Gate rows (:func:`gate_rows`) of the fusion model and
     tile-attention frames (fusion and ``wsi_clip``) for the fold's held-out patients."""
     import torch
 
@@ -202,19 +229,7 @@ def gates_and_attention(
             with torch.no_grad():
                 out = model(batch)
             if name == PROPOSED and out.gate is not None:
-                g = out.gate.numpy()
-                half = g.shape[1] // 2
-                for row, i in enumerate(index):
-                    gates.append(
-                        {
-                            "fold": fold.fold,
-                            "patient_id": arrays.patients[i],
-                            "gate_mri": float(g[row, :half].mean()),  # h = g ⊙ [z_rad; z_wsi]
-                            "gate_wsi": float(g[row, half:].mean()),
-                            "has_wsi": bool(batch.wsi_present()[row]),
-                            "has_mri": bool(batch.has_rad[row]),
-                        }
-                    )
+                gates += gate_rows(out, batch, [arrays.patients[i] for i in index], fold.fold)
             if out.attention is None:
                 continue
             att = out.attention.numpy()

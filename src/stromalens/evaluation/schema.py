@@ -25,8 +25,9 @@ SCHEMA: dict[str, str] = {
     "cv.<model>.macro_r_fold_sd": "SD over outer folds of the per-fold macro-r",
     "ceiling.<target>": "noise ceiling of the target (targets stage, reliability.json)",
     "missing.<model>.<wsi|mri>.<percent>": "macro-r with that % of tiles / sequences removed",
-    "gate.<stratifier>.<stratum>.wsi": "mean gate weight on the WSI half in the stratum",
-    "gate.<stratifier>.p_kruskal": "Kruskal–Wallis p: the WSI gate differs between strata",
+    "gate.<stratifier>.<stratum>.share_wsi": "mean WSI share of the fused representation, "
+    "‖h_wsi‖² / ‖h‖² (the MRI share is 1 minus it)",
+    "gate.<stratifier>.p_kruskal": "Kruskal–Wallis p: the WSI share differs between strata",
     "lso.<site>.before": "leave-site-out macro-r on the held-out site, fusion without CORAL",
     "lso.<site>.after": "leave-site-out macro-r on the held-out site, fusion with CORAL",
     "site_entropy.before": "10-NN site-label entropy of the fused embedding, no CORAL ([0, 1])",

@@ -535,14 +535,16 @@ def section_gating(run: RunFiles) -> Section:
         if gates is not None:
             blocks.append(
                 _figure(
-                    "Fig. 5. Gate weights and missing modalities",
-                    "Top: mean gate weight of the WSI and MRI branches by stratum (± SD). "
+                    "Fig. 5. Gate shares and missing modalities",
+                    "Top: each branch's mean share of the fused representation, "
+                    "‖h_wsi‖² / ‖h‖² and ‖h_rad‖² / ‖h‖² with h = g ⊙ [z_rad; z_wsi], by "
+                    "stratum (± SD; the shares sum to 1). "
                     "Bottom: macro-r as slides or MRI are removed from a growing fraction of "
                     "patients (± SD over repeats).",
                     lambda: figures.gating(gates, missing_mod, PROPOSED),
                 )
             )
-            blocks.append(_table(gates, "Gate weights by stratum"))
+            blocks.append(_table(gates, "Gate shares by stratum"))
         if missing:
             blocks.append(_missing(missing))
     return Section(
