@@ -197,10 +197,13 @@ def _probes_metrics(tables: Tables, context: Context) -> dict:
 
 # -------------------------------------------------------------------------- 5. site alignment
 def _embeddings(context: Context) -> pd.DataFrame | None:
-    """The probes' fused embeddings (a row per patient, stage and fold model); None without."""
+    """The probes' fused embeddings of held-out patients (a row per patient, stage and fold
+    model: each fold's model embeds its own test patients); None without."""
+    from .probes import held_out_rows
+
     if context.probes is None or context.probes["embeddings"].empty:
         return None
-    return context.probes["embeddings"]
+    return held_out_rows(context.probes["embeddings"], context.run.folds)
 
 
 def _alignment(context: Context) -> Tables:
@@ -231,6 +234,8 @@ def _leave_site_out_metrics(lso: pd.DataFrame) -> dict:
 
 
 def _site_entropy_metrics(emb: pd.DataFrame) -> dict:
+    """Site entropy of each fold model's embedding of its held-out patients (``emb`` as
+    :func:`_embeddings` returns it), mean and SD over folds, before/after CORAL."""
     from .alignment import knn_site_entropy
 
     m = {}

@@ -12,8 +12,9 @@ training left them; nothing is re-fitted. Then, on the fold's held-out patients 
 * **gate shares** of the gated fusion (stage III + CORAL): each branch's share of the fused
   representation h = g ⊙ [z_rad; z_wsi], ‖h_wsi‖² / ‖h‖² and ‖h_rad‖² / ‖h‖² (summing to 1;
   :mod:`~stromalens.evaluation.gates`), beside the mean raw gate value of each half;
-* **fused embeddings** before (``fusion_no_coral``) and after (``fusion``) CORAL — of every
-  patient, by each fold's model (embeddings of different folds live in different spaces);
+* **fused embeddings** before (``fusion_no_coral``) and after (``fusion``) CORAL — of each
+  fold's held-out patients by that fold's model (embeddings of different folds live in
+  different spaces; training patients are left out because CORAL aligned them directly);
 * **prompt perturbation** — the CLIP-guided MIL (CUR prompts) with its frozen text embeddings
   replaced by the synonym (SYN), antonym (ANTI) or out-of-domain (OOD) prompts of each bank;
   NONE and COOP are their own trained models (out-of-fold predictions);
@@ -259,12 +260,15 @@ def gates_and_attention(
 
 
 def fused_embeddings(data: StudyData, fold: Fold) -> pd.DataFrame:
-    """Fused representations of every patient by the fold's models before/after CORAL."""
+    """Fused representations of the fold's held-out patients by the fold's models
+    before/after CORAL. Held-out only: CORAL aligned the training patients' site statistics
+    directly, so their embedding would show the alignment it was fitted to, not whether it
+    carries over to unseen patients."""
     import torch
 
     from ..training.data import make_batch
 
-    arrays = fold.prep.transform(data, data.patients)
+    arrays = fold.prep.transform(data, fold.test_ids)
     frames = []
     for name, stage in (("fusion_no_coral", "before"), (PROPOSED, "after")):
         if not fold.has(name):
@@ -278,12 +282,21 @@ def fused_embeddings(data: StudyData, fold: Fold) -> pd.DataFrame:
                 ]
             )
         frame = pd.DataFrame(fused, columns=[f"e{i}" for i in range(fused.shape[1])])
+        site_of = dict(zip(data.patients, data.sites, strict=True))
         frame.insert(0, "stage", stage)
-        frame.insert(0, "site", data.sites)
-        frame.insert(0, "patient_id", data.patients)
+        frame.insert(0, "site", [site_of[p] for p in arrays.patients])
+        frame.insert(0, "patient_id", list(arrays.patients))
         frame.insert(0, "fold", fold.fold)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def held_out_rows(embeddings: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:
+    """The rows of ``embeddings`` (columns fold, patient_id, …) whose patient the fold's
+    model did not train on: ``folds[patient_id] == fold`` (the run's ``folds.csv``). The site
+    statistics and the 2-D map read only these."""
+    fold_of = embeddings["patient_id"].map(folds)
+    return embeddings[fold_of.to_numpy() == embeddings["fold"].to_numpy()]
 
 
 def perturbed_prompts(banks_dir, encoder: str, weights, cache_dir) -> dict[str, np.ndarray]:
