@@ -11,7 +11,8 @@ tables and gathers its metrics (the shape of decoupler's methods run by one driv
 name that ``skip`` takes, with the module that computes it:
 
 ``fidelity``       1. fidelity per model and target, 2. the noise ceiling beside each r
-                   (``fidelity``)
+                   (``fidelity``), and the headline paired comparisons: the proposed model
+                   against each baseline and against no CORAL (``comparisons``)
 ``probes``         3. missing modalities (``robustness``), 4. each branch's share of the
                    fused representation by strata (``gates``), 6. prompt perturbation
                    (``robustness``), and each tile's attention, which ``attention`` reads
@@ -137,19 +138,28 @@ class Analysis:
 
 # ---------------------------------------------------------------- 1–2. fidelity, noise ceiling
 def _fidelity(context: Context) -> Tables:
+    from .comparisons import paired_comparisons
     from .fidelity import fidelity, fidelity_macro
 
     preds = context.run.predictions
-    return {
+    tables = {
         "fidelity.csv": fidelity(preds, context.run.reliability),
         "fidelity_macro.csv": fidelity_macro(preds),
     }
+    comparisons = paired_comparisons(preds, n_boot=context.n_boot, seed=context.seed)
+    if len(comparisons):
+        tables["comparisons.csv"] = comparisons
+    return tables
 
 
 def _fidelity_metrics(tables: Tables, context: Context) -> dict:
+    from .comparisons import comparison_metrics
     from .fidelity import fidelity_metrics
 
-    return fidelity_metrics(tables["fidelity.csv"], tables["fidelity_macro.csv"])
+    m = fidelity_metrics(tables["fidelity.csv"], tables["fidelity_macro.csv"])
+    if "comparisons.csv" in tables:
+        m.update(comparison_metrics(tables["comparisons.csv"]))
+    return m
 
 
 # ------------------------------------------------- 3, 4, 6. the model probes and their tables

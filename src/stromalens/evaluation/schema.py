@@ -23,6 +23,12 @@ SCHEMA: dict[str, str] = {
     "cv.<model>.calibration_intercept.<target>": "intercept of observed on predicted",
     "cv.<model>.macro_r": "mean over targets of the pooled r",
     "cv.<model>.macro_r_fold_sd": "SD over outer folds of the per-fold macro-r",
+    "compare.<model_a>.<model_b>.macro_r_diff": "paired difference in macro-r, A − B, same "
+    "patients (mean over CV repeats when the run has them)",
+    "compare.<model_a>.<model_b>.<ci_low|ci_high>": "its paired bootstrap 95% CI (patients, "
+    "and CV repeats when present)",
+    "compare.<model_a>.<model_b>.p": "two-sided bootstrap p of the difference",
+    "compare.<model_a>.<model_b>.within_noise": "1 when the CI spans 0: within noise",
     "ceiling.<target>": "noise ceiling of the target (targets stage, reliability.json)",
     "missing.<model>.<wsi|mri>.<percent>": "macro-r with that % of tiles / sequences removed",
     "gate.<stratifier>.<stratum>.share_wsi": "mean WSI share of the fused representation, "
@@ -66,6 +72,7 @@ SCHEMA: dict[str, str] = {
 TABLES: tuple[str, ...] = (
     "fidelity.csv",
     "fidelity_macro.csv",
+    "comparisons.csv",
     "missing_modalities.csv",
     "gate_strata.csv",
     "site_alignment.csv",

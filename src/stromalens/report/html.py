@@ -449,6 +449,17 @@ def section_fidelity(run: RunFiles) -> Section:
         ]
         if macro is None:
             blocks.append(_missing(["evaluation/fidelity_macro.csv"]))
+        comparisons, _ = _load(run, "comparisons.csv")
+        if comparisons is not None:
+            blocks.append(
+                _table(
+                    comparisons,
+                    "Headline comparisons (paired)",
+                    "Δ macro-r of model A minus model B on the same patients, paired bootstrap "
+                    "95% CI over patients (and CV repeats when the run has them); "
+                    "'within noise' where the CI spans 0.",
+                )
+            )
     return Section(
         "tables12",
         "Tables 1–2 — Fidelity",
