@@ -10,7 +10,12 @@ import pandas as pd
 import pytest
 
 from stromalens.evaluation.alignment import knn_site_entropy
-from stromalens.evaluation.evaluate import _alignment, _embeddings, _site_entropy_metrics
+from stromalens.evaluation.evaluate import (
+    _alignment,
+    _embeddings,
+    _site_entropy_metrics,
+    site_k,
+)
 from stromalens.evaluation.probes import held_out_rows
 
 SITES = "ABCD"
@@ -57,8 +62,10 @@ def test_site_entropy_never_sees_training_rows():
     # Reference: knn_site_entropy on each fold model's held-out rows alone, averaged.
     after = emb[emb["stage"] == "after"]
     own = after[after["patient_id"].map(folds) == after["fold"]]
+    # 20 held-out patients per fold model: k = min(10, 20 // 4) = 5
+    assert site_k(20) == 5 and site_k(200) == 10 and site_k(3) == 1
     expected = np.mean(
-        [knn_site_entropy(p[cols].to_numpy(), p["site"], k=10) for _, p in own.groupby("fold")]
+        [knn_site_entropy(p[cols].to_numpy(), p["site"], k=5) for _, p in own.groupby("fold")]
     )
     assert metrics["site_entropy.after"] == pytest.approx(expected, rel=1e-12)
     assert metrics["site_entropy.after"] > 0.6  # well mixed held-out rows

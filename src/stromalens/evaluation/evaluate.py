@@ -243,9 +243,21 @@ def _leave_site_out_metrics(lso: pd.DataFrame) -> dict:
     return m
 
 
+#: Neighbours of the k-NN site entropy (fewer in a small held-out fold: :func:`site_k`).
+SITE_K = 10
+
+
+def site_k(n: int) -> int:
+    """k for ``n`` held-out patients: :data:`SITE_K`, but at most a quarter of them (at least
+    1). A fold holds out ~n/K patients; with k close to n every neighbourhood is nearly the
+    whole fold, and the entropy measures the fold's site mix, not the embedding."""
+    return max(1, min(SITE_K, n // 4))
+
+
 def _site_entropy_metrics(emb: pd.DataFrame) -> dict:
     """Site entropy of each fold model's embedding of its held-out patients (``emb`` as
-    :func:`_embeddings` returns it), mean and SD over folds, before/after CORAL."""
+    :func:`_embeddings` returns it; k by :func:`site_k`), mean and SD over folds,
+    before/after CORAL."""
     from .alignment import knn_site_entropy
 
     m = {}
@@ -253,7 +265,7 @@ def _site_entropy_metrics(emb: pd.DataFrame) -> dict:
     cols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
     for stage in ("before", "after"):
         values = [
-            knn_site_entropy(part[cols].to_numpy(), part["site"], k=10)
+            knn_site_entropy(part[cols].to_numpy(), part["site"], k=site_k(len(part)))
             for _, part in emb[emb["stage"] == stage].groupby("fold")
         ]
         m[metric_key("site_entropy", stage)] = float(np.mean(values))

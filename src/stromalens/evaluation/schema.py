@@ -36,8 +36,9 @@ SCHEMA: dict[str, str] = {
     "gate.<stratifier>.p_kruskal": "Kruskal–Wallis p: the WSI share differs between strata",
     "lso.<site>.before": "leave-site-out macro-r on the held-out site, fusion without CORAL",
     "lso.<site>.after": "leave-site-out macro-r on the held-out site, fusion with CORAL",
-    "site_entropy.before": "10-NN site-label entropy of the fused embedding of held-out "
-    "patients (each fold model's own test patients, mean over folds), no CORAL ([0, 1])",
+    "site_entropy.before": "k-NN site-label entropy (k = min(10, n/4)) of the fused embedding "
+    "of held-out patients (each fold model's own test patients, mean over folds), no CORAL "
+    "([0, 1])",
     "site_entropy.after": "the same with CORAL",
     "site_entropy.<stage>_sd": "SD over the outer folds' models of the site entropy",
     "site_entropy.p_paired": "paired t-test over the fold models, after vs before CORAL",
