@@ -120,6 +120,9 @@ def test_separated_fit_is_flagged_not_reported(caplog):
     assert rows.loc["location_sacrum", "estimate"] > 1e3
     assert rows.loc["location_sacrum", "flag"] != ""
     assert "fit problems in fold(s)" in rows["auc_flag"].iloc[0]
+    # the folds' separated fits still predict (saturated 0/1, no overflow warning: warnings are
+    # errors here)
+    assert 0 <= rows["auc_oof"].iloc[0] <= 1
     metrics = treatment_metrics(table)
     assert metrics["treatment.flagged_terms"] == len(table)
     assert np.isnan(metrics["treatment.prognostic.or"])

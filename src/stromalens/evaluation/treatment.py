@@ -58,6 +58,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from ..logs import event, get_logger
@@ -300,7 +301,9 @@ def out_of_fold_probabilities(
             continue
         troubled += [k] if fit.problems else []
         design = np.column_stack([np.ones((~train).sum()), X.loc[~train].to_numpy(float)])
-        prob[~train] = fit.result.model.cdf(design @ fit.result.params.to_numpy())
+        # expit, not the model's cdf: a separated fold's huge linear predictor must saturate
+        # to 0/1 without an overflow warning
+        prob[~train] = expit(design @ fit.result.params.to_numpy())
     return prob, troubled
 
 
