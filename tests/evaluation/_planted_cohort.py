@@ -85,3 +85,24 @@ def simulate_response(n: int = 400, seed: int = 0):
     )
     clinical["response"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
     return scores, clinical
+
+
+#: Planted treatment × LR interaction (log ratio of the per-SD odds ratios, arm vs surgery):
+#: the score predicts response under radiotherapy and not after surgery alone.
+LOG_OR_INTERACTION = {"surgery": 0.0, "surgery+RT": -1.2}
+
+
+def simulate_interaction(n: int = 400, seed: int = 0, predictive: bool = True, k: int = 5):
+    """(scores, clinical, folds) with ``response`` logistic in LR per SD (``LOG_OR_LR`` in the
+    reference arm ``surgery``), treatment, and — when ``predictive`` — the treatment × LR
+    interaction ``LOG_OR_INTERACTION``; the clinical covariates carry no effect."""
+    scores, clinical, folds = simulate_cohort(n, seed=seed, k=k)
+    rng = np.random.default_rng([seed, 11])
+    arms = list(LOG_OR_INTERACTION)
+    clinical["treatment"] = rng.choice(arms, n, p=[0.45, 0.55])
+    lr = scores["lr"]
+    s = (lr - lr.mean()) / lr.std(ddof=1)
+    slope = LOG_OR_LR + (clinical["treatment"].map(LOG_OR_INTERACTION) if predictive else 0.0)
+    logit = 0.1 + 0.5 * (clinical["treatment"] == "surgery+RT") + slope * s
+    clinical["response"] = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return scores, clinical, folds

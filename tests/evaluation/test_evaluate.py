@@ -98,8 +98,16 @@ def test_probes_keep_their_invariants(evaluated):
     prompts = pd.read_csv(train / "evaluation" / "prompt_perturbation.csv")
     assert {"NONE", "CUR", "SYN", "ANTI", "OOD"} <= set(prompts["prompt_set"])
     gates = pd.read_csv(train / "evaluation" / "gate_strata.csv")
-    assert gates["gate_wsi"].between(0, 1).all()
+    assert gates["share_wsi"].between(0, 1).all()
+    assert (gates["share_wsi"] + gates["share_mri"]).to_numpy() == pytest.approx(1.0)
     assert set(gates["stratifier"]) == {"location", "volume_tertile", "age_group"}
+    # the 2-D map is the first fold model's embedding of its own held-out patients only
+    folds = open_run(train).folds
+    emb = pd.read_parquet(train / "evaluation" / "embedding_2d.parquet")
+    assert set(emb["patient_id"]) <= set(folds.index[folds == folds.min()])
+    treatment = pd.read_csv(train / "evaluation" / "treatment.csv")
+    assert {"prognostic", "predictive"} <= set(treatment["role"])
+    assert 0 <= treatment["auc_oof"].iloc[0] <= 1
     dist = pd.read_csv(train / "evaluation" / "distillation.csv").set_index("metric")["value"]
     assert dist["teacher_peak_mb"] > dist["student_peak_mb"] > 0
     external = pd.read_csv(train / "evaluation" / "external.csv")

@@ -11,7 +11,9 @@ from scipy import stats as sps
 from stromalens.evaluation.stats import (
     bh_fdr,
     bootstrap_ci,
+    bootstrap_p,
     calibration,
+    paired_difference,
     pearson_ci,
     permutation_p,
 )
@@ -155,3 +157,57 @@ def test_calibration_matches_linregress():
     y_true[0] = np.nan
     ref = sps.linregress(y_pred[1:], y_true[1:])
     assert calibration(y_true, y_pred)[0] == pytest.approx(ref.slope, rel=1e-12)
+
+
+def _r_difference(y, a, b):
+    return sps.pearsonr(y, a).statistic - sps.pearsonr(y, b).statistic
+
+
+def test_paired_difference_matches_scipy_bootstrap():
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=80)
+    a = y + rng.normal(scale=0.8, size=80)
+    b = y + rng.normal(scale=1.0, size=80)
+    out = paired_difference(_r_difference, y, a, b, n_boot=300, seed=5)
+    # Reference: scipy.stats.bootstrap((y, a, b), Δr, paired=True, method="percentile",
+    # n_resamples=300, rng=np.random.default_rng(5)): the same draws, the same interval.
+    ref = sps.bootstrap(
+        (y, a, b),
+        _r_difference,
+        paired=True,
+        vectorized=False,
+        method="percentile",
+        n_resamples=300,
+        rng=np.random.default_rng(5),
+    )
+    assert out["ci_low"] == pytest.approx(ref.confidence_interval.low, rel=1e-12)
+    assert out["ci_high"] == pytest.approx(ref.confidence_interval.high, rel=1e-12)
+    assert out["estimate"] == pytest.approx(_r_difference(y, a, b), rel=1e-12)
+    d = ref.bootstrap_distribution
+    # Reference: the two-sided bootstrap p, 2·min(1 + #{d* ≤ 0}, 1 + #{d* ≥ 0}) / (B + 1).
+    expected_p = min(1.0, 2 * min(1 + (d <= 0).sum(), 1 + (d >= 0).sum()) / (d.size + 1))
+    assert out["p"] == pytest.approx(expected_p, rel=1e-12)
+    assert out["within_noise"] == bool(out["ci_low"] <= 0 <= out["ci_high"])
+    assert out["n"] == 80
+
+
+def test_paired_difference_cancels_shared_noise():
+    # Two predictors that share their error patient by patient differ by a constant: the paired
+    # interval is a point although each one's own interval is wide.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    out = paired_difference(lambda a, b: np.mean(a) - np.mean(b), x + 0.5, x, n_boot=200)
+    assert out["ci_low"] == pytest.approx(0.5) and out["ci_high"] == pytest.approx(0.5)
+    assert out["within_noise"] is False and out["p"] == pytest.approx(2 / 201)
+    same = paired_difference(lambda a, b: np.mean(a) - np.mean(b), x, x, n_boot=50)
+    assert same["within_noise"] is True and same["p"] == 1.0
+
+
+def test_bootstrap_p_and_errors():
+    # Known answer: 1 of 4 replicates ≤ 0, 3 ≥ 0 → 2·min(2, 4)/5.
+    assert bootstrap_p([0.1, 0.2, 0.3, -0.1]) == pytest.approx(0.8)
+    assert np.isnan(bootstrap_p([np.nan]))
+    with pytest.raises(ValueError, match="arrays differ in length"):
+        paired_difference(np.subtract, np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="n_boot must be ≥ 1, got 0"):
+        paired_difference(np.subtract, np.ones(3), np.ones(3), n_boot=0)

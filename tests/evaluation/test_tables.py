@@ -178,8 +178,9 @@ def test_gate_strata_means_and_groups():
     gates = pd.DataFrame(
         {
             "patient_id": ids,
-            "gate_wsi": [0.2] * 6 + [0.6] * 6,
-            "gate_mri": [0.7] * 6 + [0.3] * 6,
+            "share_wsi": [0.2] * 6 + [0.6] * 6,
+            "share_mri": [0.8] * 6 + [0.4] * 6,
+            "gate_wsi_mean": 0.5,
             "has_wsi": True,
             "has_mri": [True] * 11 + [False],  # the last is left out: only one modality
         }
@@ -190,8 +191,9 @@ def test_gate_strata_means_and_groups():
     table = gate_strata_table(gates, preds, clinical)
     loc = table[(table["stratifier"] == "location") & (table["model"] == "fusion")]
     loc = loc.set_index("stratum")
-    assert loc.loc["sacrum", "gate_wsi"] == pytest.approx(0.2)
-    assert loc.loc["skull_base", "gate_wsi"] == pytest.approx(0.6)
+    assert loc.loc["sacrum", "share_wsi"] == pytest.approx(0.2)
+    assert loc.loc["skull_base", "share_wsi"] == pytest.approx(0.6)
+    assert (loc["share_wsi"] + loc["share_mri"]).to_numpy() == pytest.approx(1.0)
     assert loc.loc["skull_base", "n"] == 6
     assert loc.loc["sacrum", "macro_r"] == pytest.approx(1.0)
 
@@ -288,13 +290,13 @@ def test_gate_strata_kruskal_detects_a_planted_difference():
         },
         index=ids,
     )
-    gate_wsi = np.r_[rng.normal(0.2, 0.02, 20), rng.normal(0.5, 0.02, 20)]
+    share_wsi = np.r_[rng.normal(0.2, 0.02, 20), rng.normal(0.5, 0.02, 20)]
     gates = pd.DataFrame(
-        {"patient_id": ids, "gate_wsi": gate_wsi, "gate_mri": 1 - gate_wsi}
-    ).assign(has_wsi=True, has_mri=True)
+        {"patient_id": ids, "share_wsi": share_wsi, "share_mri": 1 - share_wsi}
+    ).assign(gate_wsi_mean=0.5, has_wsi=True, has_mri=True)
     y = rng.normal(size=(40, 3))
     table = gate_strata_table(gates, long_predictions(y, y, "fusion", np.zeros(40)), clinical)
     p = table.groupby("stratifier")["p_kruskal"].first()
-    # reference: scipy.stats.kruskal on the two locations' gates
-    assert p["location"] == pytest.approx(stats.kruskal(gate_wsi[:20], gate_wsi[20:]).pvalue)
+    # reference: scipy.stats.kruskal on the two locations' WSI shares
+    assert p["location"] == pytest.approx(stats.kruskal(share_wsi[:20], share_wsi[20:]).pvalue)
     assert p["location"] < 1e-6 and p["age_group"] > 1e-3

@@ -226,9 +226,10 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
                 "stratifier": s,
                 "stratum": v,
                 "n": 10,
-                "gate_wsi": g,
-                "gate_wsi_sd": 0.08,
-                "gate_mri": 1 - g,
+                "share_wsi": g,
+                "share_wsi_sd": 0.08,
+                "share_mri": 1 - g,
+                "gate_wsi_mean": 0.6,
                 "model": "fusion",
                 "macro_r": 0.6 + 0.05 * k,
             }

@@ -11,16 +11,19 @@ tables and gathers its metrics (the shape of decoupler's methods run by one driv
 name that ``skip`` takes, with the module that computes it:
 
 ``fidelity``       1. fidelity per model and target, 2. the noise ceiling beside each r
-                   (``fidelity``)
-``probes``         3. missing modalities (``robustness``), 4. gate weights by strata
-                   (``gates``), 6. prompt perturbation (``robustness``), and each tile's
-                   attention, which ``attention`` reads (``probes``)
+                   (``fidelity``), and the headline paired comparisons: the proposed model
+                   against each baseline and against no CORAL (``comparisons``)
+``probes``         3. missing modalities (``robustness``), 4. each branch's share of the
+                   fused representation by strata (``gates``), 6. prompt perturbation
+                   (``robustness``), and each tile's attention, which ``attention`` reads
+                   (``probes``)
 ``alignment``      5. site alignment: leave-site-out, k-NN site entropy, 2-D embedding
                    (``alignment``)
 ``attention``      7. attention co-localisation with the pathologist's annotations
                    (``attention``, ``overlays``)
 ``survival``       8. survival: Cox HRs, Harrell/Uno C, AUC(t), decision curves (``survival``)
-``treatment``      9. treatment response (``treatment``)
+``treatment``      9. treatment response: treatment × score interaction, prognostic vs
+                   predictive, out-of-fold AUC (``treatment``)
 ``distillation``  10. distillation (``distillation``)
 ``external``      11. zero-shot external cohorts, ``stromalens predict`` outputs (``external``)
 ``truth``         12. known truth, synthetic cohorts (``truth``)
@@ -138,19 +141,28 @@ class Analysis:
 
 # ---------------------------------------------------------------- 1–2. fidelity, noise ceiling
 def _fidelity(context: Context) -> Tables:
+    from .comparisons import paired_comparisons
     from .fidelity import fidelity, fidelity_macro
 
     preds = context.run.predictions
-    return {
+    tables = {
         "fidelity.csv": fidelity(preds, context.run.reliability),
         "fidelity_macro.csv": fidelity_macro(preds),
     }
+    comparisons = paired_comparisons(preds, n_boot=context.n_boot, seed=context.seed)
+    if len(comparisons):
+        tables["comparisons.csv"] = comparisons
+    return tables
 
 
 def _fidelity_metrics(tables: Tables, context: Context) -> dict:
+    from .comparisons import comparison_metrics
     from .fidelity import fidelity_metrics
 
-    return fidelity_metrics(tables["fidelity.csv"], tables["fidelity_macro.csv"])
+    m = fidelity_metrics(tables["fidelity.csv"], tables["fidelity_macro.csv"])
+    if "comparisons.csv" in tables:
+        m.update(comparison_metrics(tables["comparisons.csv"]))
+    return m
 
 
 # ------------------------------------------------- 3, 4, 6. the model probes and their tables
@@ -191,17 +203,20 @@ def _probes_metrics(tables: Tables, context: Context) -> dict:
     gates = tables.get("gate_strata.csv")
     if gates is not None:
         for row in gates[gates["model"] == PROPOSED].itertuples(index=False):
-            m[metric_key("gate", row.stratifier, row.stratum, "wsi")] = row.gate_wsi
+            m[metric_key("gate", row.stratifier, row.stratum, "share_wsi")] = row.share_wsi
             m[metric_key("gate", row.stratifier, "p_kruskal")] = row.p_kruskal
     return m
 
 
 # -------------------------------------------------------------------------- 5. site alignment
 def _embeddings(context: Context) -> pd.DataFrame | None:
-    """The probes' fused embeddings (a row per patient, stage and fold model); None without."""
+    """The probes' fused embeddings of held-out patients (a row per patient, stage and fold
+    model: each fold's model embeds its own test patients); None without."""
+    from .probes import held_out_rows
+
     if context.probes is None or context.probes["embeddings"].empty:
         return None
-    return context.probes["embeddings"]
+    return held_out_rows(context.probes["embeddings"], context.run.folds)
 
 
 def _alignment(context: Context) -> Tables:
@@ -231,7 +246,21 @@ def _leave_site_out_metrics(lso: pd.DataFrame) -> dict:
     return m
 
 
+#: Neighbours of the k-NN site entropy (fewer in a small held-out fold: :func:`site_k`).
+SITE_K = 10
+
+
+def site_k(n: int) -> int:
+    """k for ``n`` held-out patients: :data:`SITE_K`, but at most a quarter of them (at least
+    1). A fold holds out ~n/K patients; with k close to n every neighbourhood is nearly the
+    whole fold, and the entropy measures the fold's site mix, not the embedding."""
+    return max(1, min(SITE_K, n // 4))
+
+
 def _site_entropy_metrics(emb: pd.DataFrame) -> dict:
+    """Site entropy of each fold model's embedding of its held-out patients (``emb`` as
+    :func:`_embeddings` returns it; k by :func:`site_k`), mean and SD over folds,
+    before/after CORAL."""
     from .alignment import knn_site_entropy
 
     m = {}
@@ -239,7 +268,7 @@ def _site_entropy_metrics(emb: pd.DataFrame) -> dict:
     cols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
     for stage in ("before", "after"):
         values = [
-            knn_site_entropy(part[cols].to_numpy(), part["site"], k=10)
+            knn_site_entropy(part[cols].to_numpy(), part["site"], k=site_k(len(part)))
             for _, part in emb[emb["stage"] == stage].groupby("fold")
         ]
         m[metric_key("site_entropy", stage)] = float(np.mean(values))
@@ -333,20 +362,19 @@ def _treatment(context: Context) -> Tables:
     from .treatment import treatment_analysis
 
     table = treatment_analysis(
-        context.scores, context.run.clinical, n_boot=context.n_boot, seed=context.seed
+        context.scores,
+        context.run.clinical,
+        context.run.folds,
+        n_boot=context.n_boot,
+        seed=context.seed,
     )
     return {"treatment.csv": table}
 
 
 def _treatment_metrics(tables: Tables, context: Context) -> dict:
-    treat = tables["treatment.csv"]
-    lr_row = treat[treat["term"].astype(str).str.startswith("lr")]
-    if not len(lr_row):
-        return {}
-    return {
-        metric_key("treatment", "or_per_sd"): lr_row["estimate"].iloc[0],
-        metric_key("treatment", "auc"): lr_row["auc"].iloc[0],
-    }
+    from .treatment import treatment_metrics
+
+    return treatment_metrics(tables["treatment.csv"])
 
 
 # ----------------------------------------------------------------------------- 10. distillation

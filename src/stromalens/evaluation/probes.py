@@ -9,10 +9,12 @@ training left them; nothing is re-fitted. Then, on the fold's held-out patients 
   (0, 20, …, 100 %; at 100 % the slide is absent) and with MRI sequences removed (0, 1, 2 or
   all 3 of T1/T2/CE; every combination; a removed sequence's features are missing and take the
   training mean, as any missing value does; with all three removed the patient has no MRI);
-* **gate weights** of the gated fusion (stage III + CORAL): the mean gate value g over the MRI
-  half and the WSI half of h = g ⊙ [z_rad; z_wsi];
-* **fused embeddings** before (``fusion_no_coral``) and after (``fusion``) CORAL — of every
-  patient, by each fold's model (embeddings of different folds live in different spaces);
+* **gate shares** of the gated fusion (stage III + CORAL): each branch's share of the fused
+  representation h = g ⊙ [z_rad; z_wsi], ‖h_wsi‖² / ‖h‖² and ‖h_rad‖² / ‖h‖² (summing to 1;
+  :mod:`~stromalens.evaluation.gates`), beside the mean raw gate value of each half;
+* **fused embeddings** before (``fusion_no_coral``) and after (``fusion``) CORAL — of each
+  fold's held-out patients by that fold's model (embeddings of different folds live in
+  different spaces; training patients are left out because CORAL aligned them directly);
 * **prompt perturbation** — the CLIP-guided MIL (CUR prompts) with its frozen text embeddings
   replaced by the synonym (SYN), antonym (ANTI) or out-of-domain (OOD) prompts of each bank;
   NONE and COOP are their own trained models (out-of-fold predictions);
@@ -181,10 +183,36 @@ def missing_modalities(data: StudyData, fold: Fold, repeats: int = 3, seed: int 
     return rows
 
 
+def gate_rows(out, batch, patients: list[str], fold: int) -> list[dict]:
+    """Per patient of one forward pass of the gated fusion: each branch's share of the fused
+    representation h = g ⊙ [z_rad; z_wsi] (:func:`~stromalens.evaluation.gates.
+    contribution_shares`), the mean raw gate value of each half, and which modalities the
+    patient has."""
+    from .gates import contribution_shares
+
+    share_mri, share_wsi = contribution_shares(out.fused.numpy())  # (B,), (B,)
+    g = out.gate.numpy()  # (B, 2H), MRI half first
+    half = g.shape[1] // 2
+    present = batch.wsi_present()
+    return [
+        {
+            "fold": fold,
+            "patient_id": pid,
+            "share_mri": float(share_mri[row]),
+            "share_wsi": float(share_wsi[row]),
+            "gate_mri_mean": float(g[row, :half].mean()),
+            "gate_wsi_mean": float(g[row, half:].mean()),
+            "has_wsi": bool(present[row]),
+            "has_mri": bool(batch.has_rad[row]),
+        }
+        for row, pid in enumerate(patients)
+    ]
+
+
 def gates_and_attention(
     data: StudyData, fold: Fold, tile_coords: dict[str, tuple]
 ) -> tuple[list[dict], list[pd.DataFrame]]:
-    """Gate rows (patient_id, gate_mri, gate_wsi, has_wsi, has_mri) of the fusion model and
+    """Gate rows (:func:`gate_rows`) of the fusion model and
     tile-attention frames (fusion and ``wsi_clip``) for the fold's held-out patients."""
     import torch
 
@@ -202,19 +230,7 @@ def gates_and_attention(
             with torch.no_grad():
                 out = model(batch)
             if name == PROPOSED and out.gate is not None:
-                g = out.gate.numpy()
-                half = g.shape[1] // 2
-                for row, i in enumerate(index):
-                    gates.append(
-                        {
-                            "fold": fold.fold,
-                            "patient_id": arrays.patients[i],
-                            "gate_mri": float(g[row, :half].mean()),  # h = g ⊙ [z_rad; z_wsi]
-                            "gate_wsi": float(g[row, half:].mean()),
-                            "has_wsi": bool(batch.wsi_present()[row]),
-                            "has_mri": bool(batch.has_rad[row]),
-                        }
-                    )
+                gates += gate_rows(out, batch, [arrays.patients[i] for i in index], fold.fold)
             if out.attention is None:
                 continue
             att = out.attention.numpy()
@@ -245,12 +261,15 @@ def gates_and_attention(
 
 
 def fused_embeddings(data: StudyData, fold: Fold) -> pd.DataFrame:
-    """Fused representations of every patient by the fold's models before/after CORAL."""
+    """Fused representations of the fold's held-out patients by the fold's models
+    before/after CORAL. Held-out only: CORAL aligned the training patients' site statistics
+    directly, so their embedding would show the alignment it was fitted to, not whether it
+    carries over to unseen patients."""
     import torch
 
     from ..training.data import make_batch
 
-    arrays = fold.prep.transform(data, data.patients)
+    arrays = fold.prep.transform(data, fold.test_ids)
     frames = []
     for name, stage in (("fusion_no_coral", "before"), (PROPOSED, "after")):
         if not fold.has(name):
@@ -264,12 +283,21 @@ def fused_embeddings(data: StudyData, fold: Fold) -> pd.DataFrame:
                 ]
             )
         frame = pd.DataFrame(fused, columns=[f"e{i}" for i in range(fused.shape[1])])
+        site_of = dict(zip(data.patients, data.sites, strict=True))
         frame.insert(0, "stage", stage)
-        frame.insert(0, "site", data.sites)
-        frame.insert(0, "patient_id", data.patients)
+        frame.insert(0, "site", [site_of[p] for p in arrays.patients])
+        frame.insert(0, "patient_id", list(arrays.patients))
         frame.insert(0, "fold", fold.fold)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def held_out_rows(embeddings: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:
+    """The rows of ``embeddings`` (columns fold, patient_id, …) whose patient the fold's
+    model did not train on: ``folds[patient_id] == fold`` (the run's ``folds.csv``). The site
+    statistics and the 2-D map read only these."""
+    fold_of = embeddings["patient_id"].map(folds)
+    return embeddings[fold_of.to_numpy() == embeddings["fold"].to_numpy()]
 
 
 def perturbed_prompts(banks_dir, encoder: str, weights, cache_dir) -> dict[str, np.ndarray]:

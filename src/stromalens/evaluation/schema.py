@@ -23,13 +23,22 @@ SCHEMA: dict[str, str] = {
     "cv.<model>.calibration_intercept.<target>": "intercept of observed on predicted",
     "cv.<model>.macro_r": "mean over targets of the pooled r",
     "cv.<model>.macro_r_fold_sd": "SD over outer folds of the per-fold macro-r",
+    "compare.<model_a>.<model_b>.macro_r_diff": "paired difference in macro-r, A − B, same "
+    "patients (mean over CV repeats when the run has them)",
+    "compare.<model_a>.<model_b>.<ci_low|ci_high>": "its paired bootstrap 95% CI (patients, "
+    "and CV repeats when present)",
+    "compare.<model_a>.<model_b>.p": "two-sided bootstrap p of the difference",
+    "compare.<model_a>.<model_b>.within_noise": "1 when the CI spans 0: within noise",
     "ceiling.<target>": "noise ceiling of the target (targets stage, reliability.json)",
     "missing.<model>.<wsi|mri>.<percent>": "macro-r with that % of tiles / sequences removed",
-    "gate.<stratifier>.<stratum>.wsi": "mean gate weight on the WSI half in the stratum",
-    "gate.<stratifier>.p_kruskal": "Kruskal–Wallis p: the WSI gate differs between strata",
+    "gate.<stratifier>.<stratum>.share_wsi": "mean WSI share of the fused representation, "
+    "‖h_wsi‖² / ‖h‖² (the MRI share is 1 minus it)",
+    "gate.<stratifier>.p_kruskal": "Kruskal–Wallis p: the WSI share differs between strata",
     "lso.<site>.before": "leave-site-out macro-r on the held-out site, fusion without CORAL",
     "lso.<site>.after": "leave-site-out macro-r on the held-out site, fusion with CORAL",
-    "site_entropy.before": "10-NN site-label entropy of the fused embedding, no CORAL ([0, 1])",
+    "site_entropy.before": "k-NN site-label entropy (k = min(10, n/4)) of the fused embedding "
+    "of held-out patients (each fold model's own test patients, mean over folds), no CORAL "
+    "([0, 1])",
     "site_entropy.after": "the same with CORAL",
     "site_entropy.<stage>_sd": "SD over the outer folds' models of the site entropy",
     "site_entropy.p_paired": "paired t-test over the fold models, after vs before CORAL",
@@ -41,8 +50,14 @@ SCHEMA: dict[str, str] = {
     "survival.<endpoint>.c_index.clinical": "Harrell's C, out-of-fold clinical-only Cox model",
     "survival.<endpoint>.c_index.clinical_ai": "Harrell's C, clinical + AI scores",
     "survival.<endpoint>.hr.<term>": "hazard ratio (T3 vs T1 tertile, or per SD)",
-    "treatment.or_per_sd": "odds ratio of response per SD of the LR surrogate",
-    "treatment.auc": "AUC of the response model",
+    "treatment.prognostic.<or|ci_low|ci_high|p>": "odds ratio of response per SD of the LR "
+    "surrogate in the reference arm (the score's main effect; null when the fit is flagged)",
+    "treatment.predictive.<arm>.<or|ci_low|ci_high|p>": "treatment × LR interaction: ratio of the "
+    "per-SD odds ratios, arm vs reference (null when the fit is flagged)",
+    "treatment.auc": "out-of-fold AUC of the interaction model (refitted per CV fold)",
+    "treatment.auc_gain": "out-of-fold AUC with the score minus without it (same patients)",
+    "treatment.auc_gain_ci_<low|high>": "paired bootstrap 95% CI of the AUC gain",
+    "treatment.flagged_terms": "terms whose fit did not converge, separated or is unstable",
     "distillation.<metric>": "student vs teacher: retention, calibration, memory",
     "distillation.timing.<metric>": "seconds per patient of each, and their speed ratio "
     "(measured: differs between runs)",
@@ -75,6 +90,7 @@ def is_timing(key: str) -> bool:
 TABLES: tuple[str, ...] = (
     "fidelity.csv",
     "fidelity_macro.csv",
+    "comparisons.csv",
     "missing_modalities.csv",
     "gate_strata.csv",
     "site_alignment.csv",

@@ -476,9 +476,10 @@ def _grid_extent(tiles: pd.DataFrame) -> tuple[float, float, float, float]:
 def gating(
     gates: pd.DataFrame, missing: pd.DataFrame | None = None, model: str = "fusion"
 ) -> Figure:
-    """Top: mean gate weight of the slide (WSI) and MRI branches of the fused model by
-    stratum (error bars: SD over patients). Bottom: macro-r as a growing fraction of patients
-    lose their slide or their MRI (bands: SD over repeats)."""
+    """Top: mean share of the slide (WSI) and MRI branches in the fused model's representation,
+    ‖h_wsi‖² / ‖h‖² and 1 minus it (:mod:`stromalens.evaluation.gates`), by stratum (error
+    bars: SD over patients; the two shares stack to 1). Bottom: macro-r as a growing fraction
+    of patients lose their slide or their MRI (bands: SD over repeats)."""
     if "model" in gates and model in set(gates["model"]):
         gates = gates[gates["model"] == model]
     stratifiers = _order(gates["stratifier"], ["location", "volume_tertile", "age_group"])
@@ -490,26 +491,26 @@ def gating(
         x = np.arange(len(rows))
         ax.bar(
             x,
-            rows["gate_wsi"],
+            rows["share_wsi"],
             0.6,
             color=OKABE_ITO[0],
             label="WSI",
-            yerr=rows.get("gate_wsi_sd"),
+            yerr=rows.get("share_wsi_sd"),
             capsize=2,
         )
-        ax.bar(x, rows["gate_mri"], 0.6, bottom=rows["gate_wsi"], color=OKABE_ITO[1], label="MRI")
+        ax.bar(x, rows["share_mri"], 0.6, bottom=rows["share_wsi"], color=OKABE_ITO[1], label="MRI")
         ax.set_xticks(
             x,
             [f"{s}\nn = {int(n)}" for s, n in zip(rows["stratum"], rows["n"], strict=True)],
             fontsize=7,
         )
         ax.set_ylim(0, 1.0)
-        ax.set_title(f"gate by {stratifier.replace('_', ' ')}", fontsize=10)
-    axes[0].set_ylabel("mean gate weight (± SD)")
+        ax.set_title(f"share by {stratifier.replace('_', ' ')}", fontsize=10)
+    axes[0].set_ylabel("share of fused ‖h‖² (± SD)")
     top.legend(
         *axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8, frameon=False
     )
-    top.suptitle(f"Gate weights of {model}", fontsize=10)
+    top.suptitle(f"Each branch's share of the fused representation of {model}", fontsize=10)
     if bottom is not None:
         modalities = _order(missing["modality"], ["wsi", "mri"])
         axes = bottom.subplots(1, len(modalities), sharey=True, squeeze=False)[0]

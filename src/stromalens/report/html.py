@@ -558,6 +558,17 @@ def section_fidelity(run: RunFiles) -> Section:
         ]
         if macro is None:
             blocks.append(_missing(["evaluation/fidelity_macro.csv"]))
+        comparisons, _ = _load(run, "comparisons.csv")
+        if comparisons is not None:
+            blocks.append(
+                _table(
+                    comparisons,
+                    "Headline comparisons (paired)",
+                    "Δ macro-r of model A minus model B on the same patients, paired bootstrap "
+                    "95% CI over patients (and CV repeats when the run has them); "
+                    "'within noise' where the CI spans 0.",
+                )
+            )
     return Section(
         "tables12",
         "Tables 1–2 — Fidelity",
@@ -649,14 +660,16 @@ def section_gating(run: RunFiles) -> Section:
         if gates is not None:
             blocks.append(
                 _figure(
-                    "Fig. 5. Gate weights and missing modalities",
-                    "Top: mean gate weight of the WSI and MRI branches by stratum (± SD). "
+                    "Fig. 5. Gate shares and missing modalities",
+                    "Top: each branch's mean share of the fused representation, "
+                    "‖h_wsi‖² / ‖h‖² and ‖h_rad‖² / ‖h‖² with h = g ⊙ [z_rad; z_wsi], by "
+                    "stratum (± SD; the shares sum to 1). "
                     "Bottom: macro-r as slides or MRI are removed from a growing fraction of "
                     "patients (± SD over repeats).",
                     lambda: figures.gating(gates, missing_mod, PROPOSED),
                 )
             )
-            blocks.append(_table(gates, "Gate weights by stratum"))
+            blocks.append(_table(gates, "Gate shares by stratum"))
         if missing:
             blocks.append(_missing(missing))
     return Section(

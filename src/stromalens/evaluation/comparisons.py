@@ -1,0 +1,185 @@
+r"""Headline comparisons as paired differences: is the proposed model better than each baseline,
+and is CORAL better than no CORAL, beyond the noise of a finite cohort?
+
+For models A and B scored on the same patients, the difference in macro-r,
+
+.. math::
+
+    \Delta = \frac{1}{R}\sum_{r=1}^{R}\left[\frac{1}{J}\sum_{j=1}^{J}
+    r\!\left(y_j, \hat y^{A}_{j,r}\right) - \frac{1}{J}\sum_{j=1}^{J}
+    r\!\left(y_j, \hat y^{B}_{j,r}\right)\right],
+
+Pearson's r (:func:`stromalens.correlation.pearson`) over the pooled out-of-fold predictions of
+the J targets, averaged over the R repeats of the cross-validation (different fold splits or
+seeds) when the predictions carry a ``repeat`` column (R = 1 without). Its 95% interval is a
+paired percentile bootstrap: each replicate draws the patients with replacement and uses the
+same draw for A and B, so the patient-by-patient agreement of the two models cancels (Efron &
+Tibshirani 1993, ch. 13); with R > 1 it also draws the R repeats with replacement, so the
+interval holds the variability of the fold split too (a two-stage bootstrap, Davison &
+Hinkley 1997, §2.4). p is the two-sided bootstrap p
+(:func:`stromalens.evaluation.stats.bootstrap_p`). ``verdict`` reads ``within noise`` where
+the interval spans 0, else which model is better.
+
+The bootstrap resamples out-of-fold predictions; it does not retrain, so with R = 1 it leaves
+out the variability of training itself (Bouthillier et al. 2021, *MLSys*): repeats are what
+bring it in.
+
+Example
+-------
+>>> table = paired_comparisons(predictions, n_boot=1000)  # doctest: +SKIP
+>>> table.loc[table["model_b"] == "late_fusion", ["estimate", "ci_low", "verdict"]]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..correlation import pearson
+from ..names import PROPOSED, TARGETS
+from .stats import bootstrap_p, paired_difference
+
+#: The predictions' column of the CV repeat, when the run repeated the cross-validation.
+REPEAT = "repeat"
+#: The model compared with the proposed one for the effect of CORAL.
+NO_CORAL = "fusion_no_coral"
+COLUMNS: tuple[str, ...] = (
+    "comparison",
+    "model_a",
+    "model_b",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "p",
+    "verdict",
+    "n",
+    "repeats",
+)
+WITHIN_NOISE = "within noise"
+
+
+def headline_pairs(models) -> list[tuple[str, str, str]]:
+    """(comparison, A, B): the proposed model against CORAL's absence (``coral``) and against
+    every other model present (``baseline``) — the MRI-only student included."""
+    models = set(models)
+    if PROPOSED not in models:
+        return []
+    pairs = [("coral", PROPOSED, NO_CORAL)] if NO_CORAL in models else []
+    pairs += [("baseline", PROPOSED, m) for m in sorted(models - {PROPOSED, NO_CORAL})]
+    return pairs
+
+
+def prediction_cube(predictions: pd.DataFrame, models) -> tuple[np.ndarray, dict, list]:
+    """y (n, J) and per model ŷ (n, J, R) over the patients every model predicted for every
+    target and repeat, and those patients' ids."""
+    preds = predictions if REPEAT in predictions else predictions.assign(**{REPEAT: 0})
+    preds = preds[preds["model"].isin(models)]
+    targets = [t for t in TARGETS if t in set(preds["target"])]
+    repeats = sorted(preds[REPEAT].unique())
+    wide = preds.pivot_table(
+        index="patient_id", columns=["model", "target", REPEAT], values="y_pred", aggfunc="first"
+    ).dropna()  # patients without some model's, target's or repeat's prediction drop out
+    truth = preds.groupby(["patient_id", "target"])["y_true"].first().unstack()
+    patients = list(wide.index)
+    y = truth.loc[patients, targets].to_numpy(float)
+    cube = {}
+    for model in models:
+        columns = [(model, t, r) for t in targets for r in repeats]
+        cube[model] = wide[columns].to_numpy(float).reshape(len(patients), len(targets), -1)
+    return y, cube, patients
+
+
+def _macro(y: np.ndarray, pred: np.ndarray) -> float:
+    # (n, J) and (n, J): mean over targets of the pooled r
+    return float(np.nanmean([pearson(pred[:, j], y[:, j]) for j in range(y.shape[1])]))
+
+
+def macro_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Δ of the module docstring for y (n, J), ŷ^A and ŷ^B (n, J, R)."""
+    return float(
+        np.mean([_macro(y, a[:, :, r]) - _macro(y, b[:, :, r]) for r in range(a.shape[2])])
+    )
+
+
+def _two_stage(y, a, b, n_boot: int, seed: int, alpha: float) -> dict:
+    """Patients and repeats both drawn with replacement; patients from the stream of
+    :func:`paired_difference` (seed), repeats from a second one (``[seed, 1]``), so identical
+    repeats give exactly the R = 1 interval."""
+    n, reps = a.shape[0], a.shape[2]
+    patients, repeats = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    values = np.empty(n_boot)
+    for k in range(n_boot):
+        i, r = patients.integers(0, n, n), repeats.integers(0, reps, reps)
+        values[k] = macro_difference(y[i], a[i][:, :, r], b[i][:, :, r])
+    finite = values[np.isfinite(values)]
+    low, high = np.quantile(finite, [alpha / 2, 1 - alpha / 2]) if finite.size else (np.nan, np.nan)
+    return {
+        "estimate": macro_difference(y, a, b),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p": bootstrap_p(finite),
+        "within_noise": not (low > 0 or high < 0),
+    }
+
+
+def compare(y, a, b, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Δ with its paired bootstrap interval, p and ``within_noise`` (module docstring)."""
+    if a.shape[2] == 1:
+        return paired_difference(macro_difference, y, a, b, n_boot=n_boot, seed=seed, alpha=alpha)
+    return _two_stage(y, a, b, n_boot, seed, alpha)
+
+
+def _verdict(out: dict, a: str, b: str) -> str:
+    if out["within_noise"]:
+        return WITHIN_NOISE
+    return f"{a} better" if out["estimate"] > 0 else f"{b} better"
+
+
+def paired_comparisons(
+    predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> pd.DataFrame:
+    """The ``comparisons`` table: one row per pair of :func:`headline_pairs` (columns
+    :data:`COLUMNS`; ``estimate`` is Δ macro-r, A − B). Empty without the proposed model.
+
+    Raises
+    ------
+    ValueError
+        A pair shares fewer than 4 patients with every target predicted.
+    """
+    pairs = headline_pairs(predictions["model"].unique())
+    rows = []
+    for comparison, a, b in pairs:
+        y, cube, patients = prediction_cube(predictions, [a, b])
+        if len(patients) < 4:
+            raise ValueError(
+                f"{a} vs {b}: only {len(patients)} patient(s) have predictions of both models "
+                "for every target; a paired comparison needs at least 4"
+            )
+        out = compare(y, cube[a], cube[b], n_boot=n_boot, seed=seed, alpha=alpha)
+        rows.append(
+            {
+                "comparison": comparison,
+                "model_a": a,
+                "model_b": b,
+                **{k: out[k] for k in ("estimate", "ci_low", "ci_high", "p")},
+                "verdict": _verdict(out, a, b),
+                "n": len(patients),
+                "repeats": cube[a].shape[2],
+            }
+        )
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def comparison_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """``compare.<A>.<B>.<macro_r_diff|ci_low|ci_high|p|within_noise>`` per row."""
+    from ..rundir import metric_key
+
+    m: dict[str, float] = {}
+    for row in table.itertuples(index=False):
+        parts = ("compare", row.model_a, row.model_b)
+        m[metric_key(*parts, "macro_r_diff")] = row.estimate
+        m[metric_key(*parts, "ci_low")] = row.ci_low
+        m[metric_key(*parts, "ci_high")] = row.ci_high
+        m[metric_key(*parts, "p")] = row.p
+        m[metric_key(*parts, "within_noise")] = float(row.verdict == WITHIN_NOISE)
+    return m
