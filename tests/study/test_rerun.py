@@ -189,3 +189,71 @@ def test_a_failed_radiomics_patient_is_retried_once_its_file_is_repaired(cohort,
     summary = _summary(study, "radiomics")
     assert summary["retry"] == []
     assert summary["patients_resumed"] == summary["patients_ok"] - 1
+
+
+def test_a_stage_whose_retried_items_recover_reruns_what_reads_it(tmp_path):
+    # a toy graph: "a" fails item X until the file "x.ok" exists; "b" reads a's results
+    from stromalens.study import Stage
+
+    calls: list[str] = []
+
+    def run_a(config, study):
+        calls.append("a")
+        (study / "a").mkdir(exist_ok=True)
+        (study / "a" / "out").write_text("a")
+        return {"retry": [] if (study / "x.ok").exists() else ["X"]}
+
+    def run_b(config, study):
+        calls.append("b")
+        (study / "b").mkdir(exist_ok=True)
+        (study / "b" / "out").write_text("b")
+        return {}
+
+    def graph():
+        return [
+            Stage(
+                name,
+                fn,
+                settings=lambda c: {},
+                inputs=lambda c: [],
+                outputs=lambda c, n=name: [f"{n}/out"],
+                clean=lambda c, n=name: [n],
+                after=after,
+            )  # fmt: skip
+            for name, fn, after in (("a", run_a, ()), ("b", run_b, ("a",)))
+        ]
+
+    config = StudyConfig.model_validate({"cohort": {"manifest": "cohort.csv"}})
+    run_study(config, tmp_path, stages=graph())
+    assert run_study(config, tmp_path, stages=graph()).ran == ["a"]  # X fails again: b kept
+    (tmp_path / "x.ok").write_text("repaired")
+    assert run_study(config, tmp_path, stages=graph()).ran == ["a", "b"]
+    assert run_study(config, tmp_path, stages=graph()).skipped == ["a", "b"]
+    assert calls == ["a", "b", "a", "a", "b"]
+
+
+# ---------------------------------------------------------------------------- item 4
+def test_training_resumes_from_the_fits_already_written(cohort, tmp_path):
+    study = tmp_path / "study"
+    stages = ("targets", "wsi", "radiomics", "train")
+    _run(cohort, study, *stages)
+    checkpoints = study / "train" / "checkpoints"
+    fits = _mtimes(checkpoints, "*.safetensors")
+    assert any("/select/" in k for k in fits)  # the nested selection's fits are kept too
+    # killed after the fits, before the run files: the outputs are gone, the checkpoints not
+    for rel in ("metrics.json", "predictions.parquet"):
+        (study / "train" / rel).unlink()
+    shutil.rmtree(study / "train" / "model")
+    again = _run(cohort, study, *stages)
+    assert again.ran == ["train"]
+    assert read_manifest(study)["stages"]["train"]["resumed"] is True
+    assert _mtimes(checkpoints, "*.safetensors") == fits  # zero refits
+
+    # a new os_time reruns train (it reads the manifest) from its checkpoints: zero refits
+    def edit(frame):
+        frame.loc[0, "os_time"] = str(float(frame.loc[0, "os_time"]) + 1.0)
+
+    _edit_manifest(cohort, edit)
+    third = _run(cohort, study, *stages)
+    assert third.ran == ["train"]
+    assert _mtimes(checkpoints, "*.safetensors") == fits
