@@ -257,3 +257,48 @@ def test_training_resumes_from_the_fits_already_written(cohort, tmp_path):
     third = _run(cohort, study, *stages)
     assert third.ran == ["train"]
     assert _mtimes(checkpoints, "*.safetensors") == fits
+
+
+# ---------------------------------------------------------------------------- item 3
+def _wsi_embed(manifest: Path, out: Path, *args: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "stromalens"
+    command = [str(script), "wsi", "embed", str(manifest),
+               "--out", str(out), "--weights", "random", "--executor", "local", *args]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", env=os.environ,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_study_adopts_the_stores_of_a_standalone_wsi_embed(cohort, tmp_path):
+    standalone = tmp_path / "my_features"
+    _wsi_embed(cohort, standalone)
+    theirs = _mtimes(standalone, "*.h5")
+    study = tmp_path / "study"
+    result = _run(cohort, study, "wsi", wsi={**_wsi(cohort), "features": str(standalone)})
+    assert result.ran == ["wsi"]
+    summary = _summary(study, "wsi")
+    n = _n_slides(cohort)
+    assert summary["slides"] == {"skipped": n} and len(summary["adopted"]) == n  # none embedded
+    ours = sorted((study / "features").rglob("*.h5"))
+    assert len(ours) == n and all(p.is_symlink() for p in ours)
+    assert _mtimes(standalone, "*.h5") == theirs  # the user's files untouched
+
+
+def test_a_standalone_store_made_with_other_settings_is_not_adopted(cohort, tmp_path):
+    standalone = tmp_path / "my_features"
+    _wsi_embed(cohort, standalone, "--min-tissue", "0.3")  # same folder name, other QC
+    theirs = _mtimes(standalone, "*.h5")
+    study = tmp_path / "study"
+    _run(cohort, study, "wsi", wsi={**_wsi(cohort), "features": str(standalone)})
+    summary = _summary(study, "wsi")
+    assert summary["slides"] == {"done": _n_slides(cohort)} and summary["adopted"] == []
+    assert not any(p.is_symlink() for p in (study / "features").rglob("*.h5"))
+    assert _mtimes(standalone, "*.h5") == theirs
+
+
+def _wsi(manifest: Path) -> dict:
+    return tiny_study(manifest)["wsi"]

@@ -126,6 +126,8 @@ def validate_study(config: StudyConfig) -> None:
     checks += [("radiomics.config", config.radiomics.config)]
     if config.wsi.stain_reference is not None:
         checks.append(("wsi.stain_reference", config.wsi.stain_reference))
+    if config.wsi.features is not None:
+        checks.append(("wsi.features", config.wsi.features))
     if config.training is not None:
         checks.append(("training.prompts", config.training.prompts))
     for key, path in checks:
@@ -316,7 +318,59 @@ def _drop_store(folder: Path, slide_id: str) -> None:
 
 
 def run_wsi(config: StudyConfig, study: Path) -> dict:
-    return _embed(config.cohort.manifest, StudyLayout(study).features(config.cohort.name), config)
+    out = StudyLayout(study).features(config.cohort.name)
+    linked = _adopt(config, feature_store(out, config)) if config.wsi.features else []
+    summary = _embed(config.cohort.manifest, out, config)
+    folder = feature_store(out, config)
+    # a linked store that did not match was embedded again, replacing the link
+    summary["adopted"] = [s for s in linked if _store_of(folder, s).is_symlink()]
+    return summary
+
+
+def _store_of(folder: Path, slide_id: str) -> Path:
+    from ..wsi.store import feature_path
+
+    return feature_path(folder, slide_id)
+
+
+def adopted_folder(config: StudyConfig) -> Path:
+    """The folder of slide stores ``wsi.features`` names: the ``--out`` of ``stromalens wsi
+    embed`` (its ``<encoder>/<tiling>`` folder for the study's encoder and tiling is taken) or
+    that store folder itself."""
+    given = Path(config.wsi.features)
+    folder = given if any(given.glob("*.h5")) else feature_store(given, config)
+    if not folder.is_dir():
+        raise ValueError(
+            f"wsi.features: {given} holds no slide stores for encoder {config.wsi.encoder!r} at "
+            f"this tiling (looked in {folder}); give the --out of `stromalens wsi embed`"
+        )
+    return folder
+
+
+def _adopt(config: StudyConfig, dest: Path) -> list[str]:
+    """Link into ``dest`` each complete store of :func:`adopted_folder` for a slide of the
+    cohort that ``dest`` does not hold yet; returns the slide ids linked.
+
+    A link, not a copy: nothing is duplicated and the user's files are never written to (a
+    store found stale is replaced by the study's own file, the link removed, the original
+    kept). Whether a linked store is used is decided as for any store of the study
+    (:func:`~stromalens.wsi.store.store_matches`: same slide file, encoder, weights, tiling,
+    stain settings, µm/px override); one that differs is embedded again."""
+    from ..wsi.embed import jobs_from_manifest
+    from ..wsi.store import is_complete
+
+    source = adopted_folder(config)
+    dest.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for job in jobs_from_manifest(config.cohort.manifest):
+        target, found = _store_of(dest, job.slide_id), _store_of(source, job.slide_id)
+        if target.exists() or target.is_symlink() or not found.is_file():
+            continue
+        if is_complete(found, require_features=True):
+            target.symlink_to(found.resolve())
+            linked.append(job.slide_id)
+    event(log, "slide stores adopted", source=str(source), linked=len(linked))
+    return linked
 
 
 def _slides(manifest: Path) -> tuple[Path, ...]:
@@ -343,8 +397,9 @@ def _slide_rows(manifest: Path) -> list:
     return [[j.slide_id, str(j.path), j.mpp, *_stat(j.path)] for j in jobs_from_manifest(manifest)]
 
 
-#: WSI settings that change how fast slides are embedded, not their features.
-WSI_EXECUTION = {"executor", "workers", "batch_size", "allow_download"}
+#: WSI settings that change how fast slides are embedded, not their features (an adopted
+#: store is used only if it records the same slide and settings as the study's own would).
+WSI_EXECUTION = {"executor", "workers", "batch_size", "allow_download", "features"}
 
 
 def _wsi_settings(config: StudyConfig) -> dict:
