@@ -133,6 +133,12 @@ class WsiConfig(_Strict):
     )
     executor: Literal["local", "process", "ray"] = "process"
     workers: int | None = Field(None, ge=1, description="slides in parallel; default: all cores")
+    # `stromalens run` only (issue 18): reuse what `stromalens wsi embed --out PATH` made
+    features: Path | None = Field(
+        None,
+        description="adopt the slide stores of a `stromalens wsi embed --out PATH` folder: a "
+        "store recording the same slide file and settings is linked, not embedded again",
+    )
 
 
 class RadiomicsStageConfig(_Strict):

@@ -4,7 +4,8 @@ Per patient (in a worker process, resumable, isolated): for each configured sequ
 the manifest, read the image and mask, check the mask, preprocess (:mod:`.preprocess`), extract
 the PyRadiomics features (:mod:`.features`), and, for the stability subset of patients, extract
 them again from ``stability.perturbations`` perturbed copies. The record is written atomically to
-``patients/<id>.json`` with a hash of the settings, so a rerun skips finished patients; a patient
+``patients/<id>.json`` with a hash of the settings and the identity of its input files
+(:func:`input_identity`), so a rerun skips finished patients whose files did not change; a patient
 that fails is reported in ``patients.csv`` and left out, the others go on. A missing sequence is
 a missing block of features (recorded in ``patients.csv``), not an error.
 
@@ -75,6 +76,39 @@ def _resolve(value, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
+def input_identity(sequences: dict) -> dict:
+    """What identifies a patient's input files: per sequence, the image's and the mask's path,
+    size and content sha256 (``{"t1": {"image": {...}, "mask": {...}}}``). A record is reused
+    only when this equals the current files' (:func:`process_patient`), so a replaced or
+    repaired volume is processed again; a file that cannot be read gives ``None`` (the patient
+    then fails, as it would anyway)."""
+    from ..hashing import sha256_file
+
+    def identity(path):
+        if path is None:
+            return None
+        path = Path(path)
+        try:
+            if path.is_dir():  # a DICOM series: its files' names, sizes and times
+                files = sorted(p for p in path.rglob("*") if p.is_file())
+                listing = [[str(p.relative_to(path)), *_stat(p)] for p in files]
+                text = json.dumps(listing).encode()
+                return {"path": str(path), "listing_sha256": hashlib.sha256(text).hexdigest()}
+            return {"path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
+        except OSError:
+            return None
+
+    return {
+        name: {"image": identity(paths["image"]), "mask": identity(paths["mask"])}
+        for name, paths in sorted(sequences.items())
+    }
+
+
+def _stat(path: Path) -> list[int]:
+    stat = path.stat()
+    return [int(stat.st_size), int(stat.st_mtime_ns)]
+
+
 def _seed_of(patient_id: str, seed: int) -> list[int]:
     digest = hashlib.sha256(patient_id.encode()).digest()
     return [seed, int.from_bytes(digest[:8], "little")]
@@ -88,7 +122,8 @@ def process_patient(job: dict) -> dict:
     record_path = Path(job["record"])
     if record_path.exists():
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("settings") == job["settings"]:
+        same_files = record.get("inputs") == job.get("inputs")
+        if record.get("settings") == job["settings"] and same_files:
             return record | {"resumed": True}
     import SimpleITK as sitk
 
@@ -100,6 +135,7 @@ def process_patient(job: dict) -> dict:
     record: dict = {
         "patient_id": pid,
         "settings": job["settings"],
+        "inputs": job.get("inputs"),
         "features": {},
         "diagnostics": {},
         "perturbations": [],
@@ -211,6 +247,7 @@ def run_radiomics(
             "config": config_data,
             "settings": settings,
             "perturb": pid in perturb_ids,
+            "inputs": input_identity(sequences),
             "record": out / "patients" / f"{pid}.json",
         }
         jobs.append((pid, job))

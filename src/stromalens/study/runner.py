@@ -6,9 +6,14 @@ for every stage ``{status, digest, settings_digest, inputs_digest, inputs, upstr
 seconds, started, finished, summary}``. A stage is skipped when the manifest records it ``done``
 with the same digest and its outputs exist; so an interrupted study resumes at the first stage
 that did not finish, and changing one setting reruns that stage and the stages downstream of it
-only. A stage that must rerun for new inputs or settings starts from empty output folders; a
-stage that was interrupted with the same digest keeps them, so its own per-item resumability
-(slides, patients, checkpoints) still saves work. ``manifest.json`` is rewritten atomically after
+only. A stage that must rerun for new inputs or settings starts from empty output folders,
+except what its ``keep`` names (per-item records keyed by every input, such as training
+checkpoints); a stage that was interrupted with the same digest keeps them, so its own per-item
+resumability (slides, patients, checkpoints) still saves work. A stage done whose summary lists
+failed items (``retry``: a slide that could not be read, a patient whose radiomics failed) runs
+again on the next run, resuming, so that a repaired file is picked up without redoing the items
+that succeeded; when that changes its results, the stages reading it run again too (resuming:
+their own per-item records decide what is redone). ``manifest.json`` is rewritten atomically after
 every change, and a lock (``STUDY/.lock``, released by the operating system when the process
 dies) keeps two runners out of one study folder.
 
@@ -67,13 +72,18 @@ def listing_digest(paths: Iterable[Path]) -> str:
 
 @dataclass(frozen=True)
 class Input:
-    """A hashed input of a stage: a file (content sha256) or a listing (path + size)."""
+    """A hashed input of a stage: a file (content sha256), a listing (path + size) or a value
+    (JSON: the rows of a table the stage reads, e.g. the slide table of a manifest, so that a
+    stage depends on the columns it reads and not on the whole file)."""
 
     label: str
     path: Path | None = None
     listing: tuple[Path, ...] | None = None
+    value: object = None
 
     def digest(self) -> str | None:
+        if self.value is not None:
+            return "value:" + digest_of(self.value)
         if self.listing is not None:
             return "listing:" + listing_digest(self.listing)
         if self.path is None:
@@ -92,7 +102,7 @@ class Stage:
     ``skipped`` list of ``{item, reason}`` for patients or slides it left out); ``settings``
     returns the configuration it reads; ``inputs`` the files it reads; ``outputs`` the paths
     (relative to the study folder) that must exist after it; ``clean`` the folders it owns,
-    emptied before it reruns for new inputs or settings."""
+    emptied before it reruns for new inputs or settings (except ``keep``)."""
 
     name: str
     run: Callable[[StudyConfig, Path], dict]
@@ -102,6 +112,9 @@ class Stage:
     clean: Callable[[StudyConfig], list[str]]
     after: tuple[str, ...] = ()
     description: str = ""
+    #: paths inside ``clean`` folders that survive a fresh start (per-item records keyed by
+    #: every input, such as training checkpoints: reused when they match, replaced otherwise)
+    keep: Callable[[StudyConfig], list[str]] | None = None
 
 
 @dataclass
@@ -212,11 +225,13 @@ def _outputs_exist(study: Path, outputs: list[str]) -> bool:
     return all((study / rel).exists() for rel in outputs)
 
 
-def _clean(study: Path, folders: list[str], ours: bool) -> None:
+def _clean(study: Path, folders: list[str], ours: bool, keep: list[str] = ()) -> None:
     """Remove a stage's folders before it starts afresh. ``ours``: the manifest records an
     earlier run of the stage, so what lies there was written by stromalens; otherwise an
-    existing path is the user's and is never deleted (the run stops, naming it)."""
+    existing path is the user's and is never deleted (the run stops, naming it). Paths in
+    ``keep`` (relative to the study) and the folders above them stay."""
     root = study.resolve()
+    kept = {(study / rel).resolve() for rel in keep}
     for rel in folders:
         path = (study / rel).resolve()
         if root not in path.parents:
@@ -226,10 +241,21 @@ def _clean(study: Path, folders: list[str], ours: bool) -> None:
                 f"{path} exists but no earlier `stromalens run` in {root} wrote it; "
                 "move it away or choose another --out (nothing was deleted)"
             )
-        if path.is_dir():
+        _remove(path, kept)
+
+
+def _remove(path: Path, kept: set[Path]) -> None:
+    """Remove ``path``, except the paths in ``kept`` and the folders holding them."""
+    if path in kept:
+        return
+    if path.is_dir() and not path.is_symlink():
+        if any(path in k.parents for k in kept):
+            for child in path.iterdir():
+                _remove(child, kept)
+        else:
             shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def check_study(config: StudyConfig, validate: Callable[[StudyConfig], None]) -> None:
@@ -294,6 +320,7 @@ def run_study(
         digests = stage_digests(config, stages)
         selected = set(only) if only else set(names)
         needed = _upstream(stages, selected)
+        changed: set[str] = set()  # stages rerun at the same digest whose results changed
         for stage in stages:
             parts = digests[stage.name]
             previous = records.get(stage.name, {})
@@ -303,22 +330,30 @@ def run_study(
                 and previous.get("digest") == parts["digest"]
                 and _outputs_exist(study, outputs)
             )
+            why = _rerun_reason(stage, previous, changed) if done else None
             if stage.name not in selected:
                 if stage.name in needed and not done:
                     raise ValueError(
                         f"stage {stage.name!r} is not done for these settings; run it first"
                     )
                 continue
-            if done and stage.name not in force:
+            if done and why is None and stage.name not in force:
                 event(log, "stage skipped", stage=stage.name, reason="done, same digest")
                 result.skipped.append(stage.name)
                 if on_stage:
                     on_stage(stage.name, "skipped", previous)
                 continue
+            if done and why is not None and stage.name not in force:
+                event(log, "stage rerun", stage=stage.name, reason=why)
             resuming = previous.get("digest") == parts["digest"] and stage.name not in force
             _run_stage(stage, config, study, manifest, parts, resuming, bool(previous),
                        on_stage)  # fmt: skip
             result.ran.append(stage.name)
+            if why is not None and (
+                set(stage.after) & changed
+                or retry_items(records[stage.name]) != retry_items(previous)
+            ):
+                changed.add(stage.name)
         result.seconds = round(time.perf_counter() - started, 1)
         manifest["last_run"] = {
             "finished": _now(),
@@ -329,6 +364,25 @@ def run_study(
         _write_manifest(study, manifest)
     result.records = records
     return result
+
+
+def retry_items(record: dict) -> list[str]:
+    """The items (slides, patients) a stage recorded as failed in a way a rerun may mend (its
+    summary's ``retry`` list): a repaired file is picked up by the next run."""
+    return list((record.get("summary") or {}).get("retry", []))
+
+
+def _rerun_reason(stage: Stage, previous: dict, changed: set[str]) -> str | None:
+    """Why a stage done at the same digest runs again (``None``: it does not): it left failed
+    items to retry, or a stage it reads reran and its results changed (a retried slide now
+    embedded). It then resumes: its folders are kept and only the unfinished items redone."""
+    failed = retry_items(previous)
+    if failed:
+        return f"{len(failed)} failed item(s) retried: {', '.join(map(str, failed[:5]))}"
+    upstream = sorted(set(stage.after) & changed)
+    if upstream:
+        return f"results of {', '.join(upstream)} changed"
+    return None
 
 
 def _upstream(stages: list[Stage], selected: set[str]) -> set[str]:
@@ -346,7 +400,8 @@ def _run_stage(stage, config, study: Path, manifest: dict, parts: dict, resumed:
     ``recorded``), record it as running, run it, check its outputs, record it done (or failed /
     interrupted, and re-raise)."""
     if not resumed:
-        _clean(study, stage.clean(config), ours=recorded)
+        keep = stage.keep(config) if stage.keep is not None else []
+        _clean(study, stage.clean(config), ours=recorded, keep=keep)
     outputs = stage.outputs(config)
     record = {
         "status": "running",

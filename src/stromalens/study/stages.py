@@ -6,17 +6,22 @@ of each external cohort, then the frozen models' predictions) → ``evaluate`` (
 external predictions) → ``report``. Every summary carries ``skipped``: the patients or slides
 the stage left out, each with the reason.
 
-What each stage's digest covers (see :mod:`.runner`):
+What each stage's digest covers (see :mod:`.runner`). A stage reads only its own columns of the
+manifest, so its digest covers those rows (a *value* input), not the whole file: changing one
+``os_time`` reruns train, evaluate and report, and no slide or MRI volume is touched.
 
 ============ ============================================ ==========================================
 stage        settings                                     inputs
 ============ ============================================ ==========================================
-targets      ``targets``, cohort name/sites               manifest, expression table, gene sets,
-                                                          signature, mRNA scaling (sha256)
-wsi          ``wsi``                                      manifest (sha256), encoder weights
-                                                          (sha256), slides (path + size listing)
-radiomics    ``radiomics`` + the radiomics YAML           manifest, radiomics YAML (sha256), MRI
-                                                          volumes and masks (path + size listing)
+targets      ``targets``                                  ``patient_id → rna_sample`` rows,
+                                                          expression table, gene sets, signature,
+                                                          mRNA scaling, annotation (sha256)
+wsi          ``wsi`` (less executor, workers,             the slide table (slide id, path, size,
+             batch size, allow_download), cohort name     mtime, µm/px override), encoder weights
+radiomics    ``radiomics`` + the resolved settings        image/mask columns of the configured
+             (less workers, executor)                     sequences (path, size, mtime) and, with
+                                                          the site check, ``site`` and covariates;
+                                                          radiomics YAML (sha256)
 train        ``training``                                 manifest, prompt banks (sha256);
                                                           targets, wsi, radiomics digests
 external     ``external``, ``targets``, ``wsi``           each external manifest and expression
@@ -24,6 +29,14 @@ external     ``external``, ``targets``, ``wsi``           each external manifest
 evaluate     ``evaluation``                               train and external digests
 report       ``name``, ``notes``                          evaluate digest
 ============ ============================================ ==========================================
+
+Per-item work survives a rerun for new inputs: the wsi stage never empties its store folder
+(each slide's store records its slide file and settings and is redone only when they differ,
+:func:`~stromalens.wsi.store.store_matches`), the radiomics stage keeps ``patients/`` (each
+record carries its settings and input files' identity) and the train stage keeps its
+``checkpoints/`` (each keyed by every input of its fit,
+:func:`~stromalens.training.curriculum.fit_digest`). A slide or patient that failed is listed in
+the summary's ``retry`` and run again on the next ``stromalens run``.
 
 Every path is built by :class:`~stromalens.rundir.StudyLayout`; the folder of a cohort's slide
 stores below it, ``<features>/<encoder>/<tiling>/``, by :func:`~stromalens.wsi.store.feature_dir`
@@ -61,18 +74,6 @@ def _frame(manifest: Path, check_files: bool = False) -> pd.DataFrame:
     from ..cohort import load_manifest
 
     return load_manifest(manifest, check_files=check_files).frame
-
-
-def _paths(frame: pd.DataFrame, columns) -> list[Path]:
-    out = []
-    for column in columns:
-        if column not in frame.columns:
-            continue
-        for value in frame[column].dropna():
-            text = str(value).strip()
-            if text:
-                out.append(Path(text))
-    return out
 
 
 def _file(label: str, path: Path | None) -> list[Input]:
@@ -125,6 +126,8 @@ def validate_study(config: StudyConfig) -> None:
     checks += [("radiomics.config", config.radiomics.config)]
     if config.wsi.stain_reference is not None:
         checks.append(("wsi.stain_reference", config.wsi.stain_reference))
+    if config.wsi.features is not None:
+        checks.append(("wsi.features", config.wsi.features))
     if config.training is not None:
         checks.append(("training.prompts", config.training.prompts))
     for key, path in checks:
@@ -190,9 +193,16 @@ def run_targets_stage(config: StudyConfig, study: Path) -> dict:
                        layout.targets)  # fmt: skip
 
 
+def _rna_samples(manifest: Path) -> list:
+    """``[patient_id, rna_sample]`` of every patient (``None``: no RNA-seq): what the targets
+    stage reads of the manifest."""
+    samples = _frame(manifest)["rna_sample"]
+    return [[str(p), None if pd.isna(s) else str(s)] for p, s in samples.items()]
+
+
 def _targets_inputs(manifest, expression, targets: TargetsConfig) -> list[Input]:
     return (
-        _file("manifest", manifest)
+        [Input("rna_samples", value=_rna_samples(manifest))]
         + _file("expression", expression)
         + _file("gene_sets", targets.gene_sets)
         + _file("signature", targets.signature)
@@ -274,10 +284,13 @@ def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
         progress=False,
     )
     counts: dict = {}
+    retry = []
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
         if r["status"] == "failed":
             skipped.append({"item": r["slide"], "reason": f"slide failed: {r.get('error', '')}"})
+            retry.append(r["slide"])
+            _drop_store(feature_store(out, config), r["slide"])
         elif r["status"] == "empty":
             skipped.append({"item": r["slide"], "reason": "no tile passed tissue/QC"})
     if not any(r["status"] in ("done", "skipped") for r in results):
@@ -288,17 +301,109 @@ def _embed(manifest: Path, out: Path, config: StudyConfig) -> dict:
         "features": str(feature_store(out, config)),
         "recomputed": {r["slide"]: r["recomputed"] for r in results if r.get("recomputed")},
         "skipped": skipped,
+        "retry": retry,  # the next run tries these slides again (:func:`.runner.retry_items`)
     }
 
 
+def _drop_store(folder: Path, slide_id: str) -> None:
+    """Remove the study's store of a slide that failed this time: it was made from an earlier
+    file or settings (the slide was redone because its identity changed), and training must not
+    read it. Only the study's own file (or link) is removed, never an adopted store's target."""
+    from ..wsi.store import feature_path
+
+    path = feature_path(folder, slide_id)
+    if path.is_symlink() or path.is_file():
+        event(log, "stale store of a failed slide removed", slide=slide_id)
+        path.unlink()
+
+
 def run_wsi(config: StudyConfig, study: Path) -> dict:
-    return _embed(config.cohort.manifest, StudyLayout(study).features(config.cohort.name), config)
+    out = StudyLayout(study).features(config.cohort.name)
+    linked = _adopt(config, feature_store(out, config)) if config.wsi.features else []
+    summary = _embed(config.cohort.manifest, out, config)
+    folder = feature_store(out, config)
+    # a linked store that did not match was embedded again, replacing the link
+    summary["adopted"] = [s for s in linked if _store_of(folder, s).is_symlink()]
+    return summary
+
+
+def _store_of(folder: Path, slide_id: str) -> Path:
+    from ..wsi.store import feature_path
+
+    return feature_path(folder, slide_id)
+
+
+def adopted_folder(config: StudyConfig) -> Path:
+    """The folder of slide stores ``wsi.features`` names: the ``--out`` of ``stromalens wsi
+    embed`` (its ``<encoder>/<tiling>`` folder for the study's encoder and tiling is taken) or
+    that store folder itself."""
+    given = Path(config.wsi.features)
+    folder = given if any(given.glob("*.h5")) else feature_store(given, config)
+    if not folder.is_dir():
+        raise ValueError(
+            f"wsi.features: {given} holds no slide stores for encoder {config.wsi.encoder!r} at "
+            f"this tiling (looked in {folder}); give the --out of `stromalens wsi embed`"
+        )
+    return folder
+
+
+def _adopt(config: StudyConfig, dest: Path) -> list[str]:
+    """Link into ``dest`` each complete store of :func:`adopted_folder` for a slide of the
+    cohort that ``dest`` does not hold yet; returns the slide ids linked.
+
+    A link, not a copy: nothing is duplicated and the user's files are never written to (a
+    store found stale is replaced by the study's own file, the link removed, the original
+    kept). Whether a linked store is used is decided as for any store of the study
+    (:func:`~stromalens.wsi.store.store_matches`: same slide file, encoder, weights, tiling,
+    stain settings, µm/px override); one that differs is embedded again."""
+    from ..wsi.embed import jobs_from_manifest
+    from ..wsi.store import is_complete
+
+    source = adopted_folder(config)
+    dest.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for job in jobs_from_manifest(config.cohort.manifest):
+        target, found = _store_of(dest, job.slide_id), _store_of(source, job.slide_id)
+        if target.exists() or target.is_symlink() or not found.is_file():
+            continue
+        if is_complete(found, require_features=True):
+            target.symlink_to(found.resolve())
+            linked.append(job.slide_id)
+    event(log, "slide stores adopted", source=str(source), linked=len(linked))
+    return linked
 
 
 def _slides(manifest: Path) -> tuple[Path, ...]:
     from ..wsi.embed import jobs_from_manifest
 
     return tuple(j.path for j in jobs_from_manifest(manifest))
+
+
+def _stat(path: Path) -> list:
+    """``[size, mtime_ns]`` of a file (``[-1, -1]`` when absent): a cheap identity for a digest;
+    the per-item records check the content."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return [-1, -1]
+    return [int(stat.st_size), int(stat.st_mtime_ns)]
+
+
+def _slide_rows(manifest: Path) -> list:
+    """The slide table as the wsi stage reads it: ``[slide_id, path, µm/px override, size,
+    mtime_ns]`` per slide. Nothing else of the manifest (patients' clinical data, MRI, RNA)."""
+    from ..wsi.embed import jobs_from_manifest
+
+    return [[j.slide_id, str(j.path), j.mpp, *_stat(j.path)] for j in jobs_from_manifest(manifest)]
+
+
+#: WSI settings that change how fast slides are embedded, not their features (an adopted
+#: store is used only if it records the same slide and settings as the study's own would).
+WSI_EXECUTION = {"executor", "workers", "batch_size", "allow_download", "features"}
+
+
+def _wsi_settings(config: StudyConfig) -> dict:
+    return {k: v for k, v in _dump(config.wsi).items() if k not in WSI_EXECUTION}
 
 
 # ---------------------------------------------------------------------------- radiomics
@@ -315,10 +420,11 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
         progress=False,
     )
     status = pd.read_csv(StudyLayout(study).radiomics / "patients.csv", index_col=0, dtype=str)
-    skipped = []
+    skipped, retry = [], []
     for pid, row in status.fillna("").iterrows():
         if row.get("status") == "failed":
             skipped.append({"item": str(pid), "reason": f"failed: {row.get('error', '')}"})
+            retry.append(str(pid))
         elif row.get("missing_sequences"):
             skipped.append(
                 {
@@ -330,7 +436,9 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
         "patients_ok": summary["patients_ok"],
         "features": summary["features"],
         "stable_features": summary.get("stable_features"),
+        "patients_resumed": int(status["resumed"].eq("True").sum()) if "resumed" in status else 0,
         "skipped": skipped,
+        "retry": retry,  # the next run tries these patients again
     }
     check = summary.get("site_check", {}).get("balanced_accuracy")
     if check:
@@ -338,15 +446,43 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
     return out
 
 
-def _radiomics_inputs(config: StudyConfig) -> list[Input]:
-    manifest = config.cohort.manifest
+def _radiomics_rows(config: StudyConfig) -> list:
+    """What the radiomics stage reads of the manifest: per patient, each image and mask column
+    of the configured sequences as ``[column, path, size, mtime_ns]`` and, when the site check
+    runs, the ``site`` and covariate cells."""
     settings = radiomics_settings(config)
-    columns = {c for s in settings.sequences for c in (s.image, s.mask)}
-    return (
-        _file("manifest", manifest)
-        + _file("radiomics_config", config.radiomics.config)
-        + [Input("images", listing=tuple(_paths(_frame(manifest), sorted(columns))))]
-    )
+    columns = sorted({c for s in settings.sequences for c in (s.image, s.mask)})
+    check = settings.harmonisation_check
+    cells = ["site", *check.covariates] if check.enabled else []
+    frame = _frame(config.cohort.manifest)
+    rows = []
+    for pid, row in frame.iterrows():
+        files = [[c, str(row[c]), *_stat(row[c])] for c in columns if c in row and _given(row[c])]
+        values = [[c, str(row[c])] for c in cells if c in row]
+        rows.append([str(pid), files, values])
+    return rows
+
+
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, float) and pd.isna(value))
+
+
+def _radiomics_inputs(config: StudyConfig) -> list[Input]:
+    return _file("radiomics_config", config.radiomics.config) + [
+        Input("images", value=_radiomics_rows(config))
+    ]
+
+
+#: What the radiomics stage writes beside ``patients/`` (the per-patient records, kept).
+RADIOMICS_TABLES = (
+    "radiomics.parquet",
+    "diagnostics.parquet",
+    "perturbations.parquet",
+    "stability.parquet",
+    "patients.csv",
+    "radiomics.json",
+    "config.yaml",
+)
 
 
 # ---------------------------------------------------------------------------- train
@@ -453,6 +589,7 @@ def run_external(config: StudyConfig, study: Path) -> dict:
         report["wsi"] = _embed(cohort.manifest, features, config)
         for item in report["wsi"]["skipped"]:
             out["skipped"].append({**item, "item": f"{cohort.name}/{item['item']}"})
+        out.setdefault("retry", []).extend(f"{cohort.name}/{s}" for s in report["wsi"]["retry"])
         result = predict_cohort(
             layout.train.bundle,
             cohort.manifest,
@@ -535,14 +672,12 @@ def _wsi_stage() -> Stage:
     return Stage(
         "wsi",
         run_wsi,
-        settings=lambda c: {"wsi": _dump(c.wsi), "cohort": c.cohort.name},
+        settings=lambda c: {"wsi": _wsi_settings(c), "cohort": c.cohort.name},
         inputs=lambda c: (
-            _file("manifest", c.cohort.manifest)
-            + _weights_input(c)
-            + [Input("slides", listing=_slides(c.cohort.manifest))]
+            [Input("slides", value=_slide_rows(c.cohort.manifest))] + _weights_input(c)
         ),
         outputs=lambda c: [_relative(_ROOT.features(c.cohort.name))],
-        clean=lambda c: [_relative(_ROOT.features(c.cohort.name))],
+        clean=lambda c: [],  # each store checks its own identity; nothing is emptied
         description="tiles, QC, Macenko and frozen-encoder embeddings of every slide",
     )
 
@@ -552,12 +687,15 @@ def _radiomics_stage() -> Stage:
         "radiomics",
         run_radiomics_stage,
         settings=lambda c: {
-            "radiomics": _dump(c.radiomics),
-            "resolved": radiomics_settings(c).model_dump(mode="json"),
+            "radiomics": {
+                k: v for k, v in _dump(c.radiomics).items() if k in ("config", "settings")
+            },
+            "resolved": radiomics_settings(c).model_dump(mode="json", exclude={"workers"}),
         },
         inputs=_radiomics_inputs,
         outputs=lambda c: [_relative(_ROOT.radiomics / "radiomics.parquet")],
-        clean=lambda c: [_relative(_ROOT.radiomics)],
+        # patients/ stays: each record is reused only for the same settings and input files
+        clean=lambda c: [_relative(_ROOT.radiomics / name) for name in RADIOMICS_TABLES],
         description="MRI preprocessing, PyRadiomics features, perturbation stability",
     )
 
@@ -580,6 +718,13 @@ def _train_stage() -> Stage:
             _relative(train.bundle / "bundle.json"),
         ],  # fmt: skip
         clean=lambda c: [_relative(train.root)],
+        # keyed by every input of their fit (fit_digest) or of their text (prompt cache):
+        # reused when they match, so new inputs refit only the fits they change
+        keep=lambda c: [
+            _relative(train.checkpoints),
+            _relative(train.leave_site_out.checkpoints),
+            _relative(train.prompts_cache),
+        ],
         after=("targets", "wsi", "radiomics"),
         description="every model under nested site-stratified CV, distillation, leave-site-out",
     )
@@ -596,7 +741,11 @@ def _external_stage() -> Stage:
         },
         inputs=_external_inputs,
         outputs=lambda c: [_relative(_ROOT.external(e.name) / "features") for e in c.external],
-        clean=lambda c: ["external", _relative(_ROOT.train.root / "external")],
+        # the slide stores under external/<name>/features stay (each checks its identity)
+        clean=lambda c: (
+            [_relative(_ROOT.external(e.name) / "targets") for e in c.external]
+            + [_relative(_ROOT.train.root / "external")]
+        ),
         after=(TRAIN,),
         description="zero-shot application to the external cohorts",
     )

@@ -110,10 +110,19 @@ def model_grid(name: str, grid: dict | None) -> list[dict]:
     return parameter_grid({k: v for k, v in (grid or {}).items() if k in used})
 
 
-def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, name, points, inner):
+def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, name, points, inner,
+                     checkpoint_root: Path | None = None):  # fmt: skip
     """The nested selection's fits of model ``name`` for outer fold ``fold``: every grid point
     on every inner fold of ``train_ids`` (site-stratified; the same inner folds for every
-    model), each scored on its inner-held-out patients."""
+    model), each scored on its inner-held-out patients. With ``checkpoint_root`` each fit keeps
+    its checkpoint under ``fold<k>/select/point<p>_inner<f>/``, so that a resumed study refits
+    none of them (the checkpoint's digest covers its settings and arrays)."""
+
+    def checkpoint_dir(p, f):
+        if checkpoint_root is None:
+            return None
+        return checkpoint_root / f"fold{fold}" / "select" / f"point{p}_inner{f}"
+
     train_ids = list(train_ids)
     folds = assign_folds(train_ids, data.site_of().loc[train_ids], inner, base.seed + 1)
     return [
@@ -123,6 +132,7 @@ def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, name
             train_ids=tuple(folds.index[folds != f]),
             test_ids=tuple(folds.index[folds == f]),
             settings=base.with_(**point),
+            checkpoint_dir=checkpoint_dir(p, f),
             with_student=False,
             with_plain=False,  # the selection scores gated_fusion_coral only
             priority=1,  # they unblock the fold's fit of the model
@@ -224,7 +234,7 @@ def run_protocol(
         for name in models:
             if len(points[name]) > 1:
                 tasks += _selection_tasks(
-                    data, fold, train, settings, name, points[name], inner_folds
+                    data, fold, train, settings, name, points[name], inner_folds, checkpoint_root
                 )
                 pending[(fold, name)] = len(points[name]) * inner_folds
             else:
