@@ -79,3 +79,41 @@ def test_bf16_on_the_cpu_gives_features_close_to_fp32_and_its_own_store(
     )
     assert cos.min() > 0.98
     assert embed_slide(tiny_slide, out, encoder, bf16)["status"] == "skipped"
+
+
+@pytest.mark.parametrize("stain", ["macenko", "none"])
+def test_preprocessing_on_the_device_gives_the_workers_features(
+    tmp_path, synthetic_slides, random_synthclip, stain
+):
+    """Macenko + transforms after the copy (``stain_on_device=True``, here on the CPU: the same
+    code a GPU runs) equal the decode workers' path; the store records which ran, and the
+    choice is not part of its identity."""
+    from stromalens.wsi.embed import EmbedSettings, embed_slide
+    from stromalens.wsi.store import read_slide
+
+    common = {"stain": stain, "export": False, "batch_size": 16, "device": "cpu"}
+    workers = EmbedSettings(num_workers=1, **common)
+    device = EmbedSettings(num_workers=1, stain_on_device=True, **common)
+    a = embed_slide(synthetic_slides[2], tmp_path / "a.h5", random_synthclip, workers)
+    b = embed_slide(synthetic_slides[2], tmp_path / "b.h5", random_synthclip, device)
+    fa, fb = read_slide(a["path"]), read_slide(b["path"])
+    assert np.array_equal(fa.coords, fb.coords) and len(fa.coords) > 0
+    assert np.allclose(fa.features, fb.features, atol=1e-5)
+    assert fa.attrs["stain_on_device"] is False
+    assert fb.attrs["stain_on_device"] is True and fb.attrs["device"] == "cpu"
+    assert fb.attrs["precision"] == "fp32"
+    assert (
+        embed_slide(synthetic_slides[2], tmp_path / "a.h5", random_synthclip, device)["status"]
+        == "skipped"
+    )
+
+
+def test_stain_on_device_defaults_to_the_accelerator_only():
+    from stromalens.wsi.embed import EmbedSettings
+
+    auto = EmbedSettings()
+    assert auto.preprocess_on_device(torch.device("cpu")) is False
+    assert auto.preprocess_on_device(torch.device("cuda:0")) is True
+    assert EmbedSettings(stain_on_device=False).preprocess_on_device(torch.device("cuda")) is False
+    with pytest.raises(TypeError, match="stain_on_device"):
+        EmbedSettings(stain_on_device="yes")

@@ -72,6 +72,11 @@ class EmbedSettings:
     # where the encoder runs and in which precision (wsi/devices.py); the CPU default is fp32
     device: str = "auto"
     precision: str = "auto"
+    # Macenko and the encoder's tile transforms on the encoder's device, on whole batches after
+    # the host-to-device copy (uint8 crosses the bus: a quarter of the float32 bytes). None:
+    # yes on an accelerator; no on the CPU, where the decode workers do it beside the encoder.
+    # Not part of a store's identity: both paths agree within one grey level (test_stain.py).
+    stain_on_device: bool | None = None
 
     def __post_init__(self) -> None:
         if self.stain not in ("macenko", "none"):
@@ -82,6 +87,16 @@ class EmbedSettings:
             raise ValueError(f"num_workers must be ≥ 0, got {self.num_workers!r}")
         if self.stain_sample_tiles < 1:
             raise ValueError(f"stain_sample_tiles must be ≥ 1, got {self.stain_sample_tiles!r}")
+        if self.stain_on_device is not None and not isinstance(self.stain_on_device, bool):
+            raise TypeError(
+                f"stain_on_device must be True, False or None (auto), got {self.stain_on_device!r}"
+            )
+
+    def preprocess_on_device(self, device) -> bool:
+        """Whether Macenko and the tile transforms run on ``device`` (the ``None`` rule)."""
+        if self.stain_on_device is None:
+            return device.type != "cpu"
+        return self.stain_on_device
 
 
 def _stream_class():
@@ -154,6 +169,68 @@ def _fit_stain(slide, plan: TilePlan, settings: EmbedSettings):
     return normaliser, normaliser.params() | {"sample_tiles": int(len(sample))}
 
 
+class _BatchEncoder:
+    """Fixed-size encoder batches from the stream's per-block chunks, features kept by row.
+
+    Chunks arrive as (k, 3, S, S) float tiles transformed in the decode workers or, with
+    ``on_device``, as (k, T, T, 3) uint8 tiles that are copied to ``device`` first and there
+    Macenko-normalised (``normaliser``, if any) and transformed, whole batches at a time.
+    """
+
+    def __init__(self, encoder, device, dtype, batch_size: int, on_device: bool, normaliser):
+        self.encoder, self.device, self.dtype = encoder, device, dtype
+        self.batch_size, self.on_device, self.normaliser = batch_size, on_device, normaliser
+        self.pending, self.pending_idx = [], []
+        self.parts, self.part_idx = [], []
+
+    def add(self, chunk, ids: np.ndarray) -> None:
+        """Queue one block's kept tiles (rows ``ids`` of the plan); encode full batches."""
+        self.pending.append(chunk)
+        self.pending_idx.append(ids)
+        self.flush(force=False)
+
+    def flush(self, force: bool) -> None:
+        """Encode every full batch queued (with ``force``, the last partial one too)."""
+        import torch
+
+        total = sum(len(p) for p in self.pending)
+        while total >= self.batch_size or (force and total):
+            x = torch.cat(self.pending)
+            ids = np.concatenate(self.pending_idx)
+            take = min(self.batch_size, len(x))
+            self._encode(x[:take], ids[:take])
+            self.pending, self.pending_idx = [x[take:]], [ids[take:]]
+            total -= take
+
+    def _encode(self, chunk, ids: np.ndarray) -> None:
+        import torch
+
+        from .devices import autocast
+
+        batch = chunk.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            if self.on_device:  # outside autocast: Macenko and the transforms stay in fp32
+                if self.normaliser is not None:
+                    batch = self.normaliser.transform(batch)  # (B, T, T, 3) uint8
+                batch = self.encoder.transforms(batch)  # (B, 3, S, S) fp32
+            with autocast(self.device, self.dtype):
+                y = self.encoder.image_fn(batch).float()  # (B, D)
+        self.parts.append(y.cpu().numpy())
+        self.part_idx.append(ids)
+
+    def features(self, order_idx: np.ndarray) -> np.ndarray:
+        """(n, D) features of the kept rows ``order_idx`` (sorted), parts freed as copied."""
+        # np.zeros maps pages lazily, and each batch's part is freed once copied in: the
+        # features exist once (plus one batch), not three times (parts, their concatenation
+        # and the result would be ~600 MB for a 100k² slide at D = 512).
+        features = np.zeros((len(order_idx), self.encoder.embed_dim), np.float32)
+        while self.parts:  # any order: each part carries its rows
+            part, ids = self.parts.pop(), self.part_idx.pop()
+            features[np.searchsorted(order_idx, ids)] = part
+            del part
+        return features
+
+
 def store_identity(
     slide_path, encoder, settings: EmbedSettings, mpp: float | None, precision: str = "fp32"
 ) -> dict:
@@ -178,7 +255,12 @@ def _stain_settings(settings: EmbedSettings) -> dict:
     """Every ``stain*`` setting, with the reference image's sha256 (``none``: nothing else)."""
     if settings.stain == "none":
         return {"stain": "none"}
-    out = {k: v for k, v in asdict(settings).items() if k.startswith("stain")}
+    # where the transform runs changes no feature beyond float rounding: not an identity
+    out = {
+        k: v
+        for k, v in asdict(settings).items()
+        if k.startswith("stain") and k != "stain_on_device"
+    }
     reference = settings.stain_reference
     if reference and Path(reference).is_file():
         from ..hashing import sha256_file
@@ -205,7 +287,7 @@ def embed_slide(
     """
     import torch
 
-    from .devices import PRECISION_NAMES, autocast, resolve_device, resolve_precision
+    from .devices import PRECISION_NAMES, resolve_device, resolve_precision
 
     settings = settings or EmbedSettings()
     slide_path, out_path = Path(slide_path), Path(out_path)
@@ -236,14 +318,20 @@ def embed_slide(
     n = len(plan)
     qc = {k: np.zeros(n, np.float32) for k in QC_FIELDS}
     kept_all = np.zeros(n, bool)
-    feats_parts, idx_parts = [], []
+    on_device = encoder is not None and settings.preprocess_on_device(device)
+    batches = None
+    if encoder is not None:
+        encoder.model.to(device)
+        batches = _BatchEncoder(encoder, device, dtype, settings.batch_size, on_device, normaliser)
     if n:
+        # the workers normalise and transform only where the device does not
+        in_workers = encoder is not None and not on_device
         stream = _stream_class()(
             slide_path,
             mpp,
             plan,
-            normaliser,
-            encoder.transforms if encoder is not None else None,
+            normaliser if in_workers else None,
+            encoder.transforms if in_workers else None,
             spec,
         )
         workers = min(settings.num_workers, len(plan.blocks()))
@@ -255,25 +343,6 @@ def embed_slide(
             prefetch_factor=2 if workers else None,
             pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU async
         )
-        if encoder is not None:
-            encoder.model.to(device)
-        pending, pending_idx = [], []
-
-        def flush(force: bool):
-            nonlocal pending, pending_idx
-            total = sum(len(p) for p in pending)
-            while total >= settings.batch_size or (force and total):
-                x = torch.cat(pending)  # (N, 3, S, S)
-                ids = np.concatenate(pending_idx)
-                take = min(settings.batch_size, len(x))
-                batch = x[:take].to(device, non_blocking=True)  # (B, 3, S, S) fp32
-                with torch.inference_mode(), autocast(device, dtype):
-                    y = encoder.image_fn(batch).float()  # (B, D)
-                feats_parts.append(y.cpu().numpy())
-                idx_parts.append(ids[:take])
-                pending, pending_idx = [x[take:]], [ids[take:]]
-                total -= take
-
         task = progress.add_task(slide_id, total=n) if progress is not None else None
         for indices, kept, block_qc, chosen in loader:
             indices = np.asarray(indices)
@@ -281,29 +350,17 @@ def embed_slide(
             for key in QC_FIELDS:
                 qc[key][indices] = np.asarray(block_qc[key])
             kept_all[indices] = kept
-            if encoder is not None and len(chosen):
-                pending.append(chosen)
-                pending_idx.append(indices[kept])
-                flush(False)
+            if batches is not None and len(chosen):
+                batches.add(chosen, indices[kept])
             if task is not None:
                 progress.advance(task, len(indices))
-        if encoder is not None:
-            flush(True)
+        if batches is not None:
+            batches.flush(force=True)
         if task is not None:
             progress.remove_task(task)
 
     order_idx = np.flatnonzero(kept_all)
-    features = None
-    if encoder is not None:
-        dim = encoder.embed_dim
-        # np.zeros maps pages lazily, and each batch's part is freed once copied in: the
-        # features exist once (plus one batch), not three times (parts, their concatenation
-        # and the result would be ~600 MB for a 100k² slide at D = 512).
-        features = np.zeros((len(order_idx), dim), np.float32)
-        while feats_parts:  # any order: each part carries its rows
-            part, ids = feats_parts.pop(), idx_parts.pop()
-            features[np.searchsorted(order_idx, ids)] = part
-            del part
+    features = batches.features(order_idx) if batches is not None else None
     qc_out = empty_qc() if n == 0 else dict(qc)
     if n:
         qc_out["coords"] = plan.coords
@@ -327,6 +384,9 @@ def embed_slide(
         "stain": stain_params,
         "n_candidates": int(n),
         "stromalens_version": __version__,
+        # provenance, not identity: where the features were computed
+        "device": str(device),
+        "stain_on_device": bool(on_device),
         **identity,  # encoder, weights_sha256, tiling, stain_settings, the slide file
     }
     write_slide(
