@@ -466,14 +466,12 @@ def _embed_item(arg: dict) -> dict:
         encoder = _cached_encoder(arg["encoder"], arg["weights"], arg["allow_download"])
     settings = arg["settings"]
     if encoder is not None:
-        import multiprocessing as mp
         from dataclasses import replace
 
-        from .devices import worker_device
+        from .devices import pool_worker_index, worker_device
 
-        # a pool worker's index (1-based in its identity; 0 in the main process)
-        index = (mp.current_process()._identity or (1,))[0] - 1
-        settings = replace(settings, device=worker_device(settings.device, index))
+        # pool worker k takes GPU k mod N; a Ray actor sees only its own GPU(s) (index 0)
+        settings = replace(settings, device=worker_device(settings.device, pool_worker_index()))
     return embed_slide(arg["path"], arg["out"], encoder, settings, mpp=arg["mpp"])
 
 
@@ -488,13 +486,18 @@ def embed_cohort(
     workers: int | None = None,
     allow_download: bool = False,
     progress: bool = True,
+    gpus_per_worker: float = 1.0,
 ) -> list[dict]:
     """Embed (or, with ``encoder_name=None``, only tile) every slide of ``jobs`` into ``out_dir``.
 
     ``executor='local'`` runs slides one after another in this process (the encoder loaded
     once, decode workers feeding it); ``'process'`` and ``'ray'`` spread slides over worker
-    processes (:func:`stromalens.executors.run_items`), each loading the encoder once.
-    Failures are isolated: each slide's summary carries ``status='failed'`` and the error.
+    processes (:func:`stromalens.executors.run_items`), each loading the encoder once. With
+    ``'process'`` and several GPUs, worker k embeds on GPU k mod N; with ``'ray'`` each slide
+    actor asks Ray for ``gpus_per_worker`` GPUs when the device is CUDA
+    (:func:`~stromalens.wsi.devices.ray_actor_options`; 0 on the CPU) and embeds on the GPU
+    Ray gives it. Failures are isolated: each slide's summary carries ``status='failed'`` and
+    the error.
 
     The stores go to ``feature_dir(out_dir, encoder_name, settings.tiling)``
     (``<out_dir>/<encoder>/<tiling>/<slide_id>.h5``, with the run's ``run.json``).
@@ -535,6 +538,13 @@ def embed_cohort(
         workers = workers or default_workers()
         threads = max(1, default_workers() // workers)
         inner = EmbedSettings(**{**asdict(settings), "tiling": settings.tiling, "num_workers": 0})
+        ray_options = None
+        if executor == "ray":
+            from .devices import ray_actor_options
+
+            ray_options = ray_actor_options(settings.device, gpus_per_worker)
+            if ray_options["num_gpus"]:  # Ray picks the GPU; the actor sees it as cuda:0
+                inner.device = "cuda"
         items = [
             (
                 job.slide_id,
@@ -559,6 +569,7 @@ def embed_cohort(
             progress=progress,
             executor=executor,
             mp_context="forkserver",
+            ray_options=ray_options,
         ):
             if item.ok:
                 results.append(item.value)
