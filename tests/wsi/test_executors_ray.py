@@ -169,4 +169,4 @@ def test_ray_actor_path_writes_the_process_pools_stores(
         assert np.array_equal(on_ray.coords, in_pool.coords) and len(on_ray.coords) > 0
         assert np.array_equal(on_ray.features, in_pool.features)
         assert on_ray.attrs["device"] == in_pool.attrs["device"] == "cpu"
-        assert on_ray.attrs["precision"] == "fp32"
+        assert on_ray.attrs["precision"] == in_pool.attrs["precision"] == "fp32"
