@@ -40,6 +40,7 @@ from .store import (
     feature_dir,
     feature_path,
     is_complete,
+    provenance,
     slide_identity,
     store_matches,
     write_slide,
@@ -383,10 +384,7 @@ def embed_slide(
         "weights": encoder.weights if encoder is not None else "",
         "stain": stain_params,
         "n_candidates": int(n),
-        "stromalens_version": __version__,
-        # provenance, not identity: where the features were computed
-        "device": str(device),
-        "stain_on_device": bool(on_device),
+        **provenance(device, on_device),  # recorded, never compared (store.PROVENANCE_KEYS)
         **identity,  # encoder, weights_sha256, tiling, stain_settings, the slide file
     }
     write_slide(
