@@ -286,8 +286,6 @@ def embed_slide(
     (no tile passed; the store holds zero rows); a stale store is recomputed, its reason logged
     and returned as ``recomputed``. Errors propagate (the cohort driver isolates them).
     """
-    import torch
-
     from .devices import PRECISION_NAMES, resolve_device, resolve_precision
 
     settings = settings or EmbedSettings()
@@ -310,56 +308,20 @@ def embed_slide(
     with open_slide(slide_path, mpp=mpp) as slide:
         plan = plan_tiles(slide, spec)
         normaliser, stain_params = _fit_stain(slide, plan, settings)
-        slide_mpp, mpp_source, backend = slide.mpp, slide.mpp_source, slide.backend
-        dims = slide.dimensions
-        level_dim = slide.level_dimensions[plan.level]
+        geometry = _slide_geometry(slide, plan)
     thumbnail, mask = plan.thumbnail, plan.mask
     plan.thumbnail = None  # not shipped to the workers
 
     n = len(plan)
-    qc = {k: np.zeros(n, np.float32) for k in QC_FIELDS}
-    kept_all = np.zeros(n, bool)
     on_device = encoder is not None and settings.preprocess_on_device(device)
     batches = None
     if encoder is not None:
         encoder.model.to(device)
         batches = _BatchEncoder(encoder, device, dtype, settings.batch_size, on_device, normaliser)
-    if n:
-        # the workers normalise and transform only where the device does not
-        in_workers = encoder is not None and not on_device
-        stream = _stream_class()(
-            slide_path,
-            mpp,
-            plan,
-            normaliser if in_workers else None,
-            encoder.transforms if in_workers else None,
-            spec,
-        )
-        workers = min(settings.num_workers, len(plan.blocks()))
-        loader = torch.utils.data.DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=workers,
-            worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=2 if workers else None,
-            pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU async
-        )
-        task = progress.add_task(slide_id, total=n) if progress is not None else None
-        for indices, kept, block_qc, chosen in loader:
-            indices = np.asarray(indices)
-            kept = np.asarray(kept)
-            for key in QC_FIELDS:
-                qc[key][indices] = np.asarray(block_qc[key])
-            kept_all[indices] = kept
-            if batches is not None and len(chosen):
-                batches.add(chosen, indices[kept])
-            if task is not None:
-                progress.advance(task, len(indices))
-        if batches is not None:
-            batches.flush(force=True)
-        if task is not None:
-            progress.remove_task(task)
-
+    # the workers normalise and transform only where the device does not
+    worker_norm = normaliser if encoder is not None and not on_device else None
+    loader = _loader(slide_path, mpp, plan, settings, device, worker_norm, encoder, on_device)
+    qc, kept_all = _consume(loader, n, batches, progress, slide_id)
     order_idx = np.flatnonzero(kept_all)
     features = batches.features(order_idx) if batches is not None else None
     qc_out = empty_qc() if n == 0 else dict(qc)
@@ -369,18 +331,10 @@ def embed_slide(
     attrs = {
         "slide": str(slide_path),
         "slide_id": slide_id,
-        "backend": backend,
-        "mpp": float(slide_mpp),
-        "mpp_source": mpp_source,
+        **geometry,
         "target_mpp": float(spec.target_mpp),
         "tile_px": int(spec.tile_px),
         "stride_px": int(spec.stride_px),
-        "level": int(plan.level),
-        "level_mpp": float(plan.level_mpp),
-        "read_px": int(plan.read_px),
-        "tile_level0_px": float(plan.tile_level0_px),
-        "dimensions": list(dims),
-        "level_dim": list(level_dim),
         "weights": encoder.weights if encoder is not None else "",
         "stain": stain_params,
         "n_candidates": int(n),
@@ -396,27 +350,89 @@ def embed_slide(
 
         write_geojson(out_path.with_suffix(".geojson"), plan, mask, kept_all, qc)
         write_qc_thumbnail(out_path.with_suffix(".qc.png"), thumbnail, plan, mask, kept_all)
-    seconds = time.perf_counter() - started
-    status = "done" if len(order_idx) else "empty"
-    recomputed = {"recomputed": stale} if stale else {}
-    if status == "empty":
+    return _summary(slide_id, out_path, len(order_idx), plan, stale, started)
+
+
+def _summary(slide_id, out_path, n_tiles: int, plan: TilePlan, stale, started: float) -> dict:
+    """What :func:`embed_slide` returns; a slide without tiles is logged loudly."""
+    if n_tiles == 0:
         event(
             log,
             "SLIDE YIELDED ZERO TILES",
             logging.WARNING,
             slide=slide_id,
-            candidates=n,
+            candidates=len(plan),
             grid=plan.n_grid,
         )
     return {
         "slide": slide_id,
-        "status": status,
+        "status": "done" if n_tiles else "empty",
         "path": str(out_path),
-        "n_tiles": int(len(order_idx)),
-        "n_candidates": int(n),
-        "seconds": round(seconds, 2),
-        **recomputed,
+        "n_tiles": int(n_tiles),
+        "n_candidates": int(len(plan)),
+        "seconds": round(time.perf_counter() - started, 2),
+        **({"recomputed": stale} if stale else {}),
     }
+
+
+def _slide_geometry(slide, plan: TilePlan) -> dict:
+    """The store attributes describing the slide and the level its tiles are read from."""
+    return {
+        "backend": slide.backend,
+        "mpp": float(slide.mpp),
+        "mpp_source": slide.mpp_source,
+        "level": int(plan.level),
+        "level_mpp": float(plan.level_mpp),
+        "read_px": int(plan.read_px),
+        "tile_level0_px": float(plan.tile_level0_px),
+        "dimensions": list(slide.dimensions),
+        "level_dim": list(slide.level_dimensions[plan.level]),
+    }
+
+
+def _loader(slide_path, mpp, plan, settings, device, normaliser, encoder, on_device):
+    """The decode workers' ``DataLoader`` over the slide's blocks (None without tiles). They
+    Macenko-normalise (``normaliser``) and transform the kept tiles unless ``on_device``, in
+    which case they ship them as uint8 for the device to do both."""
+    import torch
+
+    if len(plan) == 0:
+        return None
+    transforms = encoder.transforms if encoder is not None and not on_device else None
+    stream = _stream_class()(slide_path, mpp, plan, normaliser, transforms, settings.tiling)
+    workers = min(settings.num_workers, len(plan.blocks()))
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 if workers else None,
+        pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU async
+    )
+
+
+def _consume(loader, n: int, batches, progress, slide_id: str):
+    """Run the stream: every candidate's QC and kept flag, kept tiles fed to ``batches``."""
+    qc = {k: np.zeros(n, np.float32) for k in QC_FIELDS}
+    kept_all = np.zeros(n, bool)
+    if loader is None:
+        return qc, kept_all
+    task = progress.add_task(slide_id, total=n) if progress is not None else None
+    for indices, kept, block_qc, chosen in loader:
+        indices = np.asarray(indices)
+        kept = np.asarray(kept)
+        for key in QC_FIELDS:
+            qc[key][indices] = np.asarray(block_qc[key])
+        kept_all[indices] = kept
+        if batches is not None and len(chosen):
+            batches.add(chosen, indices[kept])
+        if task is not None:
+            progress.advance(task, len(indices))
+    if batches is not None:
+        batches.flush(force=True)
+    if task is not None:
+        progress.remove_task(task)
+    return qc, kept_all
 
 
 # --------------------------------------------------------------------------- cohorts
