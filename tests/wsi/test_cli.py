@@ -40,3 +40,23 @@ def test_wsi_embed_reports_a_slide_without_mpp(tmp_path, broken_slides):
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "failed" in out.stdout
+
+
+def test_wsi_tile_sizes_its_tiles_for_the_encoder_named(tmp_path, synthetic_slides):
+    """As ``wsi embed``: tiles at the encoder's input size (CONCH 448 px), no weights needed."""
+    slide = synthetic_slides[0]
+    out = subprocess.run(
+        [str(SCRIPT), "wsi", "tile", str(slide), "--out", str(tmp_path), "--encoder", "conch"],
+        capture_output=True,
+        encoding="utf-8",
+    )
+    assert out.returncode == 0, out.stderr
+    data = read_slide(tmp_path / "tiles" / "0.5mpp_448px_0px_overlap" / f"{slide.stem}.h5")
+    assert data.attrs["tile_px"] == 448 and data.features is None
+    unknown = subprocess.run(
+        [str(SCRIPT), "wsi", "tile", str(slide), "--out", str(tmp_path), "--encoder", "nope"],
+        capture_output=True,
+        encoding="utf-8",
+    )
+    assert unknown.returncode != 0 and "nope" in unknown.stdout + unknown.stderr
+    assert len((unknown.stdout + unknown.stderr).strip().splitlines()) <= 3

@@ -72,3 +72,88 @@ def test_macenko_agrees_with_torchstain_on_real_he():
 def test_bundled_reference_is_the_real_target_tile():
     fitted = reference_from_image(REAL_TARGET)
     assert np.allclose(fitted.stain_matrix, default_reference().stain_matrix, atol=1e-4)
+
+
+# ---------------------------------------------------------------- batched torch vs numpy
+def _real_tiles(n_side: int = 224):
+    """Every whole 224-px tile of the real CMU-1 region (117 tiles, skin H&E and glass)."""
+    with open_slide(REAL_SLIDE) as slide:
+        width, height = slide.dimensions
+        return np.stack(
+            [
+                slide.read_region((x, y), 0, (n_side, n_side))
+                for x in range(0, width - n_side + 1, n_side)
+                for y in range(0, height - n_side + 1, n_side)
+            ]
+        )
+
+
+def _assert_within_one_grey_level(torch_out: np.ndarray, numpy_out: np.ndarray) -> None:
+    diff = np.abs(torch_out.astype(int) - numpy_out.astype(int))
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 1e-3  # float32 vs float64 only moves values at a rounding edge
+
+
+@needs_real_data
+def test_torch_transform_equals_numpy_float64_on_real_tiles():
+    """Reference: MacenkoNormalizer.transform_numpy, the paper's map in float64 numpy."""
+    import torch
+
+    tiles = _real_tiles()
+    norm = MacenkoNormalizer().fit(tiles[::4])
+    expected = norm.transform_numpy(tiles)
+    _assert_within_one_grey_level(norm.transform(torch.from_numpy(tiles)).numpy(), expected)
+    assert not np.array_equal(expected, tiles)  # the slide's stain really moved
+
+
+def test_torch_transform_equals_numpy_float64_on_synthetic_tiles(synthetic_slides):
+    import torch
+
+    with open_slide(synthetic_slides[0]) as slide:
+        tiles = np.stack([slide.read_region((300 + 224 * i, 500), 0, (224, 224)) for i in range(6)])
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)  # every grey level, extremes
+    tiles = np.concatenate([tiles, noise])
+    norm = MacenkoNormalizer().fit(tiles[:6])
+    _assert_within_one_grey_level(
+        norm.transform(torch.from_numpy(tiles)).numpy(), norm.transform_numpy(tiles)
+    )
+
+
+def test_torch_transform_ignores_a_tf32_matmul_setting(synthetic_slides):
+    """``set_float32_matmul_precision('high')`` (TF32 on a GPU) must not reach the transform."""
+    import torch
+
+    with open_slide(synthetic_slides[0]) as slide:
+        tiles = np.stack([slide.read_region((300 + 224 * i, 500), 0, (224, 224)) for i in range(2)])
+    norm = MacenkoNormalizer().fit(tiles)
+    exact = norm.transform(torch.from_numpy(tiles))
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert torch.equal(norm.transform(torch.from_numpy(tiles)), exact)
+        assert torch.get_float32_matmul_precision() == "high"  # restored after the transform
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_transform_on_the_gpu_equals_numpy(synthetic_slides):
+    import torch
+
+    with open_slide(synthetic_slides[0]) as slide:
+        tiles = np.stack([slide.read_region((300 + 224 * i, 500), 0, (224, 224)) for i in range(4)])
+    norm = MacenkoNormalizer().fit(tiles)
+    on_gpu = norm.transform(torch.from_numpy(tiles).cuda())
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.uint8
+    _assert_within_one_grey_level(on_gpu.cpu().numpy(), norm.transform_numpy(tiles))
+
+
+def test_numpy_transform_refuses_channels_first():
+    norm = MacenkoNormalizer()
+    norm.stain_matrix_, norm.max_concentrations_ = (
+        default_reference().stain_matrix,
+        default_reference().max_concentrations,
+    )
+    with pytest.raises(ValueError, match="channels-last"):
+        norm.transform_numpy(np.zeros((1, 3, 8, 8), np.uint8))

@@ -324,3 +324,23 @@ def test_stamp_features_are_read(tmp_path):
     assert np.array_equal(bags["P1"], feats.astype(np.float32))
     contract = FeatureContract.of_store(*read_attrs(tmp_path / "P1.h5"))
     assert contract == FeatureContract("stamp:mahmood-uni", None, 1024, 256 / 224, 224)
+
+
+def test_the_writing_version_and_device_are_provenance_not_identity(tmp_path, synthetic_slides):
+    """A store written by another stromalens version (or on another device) is reused: the
+    version is recorded for provenance and never makes a store stale (store.py says why)."""
+    from stromalens import __version__
+    from stromalens.wsi.store import PROVENANCE_KEYS
+
+    slide, out = synthetic_slides[0], tmp_path / "s.h5"
+    assert embed_slide(slide, out, None, FAST)["status"] == "done"
+    attrs = read_attrs(out)[0]
+    assert attrs["stromalens_version"] == __version__ and attrs["device"] == "cpu"
+    assert attrs["stain_on_device"] is False
+    with h5py.File(out, "a") as h5:
+        h5.attrs["stromalens_version"] = "0.0.1"
+        h5.attrs["device"] = "cuda:3"
+    assert embed_slide(slide, out, None, FAST)["status"] == "skipped"
+    assert read_attrs(out)[0]["stromalens_version"] == "0.0.1"  # left as it was
+    asked = {key: "something else" for key in PROVENANCE_KEYS}
+    assert store_matches(out, {**asked, "encoder": "none"}) is None

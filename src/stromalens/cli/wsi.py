@@ -103,7 +103,12 @@ def tile(
     out: Path = typer.Option(..., "--out", help="Output directory (one HDF5 per slide)."),
     mpp: float | None = _MPP,
     target_mpp: float = typer.Option(0.5, "--target-mpp"),
-    tile_px: int = typer.Option(224, "--tile-px"),
+    tile_px: int | None = typer.Option(
+        None, "--tile-px", help="Tile size in px (default: --encoder's input size, else 224)."
+    ),
+    encoder: str | None = typer.Option(
+        None, "--encoder", help="Size the tiles for this encoder (e.g. conch: 448); no features."
+    ),
     min_tissue: float = typer.Option(0.5, "--min-tissue"),
     executor: str = _EXECUTOR,
     workers: int | None = typer.Option(None, "--workers"),
@@ -112,8 +117,12 @@ def tile(
     """Tissue mask, tiles and QC (no encoder): HDF5 with coords + QC, GeoJSON, QC thumbnail,
     under OUT/tiles/<tiling>/."""
     from ..wsi.embed import embed_cohort
+    from ..wsi.encoders import encoder_info
+    from ..wsi.tiling import TilingSpec
 
     source = manifest_from(ctx, manifest)
+    # the tiles `wsi embed --encoder` would cut (its input size), or the default tiling's
+    tile_px = tile_px or (encoder_info(encoder).input_px if encoder else TilingSpec().tile_px)
     settings = _settings(target_mpp, tile_px, min_tissue, 64, 0, "none", None, overwrite)
     results = embed_cohort(
         _jobs(source, mpp),

@@ -8,7 +8,9 @@ fp32; matrix products run in bf16/fp16), as TRIDENT and timm's inference scripts
 refused on the CPU, where PyTorch's autocast has no fast fp16 path.
 
 With several GPUs on one machine, :func:`worker_device` gives each worker process of a slide
-pool its own GPU (worker k → ``cuda:k mod N``), so slides are sharded over the GPUs.
+pool its own GPU (worker k → ``cuda:k mod N``, k from :func:`pool_worker_index`), so slides
+are sharded over the GPUs. On a Ray cluster, :func:`ray_actor_options` is what each slide actor
+asks for (``num_gpus``); Ray then pins each actor to its GPU(s), which it sees as ``cuda:0``.
 
 >>> resolve_device("cpu").type, resolve_precision("auto", resolve_device("cpu"))
 ('cpu', torch.float32)
@@ -81,3 +83,37 @@ def worker_device(spec: str | None, worker_index: int) -> str:
     if text in ("auto", "cuda") and gpus > 1:
         return f"cuda:{worker_index % gpus}"
     return text
+
+
+def pool_worker_index() -> int:
+    """This process's 0-based index in its process pool (``multiprocessing`` numbers the
+    workers it starts 1, 2, …); 0 in the main process and in a Ray actor."""
+    import multiprocessing as mp
+
+    return (mp.current_process()._identity or (1,))[0] - 1
+
+
+def ray_actor_options(
+    spec: str | None, gpus_per_worker: float = 1.0, cuda_available: bool | None = None
+) -> dict:
+    """The ``ray.remote`` resources of one slide actor for device ``spec``.
+
+    ``cuda``/``cuda:N`` (an index is Ray's to choose on a cluster) and ``auto`` where this
+    machine has CUDA ask for ``gpus_per_worker`` GPUs (a fraction below 1 shares a GPU between
+    actors, e.g. 0.5 for two; above 1 it must be whole); the CPU and MPS ask for none.
+    ``cuda_available`` defaults to :func:`torch.cuda.is_available`.
+
+    >>> ray_actor_options("cuda", 0.5)
+    {'num_cpus': 1, 'num_gpus': 0.5}
+    """
+    gpus = float(gpus_per_worker)
+    if not (gpus > 0 and (gpus <= 1 or gpus.is_integer())):
+        raise ValueError(
+            "gpus_per_worker must be a fraction in (0, 1] or a whole number, "
+            f"got {gpus_per_worker!r}"
+        )
+    text = (spec or "auto").strip().lower()
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    wants_gpu = text.startswith("cuda") or (text == "auto" and cuda_available)
+    return {"num_cpus": 1, "num_gpus": gpus if wants_gpu else 0}

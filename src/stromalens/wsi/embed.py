@@ -40,6 +40,7 @@ from .store import (
     feature_dir,
     feature_path,
     is_complete,
+    provenance,
     slide_identity,
     store_matches,
     write_slide,
@@ -72,6 +73,11 @@ class EmbedSettings:
     # where the encoder runs and in which precision (wsi/devices.py); the CPU default is fp32
     device: str = "auto"
     precision: str = "auto"
+    # Macenko and the encoder's tile transforms on the encoder's device, on whole batches after
+    # the host-to-device copy (uint8 crosses the bus: a quarter of the float32 bytes). None:
+    # yes on an accelerator; no on the CPU, where the decode workers do it beside the encoder.
+    # Not part of a store's identity: both paths agree within one grey level (test_stain.py).
+    stain_on_device: bool | None = None
 
     def __post_init__(self) -> None:
         if self.stain not in ("macenko", "none"):
@@ -82,6 +88,16 @@ class EmbedSettings:
             raise ValueError(f"num_workers must be ≥ 0, got {self.num_workers!r}")
         if self.stain_sample_tiles < 1:
             raise ValueError(f"stain_sample_tiles must be ≥ 1, got {self.stain_sample_tiles!r}")
+        if self.stain_on_device is not None and not isinstance(self.stain_on_device, bool):
+            raise TypeError(
+                f"stain_on_device must be True, False or None (auto), got {self.stain_on_device!r}"
+            )
+
+    def preprocess_on_device(self, device) -> bool:
+        """Whether Macenko and the tile transforms run on ``device`` (the ``None`` rule)."""
+        if self.stain_on_device is None:
+            return device.type != "cpu"
+        return self.stain_on_device
 
 
 def _stream_class():
@@ -154,6 +170,68 @@ def _fit_stain(slide, plan: TilePlan, settings: EmbedSettings):
     return normaliser, normaliser.params() | {"sample_tiles": int(len(sample))}
 
 
+class _BatchEncoder:
+    """Fixed-size encoder batches from the stream's per-block chunks, features kept by row.
+
+    Chunks arrive as (k, 3, S, S) float tiles transformed in the decode workers or, with
+    ``on_device``, as (k, T, T, 3) uint8 tiles that are copied to ``device`` first and there
+    Macenko-normalised (``normaliser``, if any) and transformed, whole batches at a time.
+    """
+
+    def __init__(self, encoder, device, dtype, batch_size: int, on_device: bool, normaliser):
+        self.encoder, self.device, self.dtype = encoder, device, dtype
+        self.batch_size, self.on_device, self.normaliser = batch_size, on_device, normaliser
+        self.pending, self.pending_idx = [], []
+        self.parts, self.part_idx = [], []
+
+    def add(self, chunk, ids: np.ndarray) -> None:
+        """Queue one block's kept tiles (rows ``ids`` of the plan); encode full batches."""
+        self.pending.append(chunk)
+        self.pending_idx.append(ids)
+        self.flush(force=False)
+
+    def flush(self, force: bool) -> None:
+        """Encode every full batch queued (with ``force``, the last partial one too)."""
+        import torch
+
+        total = sum(len(p) for p in self.pending)
+        while total >= self.batch_size or (force and total):
+            x = torch.cat(self.pending)
+            ids = np.concatenate(self.pending_idx)
+            take = min(self.batch_size, len(x))
+            self._encode(x[:take], ids[:take])
+            self.pending, self.pending_idx = [x[take:]], [ids[take:]]
+            total -= take
+
+    def _encode(self, chunk, ids: np.ndarray) -> None:
+        import torch
+
+        from .devices import autocast
+
+        batch = chunk.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            if self.on_device:  # outside autocast: Macenko and the transforms stay in fp32
+                if self.normaliser is not None:
+                    batch = self.normaliser.transform(batch)  # (B, T, T, 3) uint8
+                batch = self.encoder.transforms(batch)  # (B, 3, S, S) fp32
+            with autocast(self.device, self.dtype):
+                y = self.encoder.image_fn(batch).float()  # (B, D)
+        self.parts.append(y.cpu().numpy())
+        self.part_idx.append(ids)
+
+    def features(self, order_idx: np.ndarray) -> np.ndarray:
+        """(n, D) features of the kept rows ``order_idx`` (sorted), parts freed as copied."""
+        # np.zeros maps pages lazily, and each batch's part is freed once copied in: the
+        # features exist once (plus one batch), not three times (parts, their concatenation
+        # and the result would be ~600 MB for a 100k² slide at D = 512).
+        features = np.zeros((len(order_idx), self.encoder.embed_dim), np.float32)
+        while self.parts:  # any order: each part carries its rows
+            part, ids = self.parts.pop(), self.part_idx.pop()
+            features[np.searchsorted(order_idx, ids)] = part
+            del part
+        return features
+
+
 def store_identity(
     slide_path, encoder, settings: EmbedSettings, mpp: float | None, precision: str = "fp32"
 ) -> dict:
@@ -178,7 +256,12 @@ def _stain_settings(settings: EmbedSettings) -> dict:
     """Every ``stain*`` setting, with the reference image's sha256 (``none``: nothing else)."""
     if settings.stain == "none":
         return {"stain": "none"}
-    out = {k: v for k, v in asdict(settings).items() if k.startswith("stain")}
+    # where the transform runs changes no feature beyond float rounding: not an identity
+    out = {
+        k: v
+        for k, v in asdict(settings).items()
+        if k.startswith("stain") and k != "stain_on_device"
+    }
     reference = settings.stain_reference
     if reference and Path(reference).is_file():
         from ..hashing import sha256_file
@@ -203,9 +286,7 @@ def embed_slide(
     (no tile passed; the store holds zero rows); a stale store is recomputed, its reason logged
     and returned as ``recomputed``. Errors propagate (the cohort driver isolates them).
     """
-    import torch
-
-    from .devices import PRECISION_NAMES, autocast, resolve_device, resolve_precision
+    from .devices import PRECISION_NAMES, resolve_device, resolve_precision
 
     settings = settings or EmbedSettings()
     slide_path, out_path = Path(slide_path), Path(out_path)
@@ -227,83 +308,22 @@ def embed_slide(
     with open_slide(slide_path, mpp=mpp) as slide:
         plan = plan_tiles(slide, spec)
         normaliser, stain_params = _fit_stain(slide, plan, settings)
-        slide_mpp, mpp_source, backend = slide.mpp, slide.mpp_source, slide.backend
-        dims = slide.dimensions
-        level_dim = slide.level_dimensions[plan.level]
+        geometry = _slide_geometry(slide, plan)
     thumbnail, mask = plan.thumbnail, plan.mask
     plan.thumbnail = None  # not shipped to the workers
 
     n = len(plan)
-    qc = {k: np.zeros(n, np.float32) for k in QC_FIELDS}
-    kept_all = np.zeros(n, bool)
-    feats_parts, idx_parts = [], []
-    if n:
-        stream = _stream_class()(
-            slide_path,
-            mpp,
-            plan,
-            normaliser,
-            encoder.transforms if encoder is not None else None,
-            spec,
-        )
-        workers = min(settings.num_workers, len(plan.blocks()))
-        loader = torch.utils.data.DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=workers,
-            worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=2 if workers else None,
-            pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU async
-        )
-        if encoder is not None:
-            encoder.model.to(device)
-        pending, pending_idx = [], []
-
-        def flush(force: bool):
-            nonlocal pending, pending_idx
-            total = sum(len(p) for p in pending)
-            while total >= settings.batch_size or (force and total):
-                x = torch.cat(pending)  # (N, 3, S, S)
-                ids = np.concatenate(pending_idx)
-                take = min(settings.batch_size, len(x))
-                batch = x[:take].to(device, non_blocking=True)  # (B, 3, S, S) fp32
-                with torch.inference_mode(), autocast(device, dtype):
-                    y = encoder.image_fn(batch).float()  # (B, D)
-                feats_parts.append(y.cpu().numpy())
-                idx_parts.append(ids[:take])
-                pending, pending_idx = [x[take:]], [ids[take:]]
-                total -= take
-
-        task = progress.add_task(slide_id, total=n) if progress is not None else None
-        for indices, kept, block_qc, chosen in loader:
-            indices = np.asarray(indices)
-            kept = np.asarray(kept)
-            for key in QC_FIELDS:
-                qc[key][indices] = np.asarray(block_qc[key])
-            kept_all[indices] = kept
-            if encoder is not None and len(chosen):
-                pending.append(chosen)
-                pending_idx.append(indices[kept])
-                flush(False)
-            if task is not None:
-                progress.advance(task, len(indices))
-        if encoder is not None:
-            flush(True)
-        if task is not None:
-            progress.remove_task(task)
-
-    order_idx = np.flatnonzero(kept_all)
-    features = None
+    on_device = encoder is not None and settings.preprocess_on_device(device)
+    batches = None
     if encoder is not None:
-        dim = encoder.embed_dim
-        # np.zeros maps pages lazily, and each batch's part is freed once copied in: the
-        # features exist once (plus one batch), not three times (parts, their concatenation
-        # and the result would be ~600 MB for a 100k² slide at D = 512).
-        features = np.zeros((len(order_idx), dim), np.float32)
-        while feats_parts:  # any order: each part carries its rows
-            part, ids = feats_parts.pop(), idx_parts.pop()
-            features[np.searchsorted(order_idx, ids)] = part
-            del part
+        encoder.model.to(device)
+        batches = _BatchEncoder(encoder, device, dtype, settings.batch_size, on_device, normaliser)
+    # the workers normalise and transform only where the device does not
+    worker_norm = normaliser if encoder is not None and not on_device else None
+    loader = _loader(slide_path, mpp, plan, settings, device, worker_norm, encoder, on_device)
+    qc, kept_all = _consume(loader, n, batches, progress, slide_id)
+    order_idx = np.flatnonzero(kept_all)
+    features = batches.features(order_idx) if batches is not None else None
     qc_out = empty_qc() if n == 0 else dict(qc)
     if n:
         qc_out["coords"] = plan.coords
@@ -311,22 +331,14 @@ def embed_slide(
     attrs = {
         "slide": str(slide_path),
         "slide_id": slide_id,
-        "backend": backend,
-        "mpp": float(slide_mpp),
-        "mpp_source": mpp_source,
+        **geometry,
         "target_mpp": float(spec.target_mpp),
         "tile_px": int(spec.tile_px),
         "stride_px": int(spec.stride_px),
-        "level": int(plan.level),
-        "level_mpp": float(plan.level_mpp),
-        "read_px": int(plan.read_px),
-        "tile_level0_px": float(plan.tile_level0_px),
-        "dimensions": list(dims),
-        "level_dim": list(level_dim),
         "weights": encoder.weights if encoder is not None else "",
         "stain": stain_params,
         "n_candidates": int(n),
-        "stromalens_version": __version__,
+        **provenance(device, on_device),  # recorded, never compared (store.PROVENANCE_KEYS)
         **identity,  # encoder, weights_sha256, tiling, stain_settings, the slide file
     }
     write_slide(
@@ -338,27 +350,89 @@ def embed_slide(
 
         write_geojson(out_path.with_suffix(".geojson"), plan, mask, kept_all, qc)
         write_qc_thumbnail(out_path.with_suffix(".qc.png"), thumbnail, plan, mask, kept_all)
-    seconds = time.perf_counter() - started
-    status = "done" if len(order_idx) else "empty"
-    recomputed = {"recomputed": stale} if stale else {}
-    if status == "empty":
+    return _summary(slide_id, out_path, len(order_idx), plan, stale, started)
+
+
+def _summary(slide_id, out_path, n_tiles: int, plan: TilePlan, stale, started: float) -> dict:
+    """What :func:`embed_slide` returns; a slide without tiles is logged loudly."""
+    if n_tiles == 0:
         event(
             log,
             "SLIDE YIELDED ZERO TILES",
             logging.WARNING,
             slide=slide_id,
-            candidates=n,
+            candidates=len(plan),
             grid=plan.n_grid,
         )
     return {
         "slide": slide_id,
-        "status": status,
+        "status": "done" if n_tiles else "empty",
         "path": str(out_path),
-        "n_tiles": int(len(order_idx)),
-        "n_candidates": int(n),
-        "seconds": round(seconds, 2),
-        **recomputed,
+        "n_tiles": int(n_tiles),
+        "n_candidates": int(len(plan)),
+        "seconds": round(time.perf_counter() - started, 2),
+        **({"recomputed": stale} if stale else {}),
     }
+
+
+def _slide_geometry(slide, plan: TilePlan) -> dict:
+    """The store attributes describing the slide and the level its tiles are read from."""
+    return {
+        "backend": slide.backend,
+        "mpp": float(slide.mpp),
+        "mpp_source": slide.mpp_source,
+        "level": int(plan.level),
+        "level_mpp": float(plan.level_mpp),
+        "read_px": int(plan.read_px),
+        "tile_level0_px": float(plan.tile_level0_px),
+        "dimensions": list(slide.dimensions),
+        "level_dim": list(slide.level_dimensions[plan.level]),
+    }
+
+
+def _loader(slide_path, mpp, plan, settings, device, normaliser, encoder, on_device):
+    """The decode workers' ``DataLoader`` over the slide's blocks (None without tiles). They
+    Macenko-normalise (``normaliser``) and transform the kept tiles unless ``on_device``, in
+    which case they ship them as uint8 for the device to do both."""
+    import torch
+
+    if len(plan) == 0:
+        return None
+    transforms = encoder.transforms if encoder is not None and not on_device else None
+    stream = _stream_class()(slide_path, mpp, plan, normaliser, transforms, settings.tiling)
+    workers = min(settings.num_workers, len(plan.blocks()))
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 if workers else None,
+        pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU async
+    )
+
+
+def _consume(loader, n: int, batches, progress, slide_id: str):
+    """Run the stream: every candidate's QC and kept flag, kept tiles fed to ``batches``."""
+    qc = {k: np.zeros(n, np.float32) for k in QC_FIELDS}
+    kept_all = np.zeros(n, bool)
+    if loader is None:
+        return qc, kept_all
+    task = progress.add_task(slide_id, total=n) if progress is not None else None
+    for indices, kept, block_qc, chosen in loader:
+        indices = np.asarray(indices)
+        kept = np.asarray(kept)
+        for key in QC_FIELDS:
+            qc[key][indices] = np.asarray(block_qc[key])
+        kept_all[indices] = kept
+        if batches is not None and len(chosen):
+            batches.add(chosen, indices[kept])
+        if task is not None:
+            progress.advance(task, len(indices))
+    if batches is not None:
+        batches.flush(force=True)
+    if task is not None:
+        progress.remove_task(task)
+    return qc, kept_all
 
 
 # --------------------------------------------------------------------------- cohorts
@@ -406,14 +480,12 @@ def _embed_item(arg: dict) -> dict:
         encoder = _cached_encoder(arg["encoder"], arg["weights"], arg["allow_download"])
     settings = arg["settings"]
     if encoder is not None:
-        import multiprocessing as mp
         from dataclasses import replace
 
-        from .devices import worker_device
+        from .devices import pool_worker_index, worker_device
 
-        # a pool worker's index (1-based in its identity; 0 in the main process)
-        index = (mp.current_process()._identity or (1,))[0] - 1
-        settings = replace(settings, device=worker_device(settings.device, index))
+        # pool worker k takes GPU k mod N; a Ray actor sees only its own GPU(s) (index 0)
+        settings = replace(settings, device=worker_device(settings.device, pool_worker_index()))
     return embed_slide(arg["path"], arg["out"], encoder, settings, mpp=arg["mpp"])
 
 
@@ -428,13 +500,18 @@ def embed_cohort(
     workers: int | None = None,
     allow_download: bool = False,
     progress: bool = True,
+    gpus_per_worker: float = 1.0,
 ) -> list[dict]:
     """Embed (or, with ``encoder_name=None``, only tile) every slide of ``jobs`` into ``out_dir``.
 
     ``executor='local'`` runs slides one after another in this process (the encoder loaded
     once, decode workers feeding it); ``'process'`` and ``'ray'`` spread slides over worker
-    processes (:func:`stromalens.executors.run_items`), each loading the encoder once.
-    Failures are isolated: each slide's summary carries ``status='failed'`` and the error.
+    processes (:func:`stromalens.executors.run_items`), each loading the encoder once. With
+    ``'process'`` and several GPUs, worker k embeds on GPU k mod N; with ``'ray'`` each slide
+    actor asks Ray for ``gpus_per_worker`` GPUs when the device is CUDA
+    (:func:`~stromalens.wsi.devices.ray_actor_options`; 0 on the CPU) and embeds on the GPU
+    Ray gives it. Failures are isolated: each slide's summary carries ``status='failed'`` and
+    the error.
 
     The stores go to ``feature_dir(out_dir, encoder_name, settings.tiling)``
     (``<out_dir>/<encoder>/<tiling>/<slide_id>.h5``, with the run's ``run.json``).
@@ -475,6 +552,13 @@ def embed_cohort(
         workers = workers or default_workers()
         threads = max(1, default_workers() // workers)
         inner = EmbedSettings(**{**asdict(settings), "tiling": settings.tiling, "num_workers": 0})
+        ray_options = None
+        if executor == "ray":
+            from .devices import ray_actor_options
+
+            ray_options = ray_actor_options(settings.device, gpus_per_worker)
+            if ray_options["num_gpus"]:  # Ray picks the GPU; the actor sees it as cuda:0
+                inner.device = "cuda"
         items = [
             (
                 job.slide_id,
@@ -499,6 +583,7 @@ def embed_cohort(
             progress=progress,
             executor=executor,
             mp_context="forkserver",
+            ray_options=ray_options,
         ):
             if item.ok:
                 results.append(item.value)

@@ -17,6 +17,12 @@ clipped to [0, 255]. The default reference is bundled (``resources/macenko_refer
 the stain matrix and maximal concentrations fitted with this module on TIAToolbox's H&E
 target tile (BSD-3, see ``resources/NOTICE``).
 
+Where it runs. :meth:`MacenkoNormalizer.transform` is one float32 torch kernel that normalises
+a batch where the batch lies: in the decode workers on the CPU, or on the encoder's GPU after
+the host-to-device copy (``EmbedSettings.stain_on_device``), where the per-pixel work is a few
+memory-bound elementwise passes. :meth:`MacenkoNormalizer.transform_numpy` is the same map in
+float64 numpy, the reference the kernel is tested against (within one grey level).
+
 References
 ----------
 Macenko M et al. A method for normalizing histology slides for quantitative analysis.
@@ -26,10 +32,12 @@ Example
 -------
 >>> norm = MacenkoNormalizer().fit(sample_rgb)        # doctest: +SKIP
 >>> tiles_out = norm.transform(tiles)                  # (B, H, W, 3) uint8 → same
+>>> on_gpu = norm.transform(torch.from_numpy(tiles).cuda())  # normalised on the GPU
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -151,8 +159,28 @@ class MacenkoNormalizer:
         if not hasattr(self, "stain_matrix_"):
             raise ValueError("MacenkoNormalizer is not fitted; call fit() on a tissue sample")
 
+    def _constants(self, device):
+        """The transform's constants as float32 tensors on ``device``: S⁺ (2 × 3), the
+        concentration scale C_max,ref / C_max (2,) and S_ref (3 × 2). S⁺ is computed on the CPU,
+        so every device maps pixels with the same numbers."""
+        import torch
+
+        pinv = torch.linalg.pinv(torch.as_tensor(self.stain_matrix_, dtype=torch.float32))
+        scale = torch.as_tensor(
+            self.reference.max_concentrations / self.max_concentrations_, dtype=torch.float32
+        )
+        ref = torch.as_tensor(self.reference.stain_matrix, dtype=torch.float32)
+        return pinv.to(device), scale.to(device), ref.to(device)
+
     def transform(self, tiles):
-        """Normalise tiles, (B, H, W, 3) or (H, W, 3) uint8, numpy or torch; same type back."""
+        """Normalise tiles, (B, H, W, 3) or (H, W, 3) uint8, numpy or torch; same type back.
+
+        A torch tensor is normalised where it lies (CPU, CUDA, MPS), in float32, batched: on
+        an accelerator this runs after the host-to-device copy, next to the encoder
+        (``EmbedSettings.stain_on_device``). The two 3-channel products run in IEEE fp32 even
+        where TF32 is allowed (TF32's 10-bit mantissa would move pixels by several grey
+        levels). Equal to the float64 :meth:`transform_numpy` within one grey level.
+        """
         import torch
 
         self._check()
@@ -163,13 +191,39 @@ class MacenkoNormalizer:
         if x.shape[-1] != 3:
             raise ValueError(f"transform needs channels-last RGB tiles, got shape {tuple(x.shape)}")
         shape = x.shape
-        od = -torch.log((x.reshape(-1, 3).float() + 1.0) / self.io)  # (P, 3)
-        pinv = torch.linalg.pinv(torch.as_tensor(self.stain_matrix_, dtype=torch.float32))  # (2, 3)
-        conc = od @ pinv.T  # (P, 2)
-        scale = torch.as_tensor(
-            self.reference.max_concentrations / self.max_concentrations_, dtype=torch.float32
-        )
-        ref = torch.as_tensor(self.reference.stain_matrix, dtype=torch.float32)  # (3, 2)
-        out = self.io * torch.exp(-(conc * scale) @ ref.T)  # (P, 3)
+        pinv, scale, ref = self._constants(x.device)  # (2, 3), (2,), (3, 2)
+        with _ieee_fp32_matmul():
+            od = -torch.log((x.reshape(-1, 3).float() + 1.0) / self.io)  # (P, 3)
+            conc = od @ pinv.T  # (P, 2)
+            out = self.io * torch.exp(-(conc * scale) @ ref.T)  # (P, 3)
         out = out.clamp_(0, 255).round_().to(torch.uint8).reshape(shape)
         return out.numpy() if is_numpy else out
+
+    def transform_numpy(self, tiles: np.ndarray) -> np.ndarray:
+        """The same map in float64 numpy, I_norm = I₀ · exp(−S_ref · diag(C_max,ref / C_max) ·
+        S⁺ · OD), rounded half to even and clipped to uint8: the reference the batched torch
+        :meth:`transform` is tested against, and a torch-free path."""
+        self._check()
+        tiles = np.asarray(tiles)
+        if tiles.shape[-1] != 3:
+            raise ValueError(f"transform needs channels-last RGB tiles, got shape {tiles.shape}")
+        od = -np.log((tiles.reshape(-1, 3).astype(np.float64) + 1.0) / self.io)  # (P, 3)
+        conc = od @ np.linalg.pinv(self.stain_matrix_).T  # (P, 2)
+        scale = self.reference.max_concentrations / self.max_concentrations_
+        out = self.io * np.exp(-(conc * scale) @ np.asarray(self.reference.stain_matrix).T)
+        return np.clip(np.round(out), 0, 255).astype(np.uint8).reshape(tiles.shape)
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul():
+    """Float32 matrix products in full IEEE precision inside the block (no TF32, no bf16
+    passes), whatever ``torch.set_float32_matmul_precision`` the user or a library chose;
+    restored on exit."""
+    import torch
+
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)

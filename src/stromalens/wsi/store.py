@@ -30,6 +30,15 @@ and ``slide_sha256_partial``, the sha256 of the first and last MiB and the size 
 ``mpp_override``. Anything else is recomputed and the reason logged. For a multi-file slide
 (``.mrxs``) the identity is that of the index file.
 
+Provenance (:func:`provenance`, :data:`PROVENANCE_KEYS`): the ``stromalens_version`` that wrote
+the store, the ``device`` it ran on and whether Macenko ran there (``stain_on_device``) are
+recorded and never compared. A version is not a staleness criterion because almost every
+release leaves the features unchanged, and comparing it would recompute a whole cohort (GPU-days
+on a real one) on each upgrade and make stores unshareable between collaborators one patch
+release apart; a release that does change the features must change what the identity records
+(a tiling, stain or encoder field), so that the recompute is explicit and its reason named.
+Devices agree up to float rounding, as the CPU and a GPU always do.
+
 A file is written under ``<name>.partial`` and renamed when complete, so a killed run leaves no
 half file under the final name and a re-run redoes exactly the unfinished slides.
 
@@ -78,6 +87,8 @@ from .tiling import QC_FIELDS
 NO_ENCODER_DIR = "tiles"
 #: Bytes hashed at each end of a slide file for its identity.
 PARTIAL_HASH_BYTES = 1 << 20
+#: Attributes recorded for provenance only: :func:`store_matches` never compares them.
+PROVENANCE_KEYS = ("stromalens_version", "device", "stain_on_device")
 
 
 @dataclass
@@ -144,12 +155,26 @@ def slide_identity(path: Path | str) -> dict:
     }
 
 
+def provenance(device, stain_on_device: bool) -> dict:
+    """Who and what wrote a store (:data:`PROVENANCE_KEYS`): this stromalens version, the
+    device the features were computed on, and whether Macenko ran there."""
+    from .. import __version__
+
+    return {
+        "stromalens_version": __version__,
+        "device": str(device),
+        "stain_on_device": bool(stain_on_device),
+    }
+
+
 def store_matches(path: Path | str, expected: dict) -> str | None:
     """``None`` if the store at ``path`` records every attribute of ``expected`` with the same
     value, else why it is stale (``"weights_sha256 differs (random → 3f2a…)"``).
 
     Values compare as JSON (dicts key by key), so a tiling read back from the file equals the
-    :class:`~stromalens.wsi.tiling.TilingSpec` it was written from."""
+    :class:`~stromalens.wsi.tiling.TilingSpec` it was written from. Provenance keys
+    (:data:`PROVENANCE_KEYS`) in ``expected`` are ignored: they never make a store stale."""
+    expected = {k: v for k, v in expected.items() if k not in PROVENANCE_KEYS}
     try:
         attrs, _ = read_attrs(path)
     except (OSError, KeyError) as exc:

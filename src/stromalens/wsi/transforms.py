@@ -64,8 +64,9 @@ class TileTransform:
         if self.resize_px != self.size:  # centre crop, torchvision's rounding
             top = int(round((self.resize_px - self.size) / 2.0))
             x = x[..., top : top + self.size, top : top + self.size]
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        # on the tiles' device: the transform runs on the GPU when preprocessing is there
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std  # (B, 3, S, S)
 
     def __repr__(self) -> str:
