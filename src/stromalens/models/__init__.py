@@ -35,8 +35,10 @@ from .registry import (
     register_model,
     study_name,
 )
+from .text_tower import COOP_CONTEXT_INIT, TextTower
 
 __all__ = [
+    "COOP_CONTEXT_INIT",
     "calibration_loss",
     "MILBatch",
     "MILModel",
@@ -55,4 +57,5 @@ __all__ = [
     "study_name",
     "model_info",
     "register_model",
+    "TextTower",
 ]

@@ -142,6 +142,11 @@ class MILModel(nn.Module):
     def forward(self, batch: MILBatch) -> MILOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def build_config(self) -> dict:
+        """What, besides ``spec`` and the prompts, rebuilding the model's layers needs (saved
+        in its checkpoint's JSON; e.g. CoOp's text tower architecture); empty by default."""
+        return {}
+
 
 # ---------------------------------------------------------------------------- building blocks
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

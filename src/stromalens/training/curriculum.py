@@ -101,6 +101,7 @@ def save_checkpoint(
     meta = {
         "model": model.model_name,
         "spec": model.spec.to_dict(),
+        "build": model.build_config(),
         "config": config | ({"history": history} if history is not None else {}),
         "digest": _digest(config),
         "torch": torch.__version__,
@@ -113,10 +114,11 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path | str):
     """Rebuild a model from ``<path>.json`` + ``<path>.safetensors``; returns (model, meta,
-    log_sigma or None). Prompts come back from the saved buffers."""
+    log_sigma or None). Prompts come back from the saved buffers, CoOp's frozen text tower
+    from its saved architecture (``build``) and weights."""
     from safetensors.torch import load_file
 
-    from ..models import ModelSpec, create_model, model_info
+    from ..models import ModelSpec, TextTower, create_model, model_info
 
     path = Path(path)
     meta = json.loads(_with(path, ".json").read_text(encoding="utf-8"))
@@ -126,7 +128,9 @@ def load_checkpoint(path: Path | str):
     prompts = None
     if model_info(meta["model"]).needs_prompts:
         prompts = state["pool.prompts.text"]
-    model = create_model(meta["model"], spec, prompts=prompts)
+    build = meta.get("build") or {}
+    text = TextTower(build["text_tower"]) if "text_tower" in build else None
+    model = create_model(meta["model"], spec, prompts=prompts, text=text)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:  # the model's layers changed since the checkpoint was written
@@ -250,7 +254,8 @@ def train_stage(
     teacher = torch.from_numpy(teacher_pred.astype(np.float32)) if stage == "distill" else None
 
     if stage == "I":
-        prompt_params = list(model.pool.prompts.parameters())
+        # γ's logits and what else the prompts learn (CoOp's context), not the frozen tower
+        prompt_params = [p for p in model.pool.prompts.parameters() if p.requires_grad]
         with torch.no_grad():
             model.eval()
             u = torch.cat([model(make_batch(arrays, idx)).u for idx in _chunks(len(arrays), 64)])
@@ -371,14 +376,17 @@ def settings_read(name: str) -> frozenset[str]:
     return frozenset(used)
 
 
-def fit_digest(name: str, arrays: FoldArrays, prompts, settings, spec, inputs=None) -> dict:
+def fit_digest(
+    name: str, arrays: FoldArrays, prompts, settings, spec, inputs=None, text=None
+) -> dict:
     """The configuration a checkpoint of this fit is keyed by (its sha256 is the checkpoint's
     ``digest``): the model, every setting, the spec, the sha256 of the training arrays (the
     targets, the tile features and the harmonised, filtered radiomics as the fold's
     preprocessor made them: :meth:`FoldArrays.digest`), the sha256 of the prompt embeddings
-    (text-guided models) and ``inputs``, the provenance of those arrays (encoder id, weights
-    sha256, prompt texts, ComBat and the ICC threshold). The arrays' digest alone determines
-    the fit; ``inputs`` makes a changed upstream choice visible in the checkpoint's JSON."""
+    (text-guided models), that of CoOp's text tower ``text`` (its weights and prompt tokens)
+    and ``inputs``, the provenance of those arrays (encoder id, weights sha256, prompt texts,
+    ComBat and the ICC threshold). The arrays' digest alone determines the fit; ``inputs``
+    makes a changed upstream choice visible in the checkpoint's JSON."""
     prompt_digest = None
     if prompts is not None:
         values = np.ascontiguousarray(np.asarray(prompts, np.float32))
@@ -390,6 +398,7 @@ def fit_digest(name: str, arrays: FoldArrays, prompts, settings, spec, inputs=No
         "patients": _digest({"ids": list(arrays.patients)}),
         "arrays": arrays.digest(),
         "prompts": prompt_digest,
+        "text_tower": None if text is None else text.digest(),
         "inputs": dict(inputs or {}),
     }
 
@@ -405,6 +414,7 @@ def fit_model(
     with_student: bool = True,
     with_plain: bool = True,
     inputs: dict | None = None,
+    text=None,
 ) -> dict:
     """Fit registered model ``name`` on a fold's training ``arrays``; returns ``{output name:
     model}``. ``gated_fusion`` runs the whole curriculum and returns ``gated_fusion`` (stage III,
@@ -416,7 +426,8 @@ def fit_model(
     A stage's checkpoint under ``checkpoint_dir`` is reused only if its digest matches
     (:func:`fit_digest`): the model, settings and spec, the training arrays, the prompt
     embeddings and ``inputs`` (what produced the arrays: encoder, weights, prompt texts,
-    preprocessing settings)."""
+    preprocessing settings). ``text`` is the frozen text tower CoOp (``clip_mil_coop``) runs
+    (:class:`~stromalens.models.TextTower`; other models ignore it)."""
     import torch
 
     from ..models import create_model, model_info
@@ -424,8 +435,9 @@ def fit_model(
     info = model_info(name)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     spec = model_spec(arrays, tile_dim, settings, n_sites)
+    text = text if info.needs_text else None
     base_config = fit_digest(
-        name, arrays, prompts if info.needs_prompts else None, settings, spec, inputs
+        name, arrays, prompts if info.needs_prompts else None, settings, spec, inputs, text
     )
     started = time.perf_counter()
 
@@ -446,7 +458,7 @@ def fit_model(
 
     torch.manual_seed(settings.seed)
     model = create_model(
-        name, spec, prompts=torch.as_tensor(prompts) if info.needs_prompts else None
+        name, spec, prompts=torch.as_tensor(prompts) if info.needs_prompts else None, text=text
     )
     log_sigma = torch.nn.Parameter(torch.zeros(spec.n_targets))
     outputs = {}

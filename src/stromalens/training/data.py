@@ -43,6 +43,8 @@ class StudyData:
     targets     DataFrame (patients × J) in TARGETS order, NaN where unknown
     prompts     (J, M, D) float32 prompt text embeddings (curated prompts), or None
     perturbations  the radiomics perturbation table (MultiIndex patient_id, perturbation) or None
+    text        the frozen CLIP text tower with the curated prompts' tokens that CoOp runs
+                (:func:`coop_text_tower`), or None
     """
 
     patients: list[str]
@@ -53,6 +55,7 @@ class StudyData:
     prompts: np.ndarray | None = None
     perturbations: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
+    text: object | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.patients)) != len(self.patients):
@@ -90,6 +93,7 @@ class StudyData:
             prompts=self.prompts,
             perturbations=self.perturbations,
             meta=self.meta,
+            text=self.text,
         )
 
 
@@ -209,6 +213,59 @@ def prompt_embeddings(
     return np.stack([np.resize(x, (m, x.shape[1])) for x in mats]).astype(np.float32)
 
 
+def curated_texts(banks_dir: Path | str, targets=TARGETS) -> list[list[str]]:
+    """The curated prompt texts of each target, in ``targets`` order, each list repeated
+    cyclically to the largest bank's length, as :func:`prompt_embeddings` repeats them."""
+    from ..wsi.prompts import load_banks
+
+    banks = load_banks(banks_dir)
+    missing = [t for t in targets if t not in banks]
+    if missing:
+        raise ValueError(f"no prompt bank for target(s) {missing} in {banks_dir}")
+    texts = [list(banks[t].curated) for t in targets]
+    m = max(len(x) for x in texts)
+    return [[row[i % len(row)] for i in range(m)] for row in texts]
+
+
+def coop_text_tower(banks_dir: Path | str, encoder: str = "synthclip", weights=None):
+    """CoOp's frozen text tower (:class:`~stromalens.models.TextTower`) of ``encoder`` with
+    the curated prompts' tokens, the context initialised to
+    :data:`~stromalens.models.COOP_CONTEXT_INIT`.
+
+    ``ValueError`` when the encoder is image-only or not an open_clip CLIP (CoOp cannot run),
+    or when the tower does not reproduce the encoder's own text embedding of
+    "<init words> <prompt>" (a tokenizer other than open_clip's, say)."""
+    import open_clip
+    import torch
+
+    from ..models import COOP_CONTEXT_INIT, TextTower
+    from ..wsi.encoders import get_encoder
+
+    enc = get_encoder(encoder, weights)
+    if not enc.has_text:
+        raise ValueError(
+            f"CoOp (clip_mil_coop) learns context tokens through the text tower of the CLIP "
+            f"encoder, and encoder {encoder!r} is image-only: use a CLIP encoder or leave "
+            "clip_mil_coop out of training.models"
+        )
+    arch = enc.config.get("arch")
+    clip = enc.model
+    context = int(getattr(clip, "context_length", 77))
+    tokenizer = open_clip.get_tokenizer(arch if isinstance(arch, str) else "ViT-B-32",
+                                        context_length=context)  # fmt: skip
+    texts = curated_texts(banks_dir)
+    tower = TextTower.from_open_clip(clip, tokenizer, texts)
+    with torch.no_grad():
+        ours = tower(tower.context_init.expand(len(texts), -1, -1)).flatten(0, 1)
+    theirs = enc.encode_texts([f"{COOP_CONTEXT_INIT} {t}" for row in texts for t in row])
+    if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max())):
+        raise ValueError(
+            f"encoder {encoder!r}: the CoOp text tower does not reproduce the encoder's text "
+            "embeddings (another tokenizer?); CoOp cannot run with this encoder"
+        )
+    return tower
+
+
 def load_study_data(
     manifest: Path | str,
     targets: Path | str,
@@ -217,8 +274,10 @@ def load_study_data(
     prompts: np.ndarray | None = None,
     max_tiles: int | None = None,
     seed: int = 0,
+    text=None,
 ) -> StudyData:
-    """Assemble a :class:`StudyData` from the stages' outputs.
+    """Assemble a :class:`StudyData` from the stages' outputs (``text``: CoOp's text tower,
+    :func:`coop_text_tower`, or None).
 
     ``targets`` is ``targets.parquet`` (index patient_id; TARGETS columns); ``features_dir`` holds
     one HDF5 per patient; ``radiomics_dir`` holds ``radiomics.parquet`` (and, optionally,
@@ -260,6 +319,7 @@ def load_study_data(
         targets=table.loc[patients, list(TARGETS)].astype(float),
         prompts=prompts,
         perturbations=perturbations,
+        text=text,
     )
     event(
         log,

@@ -74,9 +74,10 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     """Train every model of ``study`` (a :class:`~stromalens.config.StudyConfig` whose
     ``training.targets`` is set) into the run directory ``out``; returns the CV's metrics
     (``models`` → study name → macro-r …) with ``total_seconds``."""
+    from ..models import model_info
     from .bundle import write_bundle
-    from .cv import run_cv, run_leave_site_out
-    from .data import load_study_data, prompt_embeddings
+    from .cv import default_models, run_cv, run_leave_site_out
+    from .data import coop_text_tower, load_study_data, prompt_embeddings
 
     cfg = study.training
     if cfg is None or cfg.targets is None:
@@ -87,6 +88,10 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     train = TrainLayout(out)
     settings = cfg.settings
     started = time.perf_counter()
+    # CoOp runs the encoder's frozen text tower; built (or refused) before anything else
+    models = cfg.models if cfg.models is not None else default_models()
+    coop = any(model_info(m).needs_text for m in models)
+    text = coop_text_tower(cfg.prompts, cfg.encoder, cfg.encoder_weights) if coop else None
     prompts = prompt_embeddings(
         cfg.prompts, cfg.encoder, cfg.encoder_weights, cfg.prompt_cache or train.prompts_cache
     )
@@ -98,6 +103,7 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
         prompts=prompts,
         max_tiles=cfg.max_tiles,
         seed=settings.seed,
+        text=text,
     )
     contract = _feature_contract(cfg.features, data.patients, _slide_ids(study.cohort.manifest))
     prompt_text = _prompt_text(cfg.prompts)
