@@ -23,6 +23,7 @@ from .losses import (
     calibration_loss,
     coral_loss,
     distillation_loss,
+    gene_loss,
     heteroscedastic_loss,
 )
 from .registry import (
@@ -49,6 +50,7 @@ __all__ = [
     "coral_loss",
     "create_model",
     "distillation_loss",
+    "gene_loss",
     "heteroscedastic_loss",
     "list_models",
     "list_outputs",

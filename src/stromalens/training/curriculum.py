@@ -30,7 +30,8 @@ is trained on the teacher's predictions for the training patients:
 
     L_KD = mean_i ‖ŷ_S(x_i^rad) − ŷ_T(x_i)‖²
 
-Baselines are trained with the stage-II loss (modality dropout for fusion baselines). Each stage
+Baselines are trained with the stage-II loss (modality dropout for fusion baselines; HE2RNA adds
+its gene-layer loss L_genes = mean_g MSE_g on the fold's z-scored gene table). Each stage
 writes ``<name>.safetensors`` + ``<name>.json`` (model name, spec, settings, stage, history); a
 stage whose checkpoint exists with the same configuration is loaded instead of retrained.
 Deterministic on CPU for a seed (``torch.manual_seed`` and a numpy Generator per stage).
@@ -66,6 +67,7 @@ def model_spec(arrays: FoldArrays, tile_dim: int, settings: TrainSettings, n_sit
         dropout=settings.dropout,
         tau=settings.tau,
         n_sites=n_sites,
+        n_genes=0 if arrays.genes is None else arrays.genes.shape[1],
     )
 
 
@@ -231,7 +233,7 @@ def train_stage(
     III with λ_coral = 0), ``"distill"`` or ``"baseline"``. Returns the loss history."""
     import torch
 
-    from ..models import calibration_loss, distillation_loss, heteroscedastic_loss
+    from ..models import calibration_loss, distillation_loss, gene_loss, heteroscedastic_loss
     from ..models.registry import model_info
 
     epochs = {
@@ -287,6 +289,8 @@ def train_stage(
                 loss = distillation_loss(out.pred, teacher[idx])
             else:
                 loss = heteroscedastic_loss(out.pred, y[idx], log_sigma) + out.aux_loss
+                if out.genes is not None and batch.genes is not None:  # HE2RNA's gene layer
+                    loss = loss + gene_loss(out.genes, batch.genes)
                 if coral is not None and out.fused is not None:
                     loss = loss + settings.lambda_coral * coral.loss(out.fused, idx)
             optimiser.zero_grad(set_to_none=True)

@@ -45,6 +45,8 @@ class StudyData:
     perturbations  the radiomics perturbation table (MultiIndex patient_id, perturbation) or None
     text        the frozen CLIP text tower with the curated prompts' tokens that CoOp runs
                 (:func:`coop_text_tower`), or None
+    genes       DataFrame (patients × G) log2(TPM + 1) of the genes the targets are scored
+                from (the targets stage's gene table; HE2RNA's gene layer), or None
     """
 
     patients: list[str]
@@ -56,6 +58,7 @@ class StudyData:
     perturbations: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
     text: object | None = None
+    genes: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.patients)) != len(self.patients):
@@ -65,6 +68,8 @@ class StudyData:
             raise ValueError(f"{len(self.sites)} site labels for {len(self.patients)} patients")
         self.radiomics = self.radiomics.reindex(self.patients)
         self.targets = self.targets.reindex(self.patients)
+        if self.genes is not None:
+            self.genes = self.genes.reindex(self.patients).astype(float)
         dims = {b.shape[1] for b in self.bags.values() if len(b)}
         if len(dims) > 1:
             raise ValueError(f"tile feature dimensions differ between slides: {sorted(dims)}")
@@ -94,6 +99,7 @@ class StudyData:
             perturbations=self.perturbations,
             meta=self.meta,
             text=self.text,
+            genes=None if self.genes is None else self.genes.loc[ids],
         )
 
 
@@ -279,11 +285,14 @@ def load_study_data(
     """Assemble a :class:`StudyData` from the stages' outputs (``text``: CoOp's text tower,
     :func:`coop_text_tower`, or None).
 
-    ``targets`` is ``targets.parquet`` (index patient_id; TARGETS columns); ``features_dir`` holds
+    ``targets`` is ``targets.parquet`` (index patient_id; TARGETS columns); the gene table the
+    targets stage writes beside it (:func:`~stromalens.rundir.gene_table`) is read when
+    present; ``features_dir`` holds
     one HDF5 per patient; ``radiomics_dir`` holds ``radiomics.parquet`` (and, optionally,
     ``perturbations.parquet`` for the in-fold ICC filter). Patients without targets are dropped.
     """
     from ..cohort import load_manifest
+    from ..rundir import gene_table
 
     loaded = load_manifest(manifest)
     cohort = loaded.frame
@@ -311,6 +320,10 @@ def load_study_data(
         pert = radiomics_dir / "perturbations.parquet"
         if pert.is_file():
             perturbations = pd.read_parquet(pert)
+    genes = None
+    if gene_table(targets).is_file():
+        genes = pd.read_parquet(gene_table(targets))
+        genes.index = genes.index.astype(str)
     data = StudyData(
         patients=patients,
         sites=sites,
@@ -320,6 +333,7 @@ def load_study_data(
         prompts=prompts,
         perturbations=perturbations,
         text=text,
+        genes=genes,
     )
     event(
         log,
@@ -328,6 +342,7 @@ def load_study_data(
         slides=len(bags),
         radiomics=int(data.radiomics.notna().any(axis=1).sum()),
         features=data.radiomics.shape[1],
+        genes=0 if genes is None else genes.shape[1],
     )
     return data
 
@@ -345,6 +360,7 @@ class FoldArrays:
     y: np.ndarray  # (P, J) z-scored targets, NaN unknown
     y01: np.ndarray  # (P, J) min–max scaled targets, NaN unknown
     tile_dim: int | None = None  # D of the tile embeddings, known even when no bag is here
+    genes: np.ndarray | None = None  # (P, G) z-scored log-expression, NaN unknown; or None
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -352,8 +368,9 @@ class FoldArrays:
 
     def digest(self) -> str:
         """sha256 of everything a fit reads from these arrays: the patient ids, every bag's
-        tiles, the radiomics, their presence flags, the site codes and both target scalings
-        (computed once; the arrays are not changed after the preprocessor made them)."""
+        tiles, the radiomics, their presence flags, the site codes, both target scalings and
+        the z-scored genes (computed once; the arrays are not changed after the preprocessor
+        made them)."""
         if self._digest is None:
             h = hashlib.sha256()
             h.update("\x1f".join(map(str, self.patients)).encode())
@@ -362,7 +379,8 @@ class FoldArrays:
                 h.update(b"-" if bag is None else repr(bag.shape).encode())
                 if bag is not None:
                     h.update(np.ascontiguousarray(bag).tobytes())
-            for part in (self.rad, self.has_rad, self.site, self.y, self.y01):
+            genes = () if self.genes is None else (self.genes,)
+            for part in (self.rad, self.has_rad, self.site, self.y, self.y01, *genes):
                 part = np.ascontiguousarray(part)
                 h.update(f"{part.dtype}{part.shape}".encode())
                 h.update(part.tobytes())
@@ -402,6 +420,8 @@ class FoldPreprocessor:
         training patients' scores (so each component enters with unit SD)
     target_scaler_ : fitted :class:`~stromalens.targets.scaling.TargetScaler`
     y_min_, y_max_ : Series, the min–max scaling of stage I
+    gene_mean_, gene_scale_ : Series or None, the standardisation of the gene table's
+        log-expression (HE2RNA's gene layer), None without a table
     sites_ : list of site labels (their codes are positions in this list)
     """
 
@@ -444,6 +464,7 @@ class FoldPreprocessor:
         y = data.targets.loc[train_ids]
         self.target_scaler_ = TargetScaler().fit(y)
         self.y_min_, self.y_max_ = y.min(), y.max()
+        self._fit_genes(data, train_ids)
 
         rad = data.radiomics.loc[train_ids]
         rows = rad.notna().any(axis=1)
@@ -504,6 +525,25 @@ class FoldPreprocessor:
             self.rad_components_, self.rad_component_scale_ = axes[:, keep], scale[keep]
         return self
 
+    def _fit_genes(self, data: StudyData, train_ids) -> None:
+        """The gene table's standardisation on the training patients (genes constant there
+        are dropped): z = (g − mean) / SD (ddof = 1)."""
+        self.gene_mean_ = self.gene_scale_ = None
+        if data.genes is None:
+            return
+        g = data.genes.loc[train_ids]
+        sd = g.std(ddof=1)
+        keep = sd.index[np.isfinite(sd) & (sd > 1e-12)]
+        self.gene_mean_, self.gene_scale_ = g[keep].mean(), sd[keep]
+
+    def transform_genes(self, data: StudyData, ids) -> np.ndarray | None:
+        """(P, G) z-scored log-expression of ``ids`` (NaN unknown), or None without a table."""
+        self._check()
+        if getattr(self, "gene_mean_", None) is None or data.genes is None:
+            return None
+        g = data.genes.reindex(columns=self.gene_mean_.index).loc[list(ids)]
+        return ((g - self.gene_mean_) / self.gene_scale_).to_numpy(np.float32)
+
     def _check(self) -> None:
         if not hasattr(self, "features_"):
             raise RuntimeError("FoldPreprocessor is not fitted; call fit() on the training fold")
@@ -543,6 +583,7 @@ class FoldPreprocessor:
             y=y,
             y01=y01,
             tile_dim=data.tile_dim if (data.bags or data.prompts is not None) else None,
+            genes=self.transform_genes(data, ids),
         )
 
     def inverse_targets(self, z: np.ndarray) -> np.ndarray:
@@ -609,4 +650,5 @@ def make_batch(arrays: FoldArrays, index=None, max_tiles: int | None = None, rng
         has_wsi=torch.from_numpy(mask.any(1)),
         has_rad=torch.from_numpy(arrays.has_rad[index]),
         site=torch.from_numpy(arrays.site[index]),
+        genes=None if arrays.genes is None else torch.from_numpy(arrays.genes[index]),
     )
