@@ -19,6 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The targets stage's gene table (patients × the genes its scores read, log2(TPM + 1)),
+#: written beside ``targets.parquet``; training reads it for HE2RNA's gene layer.
+GENE_TABLE = "genes.parquet"
+
+
+def gene_table(targets_table: Path | str) -> Path:
+    """The gene table written beside the targets table ``targets_table``."""
+    return Path(targets_table).with_name(GENE_TABLE)
+
+
 # ---------------------------------------------------------------------------- metric keys
 _ESCAPES = (("%", "%25"), (".", "%2E"))
 

@@ -19,6 +19,8 @@ from stromalens.models import (
 from stromalens.models.base import masked_softmax
 from stromalens.models.clip_mil import prompt_attention
 
+from .towers import tiny_tower
+
 D, R, J = 16, 10, 3
 LENGTHS = (7, 3, 0, 5)  # patient 3 has no slide
 HAS_RAD = (True, False, True, True)  # patient 2 has no MRI
@@ -42,11 +44,14 @@ def make_batch(lengths=LENGTHS, has_rad=HAS_RAD, seed=0) -> MILBatch:
     )
 
 
+TOWER = tiny_tower(D)  # CoOp's frozen text tower (3 targets × 3 prompts, width D)
+
+
 def build(name: str, seed: int = 0):
     torch.manual_seed(seed)
     spec = ModelSpec(tile_dim=D, rad_dim=R, n_targets=J, hidden=8, dropout=0.1, tau=0.5)
     prompts = torch.randn(J, 3, D, generator=torch.Generator().manual_seed(1))
-    return create_model(name, spec, prompts=prompts)
+    return create_model(name, spec, prompts=prompts, text=TOWER)
 
 
 ALL = list_models()

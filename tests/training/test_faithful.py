@@ -11,6 +11,7 @@ from stromalens.models import ModelSpec, create_model
 from stromalens.training import TrainSettings
 from stromalens.training.curriculum import decay_groups, make_optimiser
 
+from ..models.towers import TEXTS, tiny_tower
 from .conftest import make_study
 
 FAST = TrainSettings(
@@ -34,7 +35,8 @@ def test_weight_decay_acts_on_weight_matrices_only(name):
     by exactly that factor."""
     spec = ModelSpec(tile_dim=16, rad_dim=8, hidden=8)
     prompts = torch.randn(3, 2, 16)
-    model = create_model(name, spec, prompts=prompts)
+    text = tiny_tower(16, texts=[row[:2] for row in TEXTS])  # CoOp's frozen text tower
+    model = create_model(name, spec, prompts=prompts, text=text)
     log_sigma = torch.nn.Parameter(torch.full((3,), 0.7))
     settings = FAST.with_(lr=0.01, weight_decay=1.0)
     optimiser = make_optimiser(model, settings, log_sigma)

@@ -23,6 +23,7 @@ from .losses import (
     calibration_loss,
     coral_loss,
     distillation_loss,
+    gene_loss,
     heteroscedastic_loss,
 )
 from .registry import (
@@ -36,8 +37,10 @@ from .registry import (
     study_name,
     text_guided,
 )
+from .text_tower import COOP_CONTEXT_INIT, TextTower
 
 __all__ = [
+    "COOP_CONTEXT_INIT",
     "calibration_loss",
     "MILBatch",
     "MILModel",
@@ -48,6 +51,7 @@ __all__ = [
     "coral_loss",
     "create_model",
     "distillation_loss",
+    "gene_loss",
     "heteroscedastic_loss",
     "list_models",
     "list_outputs",
@@ -57,4 +61,5 @@ __all__ = [
     "text_guided",
     "model_info",
     "register_model",
+    "TextTower",
 ]

@@ -29,6 +29,8 @@ class ModelSpec:
     dropout : dropout probability inside the MLP encoders and the trunk
     tau : temperature τ of the log-sum-exp prompt-similarity attention
     n_sites : number of sites (CORAL groups); informational for the models
+    n_genes : G, the genes of the training expression table (HE2RNA's gene layer); 0 when the
+        study has no gene table
     """
 
     tile_dim: int
@@ -38,11 +40,14 @@ class ModelSpec:
     dropout: float = 0.1
     tau: float = 0.1
     n_sites: int = 1
+    n_genes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("tile_dim", "rad_dim", "n_targets", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelSpec.{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.n_genes < 0:
+            raise ValueError(f"ModelSpec.n_genes must be ≥ 0, got {self.n_genes}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"ModelSpec.dropout must be in [0, 1), got {self.dropout}")
         if self.tau <= 0:
@@ -70,6 +75,8 @@ class MILBatch:
     has_wsi (B,)      bool
     has_rad (B,)      bool
     site    (B,)      long    site codes (CORAL groups)
+    genes   (B, G) float | None  z-scored log-expression of the gene table, NaN unknown
+                              (training only: what HE2RNA's gene layer is fitted to)
     """
 
     tiles: torch.Tensor
@@ -78,6 +85,7 @@ class MILBatch:
     has_wsi: torch.Tensor
     has_rad: torch.Tensor
     site: torch.Tensor
+    genes: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         b = self.tiles.shape[0]
@@ -116,6 +124,7 @@ class MILOutput:
     u         (B, J) | None   prompt similarity of the pooled slide representation (stage I)
     gate      (B, 2H) | None  gate values of the text-conditioned gate
     aux_loss  scalar          model-specific auxiliary loss (e.g. CLAM instance clustering)
+    genes     (B, G) | None   predicted (z-scored) gene expression (HE2RNA's gene layer)
     """
 
     pred: torch.Tensor
@@ -124,6 +133,7 @@ class MILOutput:
     u: torch.Tensor | None = None
     gate: torch.Tensor | None = None
     aux_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    genes: torch.Tensor | None = None
 
 
 class MILModel(nn.Module):
@@ -141,6 +151,11 @@ class MILModel(nn.Module):
 
     def forward(self, batch: MILBatch) -> MILOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def build_config(self) -> dict:
+        """What, besides ``spec`` and the prompts, rebuilding the model's layers needs (saved
+        in its checkpoint's JSON; e.g. CoOp's text tower architecture); empty by default."""
+        return {}
 
 
 # ---------------------------------------------------------------------------- building blocks

@@ -16,11 +16,17 @@
                 the projected tiles (standard attention with a padding mask instead of the
                 Nyström approximation; no PPEG positional convolution, which would break the
                 permutation invariance of an unordered bag); the class token → heads.
-``he2rna``      HE2RNA-style (Schmauch et al. 2020): a tile-level MLP predicts the scores per
-                tile; the slide prediction is the mean of the top-k tile predictions, k drawn
-                from {1, 2, 5, 10, 50, all} per batch in training and averaged over that set in
-                evaluation. The gene-expression intermediate layer of HE2RNA is not modelled:
-                the tiles predict the three targets directly.
+``he2rna``      HE2RNA (Schmauch et al. 2020) with its gene layer: a tile-level MLP predicts
+                the expression of the G genes of the study's gene table per tile; a slide's
+                prediction of gene g is the mean of its top-k tile predictions,
+                ĝ_g = (1/k) Σ_{t ∈ top_k(g)} e_{t,g}, k drawn from {1, 2, 5, 10, 50, all} per
+                batch in training and averaged over that set in evaluation; the gene layer is
+                fitted to the training fold's z-scored log2(TPM + 1) of those genes (masked
+                MSE, :func:`~stromalens.models.losses.gene_loss`, beside the target loss).
+                The targets are then scored from the predicted expression by a linear layer,
+                ŷ = W ĝ + c, trained with the target loss (see :class:`HE2RNA` for why not
+                ssGSEA, S_LR and the deconvolution themselves). Without a gene table
+                (``spec.n_genes = 0``) the tiles predict the three targets directly.
 
 All are permutation invariant over the tiles of a bag and ignore padding.
 """
@@ -181,39 +187,67 @@ class TransMIL(MILModel):
         return MILOutput(pred=pred, fused=f)
 
 
-@register_model("he2rna", modalities=("wsi",), description="HE2RNA-style tile scores, top-k mean")
+def topk_tile_mean(scores: torch.Tensor, mask: torch.Tensor, ks) -> torch.Tensor:
+    """HE2RNA's aggregation: for each output column, the mean of its k largest tile values
+    (k clipped to the bag's size; ``None`` = every tile, the masked mean), averaged over the
+    ``ks``. Only the largest finite k is ranked (``topk``, not a full sort: with a gene layer
+    of G columns the sort of N × G values per slide dominated a fit's time).
+
+    scores (B, N, K), mask (B, N) → (B, K); 0 for a bag without tiles.
+    """
+    n = mask.sum(1).clamp_min(1)  # (B,)
+    finite = [k for k in ks if k is not None]
+    means = []
+    if finite:
+        kmax = min(max(finite), scores.shape[1])
+        top = scores.masked_fill(~mask.unsqueeze(-1), float("-inf")).topk(kmax, dim=1).values
+        cum = torch.where(torch.isinf(top), torch.zeros_like(top), top).cumsum(1)  # (B, k, K)
+        for k in finite:
+            kk = n.clamp_max(min(k, kmax))  # (B,) ≤ the bag's size, so no −inf is summed
+            top_sum = torch.gather(cum, 1, (kk - 1).view(-1, 1, 1).expand(-1, 1, cum.shape[-1]))
+            means.append(top_sum.squeeze(1) / kk.unsqueeze(-1))  # (B, K)
+    if None in ks:
+        means.append(masked_mean(scores, mask))
+    return torch.stack(means).mean(0) * mask.any(1, keepdim=True)
+
+
+@register_model(
+    "he2rna", modalities=("wsi",), description="HE2RNA: tile gene layer, top-k mean, scored"
+)
 class HE2RNA(MILModel):
+    """HE2RNA with its gene layer (see the module docstring).
+
+    The targets stage scores ERS–CAF by ssGSEA over the whole transcriptome's ranks, S_LR from
+    ligand and receptor expression with deconvolved fractions, and H from ν-SVR fractions.
+    None of them can be the scoring layer here: ssGSEA ranks ~20 000 genes (predicting them
+    per tile costs N × 20 000 outputs per slide per step) and is a step function of the
+    expression (no gradient); the deconvolution solves a ν-SVR per sample. The targets are
+    therefore read out of the predicted gene layer by a learned linear scorer, and the gene
+    layer is held to be expression by its own loss — the study's "predict the genes, then
+    score" with a scorer fitted to the training fold rather than the stage's fixed formulas.
+    """
+
     ks = (1, 2, 5, 10, 50, None)
 
     def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
         super().__init__(spec)
+        out = spec.n_genes or spec.n_targets
         self.tile_mlp = nn.Sequential(
             nn.Linear(spec.tile_dim, spec.hidden),
             nn.ReLU(),
             nn.Dropout(spec.dropout),
-            nn.Linear(spec.hidden, spec.n_targets),
+            nn.Linear(spec.hidden, out),
         )
+        self.score = nn.Linear(spec.n_genes, spec.n_targets) if spec.n_genes else None
 
     def forward(self, batch: MILBatch) -> MILOutput:
-        scores = self.tile_mlp(batch.tiles)  # (B, N, J)
-        mask = batch.mask.unsqueeze(-1)  # (B, N, 1)
-        ranked = scores.masked_fill(~mask, float("-inf")).sort(dim=1, descending=True).values
-        ranked = torch.where(torch.isinf(ranked), torch.zeros_like(ranked), ranked)
-        cum = ranked.cumsum(1)  # (B, N, J)
-        n = batch.mask.sum(1).clamp_min(1)  # (B,)
+        tiles = self.tile_mlp(batch.tiles)  # (B, N, G) per-tile expression (or targets)
         if self.training:
-            choice = int(torch.randint(len(self.ks), ()))
-            ks = [self.ks[choice]]
+            ks = [self.ks[int(torch.randint(len(self.ks), ()))]]
         else:
             ks = list(self.ks)
-        preds = []
-        for k in ks:
-            kk = n if k is None else n.clamp_max(k)  # (B,)
-            preds.append(
-                torch.gather(cum, 1, (kk - 1).view(-1, 1, 1).expand(-1, 1, cum.shape[-1])).squeeze(
-                    1
-                )
-                / kk.unsqueeze(-1)
-            )
-        pred = torch.stack(preds).mean(0) * batch.mask.any(1, keepdim=True)  # (B, J)
-        return MILOutput(pred=pred)
+        slide = topk_tile_mean(tiles, batch.mask, ks)  # (B, G)
+        if self.score is None:
+            return MILOutput(pred=slide)
+        pred = self.score(slide) * batch.mask.any(1, keepdim=True)  # (B, J)
+        return MILOutput(pred=pred, genes=slide)

@@ -19,11 +19,19 @@ constant τ⁻¹ log(1/M), which the softmax over tiles ignores, and lets the at
 prompts matter. The stage-I similarity is u^(j) = p^(j)ᵀ t̄^(j).
 
 Variants (the prompt ablation of the study): CUR uses the curated prompts; NONE replaces the
-text by learnable query vectors (same shapes, random initialisation, no text); COOP adds a
-learnable context vector c^(j) to every prompt of target j before normalisation,
-t_m^(j) ← (t_m^(j) + c^(j)) / ‖·‖ (CoOp, Zhou et al. 2022, shares learnable context across the
-class names; training here runs on cached text embeddings, so the context is learnt in the
-embedding space rather than as token embeddings passed through the frozen text tower).
+text by learnable query vectors (same shapes, random initialisation, no text); COOP (Zhou et
+al. 2022) learns n_ctx context token embeddings c^(j) per target, prepended to the tokens of
+each curated prompt and passed through the frozen CLIP text tower
+(:class:`~stromalens.models.text_tower.TextTower`), t_m^(j) = T([c^(j); w^(m)]) / ‖·‖.
+
+The context is class-specific (one per target, shared by the target's M prompts; CoOp's
+"CSC" variant): here a "class" is a target, and each target has its own attention and its own
+regression head with no softmax across targets, so one shared context would be pulled three
+ways at once by unrelated mechanisms (fibroblast activation, ligand–receptor crosstalk,
+compartment heterogeneity); within a target it is shared, as CoOp's unified context is shared
+by the class names. It starts from the embedded words of
+:data:`~stromalens.models.text_tower.COOP_CONTEXT_INIT` (CoOp's word initialisation), so before
+training t_m^(j) is the text embedding of "<those words> <prompt m>".
 
 References
 ----------
@@ -32,6 +40,8 @@ Radford A et al. CLIP, ICML 2021. Zhou K et al. Learning to prompt for vision-la
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +65,41 @@ def check_prompts(prompts, spec: ModelSpec) -> torch.Tensor:
     return prompts
 
 
+def require_text_tower(tower) -> None:
+    """CoOp's one refusal when no text tower was given (image-only encoder, or no text)."""
+    if tower is None:
+        raise ValueError(
+            "CoOp (clip_mil_coop) learns context tokens through the frozen text tower of the "
+            "study's CLIP encoder and got no text tower: use an open_clip encoder with text "
+            "(an image-only encoder cannot run CoOp) or leave clip_mil_coop out of "
+            "training.models"
+        )
+
+
+def check_tower(tower, prompts: torch.Tensor):
+    """The CoOp text tower, checked against the prompt embeddings (J, M, D)."""
+    from .text_tower import TextTower
+
+    require_text_tower(tower)
+    if not isinstance(tower, TextTower):
+        raise TypeError(f"text must be a TextTower, got {type(tower).__name__}")
+    c = tower.config
+    if (c["n_targets"], c["n_prompts"], c["embed_dim"]) != tuple(prompts.shape):
+        raise ValueError(
+            f"the text tower embeds {c['n_targets']} × {c['n_prompts']} prompts of width "
+            f"{c['embed_dim']}; the prompt embeddings are {tuple(prompts.shape)}"
+        )
+    return tower
+
+
 class PromptMixture(nn.Module):
     """Prompt embeddings per target and their mixture weights γ = softmax(ω).
 
     mode ``"cur"`` (frozen curated text), ``"none"`` (learnable queries, no text) or ``"coop"``
-    (frozen text plus a learnable context vector per target).
+    (learned context tokens per target through the frozen text tower ``tower``).
     """
 
-    def __init__(self, prompts: torch.Tensor, mode: str = "cur") -> None:
+    def __init__(self, prompts: torch.Tensor, mode: str = "cur", tower=None) -> None:
         super().__init__()
         if mode not in ("cur", "none", "coop"):
             raise ValueError(f"prompt mode must be 'cur', 'none' or 'coop', got {mode!r}")
@@ -73,7 +110,10 @@ class PromptMixture(nn.Module):
         if mode == "none":
             self.queries = nn.Parameter(torch.randn(j, m, d) / d**0.5)  # (J, M, D)
         if mode == "coop":
-            self.context = nn.Parameter(torch.zeros(j, 1, d))  # (J, 1, D)
+            # a copy: loading or moving one model never touches another's tower
+            self.tower = copy.deepcopy(check_tower(tower, prompts))
+            init = self.tower.context_init  # (n_ctx, W)
+            self.context = nn.Parameter(init.expand(j, -1, -1).clone())  # (J, n_ctx, W)
 
     @property
     def gamma(self) -> torch.Tensor:
@@ -85,12 +125,13 @@ class PromptMixture(nn.Module):
         if self.mode == "none":
             return F.normalize(self.queries, dim=-1)
         if self.mode == "coop":
-            return F.normalize(self.text + self.context, dim=-1)
+            return F.normalize(self.tower(self.context), dim=-1)  # (J, M, D)
         return self.text
 
-    def mixture(self) -> torch.Tensor:
-        """(J, D) the unit-norm mixture text embedding t̄^(j)."""
-        t = self.embeddings()  # (J, M, D)
+    def mixture(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """(J, D) the unit-norm mixture text embedding t̄^(j) (of ``t``, :meth:`embeddings`
+        unless given: CoOp's pass through the tower is then not repeated)."""
+        t = self.embeddings() if t is None else t  # (J, M, D)
         return F.normalize((self.gamma.unsqueeze(-1) * t).sum(1), dim=-1)
 
 
@@ -110,16 +151,17 @@ def prompt_attention(
 class ClipGuidedPooling(nn.Module):
     """The CLIP-guided MIL pooling: returns p (B, J, D), α (B, J, N) and u (B, J)."""
 
-    def __init__(self, prompts: torch.Tensor, tau: float, mode: str = "cur") -> None:
+    def __init__(self, prompts: torch.Tensor, tau: float, mode: str = "cur", tower=None) -> None:
         super().__init__()
-        self.prompts = PromptMixture(prompts, mode)
+        self.prompts = PromptMixture(prompts, mode, tower)
         self.tau = tau
 
     def forward(self, tiles: torch.Tensor, mask: torch.Tensor):
         v = F.normalize(tiles, dim=-1) * mask.unsqueeze(-1)  # (B, N, D), 0 on padding
-        alpha = prompt_attention(v, mask, self.prompts.embeddings(), self.prompts.gamma, self.tau)
+        t = self.prompts.embeddings()  # (J, M, D)
+        alpha = prompt_attention(v, mask, t, self.prompts.gamma, self.tau)
         p = torch.einsum("bjn,bnd->bjd", alpha, v)  # (B, J, D)
-        t_bar = self.prompts.mixture()  # (J, D)
+        t_bar = self.prompts.mixture(t)  # (J, D)
         u = (p * t_bar.unsqueeze(0)).sum(-1)  # (B, J)  u^(j) = p^(j)ᵀ t̄^(j)
         return p, alpha, u
 
@@ -129,10 +171,10 @@ class ClipMIL(MILModel):
 
     prompt_mode = "cur"
 
-    def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
+    def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None, text=None) -> None:
         super().__init__(spec)
         prompts = check_prompts(prompts, spec)
-        self.pool = ClipGuidedPooling(prompts, spec.tau, self.prompt_mode)
+        self.pool = ClipGuidedPooling(prompts, spec.tau, self.prompt_mode, text)
         self.calibrator = MonotoneCalibrator(spec.n_targets)  # stage I
         self.e_wsi = MLPEncoder(spec.n_targets * spec.tile_dim, spec.hidden, spec.dropout)
         self.head = TrunkHeads(spec.hidden, spec.hidden, spec.n_targets, spec.dropout)
@@ -171,8 +213,13 @@ class ClipMILNone(ClipMIL):
     "clip_mil_coop",
     modalities=("wsi",),
     needs_prompts=True,
-    description="CLIP-guided MIL with CoOp-style learnable prompt context (COOP)",
+    needs_text=True,
+    description="CLIP-guided MIL, CoOp context tokens through the frozen text tower (COOP)",
     checkpoint="clip_mil_coop.stage2",
 )
 class ClipMILCoop(ClipMIL):
     prompt_mode = "coop"
+
+    def build_config(self) -> dict:
+        """The text tower's architecture, saved with the checkpoint to rebuild it."""
+        return {"text_tower": self.pool.prompts.tower.config}

@@ -61,6 +61,15 @@ def heteroscedastic_loss(
     return (0.5 * torch.exp(-2 * log_sigma) * mse + log_sigma).sum()
 
 
+def gene_loss(pred: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+    """L_genes = mean_g MSE_g: HE2RNA's loss on the predicted (z-scored) log-expression of
+    the G genes (Schmauch et al. 2020), over the patients whose expression is known.
+
+    pred (B, G), genes (B, G) (NaN = unknown) → scalar.
+    """
+    return _masked_mse(pred, genes).mean()
+
+
 def coral_loss(features: torch.Tensor, sites: torch.Tensor, min_count: int = 2) -> torch.Tensor:
     """Σ_d ( ‖μ_d − μ‖² + ‖Σ_d − Σ‖_F² ) over the sites with at least ``min_count`` rows.
 

@@ -40,6 +40,7 @@ class ModelInfo:
     needs_prompts: bool
     description: str
     outputs: tuple[Output, ...] = ()
+    needs_text: bool = False
 
 
 def register_model(
@@ -47,6 +48,7 @@ def register_model(
     *,
     modalities: tuple[str, ...],
     needs_prompts: bool = False,
+    needs_text: bool = False,
     description: str = "",
     outputs: tuple[tuple[str, str, str] | tuple[str, str, str, str], ...] | None = None,
     study_name: str | None = None,
@@ -55,7 +57,9 @@ def register_model(
     """Class decorator adding a :class:`~stromalens.models.base.MILModel` subclass.
 
     ``outputs`` lists ``(key, study_name, checkpoint[, model])`` of every trained model a fit
-    produces; by default the one output ``(name, study_name or name, checkpoint or name)``."""
+    produces; by default the one output ``(name, study_name or name, checkpoint or name)``.
+    ``needs_text``: the model runs the frozen CLIP text tower (CoOp), given to
+    :func:`create_model` as ``text``."""
     bad = set(modalities) - {"wsi", "mri"}
     if not modalities or bad:
         raise ValueError(f"modalities of {name!r} must be a subset of ('wsi', 'mri'): {modalities}")
@@ -72,7 +76,7 @@ def register_model(
                 raise ValueError(f"study name {out.study_name!r} is given to two outputs")
             _OUTPUTS[out.study_name] = out
         _REGISTRY[name] = ModelInfo(
-            name, cls, tuple(modalities), needs_prompts, description, outputs=made
+            name, cls, tuple(modalities), needs_prompts, description, made, needs_text
         )
         cls.model_name = name
         return cls
@@ -100,18 +104,22 @@ def model_info(name: str) -> ModelInfo:
 
 
 def text_guided(models) -> list[str]:
-    """The registered models among ``models`` (default: all) that need prompt embeddings, i.e.
-    a slide encoder with a text tower."""
+    """The registered models among ``models`` (default: all) that need prompt embeddings or
+    the text tower itself, i.e. a slide encoder with a text tower."""
     names = list_models() if models is None else list(models)
-    return [name for name in names if model_info(name).needs_prompts]
+    return [n for n in names if model_info(n).needs_prompts or model_info(n).needs_text]
 
 
-def create_model(name: str, spec, prompts=None):
+def create_model(name: str, spec, prompts=None, text=None):
     """Build the registered model ``name`` from a :class:`ModelSpec` and, for text-guided
-    models, the prompt embeddings ``prompts`` (J, M, D) — J targets, M prompts each."""
+    models, the prompt embeddings ``prompts`` (J, M, D) — J targets, M prompts each; a model
+    that runs the frozen text tower (CoOp) also gets it, ``text``
+    (:class:`~stromalens.models.text_tower.TextTower`); the others ignore ``text``."""
     info = model_info(name)
     if info.needs_prompts and prompts is None:
         raise ValueError(f"model {name!r} needs prompt embeddings (prompts=None given)")
+    if info.needs_text:
+        return info.cls(spec, prompts=prompts, text=text)
     return info.cls(spec, prompts=prompts)
 
 

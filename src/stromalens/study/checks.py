@@ -72,9 +72,10 @@ def _text_problems(config: StudyConfig) -> list[str]:
     if training.encoder not in list_encoders() or encoder_info(training.encoder).has_text:
         return []
     from ..models import list_models, text_guided
+    from ..training.cv import default_models
 
     named = [m for m in (training.models or ()) if m in list_models()]
-    needing = text_guided(named if training.models is not None else None)
+    needing = text_guided(named if training.models is not None else default_models())
     if not needing:
         return []
     with_text = [info.id for info in list_infos() if info.has_text]

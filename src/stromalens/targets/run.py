@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -50,6 +51,9 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
             nusvr_quantile_normalisation=settings.nusvr_quantile_normalisation,
         )
     without_rna = sorted(str(p) for p in cohort.frame.index[cohort.frame["rna_sample"].isna()])
+    patient_of_sample = dict(zip(samples.to_numpy(), samples.index, strict=True))
+    if adapters["scale"]["linear"]:
+        write_gene_table(expr.loc[samples.to_numpy()], settings, scaling, out, patient_of_sample)
 
     def digest(path):
         return sha256_file(path) if path is not None else None
@@ -57,7 +61,7 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
     write_targets(
         result,
         out,
-        patient_of_sample=dict(zip(samples.to_numpy(), samples.index, strict=True)),
+        patient_of_sample=patient_of_sample,
         extra_metadata={
             "inputs": {
                 "manifest": str(manifest),
@@ -86,3 +90,38 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
         "skipped": [{"item": p, "reason": "no rna_sample (no RNA-seq)"} for p in without_rna],
         "refused": result.metadata.get("refused", {}),
     }
+
+
+def target_genes(settings, mrna_scaling, measured) -> list[str]:
+    """The measured genes the targets are scored from, in the order first met: the ERS–CAF
+    set, the ligands and receptors of the S_LR triplets, the deconvolution signature's genes."""
+    from .genesets import as_gene_sets
+    from .independent import resolve_signature
+    from .lr import curated_triplets
+    from .pipeline import ERS_CAF_SET, default_gene_sets_path
+
+    sets = as_gene_sets(settings.gene_sets or default_gene_sets_path())
+    triplets = curated_triplets()
+    signature, _ = resolve_signature(
+        settings.signature, mrna_scaling, tumor=settings.quantiseq_tumor
+    )
+    wanted = [*sets.get(ERS_CAF_SET, []), *triplets["ligand"], *triplets["receptor"]]
+    wanted += list(signature.index)
+    measured = set(measured)
+    return [g for g in dict.fromkeys(map(str, wanted)) if g in measured]
+
+
+def write_gene_table(tpm: pd.DataFrame, settings, mrna_scaling, out: Path, patient_of_sample):
+    """``genes.parquet`` (:data:`~stromalens.rundir.GENE_TABLE`; index patient_id): log2(TPM + 1)
+    of :func:`target_genes`, what HE2RNA's gene layer is trained on (linear expression only)."""
+    from ..rundir import GENE_TABLE
+
+    genes = target_genes(settings, mrna_scaling, tpm.columns)
+    table = np.log2(tpm[genes].clip(lower=0.0) + 1.0)
+    table.index = [patient_of_sample[s] for s in table.index]
+    table.index.name = "patient_id"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"partial-{GENE_TABLE}"
+    table.to_parquet(tmp)
+    tmp.replace(out / GENE_TABLE)

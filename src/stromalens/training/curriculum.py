@@ -30,7 +30,8 @@ is trained on the teacher's predictions for the training patients:
 
     L_KD = mean_i ‖ŷ_S(x_i^rad) − ŷ_T(x_i)‖²
 
-Baselines are trained with the stage-II loss (modality dropout for fusion baselines). Each stage
+Baselines are trained with the stage-II loss (modality dropout for fusion baselines; HE2RNA adds
+its gene-layer loss L_genes = mean_g MSE_g on the fold's z-scored gene table). Each stage
 writes ``<name>.safetensors`` + ``<name>.json`` (model name, spec, settings, stage, history); a
 stage whose checkpoint exists with the same configuration is loaded instead of retrained.
 Deterministic on CPU for a seed (``torch.manual_seed`` and a numpy Generator per stage).
@@ -66,6 +67,7 @@ def model_spec(arrays: FoldArrays, tile_dim: int, settings: TrainSettings, n_sit
         dropout=settings.dropout,
         tau=settings.tau,
         n_sites=n_sites,
+        n_genes=0 if arrays.genes is None else arrays.genes.shape[1],
     )
 
 
@@ -101,6 +103,7 @@ def save_checkpoint(
     meta = {
         "model": model.model_name,
         "spec": model.spec.to_dict(),
+        "build": model.build_config(),
         "config": config | ({"history": history} if history is not None else {}),
         "digest": _digest(config),
         "torch": torch.__version__,
@@ -113,10 +116,11 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path | str):
     """Rebuild a model from ``<path>.json`` + ``<path>.safetensors``; returns (model, meta,
-    log_sigma or None). Prompts come back from the saved buffers."""
+    log_sigma or None). Prompts come back from the saved buffers, CoOp's frozen text tower
+    from its saved architecture (``build``) and weights."""
     from safetensors.torch import load_file
 
-    from ..models import ModelSpec, create_model, model_info
+    from ..models import ModelSpec, TextTower, create_model, model_info
 
     path = Path(path)
     meta = json.loads(_with(path, ".json").read_text(encoding="utf-8"))
@@ -126,7 +130,9 @@ def load_checkpoint(path: Path | str):
     prompts = None
     if model_info(meta["model"]).needs_prompts:
         prompts = state["pool.prompts.text"]
-    model = create_model(meta["model"], spec, prompts=prompts)
+    build = meta.get("build") or {}
+    text = TextTower(build["text_tower"]) if "text_tower" in build else None
+    model = create_model(meta["model"], spec, prompts=prompts, text=text)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:  # the model's layers changed since the checkpoint was written
@@ -227,7 +233,7 @@ def train_stage(
     III with λ_coral = 0), ``"distill"`` or ``"baseline"``. Returns the loss history."""
     import torch
 
-    from ..models import calibration_loss, distillation_loss, heteroscedastic_loss
+    from ..models import calibration_loss, distillation_loss, gene_loss, heteroscedastic_loss
     from ..models.registry import model_info
 
     epochs = {
@@ -250,7 +256,8 @@ def train_stage(
     teacher = torch.from_numpy(teacher_pred.astype(np.float32)) if stage == "distill" else None
 
     if stage == "I":
-        prompt_params = list(model.pool.prompts.parameters())
+        # γ's logits and what else the prompts learn (CoOp's context), not the frozen tower
+        prompt_params = [p for p in model.pool.prompts.parameters() if p.requires_grad]
         with torch.no_grad():
             model.eval()
             u = torch.cat([model(make_batch(arrays, idx)).u for idx in _chunks(len(arrays), 64)])
@@ -282,6 +289,8 @@ def train_stage(
                 loss = distillation_loss(out.pred, teacher[idx])
             else:
                 loss = heteroscedastic_loss(out.pred, y[idx], log_sigma) + out.aux_loss
+                if out.genes is not None and batch.genes is not None:  # HE2RNA's gene layer
+                    loss = loss + gene_loss(out.genes, batch.genes)
                 if coral is not None and out.fused is not None:
                     loss = loss + settings.lambda_coral * coral.loss(out.fused, idx)
             optimiser.zero_grad(set_to_none=True)
@@ -371,14 +380,17 @@ def settings_read(name: str) -> frozenset[str]:
     return frozenset(used)
 
 
-def fit_digest(name: str, arrays: FoldArrays, prompts, settings, spec, inputs=None) -> dict:
+def fit_digest(
+    name: str, arrays: FoldArrays, prompts, settings, spec, inputs=None, text=None
+) -> dict:
     """The configuration a checkpoint of this fit is keyed by (its sha256 is the checkpoint's
     ``digest``): the model, every setting, the spec, the sha256 of the training arrays (the
     targets, the tile features and the harmonised, filtered radiomics as the fold's
     preprocessor made them: :meth:`FoldArrays.digest`), the sha256 of the prompt embeddings
-    (text-guided models) and ``inputs``, the provenance of those arrays (encoder id, weights
-    sha256, prompt texts, ComBat and the ICC threshold). The arrays' digest alone determines
-    the fit; ``inputs`` makes a changed upstream choice visible in the checkpoint's JSON."""
+    (text-guided models), that of CoOp's text tower ``text`` (its weights and prompt tokens)
+    and ``inputs``, the provenance of those arrays (encoder id, weights sha256, prompt texts,
+    ComBat and the ICC threshold). The arrays' digest alone determines the fit; ``inputs``
+    makes a changed upstream choice visible in the checkpoint's JSON."""
     prompt_digest = None
     if prompts is not None:
         values = np.ascontiguousarray(np.asarray(prompts, np.float32))
@@ -390,6 +402,7 @@ def fit_digest(name: str, arrays: FoldArrays, prompts, settings, spec, inputs=No
         "patients": _digest({"ids": list(arrays.patients)}),
         "arrays": arrays.digest(),
         "prompts": prompt_digest,
+        "text_tower": None if text is None else text.digest(),
         "inputs": dict(inputs or {}),
     }
 
@@ -405,6 +418,7 @@ def fit_model(
     with_student: bool = True,
     with_plain: bool = True,
     inputs: dict | None = None,
+    text=None,
 ) -> dict:
     """Fit registered model ``name`` on a fold's training ``arrays``; returns ``{output name:
     model}``. ``gated_fusion`` runs the whole curriculum and returns ``gated_fusion`` (stage III,
@@ -416,7 +430,8 @@ def fit_model(
     A stage's checkpoint under ``checkpoint_dir`` is reused only if its digest matches
     (:func:`fit_digest`): the model, settings and spec, the training arrays, the prompt
     embeddings and ``inputs`` (what produced the arrays: encoder, weights, prompt texts,
-    preprocessing settings)."""
+    preprocessing settings). ``text`` is the frozen text tower CoOp (``clip_mil_coop``) runs
+    (:class:`~stromalens.models.TextTower`; other models ignore it)."""
     import torch
 
     from ..models import create_model, model_info
@@ -424,8 +439,9 @@ def fit_model(
     info = model_info(name)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     spec = model_spec(arrays, tile_dim, settings, n_sites)
+    text = text if info.needs_text else None
     base_config = fit_digest(
-        name, arrays, prompts if info.needs_prompts else None, settings, spec, inputs
+        name, arrays, prompts if info.needs_prompts else None, settings, spec, inputs, text
     )
     started = time.perf_counter()
 
@@ -446,7 +462,7 @@ def fit_model(
 
     torch.manual_seed(settings.seed)
     model = create_model(
-        name, spec, prompts=torch.as_tensor(prompts) if info.needs_prompts else None
+        name, spec, prompts=torch.as_tensor(prompts) if info.needs_prompts else None, text=text
     )
     log_sigma = torch.nn.Parameter(torch.zeros(spec.n_targets))
     outputs = {}

@@ -352,6 +352,16 @@ def _check_models(models) -> list[str]:
     return models
 
 
+def _check_text(data: StudyData, models) -> None:
+    """Refuse, before any file is written, a model that runs the text tower (CoOp) when the
+    study has none."""
+    from ..models import model_info
+    from ..models.clip_mil import require_text_tower
+
+    if any(model_info(m).needs_text for m in models):
+        require_text_tower(data.text)
+
+
 def _permuted(data: StudyData, seed: int) -> StudyData:
     """``data`` with its targets shuffled across patients (the negative control)."""
     rng = np.random.default_rng(seed + 12345)
@@ -398,8 +408,9 @@ def run_cv(
         raise ValueError(f"repeats must be an integer ≥ 1, got {repeats!r}")
     settings = settings or TrainSettings()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     models = _check_models(models)
+    _check_text(data, models)
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if permute_targets:
         data = _permuted(data, settings.seed)

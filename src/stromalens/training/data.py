@@ -43,6 +43,10 @@ class StudyData:
     targets     DataFrame (patients × J) in TARGETS order, NaN where unknown
     prompts     (J, M, D) float32 prompt text embeddings (curated prompts), or None
     perturbations  the radiomics perturbation table (MultiIndex patient_id, perturbation) or None
+    text        the frozen CLIP text tower with the curated prompts' tokens that CoOp runs
+                (:func:`coop_text_tower`), or None
+    genes       DataFrame (patients × G) log2(TPM + 1) of the genes the targets are scored
+                from (the targets stage's gene table; HE2RNA's gene layer), or None
     """
 
     patients: list[str]
@@ -53,6 +57,8 @@ class StudyData:
     prompts: np.ndarray | None = None
     perturbations: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
+    text: object | None = None
+    genes: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.patients)) != len(self.patients):
@@ -62,6 +68,8 @@ class StudyData:
             raise ValueError(f"{len(self.sites)} site labels for {len(self.patients)} patients")
         self.radiomics = self.radiomics.reindex(self.patients)
         self.targets = self.targets.reindex(self.patients)
+        if self.genes is not None:
+            self.genes = self.genes.reindex(self.patients).astype(float)
         dims = {b.shape[1] for b in self.bags.values() if len(b)}
         if len(dims) > 1:
             raise ValueError(f"tile feature dimensions differ between slides: {sorted(dims)}")
@@ -90,6 +98,8 @@ class StudyData:
             prompts=self.prompts,
             perturbations=self.perturbations,
             meta=self.meta,
+            text=self.text,
+            genes=None if self.genes is None else self.genes.loc[ids],
         )
 
 
@@ -209,6 +219,59 @@ def prompt_embeddings(
     return np.stack([np.resize(x, (m, x.shape[1])) for x in mats]).astype(np.float32)
 
 
+def curated_texts(banks_dir: Path | str, targets=TARGETS) -> list[list[str]]:
+    """The curated prompt texts of each target, in ``targets`` order, each list repeated
+    cyclically to the largest bank's length, as :func:`prompt_embeddings` repeats them."""
+    from ..wsi.prompts import load_banks
+
+    banks = load_banks(banks_dir)
+    missing = [t for t in targets if t not in banks]
+    if missing:
+        raise ValueError(f"no prompt bank for target(s) {missing} in {banks_dir}")
+    texts = [list(banks[t].curated) for t in targets]
+    m = max(len(x) for x in texts)
+    return [[row[i % len(row)] for i in range(m)] for row in texts]
+
+
+def coop_text_tower(banks_dir: Path | str, encoder: str = "synthclip", weights=None):
+    """CoOp's frozen text tower (:class:`~stromalens.models.TextTower`) of ``encoder`` with
+    the curated prompts' tokens, the context initialised to
+    :data:`~stromalens.models.COOP_CONTEXT_INIT`.
+
+    ``ValueError`` when the encoder is image-only or not an open_clip CLIP (CoOp cannot run),
+    or when the tower does not reproduce the encoder's own text embedding of
+    "<init words> <prompt>" (a tokenizer other than open_clip's, say)."""
+    import open_clip
+    import torch
+
+    from ..models import COOP_CONTEXT_INIT, TextTower
+    from ..wsi.encoders import get_encoder
+
+    enc = get_encoder(encoder, weights)
+    if not enc.has_text:
+        raise ValueError(
+            f"CoOp (clip_mil_coop) learns context tokens through the text tower of the CLIP "
+            f"encoder, and encoder {encoder!r} is image-only: use a CLIP encoder or leave "
+            "clip_mil_coop out of training.models"
+        )
+    arch = enc.config.get("arch")
+    clip = enc.model
+    context = int(getattr(clip, "context_length", 77))
+    tokenizer = open_clip.get_tokenizer(arch if isinstance(arch, str) else "ViT-B-32",
+                                        context_length=context)  # fmt: skip
+    texts = curated_texts(banks_dir)
+    tower = TextTower.from_open_clip(clip, tokenizer, texts)
+    with torch.no_grad():
+        ours = tower(tower.context_init.expand(len(texts), -1, -1)).flatten(0, 1)
+    theirs = enc.encode_texts([f"{COOP_CONTEXT_INIT} {t}" for row in texts for t in row])
+    if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max())):
+        raise ValueError(
+            f"encoder {encoder!r}: the CoOp text tower does not reproduce the encoder's text "
+            "embeddings (another tokenizer?); CoOp cannot run with this encoder"
+        )
+    return tower
+
+
 def load_study_data(
     manifest: Path | str,
     targets: Path | str,
@@ -217,14 +280,19 @@ def load_study_data(
     prompts: np.ndarray | None = None,
     max_tiles: int | None = None,
     seed: int = 0,
+    text=None,
 ) -> StudyData:
-    """Assemble a :class:`StudyData` from the stages' outputs.
+    """Assemble a :class:`StudyData` from the stages' outputs (``text``: CoOp's text tower,
+    :func:`coop_text_tower`, or None).
 
-    ``targets`` is ``targets.parquet`` (index patient_id; TARGETS columns); ``features_dir`` holds
+    ``targets`` is ``targets.parquet`` (index patient_id; TARGETS columns); the gene table the
+    targets stage writes beside it (:func:`~stromalens.rundir.gene_table`) is read when
+    present; ``features_dir`` holds
     one HDF5 per patient; ``radiomics_dir`` holds ``radiomics.parquet`` (and, optionally,
     ``perturbations.parquet`` for the in-fold ICC filter). Patients without targets are dropped.
     """
     from ..cohort import load_manifest
+    from ..rundir import gene_table
 
     loaded = load_manifest(manifest)
     cohort = loaded.frame
@@ -252,6 +320,10 @@ def load_study_data(
         pert = radiomics_dir / "perturbations.parquet"
         if pert.is_file():
             perturbations = pd.read_parquet(pert)
+    genes = None
+    if gene_table(targets).is_file():
+        genes = pd.read_parquet(gene_table(targets))
+        genes.index = genes.index.astype(str)
     data = StudyData(
         patients=patients,
         sites=sites,
@@ -260,6 +332,8 @@ def load_study_data(
         targets=table.loc[patients, list(TARGETS)].astype(float),
         prompts=prompts,
         perturbations=perturbations,
+        text=text,
+        genes=genes,
     )
     event(
         log,
@@ -268,6 +342,7 @@ def load_study_data(
         slides=len(bags),
         radiomics=int(data.radiomics.notna().any(axis=1).sum()),
         features=data.radiomics.shape[1],
+        genes=0 if genes is None else genes.shape[1],
     )
     return data
 
@@ -285,6 +360,7 @@ class FoldArrays:
     y: np.ndarray  # (P, J) z-scored targets, NaN unknown
     y01: np.ndarray  # (P, J) min–max scaled targets, NaN unknown
     tile_dim: int | None = None  # D of the tile embeddings, known even when no bag is here
+    genes: np.ndarray | None = None  # (P, G) z-scored log-expression, NaN unknown; or None
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -292,8 +368,9 @@ class FoldArrays:
 
     def digest(self) -> str:
         """sha256 of everything a fit reads from these arrays: the patient ids, every bag's
-        tiles, the radiomics, their presence flags, the site codes and both target scalings
-        (computed once; the arrays are not changed after the preprocessor made them)."""
+        tiles, the radiomics, their presence flags, the site codes, both target scalings and
+        the z-scored genes (computed once; the arrays are not changed after the preprocessor
+        made them)."""
         if self._digest is None:
             h = hashlib.sha256()
             h.update("\x1f".join(map(str, self.patients)).encode())
@@ -302,7 +379,8 @@ class FoldArrays:
                 h.update(b"-" if bag is None else repr(bag.shape).encode())
                 if bag is not None:
                     h.update(np.ascontiguousarray(bag).tobytes())
-            for part in (self.rad, self.has_rad, self.site, self.y, self.y01):
+            genes = () if self.genes is None else (self.genes,)
+            for part in (self.rad, self.has_rad, self.site, self.y, self.y01, *genes):
                 part = np.ascontiguousarray(part)
                 h.update(f"{part.dtype}{part.shape}".encode())
                 h.update(part.tobytes())
@@ -342,6 +420,8 @@ class FoldPreprocessor:
         training patients' scores (so each component enters with unit SD)
     target_scaler_ : fitted :class:`~stromalens.targets.scaling.TargetScaler`
     y_min_, y_max_ : Series, the min–max scaling of stage I
+    gene_mean_, gene_scale_ : Series or None, the standardisation of the gene table's
+        log-expression (HE2RNA's gene layer), None without a table
     sites_ : list of site labels (their codes are positions in this list)
     """
 
@@ -384,6 +464,7 @@ class FoldPreprocessor:
         y = data.targets.loc[train_ids]
         self.target_scaler_ = TargetScaler().fit(y)
         self.y_min_, self.y_max_ = y.min(), y.max()
+        self._fit_genes(data, train_ids)
 
         rad = data.radiomics.loc[train_ids]
         rows = rad.notna().any(axis=1)
@@ -444,6 +525,25 @@ class FoldPreprocessor:
             self.rad_components_, self.rad_component_scale_ = axes[:, keep], scale[keep]
         return self
 
+    def _fit_genes(self, data: StudyData, train_ids) -> None:
+        """The gene table's standardisation on the training patients (genes constant there
+        are dropped): z = (g − mean) / SD (ddof = 1)."""
+        self.gene_mean_ = self.gene_scale_ = None
+        if data.genes is None:
+            return
+        g = data.genes.loc[train_ids]
+        sd = g.std(ddof=1)
+        keep = sd.index[np.isfinite(sd) & (sd > 1e-12)]
+        self.gene_mean_, self.gene_scale_ = g[keep].mean(), sd[keep]
+
+    def transform_genes(self, data: StudyData, ids) -> np.ndarray | None:
+        """(P, G) z-scored log-expression of ``ids`` (NaN unknown), or None without a table."""
+        self._check()
+        if getattr(self, "gene_mean_", None) is None or data.genes is None:
+            return None
+        g = data.genes.reindex(columns=self.gene_mean_.index).loc[list(ids)]
+        return ((g - self.gene_mean_) / self.gene_scale_).to_numpy(np.float32)
+
     def _check(self) -> None:
         if not hasattr(self, "features_"):
             raise RuntimeError("FoldPreprocessor is not fitted; call fit() on the training fold")
@@ -483,6 +583,7 @@ class FoldPreprocessor:
             y=y,
             y01=y01,
             tile_dim=data.tile_dim if (data.bags or data.prompts is not None) else None,
+            genes=self.transform_genes(data, ids),
         )
 
     def inverse_targets(self, z: np.ndarray) -> np.ndarray:
@@ -549,4 +650,5 @@ def make_batch(arrays: FoldArrays, index=None, max_tiles: int | None = None, rng
         has_wsi=torch.from_numpy(mask.any(1)),
         has_rad=torch.from_numpy(arrays.has_rad[index]),
         site=torch.from_numpy(arrays.site[index]),
+        genes=None if arrays.genes is None else torch.from_numpy(arrays.genes[index]),
     )

@@ -36,7 +36,7 @@ def _feature_contract(features_dir: Path | None, patients, slides: dict | None =
     return FeatureContract(None, None, None, None, None)
 
 
-def _prompts(cfg, train: TrainLayout):
+def _prompts(cfg, train: TrainLayout, models):
     """The (J, M, D) prompt embeddings, or None when the encoder has no text tower (image-only
     encoders such as UNI serve every model that needs no text; text-guided ones are refused)."""
     from ..models import text_guided
@@ -44,7 +44,7 @@ def _prompts(cfg, train: TrainLayout):
     from .data import prompt_embeddings
 
     if not encoder_info(cfg.encoder).has_text:
-        needing = text_guided(cfg.models)
+        needing = text_guided(models)
         if needing:
             raise ValueError(
                 f"training.encoder {cfg.encoder!r} has no text encoder; the text-guided model(s) "
@@ -94,9 +94,10 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     """Train every model of ``study`` (a :class:`~stromalens.config.StudyConfig` whose
     ``training.targets`` is set) into the run directory ``out``; returns the CV's metrics
     (``models`` → study name → macro-r …) with ``total_seconds``."""
+    from ..models import model_info
     from .bundle import write_bundle
-    from .cv import run_cv, run_leave_site_out
-    from .data import load_study_data
+    from .cv import default_models, run_cv, run_leave_site_out
+    from .data import coop_text_tower, load_study_data
 
     cfg = study.training
     if cfg is None or cfg.targets is None:
@@ -107,7 +108,11 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     train = TrainLayout(out)
     settings = cfg.settings
     started = time.perf_counter()
-    prompts = _prompts(cfg, train)
+    models = cfg.models if cfg.models is not None else default_models()
+    prompts = _prompts(cfg, train, models)
+    # CoOp runs the encoder's frozen text tower; built (or refused) before anything else
+    coop = any(model_info(m).needs_text for m in models)
+    text = coop_text_tower(cfg.prompts, cfg.encoder, cfg.encoder_weights) if coop else None
     data = load_study_data(
         study.cohort.manifest,
         cfg.targets,
@@ -116,6 +121,7 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
         prompts=prompts,
         max_tiles=cfg.max_tiles,
         seed=settings.seed,
+        text=text,
     )
     contract = _feature_contract(cfg.features, data.patients, _slide_ids(study.cohort.manifest))
     prompt_text = _prompt_text(cfg.prompts)

@@ -134,6 +134,7 @@ def execute(task: FitTask) -> TaskResult:
         with_student=task.with_student,
         with_plain=task.with_plain,
         inputs=_fit_inputs(data, prep),
+        text=data.text,
     )
     if task.checkpoint_dir is not None:
         _write_preprocessor(prep, task.checkpoint_dir)
