@@ -362,7 +362,9 @@ def _slide_biology(patients, fractions, seed, planted, external):
     draw of the same size (so they carry no information on its RNA or outcomes)."""
     if not external or planted.external_visible:
         return patients, fractions
-    decoy = biology.simulate_patients(len(patients), seed + 104_729, sites=(EXTERNAL_SITE,))
+    decoy = biology.simulate_patients(
+        len(patients), seed + 104_729, sites=(EXTERNAL_SITE,), site_shares=(1.0,)
+    )
     decoy.index = patients.index
     return decoy, expression.simulate_fractions(decoy, seed + 104_729)
 
