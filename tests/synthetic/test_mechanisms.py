@@ -135,7 +135,9 @@ def test_fibrosis_region_hugs_the_hotspots_and_tightens_with_grade():
     assert areas == sorted(areas, reverse=True) and areas[-1] < areas[0] / 3
     doc = annotations.annotation_features(labels, 4, np.zeros((0, 2)), region)
     (feature,) = doc["features"]
-    xs = np.concatenate([np.asarray(r)[:, 0] for p in feature["geometry"]["coordinates"] for r in p])
+    xs = np.concatenate(
+        [np.asarray(r)[:, 0] for p in feature["geometry"]["coordinates"] for r in p]
+    )
     assert xs.min() > 140 * 4 - 150 and xs.max() < 160 * 4 + 150  # around the hotspot only
     with pytest.raises(ValueError, match="grade"):
         mechanisms.annotation_margin_px(200.0, 4, 0.5)
