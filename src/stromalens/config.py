@@ -178,6 +178,9 @@ class SynthConfig(_Strict):
     slide: SlideConfig = SlideConfig()
     missing: MissingRates = MissingRates()
     mechanisms: MechanismsConfig = MechanismsConfig()
+    id_prefix: str | None = Field(
+        None, pattern=r"^[A-Z]{1,3}$", description="patient-id prefix; null: P, or X if external"
+    )
     workers: int | None = Field(None, ge=1, description="processes; default: all cores")
 
 

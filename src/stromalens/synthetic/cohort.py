@@ -154,7 +154,7 @@ def generate_cohort(
         seed,
         sites=sites,
         site_shares=shares,
-        id_prefix="X" if external else "P",
+        id_prefix=config.id_prefix or ("X" if external else "P"),
         site_shifts=mechanisms.site_mean_shifts(sites, planted.site_biology_shift),
         survival_scale=planted.survival_scale,
         interaction=planted.interaction,
