@@ -53,6 +53,122 @@ class MissingRates(_Strict):
     mri_ce: float = Field(0.06, ge=0, le=1)
 
 
+class SparseEvidence(_Strict):
+    """(a) ERS–CAF and crosstalk seen in a minority of stromal tiles (``hotspots``).
+
+    Inside the hotspots the fibroblast density rises by ``per_a · a`` and the stromal
+    lymphocytes by ``per_b · b``; outside, neither latent changes the slide. Off (the null),
+    the same mean signal is spread over all the stroma (``share · per_a · a`` everywhere), so
+    attention has nothing to find that mean pooling misses. Default share 0.2: an assumption, a
+    minority of CAFs as the ERS–CAF state is a CAF subpopulation in single-cell data.
+    """
+
+    enabled: bool = True
+    share: float = Field(0.2, gt=0, le=1, description="share of the stroma in hotspots")
+    per_a: float = Field(0.5, ge=0, description="fibroblast-density gain per unit a, hotspots")
+    per_b: float = Field(0.3, ge=0, description="stromal-lymphocyte gain per unit b, hotspots")
+
+
+class ModalityReliability(_Strict):
+    """(b) Stratum-dependent reliability: each location degrades one modality by ``contrast``.
+
+    Skull base (small, well-circumscribed tumours): the slide's hotspot signal × (1 − c), the
+    MRI at full visibility. Sacrum (large, necrotic): the MRI visibility ρ × (1 − c), the slide
+    at full signal. Mobile spine: both × (1 − c/2). Off (the null): c = 0 in every stratum.
+    Default 0.4: an assumption (the direction follows imaging practice, not a measurement).
+    """
+
+    enabled: bool = True
+    contrast: float = Field(0.4, ge=0, lt=1)
+
+
+class SiteConfounding(_Strict):
+    """(c) Site effects on the features and a site–biology association (referral patterns).
+
+    ``strength`` scales every site's departure from the reference scanner and stain (1: the
+    generator's site draws); ``biology_shift`` is the spread of the site means of ``a`` in SD
+    (site k of the K ordered sites gets a mean shift of ``shift · (1 − 2k/(K−1))``). Off (the
+    null): identical sites and no association. Default shift 0.3 SD: an assumption of a
+    tertiary centre receiving more aggressive cases.
+    """
+
+    enabled: bool = True
+    strength: float = Field(1.0, ge=0)
+    biology_shift: float = Field(0.3, ge=0)
+
+
+class FibrosisAnnotation(_Strict):
+    """(d) The pathologist's fibrosis region drawn around the evidence hotspots, with a margin
+    that tightens with grade: ``margin_um · (1 − grade/4)`` (200 µm at grade 0, 50 µm at 3).
+    Off (the null): the region is all the collagen stroma, blind to the hotspots."""
+
+    enabled: bool = True
+    margin_um: float = Field(200.0, ge=0)
+
+
+class OutcomeEffects(_Strict):
+    """(e) Survival effects of the latents and a predictive treatment × crosstalk interaction.
+
+    ``survival_scale`` multiplies the latents' log-hazard coefficients (1: the study's
+    direction and the generator's sizes); ``interaction`` is the logit change of response per
+    unit ``b`` under radiotherapy (negative b × RT: excluded tumours respond less to RT). Off
+    (the null): both 0, the latents then carry no prognostic or predictive information.
+    Default interaction 0.8 (odds ratio 2.2 per SD): an assumption of a moderate predictive
+    marker.
+    """
+
+    enabled: bool = True
+    survival_scale: float = Field(1.0, ge=0)
+    interaction: float = Field(0.8, ge=0)
+
+
+class ExternalMorphology(_Strict):
+    """(f) The external cohort: another morphology whose slides carry the same biology. Off
+    (the null): its slides are rendered from latents drawn independently of its RNA, so a
+    zero-shot model can have no skill there."""
+
+    enabled: bool = True
+    morphology: Literal["chondrosarcoma", "chordoma"] = "chondrosarcoma"
+
+
+class TextPrior(_Strict):
+    """(g) What the synthetic CLIP's own corpus teaches about the evidence.
+
+    The corpus is a separate synthetic cohort (``corpus_patients`` slides, seed
+    ``seed + corpus_seed_offset``, ids ``C…``), never an evaluated cohort. A stromal tile's
+    caption names its fibroblast density (the hotspots' visible trait) with probability
+    ``density_caption_rate``. Off (the null): no caption names it, so no prompt can point the
+    attention at the hotspots.
+    """
+
+    enabled: bool = True
+    density_caption_rate: float = Field(0.4, ge=0, le=1)
+    corpus_patients: int = Field(24, ge=2)
+    corpus_seed_offset: int = Field(7_000_001, ge=1)
+
+
+class MechanismsConfig(_Strict):
+    """The planted mechanisms of the validation matrix (issue 17), each with a switch, an
+    effect size and its null (``enabled: false`` = effect 0). :meth:`null` switches all off."""
+
+    sparse_evidence: SparseEvidence = SparseEvidence()
+    reliability: ModalityReliability = ModalityReliability()
+    site: SiteConfounding = SiteConfounding()
+    annotation: FibrosisAnnotation = FibrosisAnnotation()
+    outcomes: OutcomeEffects = OutcomeEffects()
+    external: ExternalMorphology = ExternalMorphology()
+    text_prior: TextPrior = TextPrior()
+
+    def null(self) -> MechanismsConfig:
+        """The same settings with every mechanism switched off (the null cohort)."""
+        return self.model_copy(
+            update={
+                name: getattr(self, name).model_copy(update={"enabled": False})
+                for name in type(self).model_fields
+            }
+        )
+
+
 class SynthConfig(_Strict):
     """Settings of the synthetic cohort generator (``stromalens synth``)."""
 
@@ -61,6 +177,10 @@ class SynthConfig(_Strict):
     external: bool = Field(False, description="write the WSI-only external cohort instead")
     slide: SlideConfig = SlideConfig()
     missing: MissingRates = MissingRates()
+    mechanisms: MechanismsConfig = MechanismsConfig()
+    id_prefix: str | None = Field(
+        None, pattern=r"^[A-Z]{1,3}$", description="patient-id prefix; null: P, or X if external"
+    )
     workers: int | None = Field(None, ge=1, description="processes; default: all cores")
 
 

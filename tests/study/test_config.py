@@ -77,7 +77,9 @@ def test_the_demo_configuration_points_at_the_generated_cohorts(tmp_path):
 
     config = demo_config(tmp_path / "cohort", tmp_path / "ext", quick=True)
     assert config.cohort.manifest == tmp_path / "cohort" / "cohort.csv"
-    assert config.external[0].targets.signature == tmp_path / "ext" / "rnaseq" / "signature.tsv"
+    # the shipped resources (TIL10, curated set), never the generator's profiles (issue 17)
+    assert config.targets.signature is None and config.external[0].targets.signature is None
+    assert config.targets.gene_sets is None
     assert config.training.folds == 3 and config.training.models is None
 
 

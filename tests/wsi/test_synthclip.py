@@ -123,3 +123,65 @@ def test_trained_clip_retrieves_captions_and_prompts_land(tmp_path, synthetic_sl
         curated = sim[:, (table.group == "curated").to_numpy()].max(axis=1)
         assert ood.mean() < 0.25, name
         assert np.mean(curated > ood) > 0.9, name
+
+
+def test_density_caption_rate_zero_never_names_fibroblast_density():
+    """Mechanism (g)'s null: no caption tells dense from sparse stroma."""
+    from stromalens.wsi.synthclip import FIBRO_WORDS
+
+    words = [w for group in FIBRO_WORDS.values() for w in group]
+    stroma = np.array([0.95, 0.05, 0.0])
+    rng = np.random.default_rng(1)
+    on = [make_caption(stroma, True, False, rng, density_rate=1.0) for _ in range(50)]
+    off = [make_caption(stroma, True, False, rng, density_rate=0.0) for _ in range(200)]
+    assert all(any(w in c for w in words) for c in on)
+    assert not any(w in c for c in off for w in words)
+
+
+def test_checkpoint_records_its_corpus_and_an_overlapping_cohort_is_refused(
+    tmp_path, synthetic_slides
+):
+    """Leak of issue 17: a CLIP trained on slides of the evaluated cohort is refused (by
+    content, so a copied slide under another name is caught); a disjoint cohort passes."""
+    import shutil
+
+    from stromalens.wsi.synthclip import CorpusOverlapError, check_corpus_disjoint
+
+    out = tmp_path / "clip.safetensors"
+    corpus, others = synthetic_slides[:3], synthetic_slides[3:6]
+    train_synthclip(corpus, out, ClipTrainSettings(max_steps=1, batch_size=8), progress=False)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert [s["slide_id"] for s in meta["corpus"]["slides"]] == [p.stem for p in corpus]
+    assert meta["corpus"]["cohorts"][0]["cohort"] == "development"
+    assert check_corpus_disjoint(out, others) == {"checked": 3, "corpus": 3, "verified": True}
+    renamed = tmp_path / "renamed.tiff"
+    shutil.copy(corpus[1], renamed)
+    with pytest.raises(CorpusOverlapError, match=r"renamed\.tiff .*corpus slide"):
+        check_corpus_disjoint(out, [*others, renamed])
+    with pytest.raises(ValueError, match="separate corpus"):
+        check_corpus_disjoint(out, corpus)
+    # weights without a corpus record cannot be checked: reported unverified, not refused
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(out, bare)
+    assert check_corpus_disjoint(bare, corpus)["verified"] is False
+
+
+def test_train_stage_refuses_a_clip_trained_on_the_evaluated_cohort(
+    tmp_path, small_cohort, synthetic_slides
+):
+    from stromalens.config import StudyConfig
+    from stromalens.study.stages import _check_clip_corpus
+    from stromalens.wsi.synthclip import CorpusOverlapError
+
+    from ..study.conftest import tiny_study
+
+    out = tmp_path / "clip.safetensors"
+    train_synthclip(
+        synthetic_slides[:2], out, ClipTrainSettings(max_steps=1, batch_size=8), progress=False
+    )
+    data = tiny_study(small_cohort)
+    data["wsi"] |= {"encoder": "synthclip", "weights": str(out)}
+    with pytest.raises(CorpusOverlapError, match="evaluated cohort"):
+        _check_clip_corpus(StudyConfig.model_validate(data))
+    data["wsi"]["weights"] = "random"
+    _check_clip_corpus(StudyConfig.model_validate(data))  # nothing to check: passes

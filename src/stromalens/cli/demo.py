@@ -1,8 +1,11 @@
 """``stromalens demo``: the main job — the synthetic cohorts, then the full study on them.
 
-1. the synthetic development cohort (``OUT/cohort``) and its external WSI cohort of another
-   cancer (``OUT/external_cohort``), both resumable per patient;
-2. the synthetic CLIP, trained once and cached (skipped when the checkpoint exists);
+1. the synthetic development cohort (``OUT/cohort``), its external WSI cohort of another
+   cancer (``OUT/external_cohort``) and the synthetic CLIP's own corpus (``OUT/clip_corpus``:
+   other patients, ids ``C…``, another seed — never an evaluated cohort), resumable per patient;
+2. the synthetic CLIP, trained on that corpus into ``OUT/synthclip/`` (skipped when the
+   checkpoint exists for the same corpus and settings); the train stage refuses a CLIP whose
+   corpus overlaps an evaluated cohort (:func:`stromalens.wsi.synthclip.check_corpus_disjoint`);
 3. ``stromalens run`` with ``configs/demo.yaml`` (paths pointed at the generated cohorts), the
    study folder being ``OUT`` itself: targets, WSI, radiomics, training, external application,
    evaluation and report, each stage skipped when already done for the same inputs;
@@ -10,6 +13,10 @@
 
 ``demo.json`` records each step's seconds (the study stages' come from ``OUT/manifest.json``).
 ``--quick`` runs the same pipeline on 12 + 6 patients with tiny settings (:data:`QUICK`).
+``--null`` generates the cohorts with every planted mechanism switched off
+(:meth:`stromalens.config.MechanismsConfig.null`), the validation matrix's null cohort.
+The targets use the shipped resources (curated ERS–CAF set, TIL10), not the generator's own
+cell-type profiles.
 """
 
 from __future__ import annotations
@@ -74,8 +81,16 @@ def demo_config_path() -> Path:
     return path
 
 
-def demo_config(dev_dir: Path, ext_dir: Path, quick: bool = False):
-    """configs/demo.yaml with its cohort paths pointed at ``dev_dir`` and ``ext_dir``."""
+def demo_config(
+    dev_dir: Path,
+    ext_dir: Path,
+    quick: bool = False,
+    weights: Path | None = None,
+    corpus_note: str | None = None,
+):
+    """configs/demo.yaml with its cohort paths pointed at ``dev_dir`` and ``ext_dir``, the
+    encoder's weights at ``weights`` and ``corpus_note`` (what the CLIP was trained on) added
+    to the notes the report shows."""
     from ..config import StudyConfig, validate_settings
 
     path = demo_config_path()
@@ -84,40 +99,43 @@ def demo_config(dev_dir: Path, ext_dir: Path, quick: bool = False):
         "manifest": str(dev_dir / "cohort.csv"),
         "expression": str(dev_dir / "rnaseq" / "tpm.tsv"),
     }
-    data["targets"] |= {
-        "signature": str(dev_dir / "rnaseq" / "signature.tsv"),
-        "mrna_scaling": str(dev_dir / "rnaseq" / "mrna_content.tsv"),
-    }
     (external,) = data["external"]
     external |= {
         "manifest": str(ext_dir / "cohort.csv"),
         "expression": str(ext_dir / "rnaseq" / "tpm.tsv"),
     }
-    external["targets"] |= {
-        "signature": str(ext_dir / "rnaseq" / "signature.tsv"),
-        "mrna_scaling": str(ext_dir / "rnaseq" / "mrna_content.tsv"),
-    }
     data["training"]["prompts"] = str(path.parents[1] / "configs" / "prompts")
+    if weights is not None:
+        data["wsi"]["weights"] = str(weights)
     if quick:
         data = _merge(data, QUICK)
         data["radiomics"]["settings"]["extraction"]["imageType"] = {"Original": {}}
+    if corpus_note:
+        data["notes"] = f"{data['notes']} {corpus_note}"
     return validate_settings(StudyConfig, data, source=str(path))
 
 
-def _train_synthclip(cohort_dir: Path, steps: int) -> dict:
-    """Train the synthetic CLIP on the development slides unless a checkpoint is cached."""
-    from ..wsi.embed import jobs_from_manifest
-    from ..wsi.synthclip import ClipTrainSettings, default_checkpoint, train_synthclip
+def _train_synthclip(corpus_dir: Path, checkpoint: Path, settings) -> dict:
+    """Train the synthetic CLIP on every slide of its own corpus (``corpus_dir``) unless
+    ``checkpoint`` exists, trained on the same corpus slides with the same ``settings``."""
+    from dataclasses import asdict
 
-    checkpoint = default_checkpoint()
-    if checkpoint.is_file():
-        console.print(f"cached: {checkpoint}")
-        return {"checkpoint": str(checkpoint), "cached": True}
-    slides = [job.path for job in jobs_from_manifest(cohort_dir / "cohort.csv")[:24]]
-    summary = train_synthclip(slides, checkpoint, ClipTrainSettings(max_steps=steps))
+    from ..wsi.embed import jobs_from_manifest
+    from ..wsi.synthclip import corpus_record, train_synthclip
+
+    slides = [job.path for job in jobs_from_manifest(corpus_dir / "cohort.csv")]
+    sidecar = checkpoint.with_suffix(".json")
+    if checkpoint.is_file() and sidecar.is_file():
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        same = {k: meta["training"].get(k) for k in asdict(settings)} == asdict(settings)
+        if same and meta.get("corpus") == corpus_record(slides):
+            console.print(f"cached: {checkpoint}")
+            return {"checkpoint": str(checkpoint), "cached": True}
+    summary = train_synthclip(slides, checkpoint, settings)
     return {
         "checkpoint": str(checkpoint),
         "cached": False,
+        "corpus_slides": len(slides),
         "train_seconds": summary["training"]["train_seconds"],
         "heldout_retrieval_top1": summary["heldout_retrieval"]["top1_class"],
     }
@@ -146,19 +164,28 @@ def demo(
     quick: bool = typer.Option(
         False, "--quick", help="12 + 6 patients and tiny settings: a smoke test (≤ 3 min)."
     ),
+    null: bool = typer.Option(
+        False, "--null", help="Every planted mechanism switched off (the null cohort)."
+    ),
 ) -> None:
     """Generate the synthetic cohorts and run the full study on them (stromalens run)."""
     from ..study.runner import study_lock
 
     with study_lock(out_folder(out)):  # before the cohorts: a second demo into OUT stops here
-        _demo(out, patients, external_patients, seed, quick)
+        run_demo(out, patients, external_patients, seed, quick=quick, null=null)
 
 
-def _demo(out: Path, patients: int, external_patients: int, seed: int, quick: bool) -> None:
+def run_demo(
+    out: Path, patients: int, external_patients: int, seed: int, *, quick: bool, null: bool
+) -> dict:
+    """The demo's steps (see the module docstring); returns the ``demo.json`` record."""
+    from ..config import MechanismsConfig
+    from ..wsi.synthclip import CHECKPOINT_NAME
     from .run import run_and_summarise
 
     if quick:
         patients, external_patients = 12, 6
+    mechanisms = MechanismsConfig().null() if null else MechanismsConfig()
     started = time.perf_counter()
     steps: list[dict] = []
 
@@ -170,10 +197,21 @@ def _demo(out: Path, patients: int, external_patients: int, seed: int, quick: bo
         console.print(f"[green]{name}[/] done in {steps[-1]['seconds']:.0f} s")
         return report
 
-    dev_dir, ext_dir = out / "cohort", out / "external_cohort"
-    _generate_cohorts(step, dev_dir, ext_dir, patients, external_patients, seed)
-    step("synthetic CLIP", lambda: _train_synthclip(dev_dir, steps=300 if quick else 600))
-    config = demo_config(dev_dir, ext_dir, quick=quick)
+    dev_dir, ext_dir, corpus_dir = out / "cohort", out / "external_cohort", out / "clip_corpus"
+    cohorts = _cohort_configs(patients, external_patients, seed, mechanisms, quick)
+    _generate_cohorts(step, {"development": dev_dir, "external": ext_dir, "corpus": corpus_dir},
+                      cohorts)  # fmt: skip
+    checkpoint = out / "synthclip" / CHECKPOINT_NAME
+    clip = _clip_settings(mechanisms, quick)
+    step("synthetic CLIP", lambda: _train_synthclip(corpus_dir, checkpoint, clip))
+    corpus = cohorts["corpus"]
+    note = (
+        f"The synthetic CLIP was trained on its own corpus of {corpus.patients} slides "
+        f"(patients C…, seed {corpus.seed}), none of them a patient of the evaluated cohorts; "
+        "the targets use the shipped curated ERS–CAF set and the TIL10 signature. Planted "
+        f"mechanisms: {'none (the null cohort)' if null else 'all at their default sizes'}."
+    )
+    config = demo_config(dev_dir, ext_dir, quick=quick, weights=checkpoint, corpus_note=note)
     console.rule("[bold]stromalens run (configs/demo.yaml)")
     summary = run_and_summarise(config, out)
     truth = _truth_check(dev_dir, out / "targets" / "targets.parquet")
@@ -192,6 +230,8 @@ def _demo(out: Path, patients: int, external_patients: int, seed: int, quick: bo
     record = {
         "seconds": round(elapsed, 1),
         "quick": quick,
+        "null": null,
+        "clip_corpus": note,
         "patients": patients,
         "external_patients": external_patients,
         "stages": stages,
@@ -201,25 +241,53 @@ def _demo(out: Path, patients: int, external_patients: int, seed: int, quick: bo
     }
     (out / "demo.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     _print_timings(out, elapsed, stages, summary["report"])
+    return record
 
 
-def _generate_cohorts(step, dev_dir, ext_dir, patients, external_patients, seed) -> None:
-    """The synthetic development and external cohorts, each a timed step; their summaries."""
+def _cohort_configs(patients, external_patients, seed, mechanisms, quick) -> dict:
+    """SynthConfig of the development, external and CLIP-corpus cohorts. The corpus is
+    WSI-only (no MRI rendered), ids ``C…``, seed ``seed + corpus_seed_offset``."""
+    from ..config import MissingRates, SynthConfig
+
+    text = mechanisms.text_prior
+    no_mri = MissingRates(wsi=0.0, mri_t1=1.0, mri_t2=1.0, mri_ce=1.0)
+    return {
+        "development": SynthConfig(patients=patients, seed=seed, mechanisms=mechanisms),
+        "external": SynthConfig(
+            patients=external_patients, seed=seed, external=True, mechanisms=mechanisms
+        ),
+        "corpus": SynthConfig(
+            patients=6 if quick else text.corpus_patients,
+            seed=seed + text.corpus_seed_offset,
+            id_prefix="C",
+            missing=no_mri,
+            mechanisms=mechanisms,
+        ),
+    }
+
+
+def _clip_settings(mechanisms, quick: bool):
+    from ..synthetic.mechanisms import planted
+    from ..wsi.synthclip import ClipTrainSettings
+
+    rate = planted(mechanisms).density_caption_rate
+    return ClipTrainSettings(max_steps=300 if quick else 600, density_caption_rate=rate)
+
+
+def _generate_cohorts(step, folders: dict, configs: dict) -> None:
+    """The synthetic cohorts (development, external, CLIP corpus), each a timed step."""
     from ..cohort import load_manifest
-    from ..config import SynthConfig
     from ..synthetic import generate_cohort
 
-    for name, folder, config in (
-        ("development", dev_dir, SynthConfig(patients=patients, seed=seed)),
-        ("external", ext_dir, SynthConfig(patients=external_patients, seed=seed, external=True)),
-    ):
+    for name, folder in folders.items():
+        config = configs[name]
         step(
             f"synthetic {name} cohort",
             lambda folder=folder, config=config: {"manifest": str(generate_cohort(folder, config))},
         )
-    for name, folder in (("development", dev_dir), ("external", ext_dir)):
+    for name in ("development", "external"):
         console.print(f"[bold]{name} cohort[/]")
-        console.print(load_manifest(folder / "cohort.csv").summary().to_string())
+        console.print(load_manifest(folders[name] / "cohort.csv").summary().to_string())
 
 
 def _print_timings(out: Path, elapsed: float, stages: list[dict], report) -> None:

@@ -85,6 +85,8 @@ class Context:
         ``attention``, ``embeddings``, ``prompts``, ``cost``) once the probes ran.
     notes : list of str
         Notes for ``meta.notes``; the run's own first, analyses append theirs.
+    gathered : dict
+        The metrics of the analyses run so far (the validation analysis reads them).
     """
 
     run: RunFiles
@@ -99,6 +101,7 @@ class Context:
     seed: int
     probes: dict | None = None
     notes: list[str] = field(default_factory=list)
+    gathered: dict = field(default_factory=dict)
 
     @cached_property
     def scores(self) -> pd.DataFrame | None:
@@ -450,6 +453,40 @@ def _truth_metrics(tables: Tables, context: Context) -> dict:
     }
 
 
+# ------------------------------------------------------- 13. method validation (issue 17)
+def _has_planted(context: Context) -> bool:
+    from .validation import read_planted
+
+    return read_planted(context.run.manifest_path) is not None
+
+
+def _validation(context: Context) -> Tables:
+    from .validation import read_planted, validation_table
+
+    def table(name):  # what earlier analyses wrote into the output folder, or None
+        path = context.out / name
+        return pd.read_csv(path) if path.is_file() else None
+
+    names = ("gate_strata", "attention", "survival_cindex_diff", "external")
+    written = {name: table(f"{name}.csv") for name in names}
+    result = validation_table(
+        read_planted(context.run.manifest_path),
+        context.gathered,
+        written,
+        context.run.predictions,
+        context.run.truth,
+        n_boot=context.n_boot,
+        seed=context.seed,
+    )
+    return {"validation.csv": result}
+
+
+def _validation_metrics(tables: Tables, context: Context) -> dict:
+    from .validation import validation_metrics
+
+    return validation_metrics(tables["validation.csv"])
+
+
 #: The registry, in the order of the study's Results; later analyses read what earlier ones
 #: leave (the probes' output, the tiles file), so the order is also the order of dependence.
 ANALYSES: tuple[Analysis, ...] = (
@@ -463,6 +500,8 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("distillation", _distillation, _distillation_metrics),
     Analysis("external", _external, _external_metrics),
     Analysis("truth", _truth, _truth_metrics, needs=_has_truth),
+    # reads what the analyses above wrote and gathered: last
+    Analysis("validation", _validation, _validation_metrics, needs=_has_planted),
 )
 
 
@@ -510,6 +549,7 @@ def _run_all(context: Context) -> tuple[dict, dict[str, float]]:
         t0 = time.perf_counter()
         found, raised = _run_analysis(analysis, context)
         metrics.update(found)
+        context.gathered = metrics  # read by the validation analysis
         flags += raised
         seconds[analysis.name] = round(time.perf_counter() - t0, 1)
     _write_table(warnings_table(flags), context.out / WARNINGS_TABLE)

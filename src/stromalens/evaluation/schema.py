@@ -67,6 +67,12 @@ SCHEMA: dict[str, str] = {
     "external.<cohort>.c_index.<endpoint>.<clinical|clinical_ai>": "Harrell's C on the external "
     "cohort, out-of-fold Cox models without / with the frozen model's scores",
     "warnings.<analysis>.count": "warnings flagged for the analysis (rows of fit_warnings.csv)",
+    # method validation (synthetic cohorts with planted mechanisms; evaluation/validation.py)
+    "validation.<mechanism>.planted": "planted effect size of the mechanism (0: its null)",
+    "validation.<mechanism>.effect": "the recovered effect its analysis claims",
+    "validation.<mechanism>.ci_low": "lower end of the effect's 95% CI",
+    "validation.<mechanism>.ci_high": "upper end of the effect's 95% CI",
+    "validation.<mechanism>.detected": "true when the CI excludes 0 (the mechanism recovered)",
     "meta.<key>": "what was evaluated: run directory, versions, seconds, notes (not numbers)",
 }
 
@@ -114,6 +120,8 @@ TABLES: tuple[str, ...] = (
 WARNINGS_TABLE = "fit_warnings.csv"
 #: written only when an external cohort has outcomes
 OPTIONAL_TABLES: tuple[str, ...] = ("external_survival.csv",)
+#: written only for a synthetic cohort that records its planted mechanisms
+OPTIONAL_TABLES += ("validation.csv",)
 
 
 def _pattern(key: str) -> re.Pattern:

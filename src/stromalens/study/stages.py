@@ -536,9 +536,24 @@ def _absolute(config: StudyConfig) -> StudyConfig:
     return StudyConfig.model_validate(fix(data))
 
 
+def _check_clip_corpus(config: StudyConfig) -> None:
+    """Refuse a synthetic CLIP whose training slides are slides of a cohort the study evaluates
+    (issue 17: the encoder's corpus must be other patients); weights without a record pass."""
+    weights = config.wsi.weights
+    if config.wsi.encoder != "synthclip" or weights == "random":
+        return
+    from ..wsi.synthclip import check_corpus_disjoint, default_checkpoint
+
+    path = Path(weights) if weights else default_checkpoint()
+    if path.is_file():
+        manifests = [config.cohort.manifest, *(e.manifest for e in config.external)]
+        check_corpus_disjoint(path, [s for m in manifests for s in _slides(m)])
+
+
 def run_train(config: StudyConfig, study: Path) -> dict:
     from ..training.run import train_study
 
+    _check_clip_corpus(config)
     layout = StudyLayout(study)
     # train/config.yaml (written by train_study) is this resolved configuration: `stromalens
     # train --config STUDY/train/config.yaml` trains again on the same stage outputs

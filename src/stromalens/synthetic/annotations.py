@@ -1,6 +1,8 @@
 """Pathologist-style annotations of a synthetic slide, as QuPath-compatible GeoJSON.
 
-* a fibrosis region: the collagen-dense stroma of the slide, as polygons (with holes);
+* a fibrosis region: the collagen-dense stroma of the slide, as polygons (with holes) — or, under
+  mechanism (d), the evidence hotspots grown by a margin that tightens with grade
+  (:func:`fibrosis_region`), as a pathologist outlines the most fibrotic, cellular areas;
 * immune-exclusion points: lymphocytes gathered at the rim of tumour nests;
 * grades 0–3 of fibrosis and immune exclusion, read from the latents a and b with noise, as a
   pathologist's semi-quantitative score would be.
@@ -60,11 +62,30 @@ def mask_to_polygons(mask: np.ndarray, downsample: int, min_area_px: float = 400
     return polygons
 
 
-def annotation_features(labels: np.ndarray, downsample: int, exclusion_points: np.ndarray) -> dict:
-    """FeatureCollection with the fibrosis region and the immune-exclusion points."""
-    stroma = cv2.morphologyEx(
-        (labels == 1).astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)
-    )
+def fibrosis_region(
+    labels: np.ndarray, hotspots: np.ndarray, margin_px: float, downsample: int
+) -> np.ndarray:
+    """The hotspots grown by ``margin_px`` (level-0 px; a Euclidean distance), within tissue.
+
+    Returns a uint8 mask at label resolution (1 inside the region).
+    """
+    distance = cv2.distanceTransform((hotspots == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    return ((distance * downsample <= margin_px) & (labels > 0)).astype(np.uint8)
+
+
+def annotation_features(
+    labels: np.ndarray,
+    downsample: int,
+    exclusion_points: np.ndarray,
+    fibrosis: np.ndarray | None = None,
+) -> dict:
+    """FeatureCollection with the fibrosis region and the immune-exclusion points.
+
+    ``fibrosis`` is the region's mask at label resolution (:func:`fibrosis_region`); None
+    outlines all the collagen stroma (label 1).
+    """
+    region = (labels == 1) if fibrosis is None else (fibrosis > 0)
+    stroma = cv2.morphologyEx(region.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     features = []
     polygons = mask_to_polygons(stroma, downsample)
     if polygons:

@@ -135,24 +135,40 @@ def _perturb_unit(vector: np.ndarray, sd: float, rng: np.random.Generator) -> tu
     return tuple(float(x) for x in v / np.linalg.norm(v))
 
 
-def make_site_effects(site: str, seed: int) -> SiteEffects:
+def make_site_effects(site: str, seed: int, strength: float = 1.0) -> SiteEffects:
     """The fixed measurement effects of ``site`` (deterministic for ``seed``).
 
-    Each site draws its own stream, so adding a site never changes the others.
+    Each site draws its own stream, so adding a site never changes the others. ``strength``
+    scales each drawn departure from the reference scanner and stain (mechanism (c)):
+    value = reference + strength · (draw − reference); 0 makes every site the reference (MRI
+    scale 1, offset 0, the Ruifrok–Johnston vectors at intensity 1, I₀ = 240, no RNA batch).
+    Voxel spacing, bias field and noise are acquisition, not confounding, and are kept.
     """
+    if strength < 0:
+        raise ValueError(f"site effect strength must be ≥ 0, got {strength}")
     rng = np.random.default_rng([seed, 7919, ord(site[0])])
+
+    def toward(reference, draw):
+        return tuple(float(r + strength * (d - r)) for r, d in zip(reference, draw, strict=True))
+
+    mri_scale = toward((1.0,) * 3, rng.uniform(0.6, 1.6, 3))
+    mri_offset = toward((0.0,) * 3, rng.uniform(-80.0, 120.0, 3))
+    bias, noise = float(rng.uniform(0.05, 0.30)), float(rng.uniform(0.02, 0.07))
+    stain_h = _perturb_unit(_REFERENCE_H, 0.08 * strength, rng)
+    stain_e = _perturb_unit(_REFERENCE_E, 0.08 * strength, rng)
+    intensity = toward((1.0, 1.0), (rng.uniform(0.75, 1.25), rng.uniform(0.7, 1.3)))
     return SiteEffects(
         name=site,
-        mri_scale=tuple(float(x) for x in rng.uniform(0.6, 1.6, 3)),
-        mri_offset=tuple(float(x) for x in rng.uniform(-80.0, 120.0, 3)),
-        mri_bias_amplitude=float(rng.uniform(0.05, 0.30)),
-        mri_noise=float(rng.uniform(0.02, 0.07)),
+        mri_scale=mri_scale,
+        mri_offset=mri_offset,
+        mri_bias_amplitude=bias,
+        mri_noise=noise,
         mri_spacing=_SITE_SPACINGS.get(site, (0.8, 0.8, 3.0)),
-        stain_h=_perturb_unit(_REFERENCE_H, 0.08, rng),
-        stain_e=_perturb_unit(_REFERENCE_E, 0.08, rng),
-        stain_intensity=(float(rng.uniform(0.75, 1.25)), float(rng.uniform(0.7, 1.3))),
-        brightness=float(rng.uniform(228.0, 250.0)),
-        rna_batch_sd=float(rng.uniform(0.05, 0.2)),
+        stain_h=stain_h,
+        stain_e=stain_e,
+        stain_intensity=intensity,
+        brightness=toward((240.0,), (rng.uniform(228.0, 250.0),))[0],
+        rna_batch_sd=float(strength * rng.uniform(0.05, 0.2)),
     )
 
 
@@ -184,6 +200,16 @@ def survival_covariates(patients: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def scaled_coefficients(scale: float) -> tuple[dict[str, float], dict[str, float]]:
+    """OS and progression log-hazard coefficients with those of a, b, h multiplied by
+    ``scale`` (mechanism (e); 1: :data:`OS_COEFFICIENTS`, :data:`PROGRESSION_COEFFICIENTS`)."""
+
+    def scaled(coefficients):
+        return {k: v * scale if k in ("a", "b", "h") else v for k, v in coefficients.items()}
+
+    return scaled(OS_COEFFICIENTS), scaled(PROGRESSION_COEFFICIENTS)
+
+
 def _weibull_times(linear_predictor, baseline, rng) -> np.ndarray:
     shape, scale = baseline
     u = rng.uniform(size=len(linear_predictor))
@@ -198,12 +224,23 @@ def simulate_patients(
     site_shares=SITE_SHARES,
     id_prefix: str = "P",
     follow_up_months: tuple[float, float] = (24.0, 120.0),
+    site_shifts: dict[str, float] | None = None,
+    survival_scale: float = 1.0,
+    interaction: float = 0.0,
 ) -> pd.DataFrame:
     """Latent biology, site and clinical data of ``n_patients`` synthetic patients.
 
     Returns one row per patient (index ``patient_id``) with the latents ``a, b, h, u`` and the
     clinical columns of the manifest (``age, sex, location, volume_cc, treatment, response,
     os_time, os_event, pfs_time, pfs_event``). Times are in months.
+
+    The planted mechanisms (:mod:`~stromalens.synthetic.mechanisms`): ``site_shifts`` adds a
+    site's mean to ``a`` (c, referral); ``survival_scale`` multiplies the log-hazard
+    coefficients of a, b and h (e); ``interaction`` is the predictive term of response,
+
+        logit P(response) = … − interaction · b · RT,   RT = 1 under "RT" or "surgery+RT",
+
+    so radiotherapy helps less as the crosstalk b rises (e). The defaults are the former cohort.
 
     Example
     -------
@@ -217,6 +254,8 @@ def simulate_patients(
     site = site[rng.permutation(n_patients)]
     latents = rng.multivariate_normal(np.zeros(3), LATENT_CORRELATION, size=n_patients)
     a, b, h = latents.T
+    if site_shifts:
+        a = a + np.array([site_shifts.get(s, 0.0) for s in site])
     u = rng.normal(size=n_patients)
 
     location = rng.choice(LOCATIONS, size=n_patients, p=[0.45, 0.35, 0.20])
@@ -262,14 +301,14 @@ def simulate_patients(
             [RESPONSE_COEFFICIENTS["surgery+RT"], RESPONSE_COEFFICIENTS["RT"]],
             0.0,
         )
+        - interaction * b * np.isin(treatment, ("RT", "surgery+RT"))
     )
     df["response"] = (rng.uniform(size=n_patients) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
 
     x = survival_covariates(df)
-    os_lp = x[list(OS_COEFFICIENTS)].to_numpy() @ np.array(list(OS_COEFFICIENTS.values()))
-    prog_lp = x[list(PROGRESSION_COEFFICIENTS)].to_numpy() @ np.array(
-        list(PROGRESSION_COEFFICIENTS.values())
-    )
+    os_beta, prog_beta = scaled_coefficients(survival_scale)
+    os_lp = x[list(os_beta)].to_numpy() @ np.array(list(os_beta.values()))
+    prog_lp = x[list(prog_beta)].to_numpy() @ np.array(list(prog_beta.values()))
     t_death = _weibull_times(os_lp, OS_BASELINE, rng)
     t_progression = _weibull_times(prog_lp, PROGRESSION_BASELINE, rng)
     # Censoring: administrative end of follow-up plus independent loss to follow-up.

@@ -13,6 +13,7 @@ Layout of the output directory::
     wsi/<id>.tiff              pyramidal tiled TIFF (JPEG), 0.5 µm/px at level 0
     wsi/<id>.labels.png        compartment label map (codes in synth.json), 1/4 resolution
     wsi/<id>.artefacts.png     artefact bit map (blur 1, pen 2, fold 4), 1/4 resolution
+    wsi/<id>.evidence.png      evidence hotspots of mechanism (a) (1 inside), 1/4 resolution
     wsi/<id>.cells.parquet     every rendered cell: x, y (level-0 px), kind
     annotations/<id>.geojson   fibrosis region and immune-exclusion points (QuPath)
     mri/<id>/{t1,t2,ce,mask}.nii.gz
@@ -37,7 +38,7 @@ from ..cohort import KNOWN_COLUMNS
 from ..config import SynthConfig
 from ..executors import run_items
 from ..logs import event, get_logger
-from . import annotations, biology, expression, mri, slides
+from . import annotations, biology, expression, mechanisms, mri, slides
 
 log = get_logger(__name__)
 
@@ -70,16 +71,18 @@ def _patient_job(job: dict) -> dict:
         t0 = time.perf_counter()
         geometry = job["geometry"]
         rendered = slides.render_slide(
-            pd.Series(job["fractions"]),
-            job["latents"],
+            pd.Series(job["slide_fractions"]),
+            job["slide_latents"],
             site,
             geometry,
             [job["seed"], job["index"], 11],
             morphology=job["morphology"],
+            evidence=job["evidence"],
         )
         slides.write_pyramidal_tiff(out / job["wsi"], rendered.rgb, geometry)
-
-        for name, array in (("labels", rendered.labels), ("artefacts", rendered.artefacts)):
+        maps = [("labels", rendered.labels), ("artefacts", rendered.artefacts)]
+        maps.append(("evidence", rendered.evidence))
+        for name, array in maps:
             path = out / "wsi" / f"{pid}.{name}.png"
             tmp = path.with_name("partial-" + path.name)
             cv2.imwrite(str(tmp), array)
@@ -87,9 +90,17 @@ def _patient_job(job: dict) -> dict:
         cells_path = out / "wsi" / f"{pid}.cells.parquet"
         rendered.cells.to_parquet(cells_path.with_name("partial-" + cells_path.name))
         cells_path.with_name("partial-" + cells_path.name).replace(cells_path)
+        fibrosis = None
+        if job["annotation_margin_px"] is not None:
+            fibrosis = annotations.fibrosis_region(
+                rendered.labels,
+                rendered.evidence,
+                job["annotation_margin_px"],
+                geometry.label_downsample,
+            )
         annotations.write_json(
             annotations.annotation_features(
-                rendered.labels, geometry.label_downsample, rendered.exclusion_points
+                rendered.labels, geometry.label_downsample, rendered.exclusion_points, fibrosis
             ),
             out / job["annotations"],
         )
@@ -106,6 +117,7 @@ def _patient_job(job: dict) -> dict:
             site,
             [job["seed"], job["index"], 13],
             sequences=job["mri_sequences"],
+            rho_scale=job["mri_rho_scale"],
         )
         folder = out / "mri" / pid
         folder.mkdir(parents=True, exist_ok=True)
@@ -136,18 +148,25 @@ def generate_cohort(
     seed = config.seed + (1_000_003 if external else 0)  # the external cohort has its own draw
     sites = (EXTERNAL_SITE,) if external else biology.SITES
     shares = (1.0,) if external else biology.SITE_SHARES
+    planted = mechanisms.planted(config.mechanisms)
     patients = biology.simulate_patients(
         config.patients,
         seed,
         sites=sites,
         site_shares=shares,
-        id_prefix="X" if external else "P",
+        id_prefix=config.id_prefix or ("X" if external else "P"),
+        site_shifts=mechanisms.site_mean_shifts(sites, planted.site_biology_shift),
+        survival_scale=planted.survival_scale,
+        interaction=planted.interaction,
     )
     ids = patients.index
     patients["rna_sample"] = [f"RNA-{pid}" for pid in ids]
-    site_effects = {s: biology.make_site_effects(s, config.seed) for s in sites}
+    site_effects = {
+        s: biology.make_site_effects(s, config.seed, planted.site_strength) for s in sites
+    }
 
     fractions = expression.simulate_fractions(patients, seed)
+    slide_patients, slide_fractions = _slide_biology(patients, fractions, seed, planted, external)
     counts, tpm = expression.simulate_expression(
         patients, fractions, {s: e.rna_batch_sd for s, e in site_effects.items()}, seed
     )
@@ -178,10 +197,21 @@ def generate_cohort(
         jpeg_quality=config.slide.jpeg_quality,
     )
     settings = _settings_hash(config)
+    gains = [
+        mechanisms.reliability_factors(loc, planted.reliability_contrast)
+        for loc in patients["location"]
+    ]
+    patients["wsi_gain"] = [g[0] for g in gains]
+    patients["mri_rho_scale"] = [g[1] for g in gains]
     jobs = []
     for i, pid in enumerate(ids):
         row = patients.loc[pid]
         sequences = tuple(s for s in mri.SEQUENCES if seq_present[s][i])
+        margin = None
+        if planted.annotation_margin_um is not None:
+            margin = mechanisms.annotation_margin_px(
+                planted.annotation_margin_um, row["fibrosis_grade"], geometry.mpp
+            )
         jobs.append(
             (
                 pid,
@@ -193,10 +223,20 @@ def generate_cohort(
                     "settings": settings,
                     "site_effects": site_effects[row["site"]],
                     "latents": {k: float(row[k]) for k in ("a", "b", "h")},
-                    "fractions": fractions.loc[pid].to_dict(),
+                    "slide_latents": {k: float(slide_patients.loc[pid, k]) for k in "abh"},
+                    "slide_fractions": slide_fractions.loc[pid].to_dict(),
+                    "evidence": slides.EvidenceSpec(
+                        share=planted.evidence_share,
+                        per_a=planted.evidence_per_a,
+                        per_b=planted.evidence_per_b,
+                        sparse=planted.sparse_evidence,
+                        gain=float(row["wsi_gain"]),
+                    ),
+                    "mri_rho_scale": float(row["mri_rho_scale"]),
+                    "annotation_margin_px": margin,
                     "volume_cc": float(row["volume_cc"]),
                     "geometry": geometry,
-                    "morphology": "chondrosarcoma" if external else "chordoma",
+                    "morphology": planted.external_morphology if external else "chordoma",
                     "wsi": f"wsi/{pid}.tiff" if has_wsi[i] else None,
                     "annotations": f"annotations/{pid}.geojson",
                     "mri_sequences": sequences,
@@ -259,6 +299,10 @@ def generate_cohort(
             "os_linear_predictor",
             "progression_linear_predictor",
             "progression_event",
+            "location",
+            "treatment",
+            "wsi_gain",
+            "mri_rho_scale",
         ]
     ].copy()
     truth["entropy"] = expression.shannon_entropy(fractions)
@@ -276,7 +320,8 @@ def generate_cohort(
         "config": config.model_dump(mode="json"),
         "seed_used": seed,
         "cohort": "external" if external else "development",
-        "morphology": "chondrosarcoma" if external else "chordoma",
+        "morphology": planted.external_morphology if external else "chordoma",
+        "mechanisms": planted.as_dict(),
         "compartments": slides.COMPARTMENTS,
         "artefact_bits": slides.ARTEFACTS,
         "label_downsample": geometry.label_downsample,
@@ -309,6 +354,19 @@ def generate_cohort(
         external=external,
     )
     return manifest_path
+
+
+def _slide_biology(patients, fractions, seed, planted, external):
+    """The latents and fractions the slides are rendered from: the patients' own, except for
+    the external cohort under the null of mechanism (f), whose slides come from an independent
+    draw of the same size (so they carry no information on its RNA or outcomes)."""
+    if not external or planted.external_visible:
+        return patients, fractions
+    decoy = biology.simulate_patients(
+        len(patients), seed + 104_729, sites=(EXTERNAL_SITE,), site_shares=(1.0,)
+    )
+    decoy.index = patients.index
+    return decoy, expression.simulate_fractions(decoy, seed + 104_729)
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:

@@ -49,13 +49,21 @@ _INTENSITY = {
 MRI_VISIBILITY: dict[str, float] = {"a": 0.9, "b": 0.75, "h": 0.9}
 
 
-def mri_visible_latents(latents: dict[str, float], nuisance: np.ndarray) -> dict[str, float]:
-    """ρ·ℓ + √(1 − ρ²)·ν for ℓ in (a, b, h), with ``nuisance`` = (ν_a, ν_b, ν_h)."""
-    return {
-        name: MRI_VISIBILITY[name] * float(latents[name])
-        + float(np.sqrt(1.0 - MRI_VISIBILITY[name] ** 2)) * float(nu)
-        for name, nu in zip("abh", nuisance, strict=True)
-    }
+def mri_visible_latents(
+    latents: dict[str, float], nuisance: np.ndarray, rho_scale: float = 1.0
+) -> dict[str, float]:
+    """ρ·ℓ + √(1 − ρ²)·ν for ℓ in (a, b, h), with ``nuisance`` = (ν_a, ν_b, ν_h).
+
+    ``rho_scale`` multiplies every ρ: the stratum's MRI reliability under mechanism (b)
+    (:func:`stromalens.synthetic.mechanisms.reliability_factors`); 1 is the base visibility.
+    """
+    if not 0.0 <= rho_scale <= 1.0:
+        raise ValueError(f"rho_scale must be in [0, 1], got {rho_scale}")
+    out = {}
+    for name, nu in zip("abh", nuisance, strict=True):
+        rho = rho_scale * MRI_VISIBILITY[name]
+        out[name] = rho * float(latents[name]) + float(np.sqrt(1.0 - rho**2)) * float(nu)
+    return out
 
 
 def _sigmoid(x):
@@ -131,16 +139,17 @@ def render_mri(
     seed_sequence,
     *,
     sequences=SEQUENCES,
+    rho_scale: float = 1.0,
 ) -> tuple[dict[str, SimpleITK.Image], SimpleITK.Image]:  # noqa: F821
     """Render the patient's MRI on the site's grid.
 
     Returns the images of ``sequences`` (int16, ``SimpleITK.Image``) and the tumour mask (uint8),
-    all sharing one geometry.
+    all sharing one geometry. ``rho_scale``: see :func:`mri_visible_latents`.
     """
     import SimpleITK as sitk
 
     rng = np.random.default_rng(seed_sequence)
-    visible = mri_visible_latents(latents, rng.standard_normal(3))
+    visible = mri_visible_latents(latents, rng.standard_normal(3), rho_scale)
     a, b, h = visible["a"], visible["b"], visible["h"]
     target_mm3 = volume_cc * 1000.0
     radius = (3.0 * target_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)

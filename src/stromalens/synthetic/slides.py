@@ -12,7 +12,10 @@ Composition follows the patient's biology:
   spatial scale shrinks — more interleaving — as heterogeneity ``h`` rises;
 * stroma carries spindle fibroblast nuclei at a density that rises with the CAF fraction and,
   directly, with ``a`` — ER-stressed CAFs are activated, proliferating myofibroblasts, so the
-  stroma of an ERS–CAF-rich tumour is more cellular (``CAF_DENSITY``);
+  stroma of an ERS–CAF-rich tumour is more cellular (``CAF_DENSITY``). With an
+  :class:`EvidenceSpec` (mechanism (a) of :mod:`~stromalens.synthetic.mechanisms`) the ``a``
+  term and a ``b`` term on stromal lymphocytes act only inside *hotspots*, a minority of the
+  stroma, or — its null — spread evenly over all of it at the same mean;
 * tumour nests hold vacuolated physaliphorous cells in pale myxoid matrix (or, for the external
   cohort's ``chondrosarcoma`` morphology, small cells in lacunae of chondroid matrix);
 * lymphocytes form clusters, scatter in stroma, and infiltrate tumour nests — less so, gathering
@@ -74,6 +77,23 @@ class SlideGeometry:
             )
 
 
+@dataclass(frozen=True)
+class EvidenceSpec:
+    """Where the slide shows ``a`` and ``b`` (mechanism (a)): hotspots or everywhere.
+
+    Inside the hotspots (``share`` of the stroma) the fibroblast density rises by
+    ``gain · per_a · a`` and the stromal-lymphocyte density by ``gain · per_b · b``; with
+    ``sparse`` False the same mean gains, ``share · gain · per_…``, apply to all the stroma.
+    ``gain`` is the stratum's slide reliability (mechanism (b)).
+    """
+
+    share: float = 0.2
+    per_a: float = 0.5
+    per_b: float = 0.3
+    sparse: bool = True
+    gain: float = 1.0
+
+
 @dataclass
 class RenderedSlide:
     rgb: np.ndarray  # (H, W, 3) uint8, level 0
@@ -82,6 +102,7 @@ class RenderedSlide:
     cells: pd.DataFrame  # x, y (level-0 px), kind
     artefact_shapes: list[dict] = field(default_factory=list)
     exclusion_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    evidence: np.ndarray | None = None  # (H/ds, W/ds) uint8, 1 in the hotspots; None: legacy
 
 
 # --------------------------------------------------------------------------- sprites
@@ -280,6 +301,22 @@ def _select(points, label_map, ds, keep_where, probability, rng) -> np.ndarray:
     return points[ok]
 
 
+def hotspot_map(labels: np.ndarray, share: float, rng) -> np.ndarray:
+    """Evidence hotspots: the top ``share`` of a smooth random field within the stroma
+    (label 1), at label resolution; uint8, 1 inside. Patches span a few tiles (σ of 6 label
+    px ≈ 50 µm at the default scale), so a 112 µm tile is mostly in or mostly out."""
+    stroma = labels == 1
+    score = ndimage.gaussian_filter(rng.standard_normal(labels.shape), 6.0, mode="wrap")
+    return _top_share(score, stroma, share).astype(np.uint8)
+
+
+def _evidence_probability(base, gain_hot, points, hot, ds, spec) -> np.ndarray:
+    """Per-point selection probability: ``base`` plus the latent's gain, in hotspots or spread."""
+    inside = hot[points[:, 1] // ds, points[:, 0] // ds].astype(bool)
+    extra = np.where(inside, gain_hot, 0.0) if spec.sparse else spec.share * gain_hot
+    return np.clip(base + extra, 0.02, 0.95)
+
+
 # --------------------------------------------------------------------------- rendering
 def render_slide(
     fractions: pd.Series,
@@ -290,8 +327,13 @@ def render_slide(
     *,
     morphology: str = "chordoma",
     artefact_probability: dict[str, float] | None = None,
+    evidence: EvidenceSpec | None = None,
 ) -> RenderedSlide:
-    """Render one slide for a patient with true cell ``fractions`` and latents ``a, b, h``."""
+    """Render one slide for a patient with true cell ``fractions`` and latents ``a, b, h``.
+
+    ``evidence`` None keeps the former rendering (the ``a`` term of ``CAF_DENSITY`` over all
+    the stroma, no hotspots); an :class:`EvidenceSpec` plants mechanism (a).
+    """
     rng = np.random.default_rng(seed_sequence)
     probs = {"fold": 0.3, "blur": 0.4, "pen": 0.25} | (artefact_probability or {})
     ds = geometry.label_downsample
@@ -340,28 +382,8 @@ def render_slide(
 
     # Cells.
     sprites = _sprites(morphology)
-    caf_density = float(
-        np.clip(
-            CAF_DENSITY["base"]
-            + CAF_DENSITY["per_fraction"] * fractions["CAF"]
-            + CAF_DENSITY["per_a"] * latents["a"],
-            0.06,
-            0.95,
-        )
-    )
-    fibroblasts = _select(
-        _jittered_grid(geometry, 20.0, rng), labels, ds, lambda lab: lab == 1, caf_density, rng
-    )
-    cluster_lymph = _select(
-        _jittered_grid(geometry, 12.5, rng), labels, ds, lambda lab: lab == 3, 0.85, rng
-    )
-    stromal_lymph = _select(
-        _jittered_grid(geometry, 28.0, rng),
-        labels,
-        ds,
-        lambda lab: lab == 1,
-        float(np.clip(0.05 + 1.2 * immune_total, 0, 0.8)),
-        rng,
+    fibroblasts, stromal_lymph, cluster_lymph, hot = _stromal_cells(
+        geometry, labels, fractions, latents, immune_total, evidence, rng
     )
     infiltrating = _select(
         _jittered_grid(geometry, 26.0, rng),
@@ -525,7 +547,38 @@ def render_slide(
         cells=cells,
         artefact_shapes=shapes,
         exclusion_points=rim_lymph[take],
+        evidence=hot,
     )
+
+
+def _stromal_cells(geometry, labels, fractions, latents, immune_total, evidence, rng):
+    """Fibroblasts, stromal and cluster lymphocytes, and the hotspot map (None: legacy)."""
+    ds = geometry.label_downsample
+    caf_base = CAF_DENSITY["base"] + CAF_DENSITY["per_fraction"] * fractions["CAF"]
+    lymph_base = float(np.clip(0.05 + 1.2 * immune_total, 0, 0.8))
+    if evidence is None:
+        caf_density = float(np.clip(caf_base + CAF_DENSITY["per_a"] * latents["a"], 0.06, 0.95))
+        fibroblasts = _select(
+            _jittered_grid(geometry, 20.0, rng), labels, ds, lambda lab: lab == 1, caf_density, rng
+        )
+        hot = None
+    else:
+        hot = hotspot_map(labels, evidence.share, rng)
+        grid = _jittered_grid(geometry, 20.0, rng)
+        gain_a = evidence.gain * evidence.per_a * latents["a"]
+        p = _evidence_probability(caf_base, gain_a, grid, hot, ds, evidence)
+        fibroblasts = _select(grid, labels, ds, lambda lab: lab == 1, p, rng)
+    cluster_lymph = _select(
+        _jittered_grid(geometry, 12.5, rng), labels, ds, lambda lab: lab == 3, 0.85, rng
+    )
+    grid = _jittered_grid(geometry, 28.0, rng)
+    if evidence is not None:
+        gain_b = evidence.gain * evidence.per_b * latents["b"]
+        lymph_p = _evidence_probability(lymph_base, gain_b, grid, hot, ds, evidence)
+    else:
+        lymph_p = lymph_base
+    stromal_lymph = _select(grid, labels, ds, lambda lab: lab == 1, lymph_p, rng)
+    return fibroblasts, stromal_lymph, cluster_lymph, hot
 
 
 # --------------------------------------------------------------------------- writing

@@ -47,7 +47,8 @@ SYNTHCLIP_CONFIG: dict = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 96, "heads": 4, "layers": 2},
 }
 #: v2: slides with a-dependent fibroblast density, and out-of-domain negative captions.
-CHECKPOINT_NAME = "synthclip-v3.safetensors"
+#: v4: trained on its own corpus, recorded in the sidecar (:func:`check_corpus_disjoint`).
+CHECKPOINT_NAME = "synthclip-v4.safetensors"
 
 COMPARTMENT_NAMES = ("stroma", "tumour", "immune")
 #: Synonyms of each compartment; the first is the canonical phrase.
@@ -284,12 +285,17 @@ def make_caption(
     lymph_present: bool,
     rng: np.random.Generator,
     secondary_min: float = 0.25,
+    density_rate: float = 0.4,
 ) -> str:
-    """A random caption of one tile's composition (synonym, template, modifiers, negation)."""
+    """A random caption of one tile's composition (synonym, template, modifiers, negation).
+
+    A stromal tile's fibroblast density is named with probability ``density_rate`` (the text
+    prior of mechanism (g); 0 is its null: no caption tells dense from sparse stroma).
+    """
     order = np.argsort(-shares)
     dom = COMPARTMENT_NAMES[order[0]]
     phrase = str(rng.choice(SYNONYMS[dom]))
-    if dom == "stroma" and rng.uniform() < 0.4:
+    if dom == "stroma" and rng.uniform() < density_rate:
         phrase += " with " + str(rng.choice(FIBRO_WORDS[fibro_high]))
     if shares[order[1]] >= secondary_min:
         sec = str(rng.choice(SYNONYMS[COMPARTMENT_NAMES[order[1]]]))
@@ -303,6 +309,69 @@ def make_caption(
         )
         phrase += ", " + neg
     return str(rng.choice(TEMPLATES)).format(x=phrase)
+
+
+# --------------------------------------------------------------------------- corpus
+class CorpusOverlapError(ValueError):
+    """A CLIP checkpoint was trained on slides of the cohort it is asked to evaluate."""
+
+
+def corpus_record(slide_paths: list[Path]) -> dict:
+    """What the sidecar records of the training corpus: each slide's id (file stem) and
+    content hash (:func:`stromalens.wsi.store.slide_identity`, path-independent), and the
+    generator's cohort record (seed, settings hash) when a ``synth.json`` sits beside it."""
+    from .store import slide_identity
+
+    slides = []
+    for path in slide_paths:
+        identity = slide_identity(path)
+        slides.append({"slide_id": Path(path).stem, "sha256": identity["slide_sha256_partial"]})
+    cohorts = []
+    for folder in sorted({Path(p).resolve().parent.parent for p in slide_paths}):
+        meta = folder / "synth.json"
+        if meta.is_file():
+            record = json.loads(meta.read_text(encoding="utf-8"))
+            cohorts.append({k: record.get(k) for k in ("seed_used", "settings_hash", "cohort")})
+    return {"slides": slides, "cohorts": cohorts}
+
+
+def check_corpus_disjoint(checkpoint: Path | str, slide_paths) -> dict:
+    """Refuse a checkpoint whose training slides include any of ``slide_paths``.
+
+    Compares content hashes, so a copied or renamed slide is caught too. Returns
+    ``{"checked": n, "corpus": m}``; a checkpoint without a corpus record (weights not trained
+    by :func:`train_synthclip` of this version) returns ``{"checked": 0, ...}`` unverified.
+
+    Raises
+    ------
+    CorpusOverlapError
+        naming the overlapping slides, and what to do.
+    """
+    from .store import slide_identity
+
+    slide_paths = list(slide_paths)
+    sidecar = Path(checkpoint).with_suffix(".json")
+    corpus = None
+    if sidecar.is_file():
+        corpus = json.loads(sidecar.read_text(encoding="utf-8")).get("corpus")
+    if not corpus:
+        return {"checked": 0, "corpus": None, "verified": False}
+    trained = {s["sha256"]: s["slide_id"] for s in corpus["slides"]}
+    overlap = []
+    for path in slide_paths:
+        digest = slide_identity(path)["slide_sha256_partial"]
+        if digest in trained:
+            overlap.append(f"{Path(path).name} (= corpus slide {trained[digest]})")
+    if overlap:
+        shown = ", ".join(overlap[:5]) + (
+            f" and {len(overlap) - 5} more" if len(overlap) > 5 else ""
+        )
+        raise CorpusOverlapError(
+            f"the CLIP checkpoint {checkpoint} was trained on {len(overlap)} slide(s) of the "
+            f"evaluated cohort: {shown}. Train it on a separate corpus (other patients, another "
+            "seed: stromalens demo does) or use other weights."
+        )
+    return {"checked": len(slide_paths), "corpus": len(trained), "verified": True}
 
 
 # --------------------------------------------------------------------------- training
@@ -323,6 +392,8 @@ class ClipTrainSettings:
     threads: int | None = 1
     # Out-of-domain negative captions appended to each batch's text side.
     ood_per_batch: int = 24
+    # Probability that a stromal caption names its fibroblast density (mechanism (g)).
+    density_caption_rate: float = 0.4
 
 
 def _augment(batch, rng):
@@ -435,6 +506,7 @@ def train_synthclip(
                 bool(train.fibroblasts[i] > fibro_cut),
                 bool(train.lymphocytes[i] >= lymph_cut),
                 rng,
+                density_rate=settings.density_caption_rate,
             )
             for i in idx
         ]
@@ -491,6 +563,7 @@ def train_synthclip(
         "heldout_retrieval": metrics,
         "train_retrieval": metrics_train,
         "weights_sha256": sha256_file(out),
+        "corpus": corpus_record(slide_paths),
         "captions": {
             "synonyms": SYNONYMS,
             "templates": TEMPLATES,

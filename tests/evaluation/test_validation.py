@@ -1,0 +1,132 @@
+"""The method-validation analysis on hand-made evaluation outputs with known answers."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stromalens.config import MechanismsConfig
+from stromalens.evaluation import validation
+from stromalens.evaluation.schema import describe
+from stromalens.synthetic.mechanisms import planted
+
+
+def _inputs(n=200, seed=0):
+    """Outputs of an evaluated run with every effect planted at a known size."""
+    rng = np.random.default_rng(seed)
+    ids = [f"P{i:04d}" for i in range(n)]
+    a = rng.normal(size=n)
+    truth = pd.DataFrame({"a": a}, index=pd.Index(ids, name="patient_id"))
+    # wsi_clip reads a well (r ≈ 0.89), mean pooling poorly (r ≈ 0.45)
+    clip = a + 0.5 * rng.normal(size=n)
+    mean = a + 2.0 * rng.normal(size=n)
+    preds = pd.concat(
+        pd.DataFrame({"patient_id": ids, "model": m, "target": "ers_caf", "y_pred": v})
+        for m, v in (("wsi_clip", clip), ("mean_pool", mean))
+    )
+    gates = pd.DataFrame(
+        {
+            "model": "fusion",
+            "stratifier": "location",
+            "stratum": ["sacrum", "skull_base", "mobile_spine"],
+            "n": [90, 70, 40],
+            "gate_wsi": [0.70, 0.50, 0.60],
+            "gate_wsi_sd": [0.10, 0.10, 0.10],
+        }
+    )
+    attention = pd.DataFrame(
+        {
+            "model": "fusion",
+            "target": "ers_caf",
+            "iou": [0.30, 0.32, 0.28, 0.31],
+            "iou_shuffled": [0.10, 0.10, 0.10, 0.10],
+        }
+    )
+    cdiff = pd.DataFrame(
+        {
+            "endpoint": ["os"],
+            "metric": ["harrell"],
+            "diff": [0.05],
+            "ci_low": [-0.01],
+            "ci_high": [0.11],
+            "p": [0.1],
+        }  # fmt: skip
+    )
+    external = pd.DataFrame({"model": ["fusion"], "target": ["ers_caf"], "r": [0.5], "n": [60]})
+    metrics = {
+        "lso.A.before": 0.30, "lso.A.after": 0.40, "lso.B.before": 0.20, "lso.B.after": 0.32,
+        "lso.C.before": 0.25, "lso.C.after": 0.33,
+        "prompt.CUR.r.ers_caf": 0.40, "prompt.NONE.r.ers_caf": 0.30,
+        "prompt.NONE.p_vs_cur.ers_caf": 0.01,
+    }  # fmt: skip
+    tables = {
+        "gate_strata": gates,
+        "attention": attention,
+        "survival_cindex_diff": cdiff,
+        "external": external,
+    }
+    return metrics, tables, preds, truth
+
+
+def test_each_effect_and_its_ci_match_the_hand_computed_answer():
+    metrics, tables, preds, truth = _inputs()
+    sizes = validation.planted_sizes(planted().as_dict())
+    table = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=300)
+    row = table.set_index("mechanism")
+    # (a) r difference computed directly
+    r_clip = np.corrcoef(preds[preds.model == "wsi_clip"]["y_pred"], truth["a"])[0, 1]
+    r_mean = np.corrcoef(preds[preds.model == "mean_pool"]["y_pred"], truth["a"])[0, 1]
+    assert row.loc["sparse_evidence", "effect"] == pytest.approx(r_clip - r_mean)
+    assert row.loc["sparse_evidence", "detected"]
+    # (b) Welch normal interval: 0.2 ± 1.96·√(0.01/90 + 0.01/70)
+    half = 1.959964 * np.sqrt(0.01 / 90 + 0.01 / 70)
+    assert row.loc["reliability", "effect"] == pytest.approx(0.2)
+    assert row.loc["reliability", "ci_low"] == pytest.approx(0.2 - half, abs=1e-5)
+    # (c) t interval over three sites of gains 0.10, 0.12, 0.08:
+    # scipy.stats.t.interval(0.95, 2, loc=0.10, scale=0.02/sqrt(3)) = (0.05032, 0.14968)
+    assert row.loc["site", "effect"] == pytest.approx(0.10)
+    assert row.loc["site", "ci_low"] == pytest.approx(0.05032, abs=1e-4)
+    assert row.loc["site", "ci_high"] == pytest.approx(0.14968, abs=1e-4)
+    # (d) mean excess IoU 0.2025 over four patients, detected
+    assert row.loc["annotation", "effect"] == pytest.approx(0.2025)
+    assert row.loc["annotation", "detected"]
+    # (e) the survival table's own bootstrap CI spans 0: not detected (a finding, not an error)
+    assert row.loc["outcomes", "effect"] == pytest.approx(0.05)
+    assert not row.loc["outcomes", "detected"]
+    # (f) Fisher z: numpy tanh(arctanh(0.5) ± 1.959964/sqrt(57)) = (0.28186, 0.66899)
+    assert row.loc["external", "ci_low"] == pytest.approx(0.28186, abs=1e-4)
+    assert row.loc["external", "ci_high"] == pytest.approx(0.66899, abs=1e-4)
+    # (g) CUR − NONE with p < 0.05, no interval
+    assert row.loc["text_prior", "effect"] == pytest.approx(0.10)
+    assert row.loc["text_prior", "detected"] and np.isnan(row.loc["text_prior", "ci_low"])
+    assert row.loc["sparse_evidence", "planted"] == 0.5
+    assert row.loc["site", "planted"] == 0.3
+
+
+def test_a_run_without_the_inputs_detects_nothing_and_null_sizes_are_zero():
+    null = validation.planted_sizes(planted(MechanismsConfig().null()).as_dict())
+    assert set(null.values()) == {0.0}
+    table = validation.validation_table(null, {}, {}, None, None)
+    assert not table["detected"].any() and table["effect"].isna().all()
+    assert list(table["mechanism"]) == [m for m, _ in validation.MECHANISMS]
+
+
+def test_metrics_keys_are_in_the_schema_and_the_matrix_pairs_planted_with_null(tmp_path):
+    metrics, tables, preds, truth = _inputs()
+    on = validation.validation_table(
+        validation.planted_sizes(planted().as_dict()), metrics, tables, preds, truth, n_boot=50
+    )
+    keys = validation.validation_metrics(on)
+    assert len(keys) == 5 * len(validation.MECHANISMS)
+    assert all(describe(k) for k in keys)
+    null = validation.validation_table(
+        validation.planted_sizes(planted(MechanismsConfig().null()).as_dict()), {}, {}, None, None
+    )
+    matrix = validation.combine(on, null)
+    assert {"null_planted", "null_effect", "null_detected"} <= set(matrix.columns)
+    assert (matrix["null_planted"] == 0).all() and not matrix["null_detected"].any()
+    # read_planted: from synth.json beside the manifest; None for a cohort without one
+    (tmp_path / "synth.json").write_text(json.dumps({"mechanisms": planted().as_dict()}))
+    assert validation.read_planted(tmp_path / "cohort.csv")["reliability"] == 0.4
+    assert validation.read_planted(tmp_path / "elsewhere" / "cohort.csv") is None
