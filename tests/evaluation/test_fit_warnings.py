@@ -77,11 +77,15 @@ def test_a_separated_logistic_fit_is_captured_and_its_odds_ratios_flagged():
             "sex": rng.choice(["F", "M"], n),
             "location": "sacrum",
             "volume_cc": rng.lognormal(3, 0.4, n),
+            "treatment": np.where(np.arange(n) % 2 == 0, "surgery", "surgery+RT"),
         },
         index=[f"P{i}" for i in range(n)],
     )
+    folds = pd.Series(np.arange(n) % 4, index=clinical.index)
     with capture("treatment") as caught:
-        table = treatment_analysis(pd.DataFrame({"lr": lr}, index=clinical.index), clinical, 50)
+        table = treatment_analysis(
+            pd.DataFrame({"lr": lr}, index=clinical.index), clinical, folds, n_boot=50
+        )
     rows = warnings_table(caught.rows({"treatment.csv": table}))
     # statsmodels' PerfectSeparationWarning, logged by fit_logistic; repeats dropped
     assert rows["message"].str.contains("separation").any()
