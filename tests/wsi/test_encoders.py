@@ -134,3 +134,17 @@ def test_plip_loads_from_a_local_snapshot_directory(tmp_path):
     assert ids == reference[reference > 0].tolist()
     text = loaded.encode_texts([prompt, "tumour cells"])
     assert text.shape == (2, loaded.embed_dim) and torch.isfinite(text).all()
+
+
+def test_random_weights_are_the_same_in_every_build():
+    """``weights="random"`` draws from a fixed seed, whatever the global torch state."""
+    import torch
+
+    torch.manual_seed(123)
+    a = get_encoder("synthclip", weights="random")
+    torch.manual_seed(456)
+    b = get_encoder("synthclip", weights="random")
+    for (name, x), (_, y) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(x, y), name

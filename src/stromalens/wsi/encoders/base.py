@@ -155,7 +155,13 @@ def get_encoder(
         weights = find_local_weights(name, weights_dir)
     overrides = {} if _depth is None else {"depth": int(_depth)}
     build = _REGISTRY[name][1]
-    if weights == "hub" or (allow_download and weights is None):
+    if weights == "random":
+        # drawn from a fixed seed: the same random encoder in every process and run, so runs
+        # with random weights (timing, tests) are reproducible and their caches stay valid
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            encoder = build(weights=weights, allow_download=allow_download, **overrides)
+    elif weights == "hub" or (allow_download and weights is None):
         with _fetching(name, info.hub or name):
             encoder = build(weights=weights, allow_download=allow_download, **overrides)
     else:
