@@ -170,3 +170,91 @@ def test_a_killed_wsi_embed_leaves_no_process(small_cohort, tmp_path):
         log,
     )  # fmt: skip
     _kill_parent_and_check_group(proc, others=OTHERS["forkserver"], log=log)
+
+
+# ---------------------------------------------------------------------------- a full disk
+#: Free bytes left on the small disk: room for the study file and the manifest (a page each),
+#: not for the targets stage's tables (~50 kB on the 10-patient cohort).
+FREE = 24 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs mounted for the test (root only), filled to :data:`FREE` bytes; yields
+    (mount point, filler file)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        stat = os.statvfs(disk)
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - FREE))
+        yield disk, filler
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    from stromalens.study.runner import TEMPORARY_NAMES
+
+    return [p for pattern in (*TEMPORARY_NAMES, ".*.tmp") for p in folder.rglob(pattern)]
+
+
+def test_a_full_disk_fails_the_stage_in_one_line_and_the_study_resumes(
+    small_cohort, small_disk, tmp_path
+):
+    import json
+
+    from tests.study.conftest import tiny_study, write_study
+
+    disk, filler = small_disk
+    config = write_study(tmp_path / "study.yaml", tiny_study(small_cohort))
+    study = disk / "study"
+    command = [str(SCRIPT), "--log-level", "WARNING", "run", str(config), "--out", str(study),
+               "--only", "targets"]  # fmt: skip
+
+    full = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=600)
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert errors == [
+        f"error: {study / 'targets'}: no space left on the device; free some space or choose "
+        "another --out, then run again (finished work is kept)"
+    ]
+    assert _temporaries(study) == []
+    record = json.loads((study / "manifest.json").read_text())["stages"]["targets"]
+    assert record["status"] == "failed" and "No space left" in record["error"]
+
+    filler.unlink()  # space freed: the same command finishes the study
+    again = subprocess.run(command, capture_output=True, encoding="utf-8", timeout=600)
+    assert again.returncode == 0, again.stderr
+    record = json.loads((study / "manifest.json").read_text())["stages"]["targets"]
+    assert record["status"] == "done" and record["resumed"]
+    assert (study / "targets" / "targets.parquet").is_file() and _temporaries(study) == []
+
+
+def test_a_stopped_stage_leaves_its_finished_files_and_no_temporary(tmp_path):
+    from stromalens.config import StudyConfig
+    from stromalens.study import Stage, read_manifest, run_study
+
+    names = ["P1.h5.partial", "overlay.partial.png", ".partial-P2.json", "partial-t.parquet",
+             "index.html.tmp"]  # fmt: skip
+
+    def run(config, study):
+        (study / "s" / "sub").mkdir(parents=True)
+        (study / "s" / "P0.h5").write_text("finished")
+        for name in names:
+            (study / "s" / "sub" / name).write_text("half")
+        raise KeyboardInterrupt("killed")
+
+    stage = Stage("s", run, settings=lambda c: {}, inputs=lambda c: [],
+                  outputs=lambda c: ["s/P0.h5"], clean=lambda c: ["s"])  # fmt: skip
+    config = StudyConfig.model_validate({"cohort": {"manifest": "cohort.csv"}})
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, tmp_path, stages=[stage])
+    assert _temporaries(tmp_path) == [] and (tmp_path / "s" / "P0.h5").is_file()
+    record = read_manifest(tmp_path)["stages"]["s"]
+    assert record["status"] == "interrupted" and record["temporaries_removed"] == len(names)

@@ -51,11 +51,19 @@ def default_workers() -> int:
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` says the disk is full: its errno, or, for libraries that raise a bare
+    ``OSError`` with the system's text in the message (pyarrow, HDF5), that text."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in DISK_FULL or any(os.strerror(code) in str(exc) for code in DISK_FULL)
+
+
 def _call(fn: Callable, key: str, arg: Any) -> ItemResult:
     try:
         return ItemResult(key, fn(arg))
     except OSError as exc:
-        if exc.errno in DISK_FULL:
+        if is_disk_full(exc):
             raise  # the stage fails with one message naming the path (cli.errors)
         return ItemResult(key, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     except Exception as exc:  # noqa: BLE001 - isolate one bad item from the rest
