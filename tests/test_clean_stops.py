@@ -153,6 +153,22 @@ def _broken(_):
     raise FileNotFoundError(2, "No such file or directory", "/data/P1.nii.gz")
 
 
+def _fill_after_marking(folder):
+    marker = folder / f"{os.getpid()}-{time.monotonic_ns()}"
+    marker.write_text("started")
+    raise OSError(28, "No space left on device", str(marker))
+
+
+def test_a_full_disk_in_a_worker_stops_the_pool(tmp_path):
+    from stromalens.executors import run_items
+
+    items = [(str(i), tmp_path) for i in range(40)]
+    with pytest.raises(OSError, match="No space left") as info:
+        run_items(_fill_after_marking, items, workers=2, progress=False)
+    assert Path(info.value.filename).parent == tmp_path  # the error keeps its path
+    assert len(list(tmp_path.iterdir())) < len(items)  # the items not started never start
+
+
 def test_a_full_disk_stops_the_items_other_errors_fail_one():
     with pytest.raises(OSError, match="No space left"):
         _call(_fill, "P1", None)
@@ -162,7 +178,8 @@ def test_a_full_disk_stops_the_items_other_errors_fail_one():
 
 def test_a_killed_wsi_embed_leaves_no_process(small_cohort, tmp_path):
     """The case the issue measured: slides over two forkserver workers, each loading the
-    encoder (here random weights)."""
+    encoder (here random weights). (The DataLoader workers that decode one slide call the same
+    die_with_parent; on these small slides they live too briefly to be caught and killed.)"""
     log = tmp_path / "log"
     proc = _start(
         [str(SCRIPT), "wsi", "embed", "--manifest", str(small_cohort), "--out", str(tmp_path / "f"),

@@ -115,10 +115,15 @@ def run_items(
                 initargs=(os.getpid(),),
             ) as pool:
                 futures = [pool.submit(_call, fn, key, arg) for key, arg in items]
-                for future in as_completed(futures):
-                    result = future.result()
-                    results[result.key] = result
-                    bar.advance(task)
+                try:
+                    for future in as_completed(futures):
+                        result = future.result()
+                        results[result.key] = result
+                        bar.advance(task)
+                except BaseException:
+                    # a full disk, Ctrl-C: the items not started yet are not started at all
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     return [results[key] for key, _ in items]
 
 
