@@ -474,8 +474,9 @@ def load_config(path: Path | str, model: type[BaseModel] = StudyConfig) -> BaseM
     Every relative path the file writes is joined to the file's folder (see
     :class:`StudyConfig`); absolute paths and the defaults of keys it leaves out are kept
     (``configs/study.yaml``'s ``cohort.manifest: ../runs/demo/cohort/cohort.csv`` is
-    ``<checkout>/runs/demo/cohort/cohort.csv`` from any working directory)."""
-    path = Path(path)
+    ``<checkout>/runs/demo/cohort/cohort.csv`` from any working directory). ``path`` may be a
+    ``builtin:`` file of the package (``builtin:radiomics/demo.yaml``)."""
+    path = builtin_path(path) or Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -491,7 +492,8 @@ def validate_settings(
     """Validate ``data`` into ``model``; errors become one :class:`ConfigError` naming each key.
 
     ``base``: the folder that the relative paths given in ``data`` are relative to (a file's
-    folder, as :func:`load_config` passes); None keeps them as given."""
+    folder, as :func:`load_config` passes); None keeps them as given. ``builtin:`` paths are
+    resolved either way (:func:`builtin_path`)."""
     try:
         config = model.model_validate(data)
     except ValidationError as exc:
@@ -501,25 +503,76 @@ def validate_settings(
             for err in exc.errors()
         ]
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
-    return config if base is None else relative_to(config, base)
+    try:
+        return relative_to(config, base)
+    except ConfigError as exc:  # a builtin: path that names nothing shipped
+        raise ConfigError(f"{source}: invalid configuration\n  {exc}") from None
 
 
 # ---------------------------------------------------------------------------- paths
-def relative_to(config: BaseModel, base: Path | str, *, defaults: bool = False) -> BaseModel:
+#: The prefix of a path that names a file shipped inside the package (:func:`builtin_path`).
+BUILTIN = "builtin:"
+
+
+def resources_root() -> Path:
+    """The folder of the files shipped with the package (``stromalens/resources``)."""
+    from importlib.resources import files
+
+    return Path(str(files("stromalens").joinpath("resources")))
+
+
+def builtin_path(value: Path | str) -> Path | None:
+    """The file or folder that a ``builtin:`` path names inside the package, or None when
+    ``value`` is an ordinary path.
+
+    ``builtin:prompts`` is the folder of the shipped prompt banks, ``builtin:radiomics/
+    default.yaml`` the study's radiomics settings (``stromalens/resources/README.md`` lists
+    them). A study file that names them runs from anywhere, an installed package included.
+
+    >>> builtin_path("builtin:prompts").name
+    'prompts'
+    >>> builtin_path("configs/prompts") is None
+    True
+    """
+    text = str(value)
+    if not text.startswith(BUILTIN):
+        return None
+    name = text.removeprefix(BUILTIN).strip("/")
+    root = resources_root()
+    path = Path(os.path.normpath(root / name))
+    if not name or root not in path.parents or not path.exists():
+        shipped = sorted(
+            str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".yaml", ".yml")
+        )
+        raise ConfigError(
+            f"{text}: no such file in the package; shipped: "
+            + ", ".join(f"{BUILTIN}{n}" for n in ["prompts", *shipped])
+        )
+    return path
+
+
+def relative_to(config: BaseModel, base: Path | str | None, *, defaults: bool = False) -> BaseModel:
     """``config`` with its relative paths joined to ``base``, at every depth.
 
     A path is a value of a ``Path`` field (also inside nested models and tuples of them) or of a
     :data:`MaybePath` field when ``base / value`` exists. Only the fields the configuration was
     given (pydantic's ``model_fields_set``) are changed, unless ``defaults``: then every field,
     so that a configuration written for another process to load holds no relative path
-    (:func:`absolute_paths`). Absolute paths are kept."""
-    base = Path(base)
+    (:func:`absolute_paths`). Absolute paths are kept; ``builtin:`` paths become the package's
+    file (:func:`builtin_path`), also when ``base`` is None (nothing else is joined then)."""
+    base = None if base is None else Path(base)
     fields = type(config).model_fields
     updates = {}
     for name in fields if defaults else config.model_fields_set:
         value = getattr(config, name)
         maybe = any(isinstance(m, _PathIfExists) for m in fields[name].metadata)
-        joined = _joined(value, base, maybe, defaults)
+        try:
+            joined = _joined(value, base, maybe, defaults)
+        except ConfigError as exc:  # name the key: "radiomics.config: builtin:x: ..."
+            message = str(exc)
+            raise ConfigError(
+                f"{name}: {message}" if message.startswith(BUILTIN) else f"{name}.{message}"
+            ) from None
         if joined is not value:
             updates[name] = joined
     return config.model_copy(update=updates) if updates else config
@@ -531,15 +584,20 @@ def absolute_paths(config: BaseModel) -> BaseModel:
     return relative_to(config, Path.cwd(), defaults=True)
 
 
-def _joined(value, base: Path, maybe_path: bool, defaults: bool):
+def _joined(value, base: Path | None, maybe_path: bool, defaults: bool):
     if isinstance(value, Path):
-        return value if value.is_absolute() else Path(os.path.normpath(base / value))
+        builtin = builtin_path(value)
+        if builtin is not None:
+            return builtin
+        if value.is_absolute() or base is None:
+            return value
+        return Path(os.path.normpath(base / value))
     if isinstance(value, BaseModel):
         return relative_to(value, base, defaults=defaults)
     if isinstance(value, tuple):
         items = tuple(_joined(v, base, maybe_path, defaults) for v in value)
         return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
-    if maybe_path and isinstance(value, str) and not Path(value).is_absolute():
+    if maybe_path and isinstance(value, str) and base is not None and not Path(value).is_absolute():
         if (base / value).exists():
             return os.path.normpath(base / value)
     return value

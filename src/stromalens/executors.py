@@ -8,11 +8,21 @@ On Ray, items go to a pool of long-lived actors, each asking for the resources g
 (``ray_options``, e.g. ``{"num_gpus": 1}``: Ray then gives each actor its own GPU through
 ``CUDA_VISIBLE_DEVICES``); an actor runs its items one after another in one process, so what a
 worker loads once (an encoder in a module-level cache) serves all of them.
+
+Clean stops: a pool worker ends when the process that started the pool dies, even by kill -9
+(:func:`die_with_parent`, the pool's initializer), so no worker is left holding memory, and the
+forkserver and resource tracker of multiprocessing, which live as long as some worker holds their
+pipes, end after them. A full disk is not one item's fault: it stops the work (the error
+propagates) instead of failing every remaining item one by one.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -41,9 +51,25 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: Errors that no other item can escape either: the disk is full for all of them.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` says the disk is full: its errno, or, for libraries that raise a bare
+    ``OSError`` with the system's text in the message (pyarrow, HDF5), that text."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in DISK_FULL or any(os.strerror(code) in str(exc) for code in DISK_FULL)
+
+
 def _call(fn: Callable, key: str, arg: Any) -> ItemResult:
     try:
         return ItemResult(key, fn(arg))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise  # the stage fails with one message naming the path (cli.errors)
+        return ItemResult(key, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     except Exception as exc:  # noqa: BLE001 - isolate one bad item from the rest
         return ItemResult(key, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
 
@@ -90,14 +116,108 @@ def run_items(
 
             context = multiprocessing.get_context(mp_context) if mp_context else None
             with ProcessPoolExecutor(
-                max_workers=min(workers, len(items)), mp_context=context
+                max_workers=min(workers, len(items)),
+                mp_context=context,
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
             ) as pool:
                 futures = [pool.submit(_call, fn, key, arg) for key, arg in items]
-                for future in as_completed(futures):
-                    result = future.result()
-                    results[result.key] = result
-                    bar.advance(task)
+                try:
+                    for future in as_completed(futures):
+                        result = future.result()
+                        results[result.key] = result
+                        bar.advance(task)
+                except BaseException:
+                    # a full disk, Ctrl-C: the items not started yet are not started at all
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     return [results[key] for key, _ in items]
+
+
+# ---------------------------------------------------------------------------- clean stops
+#: ``prctl`` option: the signal this process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
+#: Seconds between two looks at the parent where it cannot be waited on (no pidfd).
+WATCH_INTERVAL = 0.5
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """End this process with SIGTERM when ``parent_pid`` (default: the parent) dies.
+
+    Call it first in a worker process (a pool's ``initializer``, a DataLoader's
+    ``worker_init_fn``). Two mechanisms, because neither covers every case alone:
+
+    * the kernel's death signal, ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` (Linux): immediate, even
+      while the worker runs C code holding the GIL, but it follows the *direct* parent only;
+      a worker started through multiprocessing's forkserver is the forkserver's child, and the
+      forkserver outlives the main process as long as a worker holds its pipe;
+    * a watchdog thread waiting on ``parent_pid`` itself (a pidfd, which becomes readable the
+      moment that process exits, zombie or not; elsewhere a poll every
+      :data:`WATCH_INTERVAL` s). ``kill -0`` would not do: a killed parent stays a zombie,
+      which ``kill -0`` still finds, until its own parent reaps it.
+
+    SIGTERM is reset to its default action first: a forked worker inherits the handler of
+    ``stromalens run``, which turns SIGTERM into ``KeyboardInterrupt``, and a worker must die of
+    it, not catch it.
+
+    Example
+    -------
+    >>> ProcessPoolExecutor(initializer=die_with_parent, initargs=(os.getpid(),))  # doctest: +SKIP
+    """
+    parent_pid = os.getppid() if parent_pid is None else parent_pid
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _set_death_signal(signal.SIGTERM)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="stromalens-parent-watch", daemon=True
+    ).start()
+
+
+def _set_death_signal(signum: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG, signum)`` through libc; nothing where there is no prctl."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: the watchdog remains
+        pass
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Wait until ``parent_pid`` has exited, then send this process SIGTERM."""
+    _wait_for_exit(parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _wait_for_exit(pid: int) -> None:
+    import select
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already (exited and reaped)
+    except (AttributeError, OSError):  # pragma: no cover - no pidfd (old kernel, not Linux)
+        while _alive(pid):
+            time.sleep(WATCH_INTERVAL)
+        return
+    select.select([pidfd], [], [])  # readable once the process has exited
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, one that has exited but is not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover - no /proc: ask the kernel (a zombie counts as alive)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 class RayWorker:

@@ -14,6 +14,7 @@ from .. import __version__
 from ..logs import configure_logging
 from . import cohort, demo, radiomics, run, synth, targets, train, wsi
 from . import evaluate as evaluate_cli
+from . import init as init_cli
 from . import report as report_cli
 from .errors import os_error_line
 
@@ -24,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("init")(init_cli.init)
 app.add_typer(cohort.app, name="cohort")
 app.command("synth")(synth.synth)
 app.command("targets")(targets.targets)

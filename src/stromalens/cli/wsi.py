@@ -207,19 +207,23 @@ def embed(
 
 @app.command("prompts")
 def prompts(
-    banks: Path = typer.Option(Path("configs/prompts"), "--banks", help="Directory of banks."),
+    banks: str = typer.Option(
+        "builtin:prompts", "--banks", help="Directory of banks (builtin:prompts: the shipped)."
+    ),
     out: Path = typer.Option(..., "--out", help="Cache directory for text embeddings."),
     encoder: str = typer.Option("synthclip", "--encoder"),
     weights: str | None = typer.Option(None, "--weights"),
     allow_download: bool = typer.Option(False, "--allow-download"),
 ) -> None:
     """Embed every prompt bank with the encoder's text tower (cached per encoder)."""
+    from ..config import builtin_path
     from ..wsi.encoders import get_encoder
     from ..wsi.prompts import embed_bank, load_banks
 
     out_folder(out)
+    folder = builtin_path(banks) or Path(banks)
     enc = get_encoder(encoder, weights, allow_download=allow_download)
-    for target, bank in load_banks(banks).items():
+    for target, bank in load_banks(folder).items():
         table = embed_bank(bank, enc, cache_dir=out)
         counts = table.groupby("group").size().to_dict()
         console.print(f"{target}: {len(table)} prompts {counts}")

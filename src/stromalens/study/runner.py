@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import ConfigError, StudyConfig, absolute_paths, load_config
+from ..executors import is_disk_full
 from ..hashing import sha256_file
 from ..logs import event, get_logger
 from ..rundir import StudyLayout
@@ -143,8 +145,56 @@ def read_manifest(study: Path | str) -> dict:
 def _write_manifest(study: Path, manifest: dict) -> None:
     path = StudyLayout(study).manifest
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a half-written copy (a full disk) is not left behind
+
+
+def _overwrite_manifest(study: Path, manifest: dict) -> bool:
+    """Last resort on a full disk, where no temporary copy fits: rewrite ``manifest.json`` in
+    place, only if the new text fits in the blocks the file already holds (so the write cannot
+    stop half-way for want of space). Returns whether it was written."""
+    path = StudyLayout(study).manifest
+    data = json.dumps(manifest, separators=(",", ":"), default=str).encode("utf-8")
+    if not path.is_file() or len(data) > path.stat().st_blocks * 512:
+        return False
+    with open(path, "r+b") as handle:
+        handle.write(data)
+        handle.truncate()
+    return True
+
+
+def _remove_stale_manifest_copies(study: Path) -> None:
+    """The temporary copies of ``manifest.json`` that a run killed while writing it left."""
+    path = StudyLayout(study).manifest
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+#: The names under which stromalens writes a file before renaming it into place (the atomic
+#: writes of the stages: ``store.h5.partial``, ``overlay.partial.png``, ``.partial-P1.json``,
+#: ``partial-targets.parquet``, ``report.html.tmp``). A file so named in a stage's folder is
+#: never a finished output.
+TEMPORARY_NAMES = ("*.partial", "*.partial.*", ".partial-*", "partial-*", "*.tmp")
+
+
+def remove_temporaries(study: Path, folders: Iterable[str]) -> list[Path]:
+    """Delete the temporaries (:data:`TEMPORARY_NAMES`) under the stage ``folders`` of
+    ``study``: after a stage stops, nothing writes them any more, and on a full disk they hold
+    the space that the manifest needs. Returns what was removed."""
+    removed = []
+    for rel in folders:
+        folder = study / rel
+        if not folder.is_dir():
+            continue
+        for pattern in TEMPORARY_NAMES:
+            for path in folder.rglob(pattern):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
 
 
 #: Study folders this process holds the lock of, with how many holders nest there.
@@ -306,6 +356,7 @@ def run_study(
     started = time.perf_counter()
     result = StudyResult(study=study, records={})
     with study_lock(study):
+        _remove_stale_manifest_copies(study)
         manifest = read_manifest(study)
         manifest.update(
             {
@@ -420,14 +471,11 @@ def _run_stage(stage, config, study: Path, manifest: dict, parts: dict, resumed:
     try:
         summary = stage.run(config, study) or {}
     except BaseException as exc:
-        record.update(
-            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-            error=f"{type(exc).__name__}: {exc}".strip(),
-            seconds=round(time.perf_counter() - t0, 1),
-            finished=_now(),
-        )
-        _write_manifest(study, manifest)
-        raise
+        record.update(seconds=round(time.perf_counter() - t0, 1), finished=_now())
+        stopped = _stopped(stage, config, study, manifest, record, exc)
+        if stopped is exc:
+            raise
+        raise stopped from exc
     missing = [rel for rel in outputs if not (study / rel).exists()]
     if missing:
         record.update(status="failed", error=f"outputs missing: {missing}")
@@ -440,6 +488,31 @@ def _run_stage(stage, config, study: Path, manifest: dict, parts: dict, resumed:
     event(log, "stage done", stage=stage.name, seconds=record["seconds"])
     if on_stage:
         on_stage(stage.name, "done", record)
+
+
+def _stopped(stage, config, study: Path, manifest: dict, record: dict, exc: BaseException):
+    """Record a stage that stopped (``failed``, or ``interrupted`` by Ctrl-C / SIGTERM) after
+    removing its temporaries; returns the exception to raise.
+
+    On a full disk the record may not fit either: then the manifest keeps ``running``, which
+    the next run treats the same way (it resumes the stage). A disk-full error that names no
+    path (a library's bare ``OSError``) is raised again naming the stage's folder."""
+    folders = stage.clean(config)
+    removed = remove_temporaries(study, folders)
+    record.update(
+        status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+        error=f"{type(exc).__name__}: {exc}".strip(),
+        temporaries_removed=len(removed),
+    )
+    try:
+        _write_manifest(study, manifest)
+    except OSError as write_error:
+        if not (is_disk_full(write_error) and _overwrite_manifest(study, manifest)):
+            event(log, "stage record not written", stage=stage.name, error=str(write_error))
+    if is_disk_full(exc) and exc.filename is None:
+        where = study / folders[0] if folders else study
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+    return exc
 
 
 def _config_yaml(config: StudyConfig) -> str:

@@ -133,6 +133,9 @@ def _worker_init(_):
 
     import torch
 
+    from ..executors import die_with_parent
+
+    die_with_parent()  # a decode worker ends with the process it feeds, kill -9 included
     torch.set_num_threads(1)
     bound_heap()  # inherited when forked; a spawned worker sets it itself
     # Decoding yields to the encoder: on a machine with as many encoder threads as cores, an
