@@ -373,6 +373,10 @@ def _peak_memory_child(conn, stem: str, arrays, batch: int) -> None:  # pragma: 
     bytes and the peak of the allocator's timeline during the forward pass."""
     import os
 
+    from ..executors import die_with_parent
+
+    die_with_parent()  # ends with the evaluation if that is killed
+
     import numpy as np
     import torch
 

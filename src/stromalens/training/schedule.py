@@ -74,7 +74,17 @@ class TaskResult:
 _WORKER: dict = {}
 
 
-def _init_worker(data: StudyData, harmonise: bool, icc_threshold, threads: int | None) -> None:
+def _init_worker(
+    data: StudyData,
+    harmonise: bool,
+    icc_threshold,
+    threads: int | None,
+    parent_pid: int | None = None,
+) -> None:
+    if parent_pid is not None:  # a pool worker: it ends when the training process dies
+        from ..executors import die_with_parent
+
+        die_with_parent(parent_pid)
     if threads is not None:
         import torch
 
@@ -219,7 +229,7 @@ def run_tasks(
             workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(data, harmonise, icc_threshold, 1),
+            initargs=(data, harmonise, icc_threshold, 1, os.getpid()),
         ) as pool,
         bar,
     ):

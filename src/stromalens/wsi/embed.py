@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..executors import is_disk_full
 from ..logs import event, get_logger
 from .memory import bound_heap
 from .reader import open_slide
@@ -543,6 +544,8 @@ def embed_cohort(
                         progress=bar if progress else None,
                     )
                 except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
+                    if is_disk_full(exc):
+                        raise  # not this slide's fault: the stage stops, its work is kept
                     summary = {
                         "slide": job.slide_id,
                         "status": "failed",
