@@ -60,14 +60,19 @@ def test_synthetic_cohort_run(mri_cohort, tmp_path):
     assert all(c.split("__")[0] in {"t1", "t2", "ce"} for c in features.columns)
     assert "t1__original_glcm_Contrast" in features
     assert not any("diagnostics" in c for c in features.columns)
-    # the sequences share one mask: its shape features come once per patient, under the
-    # first sequence present
-    shape = [c for c in features.columns if "_shape_" in c]
-    names = {c.split("__", 1)[1] for c in shape}
-    per_patient = features[shape].notna().sum(axis=1)
-    has_mri = features.notna().any(axis=1)
-    assert names and (per_patient[has_mri] == len(names)).all()
-    assert "t1__original_shape_VoxelVolume" in features
+    # the sequences share one mask: its shape features are extracted once and given to every
+    # sequence present (so no patient's shape columns are NaN for a sequence it has)
+    for seq in ("t1", "t2", "ce"):
+        present = features.filter(like=f"{seq}__original_firstorder_").notna().all(axis=1)
+        shape = features.filter(like=f"{seq}__original_shape_")
+        assert not shape.empty and shape[present].notna().all().all()
+        assert shape[~present].isna().all().all()
+    both = features["t2__original_shape_VoxelVolume"].notna()
+    pd.testing.assert_series_equal(
+        features.loc[both, "t1__original_shape_VoxelVolume"],
+        features.loc[both, "t2__original_shape_VoxelVolume"],
+        check_names=False,
+    )
     diagnostics = pd.read_parquet(out / "diagnostics.parquet")
     assert all("__diagnostics_" in c or "stromalens" in c for c in diagnostics.columns)
     # a missing sequence is a missing block, recorded

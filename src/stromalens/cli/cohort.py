@@ -30,10 +30,22 @@ def validate(
     no_file_check: bool = typer.Option(
         False, "--no-file-check", help="Do not check that referenced files exist."
     ),
+    radiomics_config: Path = typer.Option(
+        None,
+        "--radiomics-config",
+        help="Radiomics YAML: check every image and mask its sequences will read "
+        "(default: T1, T2, CE with their _mask columns or mri_mask).",
+    ),
 ) -> None:
     """Validate MANIFEST and print a summary per site; exit non-zero if it is invalid."""
     from ..cohort import load_manifest
 
+    sequences = None
+    if radiomics_config is not None:
+        from ..config import load_config
+        from ..radiology.settings import RadiomicsConfig
+
+        sequences = load_config(radiomics_config, RadiomicsConfig).sequence_columns()
     samples = None
     if expression is not None:
         samples = _expression_samples(manifest, expression, orientation)
@@ -42,6 +54,7 @@ def validate(
         sites=[s.strip() for s in sites.split(",")] if sites else None,
         check_files=not no_file_check,
         expression_samples=samples,
+        sequences=sequences,
     )
     summary = cohort.summary()
     table = Table(title="patients and modalities per site")
