@@ -93,7 +93,7 @@ def _registered_mask(pid: str, spec, files: dict, image, config, read) -> tuple[
 
     reg = config.preprocess.registration
     fixed, fixed_mask = read(files["reference"])
-    result = registration.register(fixed, image, reg)
+    result = registration.register(fixed, image, reg, fixed_mask=fixed_mask)
     mask, inside = registration.move_mask(fixed_mask, image, result.transform)
     qc = result.qc() | {"inside": round(inside, 4), "reference": files["reference"]}
     if inside < reg.min_inside:

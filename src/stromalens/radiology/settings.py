@@ -74,10 +74,13 @@ class RegistrationSettings(_Strict):
         "rigid", description="none: the images share a frame of reference; resample only"
     )
     bins: int = Field(50, ge=8, description="Mattes mutual-information histogram bins")
-    sampling: float = Field(0.25, gt=0, le=1, description="fraction of voxels sampled")
+    sampling: float = Field(0.1, gt=0, le=1, description="fraction of voxels sampled")
     shrink: tuple[int, ...] = Field((4, 2, 1), min_length=1, description="pyramid factors")
     smooth_mm: tuple[float, ...] = Field((2.0, 1.0, 0.0), min_length=1)
-    iterations: int = Field(200, ge=1, description="optimiser iterations per level")
+    iterations: int = Field(100, ge=1, description="optimiser iterations per level")
+    margin_mm: float = Field(
+        30.0, ge=0, description="the metric is computed around the tumour plus this margin"
+    )
     min_inside: float = Field(
         0.9, ge=0, le=1, description="least fraction of the moved mask inside the image"
     )
