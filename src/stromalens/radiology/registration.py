@@ -156,7 +156,6 @@ def _centred_start(fixed, moving, settings: RegistrationSettings):
 
 def _optimise(fixed, moving, start, settings: RegistrationSettings):
     """Multi-resolution regular-step gradient descent from ``start``; (transform, its, stop)."""
-    import SimpleITK as sitk
 
     reg = _method(settings, sampled=True)
     # Steps in mm at the image's extent (scales from physical shift): 2 mm down to 1e-4 mm; a
