@@ -201,3 +201,26 @@ def test_executor_is_chosen_by_name(small_cohort, tmp_path):
     """Patients go to a local pool or to Ray by name; an unknown executor is a clear error."""
     with pytest.raises(ValueError, match="executor must be 'process' or 'ray'"):
         run_radiomics(small_cohort, tmp_path / "r", executor="slurm", progress=False)
+
+
+def test_the_site_check_runs_on_a_synthetic_multi_site_cohort(tmp_path):
+    """The before/after site classifier is in radiomics.json on a `stromalens synth` cohort
+    with gaps (missing sequences): per-feature availability, not complete patients only."""
+    from stromalens.config import MissingRates, SynthConfig
+    from stromalens.synthetic import generate_cohort
+
+    synth = SynthConfig(
+        patients=24, seed=11, missing=MissingRates(wsi=1.0, mri_t2=0.25, mri_ce=0.2), workers=1
+    )
+    manifest = generate_cohort(tmp_path / "cohort", synth, progress=False)
+    config = light(stability={"enabled": False})
+    summary = run_radiomics(manifest, tmp_path / "out", config, workers=2, progress=False)
+    check = json.loads((tmp_path / "out" / "radiomics.json").read_text())["site_check"]
+    assert check == summary["site_check"]
+    assert "skipped" not in check, check
+    accuracy = check["balanced_accuracy"]
+    assert set(accuracy) == {"raw", "combat", "chance"}
+    assert len(check["sites"]) >= 2 and check["missing_fraction"] > 0
+    features = pd.read_parquet(tmp_path / "out" / "radiomics.parquet")
+    assert features.notna().all(axis=1).sum() < len(features)  # some patients incomplete
+    assert check["patients"] == sum(check["sites"].values())
