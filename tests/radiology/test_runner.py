@@ -42,6 +42,13 @@ def test_shipped_configs_are_valid():
     assert {"glcm", "glrlm", "glszm", "ngtdm"} <= set(full.extraction.featureClass)
 
 
+def test_the_built_in_default_is_configs_radiomics_yaml():
+    """`stromalens radiomics` without --config computes what the shipped file documents."""
+    shipped = load_config(CONFIGS / "radiomics.yaml", RadiomicsConfig)
+    assert shipped.model_dump() == RadiomicsConfig().model_dump()
+    assert shipped.preprocess.normalise.region == "body"
+
+
 def test_config_errors_name_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("stability:\n  threshold: 1.5\n  perturbation: 3\n")
@@ -224,3 +231,46 @@ def test_the_site_check_runs_on_a_synthetic_multi_site_cohort(tmp_path):
     features = pd.read_parquet(tmp_path / "out" / "radiomics.parquet")
     assert features.notna().all(axis=1).sum() < len(features)  # some patients incomplete
     assert check["patients"] == sum(check["sites"].values())
+
+
+def test_per_sequence_masks_registration_and_a_failed_sequence(mri_cohort, tmp_path):
+    """Own masks, a sequence that borrows the T1 mask by registration (QC in patients.csv),
+    and one sequence that fails (an empty mask) without failing its patient."""
+    import SimpleITK as sitk
+
+    frame = pd.read_csv(mri_cohort, dtype=str, keep_default_na=False)
+    base = mri_cohort.parent
+    for col in ("mri_t1", "mri_t2", "mri_ce", "mri_mask"):
+        frame[col] = [str(base / v) if v else "" for v in frame[col]]
+    frame = frame.iloc[:3].copy()
+    frame["mri_t1_mask"] = frame["mri_mask"]
+    frame["mri_ce_mask"] = frame["mri_mask"]
+    empty = sitk.ReadImage(frame.loc[0, "mri_mask"]) * 0
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    frame.loc[0, "mri_ce_mask"] = str(tmp_path / "empty.nii.gz")
+    frame = frame.drop(columns="mri_mask")  # no shared mask: t2 must borrow t1's
+    frame.loc[:, "mri_t2"] = frame["mri_t2"].where(frame["mri_t2"] != "", frame["mri_t1"])
+    manifest = tmp_path / "cohort.csv"
+    frame.to_csv(manifest, index=False)
+    config = light(
+        sequences=[
+            {"name": "t1", "image": "mri_t1"},
+            {"name": "t2", "image": "mri_t2", "mask_from": "t1"},
+            {"name": "ce", "image": "mri_ce"},
+        ],
+        stability={"enabled": False},
+        preprocess=LIGHT["preprocess"] | {"registration": {"method": "none"}},
+    )
+    summary = run_radiomics(manifest, tmp_path / "out", config, workers=1, progress=False)
+    assert summary["patients_ok"] == 3
+    status = pd.read_csv(tmp_path / "out" / "patients.csv", index_col=0, keep_default_na=False)
+    first, second = frame["patient_id"].iloc[:2]
+    assert status.loc[first, "failed_sequences"].startswith("ce: ")
+    assert "mask is empty" in status.loc[first, "failed_sequences"]
+    assert status.loc[second, "failed_sequences"] == ""
+    assert status.loc[second, "mask_source"] == "t1:own,t2:registered,ce:own"
+    assert float(status.loc[second, "t2_registration_inside"]) == 1.0
+    assert status.loc[second, "t2_registration_reference"] == "t1"
+    features = pd.read_parquet(tmp_path / "out" / "radiomics.parquet")
+    assert features.loc[first].filter(like="ce__").isna().all()
+    assert features.loc[first].filter(like="t2__").notna().all()
