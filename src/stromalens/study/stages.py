@@ -339,7 +339,10 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
 def _radiomics_inputs(config: StudyConfig) -> list[Input]:
     manifest = config.cohort.manifest
     settings = radiomics_settings(config)
-    columns = {c for s in settings.sequences for c in (s.image, s.mask)}
+    from ..cohort import SHARED_MASK
+
+    # the images, their own masks and the shared mask: every file the radiomics stage reads
+    columns = {c for s in settings.sequences for c in (s.image, s.mask_column)} | {SHARED_MASK}
     return (
         _file("manifest", manifest)
         + _file("radiomics_config", config.radiomics.config)
