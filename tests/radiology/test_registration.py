@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from stromalens.radiology.registration import (
     RegistrationError,
+    centroid_shift,
     dice,
     move_mask,
     register,
@@ -65,6 +66,8 @@ def test_the_mask_moves_with_the_transform():
     moved, inside = move_mask(mask, moving, truth)
     assert dice(moved, expected) > 0.9
     assert inside > 0.95
+    shift = sitk.TranslationTransform(3, (3.0, -4.0, 0.0))
+    assert centroid_shift(mask, shift) == pytest.approx(5.0)
 
 
 def test_a_mask_moved_off_the_image_reports_how_much_is_inside():

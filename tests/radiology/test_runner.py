@@ -270,6 +270,7 @@ def test_per_sequence_masks_registration_and_a_failed_sequence(mri_cohort, tmp_p
     assert status.loc[second, "failed_sequences"] == ""
     assert status.loc[second, "mask_source"] == "t1:own,t2:registered,ce:own"
     assert float(status.loc[second, "t2_registration_inside"]) == 1.0
+    assert float(status.loc[second, "t2_registration_shift_mm"]) == 0.0
     assert status.loc[second, "t2_registration_reference"] == "t1"
     features = pd.read_parquet(tmp_path / "out" / "radiomics.parquet")
     assert features.loc[first].filter(like="ce__").isna().all()

@@ -95,7 +95,11 @@ def _registered_mask(pid: str, spec, files: dict, image, config, read) -> tuple[
     fixed, fixed_mask = read(files["reference"])
     result = registration.register(fixed, image, reg, fixed_mask=fixed_mask)
     mask, inside = registration.move_mask(fixed_mask, image, result.transform)
-    qc = result.qc() | {"inside": round(inside, 4), "reference": files["reference"]}
+    qc = result.qc() | {
+        "inside": round(inside, 4),
+        "shift_mm": round(registration.centroid_shift(fixed_mask, result.transform), 2),
+        "reference": files["reference"],
+    }
     if inside < reg.min_inside:
         raise registration.RegistrationError(
             f"patient {pid}, sequence {spec.name}: only {inside:.0%} of the "
@@ -176,7 +180,7 @@ def process_patient(job: dict) -> dict:
             cache[name] = (image, _read_mask(pid, specs[name], files, image, config.preprocess))
         return cache[name]
 
-    shapes: dict[str, dict] = {}  # mask file -> shape features already extracted from it
+    shapes: dict[str, dict] = {}  # mask file and grid -> its shape features, extracted once
     for spec in config.sequences:
         files = job["sequences"].get(spec.name)
         if files is None:
@@ -191,7 +195,9 @@ def process_patient(job: dict) -> dict:
                 record["qc"][spec.name] = qc
             else:
                 image, mask = read(spec.name)
-            shared = shapes.get(str(files["mask"])) if files["source"] == "shared" else None
+            # the same mask file on the same grid: the same shape features
+            shape_key = f"{files['mask']}|{io.geometry(image)}"
+            shared = shapes.get(shape_key) if files["source"] == "shared" else None
             values, diagnostics, stats, p_values = _sequence_features(
                 spec, image, mask, config, rng, n_perturb, shared
             )
@@ -206,7 +212,7 @@ def process_patient(job: dict) -> dict:
             )
             continue
         if files["source"] == "shared" and shared is None:
-            shapes[str(files["mask"])] = {
+            shapes[shape_key] = {
                 "values": _shape_only(values),
                 "perturbed": [_shape_only(v) for v in p_values],
             }
