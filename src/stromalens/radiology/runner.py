@@ -1,12 +1,16 @@
 """The cohort run behind ``stromalens radiomics``: every patient, then the cohort tables.
 
 Per patient (in a worker process, resumable, isolated): for each configured sequence present in
-the manifest, read the image and mask, check the mask, preprocess (:mod:`.preprocess`), extract
-the PyRadiomics features (:mod:`.features`), and, for the stability subset of patients, extract
-them again from ``stability.perturbations`` perturbed copies. The record is written atomically to
-``patients/<id>.json`` with a hash of the settings, so a rerun skips finished patients; a patient
-that fails is reported in ``patients.csv`` and left out, the others go on. A missing sequence is
-a missing block of features (recorded in ``patients.csv``), not an error.
+the manifest, read the image and its mask — its own, the ``mask_from`` sequence's moved by
+registration (:mod:`.registration`), or the shared ``mri_mask`` (:func:`..cohort.sequence_files`
+decides) — reduce the mask to the tumour label(s), check it, preprocess (:mod:`.preprocess`),
+extract the PyRadiomics features (:mod:`.features`), and, for the stability subset of patients,
+extract them again from ``stability.perturbations`` perturbed copies. The record is written
+atomically to ``patients/<id>.json`` with a hash of the settings, so a rerun skips finished
+patients. A sequence that fails is recorded (``failed_sequences``) and left out, and the
+patient keeps its other sequences; a patient all of whose sequences fail is reported in
+``patients.csv`` and left out, the others go on. A missing sequence is a missing block of
+features (recorded in ``patients.csv``), not an error.
 
 Outputs in ``out``::
 
@@ -14,7 +18,9 @@ Outputs in ``out``::
     diagnostics.parquet    patients × "<sequence>__diagnostics_*" (PyRadiomics provenance)
     perturbations.parquet  (patient_id, perturbation) × features of the perturbed copies
     stability.parquet      feature × ICC, CI, stable (ICC ≥ threshold) on all perturbed patients
-    patients.csv           status per patient: ok / failed (error), missing sequences, seconds
+    patients.csv           status per patient: ok / failed (error), missing and failed
+                           sequences, each sequence's mask source, registration QC
+                           (<seq>_registration_metric_before/_after/_inside/_shift_mm), seconds
     radiomics.json         settings, versions, timings, counts and the site-classifier check
     config.yaml            the resolved settings
 
@@ -145,6 +151,33 @@ def _shape_only(values: dict) -> dict:
     return {k: v for k, v in values.items() if "_shape_" in k}
 
 
+def _one_sequence(spec, files, record, config, read, rng, n_perturb, shapes):
+    """Mask (own, shared or registered; QC into ``record``) and features of one sequence.
+
+    ``shapes`` caches the shape features of a shared mask per mask file and grid: the same
+    mask on the same grid has the same shape features, extracted once.
+    """
+    from . import io
+
+    if files["source"] == "registered":
+        image = io.read_image(files["image"], series=spec.series)
+        mask, qc = _registered_mask(record["patient_id"], spec, files, image, config, read)
+        record["qc"][spec.name] = qc
+    else:
+        image, mask = read(spec.name)
+    key = f"{files['mask']}|{io.geometry(image)}"
+    shared = shapes.get(key) if files["source"] == "shared" else None
+    values, diagnostics, stats, p_values = _sequence_features(
+        spec, image, mask, config, rng, n_perturb, shared
+    )
+    if files["source"] == "shared" and shared is None:
+        shapes[key] = {
+            "values": _shape_only(values),
+            "perturbed": [_shape_only(v) for v in p_values],
+        }
+    return values, diagnostics, stats, p_values
+
+
 def process_patient(job: dict) -> dict:
     """Features (and perturbed features) of one patient; runs in a worker process.
 
@@ -189,33 +222,13 @@ def process_patient(job: dict) -> dict:
         t0 = time.perf_counter()
         prefix = f"{spec.name}__"
         try:
-            if files["source"] == "registered":
-                image = io.read_image(files["image"], series=spec.series)
-                mask, qc = _registered_mask(pid, spec, files, image, config, read)
-                record["qc"][spec.name] = qc
-            else:
-                image, mask = read(spec.name)
-            # the same mask file on the same grid: the same shape features
-            shape_key = f"{files['mask']}|{io.geometry(image)}"
-            shared = shapes.get(shape_key) if files["source"] == "shared" else None
-            values, diagnostics, stats, p_values = _sequence_features(
-                spec, image, mask, config, rng, n_perturb, shared
+            values, diagnostics, stats, p_values = _one_sequence(
+                spec, files, record, config, read, rng, n_perturb, shapes
             )
         except (ValueError, RuntimeError, OSError) as exc:
-            record["failed"][spec.name] = str(exc).splitlines()[0]
-            event(
-                log,
-                "radiomics: sequence failed",
-                patient=pid,
-                sequence=spec.name,
-                error=record["failed"][spec.name],
-            )
+            record["failed"][spec.name] = message = str(exc).splitlines()[0]
+            event(log, "radiomics: sequence failed", patient=pid, sequence=spec.name, error=message)
             continue
-        if files["source"] == "shared" and shared is None:
-            shapes[shape_key] = {
-                "values": _shape_only(values),
-                "perturbed": [_shape_only(v) for v in p_values],
-            }
         record["mask_source"][spec.name] = files["source"]
         record["features"].update({prefix + k: v for k, v in values.items()})
         record["diagnostics"].update({prefix + k: v for k, v in diagnostics.items()})
