@@ -128,7 +128,7 @@ def dice_table(data: Path, config: RadiomicsConfig) -> pd.DataFrame:
             t0 = time.perf_counter()
             result = registration.register(mr, image, reg, fixed_mask=mr_mask)
             moved, inside = registration.move_mask(mr_mask, image, result.transform)
-            shift = registration.centroid_shift(mr_mask, result.transform)
+            shift = registration.centroid_shift(mr_mask, result.transform, result.start)
             rows.append(
                 {
                     "patient": patient.name,

@@ -68,6 +68,7 @@ def test_the_mask_moves_with_the_transform():
     assert inside > 0.95
     shift = sitk.TranslationTransform(3, (3.0, -4.0, 0.0))
     assert centroid_shift(mask, shift) == pytest.approx(5.0)
+    assert centroid_shift(mask, shift, start=shift) == pytest.approx(0.0)  # from the start
 
 
 def test_a_mask_moved_off_the_image_reports_how_much_is_inside():

@@ -44,6 +44,7 @@ class Registration:
     """A fitted transform (fixed → moving points) and its quality record."""
 
     transform: object  # SimpleITK.Transform
+    start: object  # the initial (centred) transform the optimiser began from
     metric_before: float
     metric_after: float
     iterations: int
@@ -120,7 +121,7 @@ def register(fixed, moving, settings: RegistrationSettings, fixed_mask=None) -> 
     identity = sitk.Euler3DTransform()
     if settings.method == "none":
         value = metric(fixed, moving, identity, settings)
-        return Registration(identity, value, value, 0, "none: shared frame of reference")
+        return Registration(identity, identity, value, value, 0, "none: shared frame of reference")
     start = _centred_start(fixed, moving, settings)
     before = metric(fixed, moving, start, settings)
     fitted, iterations, stop = _optimise(fixed, moving, start, settings)
@@ -134,7 +135,7 @@ def register(fixed, moving, settings: RegistrationSettings, fixed_mask=None) -> 
         raise RegistrationError(
             f"registration found no shared information (mutual information {-after:g})"
         )
-    return Registration(fitted, before, after, iterations, stop)
+    return Registration(fitted, start, before, after, iterations, stop)
 
 
 def _centred_start(fixed, moving, settings: RegistrationSettings):
@@ -222,17 +223,19 @@ def move_mask(mask, moving, transform):
     return moved, inside
 
 
-def centroid_shift(mask, transform) -> float:
-    """How far (mm) ``transform`` moves the mask's centroid: ``‖T(c) − c‖``. A QC figure: the
-    scanners' frames of reference are usually right within millimetres, so a large shift
-    flags a registration that slid along the anatomy (seen on the IBSI sarcoma PET, see
+def centroid_shift(mask, transform, start=None) -> float:
+    """How far (mm) ``transform`` moves the mask's centroid ``c`` from where ``start`` (default:
+    the identity) puts it: ``‖T(c) − T₀(c)‖``. A QC figure: the scanners' frames of reference
+    are usually right within millimetres, so a large shift by the optimiser flags a
+    registration that slid along the anatomy (seen on the IBSI sarcoma PET, see
     ``benchmarks/radiomics_ibsi_sts.py``)."""
     import SimpleITK as sitk
 
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(sitk.Cast(mask > 0, sitk.sitkUInt8))
-    centre = np.array(stats.GetCentroid(1))
-    return float(np.linalg.norm(np.array(transform.TransformPoint(centre.tolist())) - centre))
+    centre = stats.GetCentroid(1)
+    origin = np.array(start.TransformPoint(centre) if start is not None else centre)
+    return float(np.linalg.norm(np.array(transform.TransformPoint(centre)) - origin))
 
 
 def dice(a, b) -> float:

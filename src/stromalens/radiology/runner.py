@@ -101,11 +101,19 @@ def _registered_mask(pid: str, spec, files: dict, image, config, read) -> tuple[
     fixed, fixed_mask = read(files["reference"])
     result = registration.register(fixed, image, reg, fixed_mask=fixed_mask)
     mask, inside = registration.move_mask(fixed_mask, image, result.transform)
+    shift = registration.centroid_shift(fixed_mask, result.transform, result.start)
     qc = result.qc() | {
         "inside": round(inside, 4),
-        "shift_mm": round(registration.centroid_shift(fixed_mask, result.transform), 2),
+        "shift_mm": round(shift, 2),
         "reference": files["reference"],
     }
+    if reg.max_shift_mm is not None and shift > reg.max_shift_mm:
+        raise registration.RegistrationError(
+            f"patient {pid}, sequence {spec.name}: the registration moved the tumour "
+            f"{shift:.1f} mm from where the scanners' frames put it (registration.max_shift_mm "
+            f"{reg.max_shift_mm:g}); if the images share a frame of reference, use "
+            "registration.method: none"
+        )
     if inside < reg.min_inside:
         raise registration.RegistrationError(
             f"patient {pid}, sequence {spec.name}: only {inside:.0%} of the "

@@ -68,7 +68,15 @@ class SequenceSpec(_Strict):
 
 
 class RegistrationSettings(_Strict):
-    """Moving a mask onto a sequence that has none of its own (:mod:`.registration`)."""
+    """Moving a mask onto a sequence that has none of its own (:mod:`.registration`).
+
+    Measured on the 10 IBSI sarcoma patients (``benchmarks/radiomics_ibsi_sts.py``; CT and PET
+    onto the MR, Dice with each modality's own mask): where the images share a frame of
+    reference, ``method: none`` gives Dice 1.000 (CT) and 0.988–1.000 (PET); rigid Mattes-MI
+    registration raised the metric but slid the tumour (PET median shift 13 mm, Dice median
+    0.80, min 0.36; CT median 1.00, min 0.44). Hence ``max_shift_mm``: a registration that
+    moves the tumour further than that from the scanners' frames fails the sequence.
+    """
 
     method: Literal["rigid", "affine", "none"] = Field(
         "rigid", description="none: the images share a frame of reference; resample only"
@@ -83,6 +91,9 @@ class RegistrationSettings(_Strict):
     )
     min_inside: float = Field(
         0.9, ge=0, le=1, description="least fraction of the moved mask inside the image"
+    )
+    max_shift_mm: float | None = Field(
+        10.0, gt=0, description="most the optimiser may move the tumour (null: no limit)"
     )
     seed: int = Field(0, ge=0)
 
@@ -109,10 +120,13 @@ class NormaliseSettings(_Strict):
     """z-normalisation of each MRI sequence (``preprocess.z_normalise``).
 
     ``region: body`` (the default) takes μ and σ over the Otsu body mask. ``roi`` forces every
-    tumour to mean 0 and SD 1, which makes first-order features constant across patients;
-    measured on the 10 real IBSI soft-tissue-sarcoma T1 MRs (``benchmarks/radiomics_ibsi_sts.py
-    --normalisation``): of the 18 first-order features, ``roi`` leaves FO_CONSTANT_ROI with no
-    between-patient variation (mean, SD, variance, RMS …), ``body`` FO_CONSTANT_BODY.
+    tumour to mean 0 and SD 1, which flattens first-order features across patients. Measured
+    on the 9 real IBSI soft-tissue-sarcoma T1 MRs (``benchmarks/radiomics_ibsi_sts.py``,
+    perturbation ICC(1,1), 5 perturbations per patient): of the 18 first-order features,
+    ``body`` keeps 18 stable (ICC ≥ 0.75; median ICC 0.987), ``roi`` 15 (median 0.972), with
+    Variance and RootMeanSquared below ICC 0.5 (nearly the same for every tumour). With a fixed
+    ``binCount`` the texture features do not depend on this choice (they are invariant to an
+    affine change of intensities).
     """
 
     enabled: bool = True
