@@ -232,3 +232,75 @@ def test_an_infinite_time_is_refused_at_validation(files, value):
     """Found before any stage runs, not by the survival models at the end."""
     with pytest.raises(ManifestError, match="os_time.*not a finite number"):
         load_manifest(write(files, row("P1", os_time=value)), check_files=False)
+
+
+def _sequences_manifest(folder: Path, text: str) -> Path:
+    for name in ("t1.nii.gz", "t1_mask.nii.gz", "ct.nii.gz", "ct_mask.nii.gz", "shared.nii.gz"):
+        (folder / name).write_bytes(b"x")
+    path = folder / "seq.csv"
+    path.write_text(text)
+    return path
+
+
+def test_per_sequence_masks_and_absent_sequence_columns(tmp_path):
+    """No mri_t2/mri_ce columns: those sequences are missing, not an error; a sequence's own
+    mask column wins over the shared mri_mask; <column>_mask pairs are checked files too."""
+    from stromalens.cohort import sequence_files
+
+    path = _sequences_manifest(
+        tmp_path,
+        "patient_id,site,mri_t1,mri_t1_mask,mri_mask,ct,ct_mask\n"
+        "P1,A,t1.nii.gz,t1_mask.nii.gz,shared.nii.gz,ct.nii.gz,ct_mask.nii.gz\n"
+        "P2,A,t1.nii.gz,,shared.nii.gz,,\n",
+    )
+    cohort = load_manifest(path)
+    assert not any("ct" in w for w in cohort.warnings)  # ct / ct_mask are known as a pair
+    assert cohort.frame.loc["P1", "ct_mask"] == tmp_path / "ct_mask.nii.gz"
+    files = sequence_files(cohort)
+    assert set(files["P1"]) == {"t1"} and files["P1"]["t1"].source == "own"
+    assert files["P1"]["t1"].mask == tmp_path / "t1_mask.nii.gz"
+    assert files["P2"]["t1"].source == "shared"
+    assert files["P2"]["t1"].mask == tmp_path / "shared.nii.gz"
+    (tmp_path / "ct_mask.nii.gz").unlink()
+    with pytest.raises(ManifestError, match="row 1, column 'ct_mask': file not found"):
+        load_manifest(path)
+
+
+def test_a_sequence_without_any_mask_fails_validation(tmp_path):
+    path = _sequences_manifest(
+        tmp_path, "patient_id,site,mri_t1,mri_t1_mask\nP1,A,t1.nii.gz,\nP2,A,,\n"
+    )
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert [str(p) for p in info.value.problems] == [
+        "row 1, column 'mri_mask': sequence(s) t1 (mri_t1) have an image but no tumour mask: "
+        "give mri_t1_mask or mri_mask"
+    ]
+
+
+def test_validate_checks_every_file_the_radiomics_configuration_reads(tmp_path):
+    """`cohort validate --radiomics-config` checks the configured sequences' images and masks
+    (a CT whose mask is missing fails; with mask_from it borrows the MR's mask instead)."""
+    script = Path(sys.executable).parent / "stromalens"
+    path = _sequences_manifest(
+        tmp_path,
+        "patient_id,site,mri_t1,mri_t1_mask,ct,ct_mask\n"
+        "P1,A,t1.nii.gz,t1_mask.nii.gz,ct.nii.gz,gone.nii.gz\n"
+        "P2,A,t1.nii.gz,t1_mask.nii.gz,ct.nii.gz,\n",
+    )
+    config = tmp_path / "r.yaml"
+    config.write_text(
+        "sequences:\n  - {name: t1, image: mri_t1}\n  - {name: ct, image: ct, n4: false}\n"
+    )
+    command = [str(script), "cohort", "validate", str(path), "--radiomics-config", str(config)]
+    out = subprocess.run(command, capture_output=True, encoding="utf-8")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "row 1, column 'ct_mask': file not found: gone.nii.gz" in out.stderr
+    assert "row 2, column 'mri_mask': sequence(s) ct (ct) have an image but no" in out.stderr
+    config.write_text(
+        "sequences:\n  - {name: t1, image: mri_t1}\n"
+        "  - {name: ct, image: ct, mask_from: t1, n4: false}\n"
+    )
+    (tmp_path / "gone.nii.gz").write_bytes(b"x")
+    out = subprocess.run(command, capture_output=True, encoding="utf-8")
+    assert out.returncode == 0, out.stderr

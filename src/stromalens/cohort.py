@@ -2,11 +2,14 @@
 relative to the manifest.
 
 Columns (DESIGN.md): ``patient_id`` (unique), ``site``, ``mri_t1``, ``mri_t2``, ``mri_ce``,
-``mri_mask``, ``wsi``, ``wsi_mpp`` (optional µm/px override), ``rna_sample``, clinical columns
-(``age``, ``sex``, ``location``, ``volume_cc``, ``os_time``, ``os_event``, ``pfs_time``,
-``pfs_event``, ``treatment``, ``response``), pathology (``fibrosis_grade``, ``exclusion_grade``,
-``annotations``). An empty cell means that modality is missing for that patient — recorded, not an
-error. Every problem is collected and reported at once, by row and column, in one
+their own masks ``mri_t1_mask``, ``mri_t2_mask``, ``mri_ce_mask`` (and ``<column>_mask`` for any
+further image column, e.g. ``ct`` / ``ct_mask``), the shared ``mri_mask`` (the mask of every
+sequence without one of its own), ``wsi``, ``wsi_mpp`` (optional µm/px override),
+``rna_sample``, clinical columns (``age``, ``sex``, ``location``, ``volume_cc``, ``os_time``,
+``os_event``, ``pfs_time``, ``pfs_event``, ``treatment``, ``response``), pathology
+(``fibrosis_grade``, ``exclusion_grade``, ``annotations``). An empty cell — or an absent
+column — means that modality is missing for that patient: recorded, not an error. Every
+problem is collected and reported at once, by row and column, in one
 :class:`ManifestError`.
 
 Several slides per patient: a patient may repeat on further rows, one per extra slide. A further
@@ -46,6 +49,12 @@ PATH_COLUMNS: tuple[str, ...] = (
 #: Columns that describe one slide: they may differ between a patient's rows.
 SLIDE_COLUMNS: tuple[str, ...] = ("wsi", "wsi_mpp", "annotations", "slide_id")
 MRI_SEQUENCES: tuple[str, ...] = ("mri_t1", "mri_t2", "mri_ce")
+#: The mask shared by every sequence that has none of its own (older manifests have only it).
+SHARED_MASK = "mri_mask"
+#: The suffix of a sequence's own mask column: ``<image column>_mask``.
+MASK_SUFFIX = "_mask"
+#: Per-sequence mask columns of the MRI sequences (optional, like every modality column).
+MASK_COLUMNS: tuple[str, ...] = tuple(c + MASK_SUFFIX for c in MRI_SEQUENCES)
 MODALITY_COLUMNS: tuple[str, ...] = (*MRI_SEQUENCES, "mri_mask", "wsi", "rna_sample")
 TIME_COLUMNS: tuple[str, ...] = ("os_time", "pfs_time")
 EVENT_COLUMNS: dict[str, str] = {"os_event": "os_time", "pfs_event": "pfs_time"}
@@ -92,6 +101,35 @@ KNOWN_COLUMNS: tuple[str, ...] = (
     "annotations",
     "slide_id",
 )
+
+
+@dataclass(frozen=True)
+class SequenceColumns:
+    """The manifest columns of one image series: its image, its own mask, and the sequence
+    whose mask it borrows (by registration) when it has none (``mask_from``)."""
+
+    name: str
+    image: str
+    mask: str
+    mask_from: str | None = None
+
+
+#: The sequences of a manifest without a radiomics configuration (T1, T2, CE).
+DEFAULT_SEQUENCES: tuple[SequenceColumns, ...] = tuple(
+    SequenceColumns(c.removeprefix("mri_"), c, c + MASK_SUFFIX) for c in MRI_SEQUENCES
+)
+
+
+@dataclass(frozen=True)
+class SequenceFiles:
+    """What one sequence of one patient reads. ``source``: ``own`` (its own mask column),
+    ``registered`` (the mask of sequence ``reference``, moved by registration) or ``shared``
+    (``mri_mask``)."""
+
+    image: Path
+    mask: Path
+    source: str
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +214,67 @@ class Cohort:
 SLIDE_TABLE: tuple[str, ...] = ("patient_id", "slide_id", "path", "mpp", "annotations")
 
 
+def _path_columns(columns, sequences) -> list[str]:
+    """The path columns present: the fixed ones, the sequences' images and masks, and
+    ``<c>_mask`` beside any column ``c`` (the image it contours)."""
+    wanted = [*PATH_COLUMNS, *MASK_COLUMNS]
+    for spec in sequences:
+        wanted += [spec.image, spec.mask]
+    wanted += [c for c in columns if c.endswith(MASK_SUFFIX) and c[: -len(MASK_SUFFIX)] in columns]
+    wanted += [c[: -len(MASK_SUFFIX)] for c in columns if c.endswith(MASK_SUFFIX)]
+    present = set(columns)
+    return [c for c in dict.fromkeys(wanted) if c in present]
+
+
+def _row_sequences(cells: dict, sequences) -> tuple[dict, list[tuple[str, str]]]:
+    """The files each present sequence of one row reads, and (column, message) problems.
+
+    ``cells`` maps a column to its value (None where empty or absent). A sequence's mask is its
+    own column, else that of ``mask_from`` (moved by registration), else the shared
+    ``mri_mask``; an image without any of these is a problem.
+    """
+    own = {s.name: cells.get(s.mask) for s in sequences}
+    present = {s.name: s for s in sequences if cells.get(s.image) is not None}
+    shared = cells.get(SHARED_MASK)
+    files, problems, unmasked = {}, [], []
+    for name, spec in present.items():
+        if own[name] is not None:
+            files[name] = SequenceFiles(cells[spec.image], own[name], "own")
+        elif spec.mask_from in present and (own[spec.mask_from] or shared) is not None:
+            mask = own[spec.mask_from] if own[spec.mask_from] is not None else shared
+            files[name] = SequenceFiles(cells[spec.image], mask, "registered", spec.mask_from)
+        elif shared is not None:
+            files[name] = SequenceFiles(cells[spec.image], shared, "shared")
+        else:
+            unmasked.append(spec)
+    if unmasked:  # one problem per row, naming every column that would do
+        tried = [s.mask for s in unmasked] + [
+            f"{s.mask_from}'s mask (mask_from)" for s in unmasked if s.mask_from
+        ]
+        names = ", ".join(f"{s.name} ({s.image})" for s in unmasked)
+        problems.append(
+            (
+                SHARED_MASK,
+                f"sequence(s) {names} have an image but no tumour mask: give "
+                f"{', '.join(tried)} or {SHARED_MASK}",
+            )
+        )
+    return files, problems
+
+
+def sequence_files(cohort: Cohort, sequences=DEFAULT_SEQUENCES) -> dict[str, dict]:
+    """Per patient, the files of each present sequence: ``{patient: {name: SequenceFiles}}``.
+
+    ``cohort`` must have been loaded with the same ``sequences`` (whose problems it reported).
+    """
+    frame = cohort.frame
+    out = {}
+    for pid in frame.index:
+        cells = {c: frame.at[pid, c] for c in frame.columns if isinstance(frame.at[pid, c], Path)}
+        out[pid], _ = _row_sequences(cells, sequences)
+    return out
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV, TSV or parquet manifest with every cell as a string (empty = missing)."""
     suffixes = "".join(path.suffixes).lower()
@@ -230,6 +329,7 @@ def load_manifest(
     sites: Iterable[str] | None = None,
     check_files: bool = True,
     expression_samples: Iterable[str] | None = None,
+    sequences: Iterable[SequenceColumns] | None = None,
 ) -> Cohort:
     """Load and validate a cohort manifest.
 
@@ -241,6 +341,11 @@ def load_manifest(
     check_files : check that every referenced file exists.
     expression_samples : sample ids of the expression table; every non-empty ``rna_sample``
         must be among them.
+    sequences : the image series to check (default: T1, T2, CE with their ``_mask`` columns);
+        every present image needs a mask (its own, a ``mask_from`` sequence's, or
+        ``mri_mask``), and with ``check_files`` every one of these files must exist. The
+        radiomics stage passes those of its configuration
+        (``RadiomicsConfig.sequence_columns()``).
 
     Raises
     ------
@@ -274,7 +379,9 @@ def load_manifest(
         )
     if missing_cols or len(duplicated_cols):
         raise ManifestError(path, problems)
-    unknown = [c for c in raw.columns if c not in KNOWN_COLUMNS]
+    sequences = tuple(sequences) if sequences is not None else DEFAULT_SEQUENCES
+    path_columns = _path_columns(raw.columns, sequences)
+    unknown = [c for c in raw.columns if c not in KNOWN_COLUMNS and c not in path_columns]
     if unknown:
         warnings.append(f"extra columns kept as they are: {', '.join(unknown)}")
     if raw.empty:
@@ -373,9 +480,7 @@ def load_manifest(
     # Files.
     base = path.parent
     resolved = {}
-    for col in PATH_COLUMNS:
-        if col not in raw:
-            continue
+    for col in path_columns:
         paths = []
         for i, text in enumerate(raw[col]):
             if _is_empty(text):
@@ -387,13 +492,18 @@ def load_manifest(
                 problems.append(Problem(row_number[i], col, f"file not found: {text}"))
             paths.append(p)
         resolved[col] = paths
-    if "mri_mask" in raw:
-        for i in range(len(raw)):
-            has_seq = any(not _is_empty(raw[c].iloc[i]) for c in MRI_SEQUENCES if c in raw)
-            if has_seq and _is_empty(raw["mri_mask"].iloc[i]):
-                problems.append(
-                    Problem(row_number[i], "mri_mask", "MRI sequences are given but no tumour mask")
-                )
+    absent = sorted({s.image for s in sequences if s.image not in raw})
+    if absent and sequences is not DEFAULT_SEQUENCES:
+        warnings.append(
+            f"image columns {', '.join(absent)} are absent: those sequences are missing for "
+            "every patient"
+        )
+    for i in range(len(raw)):
+        _, found = _row_sequences(
+            {c: (None if _is_empty(raw[c].iloc[i]) else raw[c].iloc[i]) for c in path_columns},
+            sequences,
+        )
+        problems.extend(Problem(row_number[i], col, message) for col, message in found)
 
     # RNA samples.
     if "rna_sample" in raw:

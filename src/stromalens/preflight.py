@@ -66,12 +66,17 @@ def preflight(
     orientation: str = "auto",
     scale: str = "auto",
     checks: Iterable[Callable[[Subject], list[Finding]]] | None = None,
+    sequences=None,
 ) -> tuple[Cohort | None, list[Finding]]:
     """The cohort (None if the manifest does not load) and every finding about ``manifest``
     (and ``expression``): the manifest's own problems, or, when it loads, its warnings and
-    those of every check (``checks``: :data:`CHECKS`)."""
+    those of every check (``checks``: :data:`CHECKS`). ``sequences``
+    (:meth:`~stromalens.radiology.settings.RadiomicsConfig.sequence_columns`): the image and
+    mask columns a radiomics configuration reads, each file checked."""
     try:
-        cohort = load_manifest(manifest, sites=sites, check_files=check_files)
+        cohort = load_manifest(
+            manifest, sites=sites, check_files=check_files, sequences=sequences
+        )
     except ManifestError as exc:
         return None, [Finding(ERROR, None, p.column, str(p)) for p in exc.problems]
     subject = Subject(

@@ -140,7 +140,8 @@ def test_resampling_to_1mm_keeps_volume_and_grid():
 
 def test_normalisation_is_z_scored_over_the_roi():
     image, mask = _phantom()
-    prepared = preprocess.prepare(image, mask, PreprocessSettings(), n4=False)
+    roi = PreprocessSettings(normalise={"region": "roi"})
+    prepared = preprocess.prepare(image, mask, roi, n4=False)
     values = sitk.GetArrayViewFromImage(prepared.image)[
         sitk.GetArrayViewFromImage(prepared.mask) > 0
     ]
@@ -175,3 +176,63 @@ def test_perturbations_are_small_and_seeded():
     assert not np.array_equal(arr[0], arr[2])
     overlap = 2 * (arr[0] & arr[2]).sum() / (arr[0].sum() + arr[2].sum())
     assert 0.7 < overlap < 1.0  # perturbed, not destroyed
+
+
+def test_the_resampling_grid_is_centred_on_the_original_grid():
+    # IBSI reference manual, "Interpolation", grid alignment: n_b = ceil(n_a s_a / s_b),
+    # x_b0 = x_a0 + (s_a (n_a - 1) - s_b (n_b - 1)) / 2. For n_a = 40, s_a = 0.8 -> s_b = 1:
+    # n_b = 32 and x_b0 = x_a0 + (31.2 - 31) / 2 = x_a0 + 0.1 mm; n_a = 20, s_a = 2.5:
+    # n_b = 50, x_b0 = x_a0 + (47.5 - 49) / 2 = x_a0 - 0.75 mm.
+    image, _ = _phantom()
+    grid = preprocess.target_grid(image, (1.0, 1.0, 1.0))
+    assert grid.GetSize() == (32, 32, 50)
+    np.testing.assert_allclose(grid.GetOrigin(), (-10.0 + 0.1, 5.0 + 0.1, 3.0 - 0.75), atol=1e-9)
+    np.testing.assert_allclose(
+        preprocess.grid_centre(grid), preprocess.grid_centre(image), atol=1e-9
+    )
+    # on an oblique image too (the offset follows the direction cosines)
+    oblique = sitk.Image(image)
+    c, s_ = np.cos(0.4), np.sin(0.4)
+    oblique.SetDirection((c, 0, s_, 0, 1, 0, -s_, 0, c))
+    np.testing.assert_allclose(
+        preprocess.grid_centre(preprocess.target_grid(oblique, (1.0, 1.0, 1.0))),
+        preprocess.grid_centre(oblique),
+        atol=1e-9,
+    )
+
+
+def test_the_perturbation_rotates_about_the_slice_normal():
+    # a sagittal series: its third axis (across slices) is physical x
+    image, mask = _phantom(shape=(12, 48, 48), spacing=(1.0, 1.0, 4.0), radius=14)
+    for im in (image, mask):
+        im.SetDirection((0, 0, 1, 1, 0, 0, 0, 1, 0))  # columns: y, z, x
+    np.testing.assert_allclose(preprocess.slice_normal(image), (1.0, 0.0, 0.0))
+    pre = PreprocessSettings(spacing_mm=None, normalise={"region": "roi"})
+    stab = StabilitySettings(rotation_deg=20, translation_mm=0, noise_sd=0, mask="none")
+    prepared = preprocess.prepare(image, mask, pre, n4=False)
+    _, moved = preprocess.perturb(prepared, pre, stab, np.random.default_rng(4))
+    before = sitk.GetArrayFromImage(prepared.mask).astype(bool)
+    after = sitk.GetArrayFromImage(moved).astype(bool)
+    # a rotation about the slice normal keeps each slice's content in its slice: the number
+    # of tumour voxels per slice (array axis 0) is unchanged up to in-plane interpolation
+    per_slice = before.sum(axis=(1, 2)), after.sum(axis=(1, 2))
+    np.testing.assert_allclose(per_slice[1], per_slice[0], rtol=0.1, atol=3)
+    assert not np.array_equal(before, after)  # it did rotate (in plane)
+
+
+def test_a_multi_label_mask_needs_the_labels_named():
+    _, mask = _phantom()
+    labels = sitk.GetArrayFromImage(mask).astype(np.uint8)
+    labels[:, :, :20] *= 2  # two labels: 1 and 2
+    multi = sitk.GetImageFromArray(labels)
+    multi.CopyInformation(mask)
+    with pytest.raises(ValueError, match=r"several labels \[1, 2\]; name the tumour's"):
+        preprocess.select_labels(multi, None, where="patient P1, sequence t1")
+    one = sitk.GetArrayFromImage(preprocess.select_labels(multi, (2,)))
+    np.testing.assert_array_equal(one, labels == 2)
+    both = sitk.GetArrayFromImage(preprocess.select_labels(multi, (1, 2)))
+    np.testing.assert_array_equal(both, labels > 0)
+    with pytest.raises(ValueError, match=r"no voxel of label\(s\) \[3\] \(labels: \[1, 2\]\)"):
+        preprocess.select_labels(multi, (3,))
+    single = sitk.GetArrayFromImage(preprocess.select_labels(mask, None))
+    np.testing.assert_array_equal(single, sitk.GetArrayViewFromImage(mask))

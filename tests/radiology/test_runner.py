@@ -42,6 +42,13 @@ def test_shipped_configs_are_valid():
     assert {"glcm", "glrlm", "glszm", "ngtdm"} <= set(full.extraction.featureClass)
 
 
+def test_the_built_in_default_is_configs_radiomics_yaml():
+    """`stromalens radiomics` without --config computes what the shipped file documents."""
+    shipped = load_config(CONFIGS / "radiomics.yaml", RadiomicsConfig)
+    assert shipped.model_dump() == RadiomicsConfig().model_dump()
+    assert shipped.preprocess.normalise.region == "body"
+
+
 def test_config_errors_name_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("stability:\n  threshold: 1.5\n  perturbation: 3\n")
@@ -60,14 +67,19 @@ def test_synthetic_cohort_run(mri_cohort, tmp_path):
     assert all(c.split("__")[0] in {"t1", "t2", "ce"} for c in features.columns)
     assert "t1__original_glcm_Contrast" in features
     assert not any("diagnostics" in c for c in features.columns)
-    # the sequences share one mask: its shape features come once per patient, under the
-    # first sequence present
-    shape = [c for c in features.columns if "_shape_" in c]
-    names = {c.split("__", 1)[1] for c in shape}
-    per_patient = features[shape].notna().sum(axis=1)
-    has_mri = features.notna().any(axis=1)
-    assert names and (per_patient[has_mri] == len(names)).all()
-    assert "t1__original_shape_VoxelVolume" in features
+    # the sequences share one mask: its shape features are extracted once and given to every
+    # sequence present (so no patient's shape columns are NaN for a sequence it has)
+    for seq in ("t1", "t2", "ce"):
+        present = features.filter(like=f"{seq}__original_firstorder_").notna().all(axis=1)
+        shape = features.filter(like=f"{seq}__original_shape_")
+        assert not shape.empty and shape[present].notna().all().all()
+        assert shape[~present].isna().all().all()
+    both = features["t2__original_shape_VoxelVolume"].notna()
+    pd.testing.assert_series_equal(
+        features.loc[both, "t1__original_shape_VoxelVolume"],
+        features.loc[both, "t2__original_shape_VoxelVolume"],
+        check_names=False,
+    )
     diagnostics = pd.read_parquet(out / "diagnostics.parquet")
     assert all("__diagnostics_" in c or "stromalens" in c for c in diagnostics.columns)
     # a missing sequence is a missing block, recorded
@@ -196,3 +208,70 @@ def test_executor_is_chosen_by_name(small_cohort, tmp_path):
     """Patients go to a local pool or to Ray by name; an unknown executor is a clear error."""
     with pytest.raises(ValueError, match="executor must be 'process' or 'ray'"):
         run_radiomics(small_cohort, tmp_path / "r", executor="slurm", progress=False)
+
+
+def test_the_site_check_runs_on_a_synthetic_multi_site_cohort(tmp_path):
+    """The before/after site classifier is in radiomics.json on a `stromalens synth` cohort
+    with gaps (missing sequences): per-feature availability, not complete patients only."""
+    from stromalens.config import MissingRates, SynthConfig
+    from stromalens.synthetic import generate_cohort
+
+    synth = SynthConfig(
+        patients=24, seed=11, missing=MissingRates(wsi=1.0, mri_t2=0.25, mri_ce=0.2), workers=1
+    )
+    manifest = generate_cohort(tmp_path / "cohort", synth, progress=False)
+    config = light(stability={"enabled": False})
+    summary = run_radiomics(manifest, tmp_path / "out", config, workers=2, progress=False)
+    check = json.loads((tmp_path / "out" / "radiomics.json").read_text())["site_check"]
+    assert check == summary["site_check"]
+    assert "skipped" not in check, check
+    accuracy = check["balanced_accuracy"]
+    assert set(accuracy) == {"raw", "combat", "chance"}
+    assert len(check["sites"]) >= 2 and check["missing_fraction"] > 0
+    features = pd.read_parquet(tmp_path / "out" / "radiomics.parquet")
+    assert features.notna().all(axis=1).sum() < len(features)  # some patients incomplete
+    assert check["patients"] == sum(check["sites"].values())
+
+
+def test_per_sequence_masks_registration_and_a_failed_sequence(mri_cohort, tmp_path):
+    """Own masks, a sequence that borrows the T1 mask by registration (QC in patients.csv),
+    and one sequence that fails (an empty mask) without failing its patient."""
+    import SimpleITK as sitk
+
+    frame = pd.read_csv(mri_cohort, dtype=str, keep_default_na=False)
+    base = mri_cohort.parent
+    for col in ("mri_t1", "mri_t2", "mri_ce", "mri_mask"):
+        frame[col] = [str(base / v) if v else "" for v in frame[col]]
+    frame = frame.iloc[:3].copy()
+    frame["mri_t1_mask"] = frame["mri_mask"]
+    frame["mri_ce_mask"] = frame["mri_mask"]
+    empty = sitk.ReadImage(frame.loc[0, "mri_mask"]) * 0
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    frame.loc[0, "mri_ce_mask"] = str(tmp_path / "empty.nii.gz")
+    frame = frame.drop(columns="mri_mask")  # no shared mask: t2 must borrow t1's
+    frame.loc[:, "mri_t2"] = frame["mri_t2"].where(frame["mri_t2"] != "", frame["mri_t1"])
+    manifest = tmp_path / "cohort.csv"
+    frame.to_csv(manifest, index=False)
+    config = light(
+        sequences=[
+            {"name": "t1", "image": "mri_t1"},
+            {"name": "t2", "image": "mri_t2", "mask_from": "t1"},
+            {"name": "ce", "image": "mri_ce"},
+        ],
+        stability={"enabled": False},
+        preprocess=LIGHT["preprocess"] | {"registration": {"method": "none"}},
+    )
+    summary = run_radiomics(manifest, tmp_path / "out", config, workers=1, progress=False)
+    assert summary["patients_ok"] == 3
+    status = pd.read_csv(tmp_path / "out" / "patients.csv", index_col=0, keep_default_na=False)
+    first, second = frame["patient_id"].iloc[:2]
+    assert status.loc[first, "failed_sequences"].startswith("ce: ")
+    assert "mask is empty" in status.loc[first, "failed_sequences"]
+    assert status.loc[second, "failed_sequences"] == ""
+    assert status.loc[second, "mask_source"] == "t1:own,t2:registered,ce:own"
+    assert float(status.loc[second, "t2_registration_inside"]) == 1.0
+    assert float(status.loc[second, "t2_registration_shift_mm"]) == 0.0
+    assert status.loc[second, "t2_registration_reference"] == "t1"
+    features = pd.read_parquet(tmp_path / "out" / "radiomics.parquet")
+    assert features.loc[first].filter(like="ce__").isna().all()
+    assert features.loc[first].filter(like="t2__").notna().all()

@@ -36,6 +36,12 @@ def validate(
     no_file_check: bool = typer.Option(
         False, "--no-file-check", help="Do not check that referenced files exist."
     ),
+    radiomics_config: Path = typer.Option(
+        None,
+        "--radiomics-config",
+        help="Radiomics YAML: check every image and mask its sequences will read "
+        "(default: T1, T2, CE with their _mask columns or mri_mask).",
+    ),
 ) -> None:
     """The preflight: check MANIFEST and what a study will read from it (slides open with
     µm/px, files of every column exist, the expression's orientation, scale and samples); print
@@ -43,6 +49,12 @@ def validate(
     from ..preflight import ERROR, preflight
 
     manifest = manifest_from(ctx, manifest)
+    sequences = None
+    if radiomics_config is not None:
+        from ..config import load_config
+        from ..radiology.settings import RadiomicsConfig
+
+        sequences = load_config(radiomics_config, RadiomicsConfig).sequence_columns()
     cohort, findings = preflight(
         manifest,
         sites=[s.strip() for s in sites.split(",")] if sites else None,
@@ -50,6 +62,7 @@ def validate(
         expression=expression,
         orientation=orientation,
         scale=scale,
+        sequences=sequences,
     )
     if cohort is not None:
         _print_summary(cohort)

@@ -13,7 +13,9 @@ def radiomics(
     manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest (CSV/TSV/parquet)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     config: Path = typer.Option(
-        None, "--config", help="Radiomics YAML (default: the built-in settings)."
+        None,
+        "--config",
+        help="Radiomics YAML (default: the built-in settings, equal to configs/radiomics.yaml).",
     ),
     workers: int = typer.Option(None, "--workers", help="Processes (default: all cores)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),

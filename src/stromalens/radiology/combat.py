@@ -22,6 +22,14 @@ with protected biological covariates ``C``. ``fit`` estimates, exactly as R ``sv
    or, with ``parametric=False``, the non-parametric posterior means of ``γ`` and ``δ²`` under
    the empirical distribution of the other features' estimates.
 
+**Missing values** (a sequence missing for some patients) are handled as ``sva::ComBat`` does
+when ``dat`` has NAs: each feature's regression uses the samples that have it (``Beta.NA``), the
+pooled variance becomes the sample variance of the available residuals (``rowVars(na.rm =
+TRUE)``, denominator n − 1: sva's rule in this case), the site moments and the posterior sums run
+over the available values, with ``n_i`` the count of them per feature. A feature needs at least
+two values at every site (one at a ``mean_only`` fit). ``transform`` leaves a missing value
+missing.
+
 ``transform`` then returns ``x*_ijg = σ̂_g (z_ijg − γ*_ig) / δ*_ig + α̂_g + C_j β̂_g``, using the
 covariates of the samples it transforms (some ports ignore them at apply time). It never
 changes a fitted attribute, so a fold's test patients cannot leak into the fitted model.
@@ -130,9 +138,9 @@ class ComBat:
         X = _as_frame(X)
         sites = _as_sites(sites, len(X))
         values = X.to_numpy(dtype=float)
-        if not np.isfinite(values).all():
-            bad = X.columns[~np.isfinite(values).all(axis=0)].tolist()
-            raise ValueError(f"X has missing or infinite values in features {bad[:5]}")
+        if np.isinf(values).any():
+            bad = X.columns[np.isinf(values).any(axis=0)].tolist()
+            raise ValueError(f"X has infinite values in features {bad[:5]}")
         labels, counts = np.unique(sites, return_counts=True)
         if len(labels) < 2:
             raise ValueError(f"ComBat needs at least two sites; got {labels.tolist()}")
@@ -152,7 +160,8 @@ class ComBat:
                 "rank); ComBat would remove the biology with the site effect"
             )
 
-        # Features constant within a site are passed through unchanged, as sva does.
+        # Features constant within a site are passed through unchanged, as sva does (a site
+        # with a missing value of the feature does not count: R's var() is NA there).
         constant = np.zeros(values.shape[1], bool)
         for i in range(n_batch):
             rows = values[sites == labels[i]]
@@ -160,19 +169,24 @@ class ComBat:
                 constant |= rows.var(axis=0) == 0
         keep = ~constant
         dat = values[:, keep]  # (n, G)
+        missing = bool(np.isnan(dat).any())
+        if missing:
+            _check_available(dat, sites, labels, X.columns[keep], 1 if self.mean_only else 2)
 
-        B_hat = np.linalg.solve(design.T @ design, design.T @ dat)  # (B + C, G)
+        B_hat = _least_squares(design, dat)  # (B + C, G)
         grand_mean = (counts / n) @ B_hat[:n_batch]  # (G,)
-        var_pooled = ((dat - design @ B_hat) ** 2).mean(axis=0)  # (G,) 1/n as in sva
+        resid = dat - design @ B_hat
+        # sva: 1/n without NAs, rowVars(na.rm = TRUE) (n − 1, centred) with them
+        var_pooled = np.nanvar(resid, axis=0, ddof=1) if missing else (resid**2).mean(axis=0)
         beta = B_hat[n_batch:]  # (C, G)
         stand_mean = grand_mean[None, :] + cov @ beta
         z = (dat - stand_mean) / np.sqrt(var_pooled)[None, :]
 
-        gamma_hat = np.linalg.solve(batch.T @ batch, batch.T @ z)  # (B, G)
+        gamma_hat = _least_squares(batch, z)  # (B, G) per-site means of the available z
         delta_hat = np.ones_like(gamma_hat)
         if not self.mean_only:
             for i in range(n_batch):
-                delta_hat[i] = z[sites == labels[i]].var(axis=0, ddof=1)
+                delta_hat[i] = np.nanvar(z[sites == labels[i]], axis=0, ddof=1)
         gamma_bar = gamma_hat.mean(axis=1)
         tau2 = gamma_hat.var(axis=1, ddof=1)
         if self.mean_only:  # δ is fixed at 1; its prior is not used (and undefined)
@@ -253,9 +267,9 @@ class ComBat:
         levels = {"names": self._covariate_names, "levels": self.covariate_levels_}
         _, cov = _covariate_design(covariates, X.index, levels)
         kept = self.grand_mean_.index
-        dat = X[kept].to_numpy(dtype=float)
-        if not np.isfinite(dat).all():
-            raise ValueError("X has missing or infinite values")
+        dat = X[kept].to_numpy(dtype=float)  # a missing value stays missing
+        if np.isinf(dat).any():
+            raise ValueError("X has infinite values")
         stand_mean = self.grand_mean_.to_numpy()[None, :] + cov @ self.beta_.to_numpy()
         sd = np.sqrt(self.var_pooled_.to_numpy())[None, :]
         z = (dat - stand_mean) / sd
@@ -296,8 +310,8 @@ class ComBat:
             raise ValueError(
                 f"unseen site {site!r} has {len(zi)} sample(s); 'estimate' needs at least 2"
             )
-        g_hat = zi.mean(axis=0)
-        d_hat = zi.var(axis=0, ddof=1) if not self.mean_only else np.ones_like(g_hat)
+        g_hat = np.nanmean(zi, axis=0)
+        d_hat = np.nanvar(zi, axis=0, ddof=1) if not self.mean_only else np.ones_like(g_hat)
         # Priors of a new site: the pooled hyper-parameters of the fitted sites.
         g_bar = float(self.gamma_bar_.mean())
         t2 = float(self.tau2_.mean())
@@ -327,12 +341,12 @@ def _postvar(sum2, n, a, b):
 def _it_sol(zi, g_hat, d_hat, g_bar, t2, a, b, conv, max_iter):
     """sva's ``it.sol``: alternate the posterior mean and variance until the relative change
     (signed, as sva computes it) is below ``conv``."""
-    n = zi.shape[0]
+    n = (~np.isnan(zi)).sum(axis=0)  # per feature: sva's rowSums(!is.na(sdat))
     g_old, d_old = g_hat, d_hat
     with np.errstate(divide="ignore", invalid="ignore"):
         for _ in range(max_iter):
             g_new = _postmean(g_hat, g_bar, n, d_old, t2)
-            sum2 = ((zi - g_new[None, :]) ** 2).sum(axis=0)
+            sum2 = np.nansum((zi - g_new[None, :]) ** 2, axis=0)
             d_new = _postvar(sum2, n, a, b)
             change = max(
                 np.max(np.abs(g_new - g_old) / g_old), np.max(np.abs(d_new - d_old) / d_old)
@@ -349,13 +363,14 @@ def _int_eprior(zi: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray):
     """sva's ``int.eprior``: for each feature, the posterior means of γ and δ² under the
     empirical distribution of the other features' (γ̂, δ̂²), weighted by the likelihood of this
     feature's samples. Computed in log space (sva's direct product underflows for large n)."""
-    n = zi.shape[0]
+    counts = (~np.isnan(zi)).sum(axis=0)  # (G,) available samples per feature
     G = zi.shape[1]
     g_star = np.empty(G)
     d_star = np.empty(G)
-    sq = (zi**2).sum(axis=0)  # (G,)
-    s1 = zi.sum(axis=0)  # (G,)
+    sq = np.nansum(zi**2, axis=0)  # (G,)
+    s1 = np.nansum(zi, axis=0)  # (G,)
     for k in range(G):
+        n = counts[k]
         others = np.arange(G) != k
         g, d = g_hat[others], d_hat[others]
         # Σ_j (x_j − g)² = Σx² − 2 g Σx + n g²
@@ -365,6 +380,36 @@ def _int_eprior(zi: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray):
         g_star[k] = (g * w).sum() / w.sum()
         d_star[k] = (d * w).sum() / w.sum()
     return g_star, d_star
+
+
+def _least_squares(design: np.ndarray, dat: np.ndarray) -> np.ndarray:
+    """``(DᵀD)⁻¹ Dᵀ y`` per feature over the samples that have it (sva's ``Beta.NA``); the
+    features sharing a pattern of missing samples are solved together."""
+    present = ~np.isnan(dat)
+    if present.all():
+        return np.linalg.solve(design.T @ design, design.T @ dat)
+    out = np.empty((design.shape[1], dat.shape[1]))
+    patterns, which = np.unique(present, axis=1, return_inverse=True)
+    for k in range(patterns.shape[1]):
+        rows, cols = patterns[:, k], np.flatnonzero(which.ravel() == k)
+        d = design[rows]
+        out[:, cols] = np.linalg.solve(d.T @ d, d.T @ dat[np.ix_(rows, cols)])
+    return out
+
+
+def _check_available(dat, sites, labels, features, least: int) -> None:
+    """Every feature needs ``least`` available values at every site (else its site effect
+    cannot be estimated); raise naming the features and sites that lack them."""
+    short = []
+    for label in labels:
+        counts = (~np.isnan(dat[sites == label])).sum(axis=0)
+        short += [(features[g], label) for g in np.flatnonzero(counts < least)]
+    if short:
+        listed = ", ".join(f"{f} at site {s}" for f, s in short[:5])
+        raise ValueError(
+            f"ComBat needs at least {least} values of a feature at each site; missing for "
+            f"{len(short)} (feature, site) pair(s): {listed} (drop those features)"
+        )
 
 
 # ---------------------------------------------------------------- inputs

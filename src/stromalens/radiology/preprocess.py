@@ -9,9 +9,13 @@ Per sequence, in this order:
 2. **z-normalisation** ``I_z = (I_c − μ) / σ`` with μ, σ over the tumour (``region: roi``) or
    the Otsu body mask (``region: body``).
 3. **Crop** to the tumour's bounding box plus ``crop_margin_mm`` (context for LoG/wavelet).
-4. **Resampling** to ``spacing_mm`` (1 mm isotropic): B-spline (or linear) for the image; the
-   mask is interpolated linearly and thresholded at 0.5 (IBSI's partial-volume rule), so it
-   stays a label map and keeps its volume.
+4. **Resampling** to ``spacing_mm`` (1 mm isotropic) on a grid centred on the original one
+   (:func:`target_grid`, IBSI's grid-centre alignment): B-spline (or linear) for the image.
+   The mask rule (IBSI reference manual, "Interpolation"): the binary mask is interpolated
+   *linearly* as a {0, 1} image and a voxel is kept where the interpolated fraction is ≥ 0.5
+   (partial-volume threshold), so it stays a label map and keeps its volume; before that, a
+   multi-label mask is reduced to the tumour label(s) the configuration names
+   (:func:`select_labels`).
 
 Interpolation comes last so that the perturbations of :func:`perturb` — a rigid rotation about
 the slice axis and a sub-voxel translation applied *through* the interpolation (as Zwanenburg
@@ -129,17 +133,77 @@ def prepare(image, mask, settings: PreprocessSettings, *, n4: bool = True, norma
 
 
 def target_grid(image, spacing):
-    """A grid of ``spacing`` covering ``image``'s physical extent (same origin, direction)."""
+    """A grid of ``spacing`` centred on ``image``'s grid (IBSI's "align grid centres").
+
+    Along each image axis, with ``n_a`` voxels of spacing ``s_a`` and first voxel centre
+    ``x_a,0`` (IBSI reference manual, Zwanenburg et al. 2020, Radiology 295:328, section
+    "Interpolation", grid alignment):
+
+        n_b = ⌈n_a s_a / s_b⌉,     x_b,0 = x_a,0 + (s_a (n_a − 1) − s_b (n_b − 1)) / 2,
+
+    so the new grid's centre coincides with the original grid's centre; the offset is taken
+    along the image's direction cosines (the grid keeps the image's orientation).
+    """
     import SimpleITK as sitk
 
     old_spacing = np.array(image.GetSpacing())
+    old_size = np.array(image.GetSize())
     new_spacing = np.array(spacing, dtype=float)
-    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing))
+    # the small tolerance keeps an exact multiple (e.g. 3 × 1 mm from 1 × 3 mm) from rounding up
+    size = np.maximum(1, np.ceil(old_size * old_spacing / new_spacing - 1e-9)).astype(int)
+    offset = (old_spacing * (old_size - 1) - new_spacing * (size - 1)) / 2.0  # (3,) index frame
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + direction @ offset
     grid = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
     grid.SetSpacing([float(v) for v in new_spacing])
-    grid.SetOrigin(image.GetOrigin())
+    grid.SetOrigin([float(v) for v in origin])
     grid.SetDirection(image.GetDirection())
     return grid
+
+
+def grid_centre(image) -> np.ndarray:
+    """Physical centre of an image's grid (the midpoint of its first and last voxel centres)."""
+    last = [int(n) - 1 for n in image.GetSize()]
+    a = np.array(image.TransformIndexToPhysicalPoint([0, 0, 0]))
+    b = np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in last]))
+    return (a + b) / 2.0
+
+
+def slice_normal(image) -> np.ndarray:
+    """Unit vector of the image's third axis (the direction across its slices)."""
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    return normal / np.linalg.norm(normal)
+
+
+def select_labels(mask, labels=None, *, where: str = ""):
+    """A uint8 {0, 1} mask of the tumour label(s) of a label map.
+
+    ``labels`` (a tuple) are those the configuration names; their union is kept, and each must
+    occur. ``None`` keeps the mask's only non-zero label; a mask with several labels and no
+    ``labels`` raises ``ValueError`` listing the labels found (keeping one silently would be
+    a guess).
+    """
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayViewFromImage(mask)
+    found = sorted(int(v) for v in np.unique(values) if v != 0)
+    prefix = f"{where}: " if where else ""
+    if not found:
+        raise ValueError(f"{prefix}the mask is empty (no non-zero voxel)")
+    if labels is None:
+        if len(found) > 1:
+            raise ValueError(
+                f"{prefix}the mask holds several labels {found[:20]}; name the tumour's in "
+                "preprocess.label (or the sequence's label), e.g. label: [1]"
+            )
+        labels = tuple(found)
+    absent = [v for v in labels if v not in found]
+    if absent:
+        raise ValueError(f"{prefix}the mask has no voxel of label(s) {absent} (labels: {found})")
+    keep = np.isin(values, list(labels)).astype(np.uint8)
+    binary = sitk.GetImageFromArray(keep)
+    binary.CopyInformation(mask)
+    return binary
 
 
 def resample_pair(prepared: Prepared, spacing, interpolator="bspline", transform=None):
@@ -168,7 +232,8 @@ def resample_pair(prepared: Prepared, spacing, interpolator="bspline", transform
 def perturb(prepared: Prepared, pre: PreprocessSettings, stab: StabilitySettings, rng):
     """One perturbed (image, mask) pair on the target grid.
 
-    Rotation θ ~ U(−r, r) about the slice axis through the tumour's centroid and translation
+    Rotation θ ~ U(−r, r) about the slice normal (the image's third axis,
+    :func:`slice_normal`) through the tumour's centroid and translation
     t ~ U(−d, d)³ (mm) act through the interpolation; then noise ε ~ N(0, s²) is added and the
     contour is randomised: ``mask' = {x : D(x) + f(x) < 0}`` with ``D`` the signed distance to
     the contour (mm, negative inside) and ``f`` a smooth Gaussian field (correlation 3 mm, sd
@@ -179,10 +244,12 @@ def perturb(prepared: Prepared, pre: PreprocessSettings, stab: StabilitySettings
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(prepared.mask)
     centre = stats.GetCentroid(1)
-    transform = sitk.Euler3DTransform()
+    # about the slice normal, not physical z: on a sagittal or coronal series a rotation
+    # about z would interpolate across the thick slices
+    transform = sitk.VersorRigid3DTransform()
     transform.SetCenter(centre)
     angle = np.deg2rad(rng.uniform(-stab.rotation_deg, stab.rotation_deg))
-    transform.SetRotation(0.0, 0.0, float(angle))
+    transform.SetRotation([float(v) for v in slice_normal(prepared.image)], float(angle))
     transform.SetTranslation([float(v) for v in rng.uniform(-1, 1, 3) * stab.translation_mm])
     image, mask = resample_pair(prepared, pre.spacing_mm, pre.interpolator, transform)
     if stab.noise_sd > 0:

@@ -1,13 +1,17 @@
 """The cohort run behind ``stromalens radiomics``: every patient, then the cohort tables.
 
 Per patient (in a worker process, resumable, isolated): for each configured sequence present in
-the manifest, read the image and mask, check the mask, preprocess (:mod:`.preprocess`), extract
-the PyRadiomics features (:mod:`.features`), and, for the stability subset of patients, extract
-them again from ``stability.perturbations`` perturbed copies. The record is written atomically to
-``patients/<id>.json`` with a hash of the settings and the identity of its input files
-(:func:`input_identity`), so a rerun skips finished patients whose files did not change; a patient
-that fails is reported in ``patients.csv`` and left out, the others go on. A missing sequence is
-a missing block of features (recorded in ``patients.csv``), not an error.
+the manifest, read the image and its mask — its own, the ``mask_from`` sequence's moved by
+registration (:mod:`.registration`), or the shared ``mri_mask`` (:func:`..cohort.sequence_files`
+decides) — reduce the mask to the tumour label(s), check it, preprocess (:mod:`.preprocess`),
+extract the PyRadiomics features (:mod:`.features`), and, for the stability subset of patients,
+extract them again from ``stability.perturbations`` perturbed copies. The record is written
+atomically to ``patients/<id>.json`` with a hash of the settings and the identity of its input
+files (:func:`input_identity`), so a rerun skips finished patients whose files did not change.
+A sequence that fails is recorded (``failed_sequences``) and left out, and the
+patient keeps its other sequences; a patient all of whose sequences fail is reported in
+``patients.csv`` and left out, the others go on. A missing sequence is a missing block of
+features (recorded in ``patients.csv``), not an error.
 
 Outputs in ``out``::
 
@@ -15,7 +19,9 @@ Outputs in ``out``::
     diagnostics.parquet    patients × "<sequence>__diagnostics_*" (PyRadiomics provenance)
     perturbations.parquet  (patient_id, perturbation) × features of the perturbed copies
     stability.parquet      feature × ICC, CI, stable (ICC ≥ threshold) on all perturbed patients
-    patients.csv           status per patient: ok / failed (error), missing sequences, seconds
+    patients.csv           status per patient: ok / failed (error), missing and failed
+                           sequences, each sequence's mask source, registration QC
+                           (<seq>_registration_metric_before/_after/_inside/_shift_mm), seconds
     radiomics.json         settings, versions, timings, counts and the site-classifier check
     config.yaml            the resolved settings
 
@@ -48,7 +54,7 @@ log = get_logger(__name__)
 def settings_hash(config: RadiomicsConfig) -> str:
     payload = config.model_dump(mode="json", exclude={"workers", "harmonisation_check"})
     payload["version"] = __version__
-    payload["layout"] = 2  # 2: shape features once per mask file (records of 1 are redone)
+    payload["layout"] = 3  # 3: per-sequence masks, failed sequences (older records are redone)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -62,18 +68,6 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".partial-{path.name}")
     frame.to_parquet(tmp)
     tmp.replace(path)
-
-
-def _resolve(value, base: Path) -> Path | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, Path):
-        return value
-    text = str(value).strip()
-    if not text:
-        return None
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else base / path
 
 
 def input_identity(sequences: dict) -> dict:
@@ -114,11 +108,125 @@ def _seed_of(patient_id: str, seed: int) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "little")]
 
 
-def process_patient(job: dict) -> dict:
-    """Features (and perturbed features) of one patient; runs in a worker process."""
-    from . import features as feat
+def _read_mask(pid: str, spec, files: dict, image, pre):
+    """The sequence's own or shared mask as a {0, 1} mask on ``image``'s grid."""
     from . import io, preprocess
 
+    where = f"patient {pid}, sequence {spec.name}"
+    labels = spec.label if spec.label is not None else pre.label
+    mask = preprocess.select_labels(
+        io.read_mask(files["mask"], image, roi=spec.roi), labels, where=where
+    )
+    return io.check_mask(
+        image,
+        mask,
+        label=1,
+        patient=pid,
+        sequence=spec.name,
+        on_mismatch=pre.mask_mismatch,
+        tolerance=pre.geometry_tolerance,
+    )
+
+
+def _registered_mask(pid: str, spec, files: dict, image, config, read) -> tuple[object, dict]:
+    """The mask of sequence ``files["reference"]`` moved onto ``image`` by registration."""
+    from . import registration
+
+    reg = config.preprocess.registration
+    fixed, fixed_mask = read(files["reference"])
+    result = registration.register(fixed, image, reg, fixed_mask=fixed_mask)
+    mask, inside = registration.move_mask(fixed_mask, image, result.transform)
+    shift = registration.centroid_shift(fixed_mask, result.transform, result.start)
+    qc = result.qc() | {
+        "inside": round(inside, 4),
+        "shift_mm": round(shift, 2),
+        "reference": files["reference"],
+    }
+    if reg.max_shift_mm is not None and shift > reg.max_shift_mm:
+        raise registration.RegistrationError(
+            f"patient {pid}, sequence {spec.name}: the registration moved the tumour "
+            f"{shift:.1f} mm from where the scanners' frames put it (registration.max_shift_mm "
+            f"{reg.max_shift_mm:g}); if the images share a frame of reference, use "
+            "registration.method: none"
+        )
+    if inside < reg.min_inside:
+        raise registration.RegistrationError(
+            f"patient {pid}, sequence {spec.name}: only {inside:.0%} of the "
+            f"{files['reference']} mask lies inside this image after registration "
+            f"(registration.min_inside {reg.min_inside:g})"
+        )
+    return mask, qc
+
+
+def _sequence_features(spec, image, mask, config, rng, n_perturb, shape_from=None):
+    """Features, diagnostics, normalisation stats and perturbed features of one sequence.
+
+    ``shape_from``: the shape features of an identical mask already extracted (a shared mask),
+    copied instead of recomputed (shape describes the mask, not the image).
+    """
+    from . import features as feat
+    from . import preprocess
+
+    pre = config.preprocess
+    use_n4 = pre.n4.enabled if spec.n4 is None else spec.n4
+    use_norm = pre.normalise.enabled if spec.normalise is None else spec.normalise
+    prepared = preprocess.prepare(image, mask, pre, n4=use_n4, normalise=use_norm)
+    params = config.extraction.pyradiomics_params(spec.setting)
+    if shape_from is not None and "shape" in params["featureClass"]:
+        params = params | {
+            "featureClass": {k: v for k, v in params["featureClass"].items() if k != "shape"}
+        }
+    extractor = feat.make_extractor(params)
+    img, msk = preprocess.resample_pair(prepared, pre.spacing_mm, pre.interpolator)
+    values, diagnostics = feat.extract(extractor, img, msk, label=1)
+    perturbed = []
+    for _ in range(n_perturb):
+        p_img, p_msk = preprocess.perturb(prepared, pre, config.stability, rng)
+        perturbed.append(feat.extract(extractor, p_img, p_msk, label=1)[0])
+    if shape_from is not None:
+        values |= shape_from["values"]
+        for row, shape in zip(perturbed, shape_from["perturbed"], strict=True):
+            row |= shape
+    return values, diagnostics, prepared.stats, perturbed
+
+
+def _shape_only(values: dict) -> dict:
+    return {k: v for k, v in values.items() if "_shape_" in k}
+
+
+def _one_sequence(spec, files, record, config, read, rng, n_perturb, shapes):
+    """Mask (own, shared or registered; QC into ``record``) and features of one sequence.
+
+    ``shapes`` caches the shape features of a shared mask per mask file and grid: the same
+    mask on the same grid has the same shape features, extracted once.
+    """
+    from . import io
+
+    if files["source"] == "registered":
+        image = io.read_image(files["image"], series=spec.series)
+        mask, qc = _registered_mask(record["patient_id"], spec, files, image, config, read)
+        record["qc"][spec.name] = qc
+    else:
+        image, mask = read(spec.name)
+    key = f"{files['mask']}|{io.geometry(image)}"
+    shared = shapes.get(key) if files["source"] == "shared" else None
+    values, diagnostics, stats, p_values = _sequence_features(
+        spec, image, mask, config, rng, n_perturb, shared
+    )
+    if files["source"] == "shared" and shared is None:
+        shapes[key] = {
+            "values": _shape_only(values),
+            "perturbed": [_shape_only(v) for v in p_values],
+        }
+    return values, diagnostics, stats, p_values
+
+
+def process_patient(job: dict) -> dict:
+    """Features (and perturbed features) of one patient; runs in a worker process.
+
+    A sequence that fails (unreadable, bad mask, failed registration) is recorded in
+    ``failed`` and left out; the patient fails only if every present sequence does.
+    """
     record_path = Path(job["record"])
     if record_path.exists():
         record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -127,65 +235,54 @@ def process_patient(job: dict) -> dict:
             return record | {"resumed": True}
     import SimpleITK as sitk
 
+    from . import io
+
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one process per core already
     config = RadiomicsConfig.model_validate(job["config"])
-    pre, stab = config.preprocess, config.stability
+    specs = {s.name: s for s in config.sequences}
     pid = job["patient_id"]
     started = time.perf_counter()
-    record: dict = {
-        "patient_id": pid,
-        "settings": job["settings"],
-        "inputs": job.get("inputs"),
-        "features": {},
-        "diagnostics": {},
-        "perturbations": [],
-        "missing": [],
-        "seconds": {},
-    }
-    rng = np.random.default_rng(_seed_of(pid, stab.seed))
-    perturbed: list[dict] = [{} for _ in range(stab.perturbations if job["perturb"] else 0)]
-    shaped: set[str] = set()  # mask files whose shape features are already extracted
+    record: dict = {"patient_id": pid, "settings": job["settings"], "inputs": job.get("inputs")}
+    record |= {"features": {}}
+    record |= {"diagnostics": {}, "perturbations": [], "missing": [], "failed": {}}
+    record |= {"seconds": {}, "qc": {}, "mask_source": {}}
+    rng = np.random.default_rng(_seed_of(pid, config.stability.seed))
+    n_perturb = config.stability.perturbations if job["perturb"] else 0
+    perturbed: list[dict] = [{} for _ in range(n_perturb)]
+    cache: dict = {}
+
+    def read(name):  # image and own/shared mask of a sequence, read once per patient
+        if name not in cache:
+            files = job["sequences"][name]
+            image = io.read_image(files["image"], series=specs[name].series)
+            cache[name] = (image, _read_mask(pid, specs[name], files, image, config.preprocess))
+        return cache[name]
+
+    shapes: dict[str, dict] = {}  # mask file and grid -> its shape features, extracted once
     for spec in config.sequences:
-        paths = job["sequences"].get(spec.name)
-        if paths is None:
+        files = job["sequences"].get(spec.name)
+        if files is None:
             record["missing"].append(spec.name)
             continue
         t0 = time.perf_counter()
-        image = io.read_image(paths["image"])
-        if paths["mask"] is None:
-            raise ValueError(f"patient {pid}, sequence {spec.name}: no mask given")
-        mask = io.check_mask(
-            image,
-            io.read_mask(paths["mask"], image),
-            label=pre.label,
-            patient=pid,
-            sequence=spec.name,
-            on_mismatch=pre.mask_mismatch,
-            tolerance=pre.geometry_tolerance,
-        )
-        use_n4 = pre.n4.enabled if spec.n4 is None else spec.n4
-        use_norm = pre.normalise.enabled if spec.normalise is None else spec.normalise
-        prepared = preprocess.prepare(image, mask, pre, n4=use_n4, normalise=use_norm)
-        params = config.extraction.pyradiomics_params(spec.setting)
-        if str(paths["mask"]) in shaped and "shape" in params["featureClass"]:
-            # Shape features describe the mask, not the image: a mask shared by several
-            # sequences gives them once, under the first sequence (saves the costly mesh and
-            # diameters on every further sequence and perturbation).
-            classes = {k: v for k, v in params["featureClass"].items() if k != "shape"}
-            params = params | {"featureClass": classes}
-        shaped.add(str(paths["mask"]))
-        extractor = feat.make_extractor(params)
-        img, msk = preprocess.resample_pair(prepared, pre.spacing_mm, pre.interpolator)
-        values, diagnostics = feat.extract(extractor, img, msk, label=1)
         prefix = f"{spec.name}__"
+        try:
+            values, diagnostics, stats, p_values = _one_sequence(
+                spec, files, record, config, read, rng, n_perturb, shapes
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            record["failed"][spec.name] = message = str(exc).splitlines()[0]
+            event(log, "radiomics: sequence failed", patient=pid, sequence=spec.name, error=message)
+            continue
+        record["mask_source"][spec.name] = files["source"]
         record["features"].update({prefix + k: v for k, v in values.items()})
         record["diagnostics"].update({prefix + k: v for k, v in diagnostics.items()})
-        record["diagnostics"][prefix + "stromalens_normalisation"] = json.dumps(prepared.stats)
-        for i in range(len(perturbed)):
-            p_img, p_msk = preprocess.perturb(prepared, pre, stab, rng)
-            p_values, _ = feat.extract(extractor, p_img, p_msk, label=1)
-            perturbed[i].update({prefix + k: v for k, v in p_values.items()})
+        record["diagnostics"][prefix + "stromalens_normalisation"] = json.dumps(stats)
+        for row, values_i in zip(perturbed, p_values, strict=True):
+            row.update({prefix + k: v for k, v in values_i.items()})
         record["seconds"][spec.name] = round(time.perf_counter() - t0, 3)
+    if record["failed"] and not record["features"]:
+        raise ValueError("; ".join(f"{k}: {v}" for k, v in record["failed"].items()))
     record["perturbations"] = perturbed
     record["seconds"]["total"] = round(time.perf_counter() - started, 3)
     record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,21 +305,22 @@ def run_radiomics(
     Patients run in a local process pool (``executor="process"``) or as Ray tasks
     (``executor="ray"``, the optional extra; connects to a running cluster if there is one).
     """
-    from ..cohort import load_manifest
+    from ..cohort import load_manifest, sequence_files
 
     config = config or RadiomicsConfig()
     out = Path(out)
     (out / "patients").mkdir(parents=True, exist_ok=True)
-    cohort = load_manifest(manifest, check_files=False)
-    base = Path(manifest).parent
+    cohort = load_manifest(manifest, check_files=False, sequences=config.sequence_columns())
+    for warning in cohort.warnings:
+        event(log, "radiomics: manifest", warning=warning)
     frame = cohort.frame
-    unknown = sorted(
-        {c for s in config.sequences for c in (s.image, s.mask) if c not in frame.columns}
-    )
-    if unknown:
+    images = [s.image for s in config.sequences]
+    if not set(images) & set(frame.columns):
         raise ValueError(
-            f"{manifest}: the configured sequences use columns {unknown} that the manifest lacks"
+            f"{manifest}: the manifest has none of the configured image columns {images} "
+            f"(it has {list(frame.columns)})"
         )
+    files = sequence_files(cohort, config.sequence_columns())
     settings = settings_hash(config)
     ids = list(frame.index)
     stab = config.stability
@@ -235,12 +333,10 @@ def run_radiomics(
     config_data = config.model_dump(mode="json")
     jobs = []
     for pid in ids:
-        row = frame.loc[pid]
-        sequences = {}
-        for spec in config.sequences:
-            image = _resolve(row[spec.image], base)
-            if image is not None:
-                sequences[spec.name] = {"image": image, "mask": _resolve(row[spec.mask], base)}
+        sequences = {
+            name: {"image": f.image, "mask": f.mask, "source": f.source, "reference": f.reference}
+            for name, f in files[pid].items()
+        }
         job = {
             "patient_id": pid,
             "sequences": sequences,
@@ -281,10 +377,13 @@ def run_radiomics(
                 "status": "ok",
                 "error": "",
                 "missing_sequences": ",".join(record["missing"]),
+                "failed_sequences": "; ".join(f"{k}: {v}" for k, v in record["failed"].items()),
+                "mask_source": ",".join(f"{k}:{v}" for k, v in record["mask_source"].items()),
                 "perturbed": bool(record["perturbations"]),
                 "seconds": record["seconds"].get("total"),
                 "resumed": bool(record.get("resumed", False)),
             }
+            | _qc_columns(record["qc"])
         )
     status = pd.DataFrame(statuses).set_index("patient_id")
     status.to_csv(out / ".partial-patients.csv")
@@ -358,6 +457,15 @@ def run_radiomics(
         seconds=summary["seconds"],
     )
     return summary
+
+
+def _qc_columns(qc: dict) -> dict:
+    """Registration QC as flat patients.csv columns ``<sequence>_registration_<key>``."""
+    return {
+        f"{name}_registration_{key}": value
+        for name, values in qc.items()
+        for key, value in values.items()
+    }
 
 
 def _ordered_columns(config: RadiomicsConfig, columns) -> list[str]:

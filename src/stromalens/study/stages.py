@@ -451,7 +451,12 @@ def _radiomics_rows(config: StudyConfig) -> list:
     of the configured sequences as ``[column, path, size, mtime_ns]`` and, when the site check
     runs, the ``site`` and covariate cells."""
     settings = radiomics_settings(config)
-    columns = sorted({c for s in settings.sequences for c in (s.image, s.mask)})
+    from ..cohort import SHARED_MASK
+
+    # the images, their own masks and the shared mask: every file the radiomics stage reads
+    columns = sorted(
+        {c for s in settings.sequences for c in (s.image, s.mask_column)} | {SHARED_MASK}
+    )
     check = settings.harmonisation_check
     cells = ["site", *check.covariates] if check.enabled else []
     frame = _frame(config.cohort.manifest)

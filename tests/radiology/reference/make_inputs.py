@@ -31,6 +31,13 @@ def main() -> None:
     frame.index = [f"S{j:03d}" for j in range(n)]
     frame.index.name = "sample"
     frame.to_csv(HERE / "combat_input.csv", float_format="%.10g")
+    # The same data with missing values (a sequence missing for some patients): 10% of the
+    # cells of the first eight features, at least three values left per feature and site.
+    holes = np.random.default_rng(7).random((n, g)) < 0.10
+    holes[:, 8:] = False
+    features = [f"f{k:02d}" for k in range(g)]
+    frame[features] = frame[features].mask(holes)
+    frame.to_csv(HERE / "combat_input_missing.csv", float_format="%.10g", na_rep="NA")
 
 
 if __name__ == "__main__":
