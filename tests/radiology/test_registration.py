@@ -45,7 +45,9 @@ def test_a_known_rigid_transform_is_recovered():
     truth = known_rigid()  # fixed points -> moving points
     # moving(T(x)) = fixed(x): resample fixed through T⁻¹ onto its own grid
     moving = sitk.Resample(fixed, fixed, truth.GetInverse(), sitk.sitkLinear, 0.0)
-    result = register(fixed, moving, RegistrationSettings(sampling=0.5, iterations=200))
+    result = register(
+        fixed, moving, RegistrationSettings(method="rigid", sampling=0.5, iterations=200)
+    )
     # the transforms agree on points across the tumour's region (mm)
     offsets = [(dx, dy, dz) for dx in (-15, 15) for dy in (-15, 15) for dz in (-10, 10)]
     points = [(6.0 + dx, 48.0 + dy, 41.0 + dz) for dx, dy, dz in offsets]
@@ -84,7 +86,7 @@ def test_a_registration_that_cannot_work_says_why():
     blank = sitk.Image(fixed.GetSize(), sitk.sitkFloat32)
     blank.CopyInformation(fixed)
     with pytest.raises(RegistrationError, match="moving image is constant"):
-        register(fixed, blank, RegistrationSettings())
+        register(fixed, blank, RegistrationSettings(method="rigid"))
 
 
 def test_shared_frame_of_reference_is_the_identity():

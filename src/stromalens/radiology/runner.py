@@ -231,7 +231,8 @@ def process_patient(job: dict) -> dict:
     if record_path.exists():
         record = json.loads(record_path.read_text(encoding="utf-8"))
         same_files = record.get("inputs") == job.get("inputs")
-        if record.get("settings") == job["settings"] and same_files:
+        # a record with a failed sequence is redone: the next run retries what failed
+        if record.get("settings") == job["settings"] and same_files and not record.get("failed"):
             return record | {"resumed": True}
     import SimpleITK as sitk
 

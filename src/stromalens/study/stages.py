@@ -425,6 +425,9 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
         if row.get("status") == "failed":
             skipped.append({"item": str(pid), "reason": f"failed: {row.get('error', '')}"})
             retry.append(str(pid))
+        elif row.get("failed_sequences"):  # the patient kept its other sequences
+            skipped.append({"item": str(pid), "reason": f"failed: {row['failed_sequences']}"})
+            retry.append(str(pid))
         elif row.get("missing_sequences"):
             skipped.append(
                 {
