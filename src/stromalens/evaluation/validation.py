@@ -10,7 +10,7 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
 ====  ============================  =================================================  ==========
  a     ``sparse_evidence``           r(wsi_clip, a) − r(mean_pool, a)                    paired
                                                                                         bootstrap
- b     ``reliability``               mean WSI gate, sacrum − skull base (fusion)         Welch
+ b     ``reliability``               WSI share, sacrum − skull base (fusion)        Welch
  c     ``site``                      leave-site-out macro-r, after − before harmonising  t, sites
  d     ``annotation``                IoU − shuffled IoU of the fusion's top tiles        t, patients
  e     ``outcomes``                  OS C-index, clinical + AI − clinical                bootstrap
@@ -118,8 +118,8 @@ def _gate_migration(gates):
     if not {"sacrum", "skull_base"} <= set(rows.index):
         return None
     s, k = rows.loc["sacrum"], rows.loc["skull_base"]
-    effect = float(s["gate_wsi"] - k["gate_wsi"])
-    se = float(np.sqrt(s["gate_wsi_sd"] ** 2 / s["n"] + k["gate_wsi_sd"] ** 2 / k["n"]))
+    effect = float(s["share_wsi"] - k["share_wsi"])  # the WSI branch's share of the fusion
+    se = float(np.sqrt(s["share_wsi_sd"] ** 2 / s["n"] + k["share_wsi_sd"] ** 2 / k["n"]))
     return effect, effect - Z95 * se, effect + Z95 * se, int(s["n"] + k["n"])
 
 
