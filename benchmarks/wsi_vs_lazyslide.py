@@ -89,12 +89,19 @@ def timm_encoder(arch: str, seed: int):
     )
 
 
-def stromalens_run(encoder, slide: Path, out_dir: Path, batch: int, stain: str) -> dict:
+def stromalens_run(
+    encoder, slide: Path, out_dir: Path, batch: int, stain: str, workers: int = 1
+) -> dict:
     from stromalens.wsi.embed import EmbedSettings, embed_slide
 
     out = out_dir / f"sl-{time.monotonic_ns()}.h5"
     settings = EmbedSettings(
-        batch_size=batch, num_workers=1, stain=stain, export=False, overwrite=True, device="cpu"
+        batch_size=batch,
+        num_workers=workers,
+        stain=stain,
+        export=False,
+        overwrite=True,
+        device="cpu",
     )
     start = time.perf_counter()
     summary = embed_slide(slide, out, encoder, settings)
@@ -136,6 +143,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="stromalens decode workers (0: in-process, as LazySlide's default num_workers=0)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -146,14 +159,16 @@ def main() -> None:
         tmp = Path(tmp)
         slide = make_slide(tmp / f"bench-{args.size}.tiff", args.size)
         for _ in range(args.repeats):
-            runs["stromalens"].append(stromalens_run(encoder, slide, tmp, args.batch, "macenko"))
+            runs["stromalens"].append(
+                stromalens_run(encoder, slide, tmp, args.batch, "macenko", args.workers)
+            )
             runs["lazyslide"].append(
                 lazyslide_run(
                     args.lazyslide_python, slide, args.arch, args.batch, threads, args.seed
                 )
             )
             runs["stromalens_no_stain"].append(
-                stromalens_run(encoder, slide, tmp, args.batch, "none")
+                stromalens_run(encoder, slide, tmp, args.batch, "none", args.workers)
             )
             print(json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
     results = {
@@ -161,6 +176,7 @@ def main() -> None:
         "arch": args.arch,
         "batch_size": args.batch,
         "torch_threads": threads,
+        "stromalens_decode_workers": args.workers,
         "lazyslide_version": runs["lazyslide"][-1]["lazyslide"],
         **{name: summarise(r) for name, r in runs.items()},
     }
