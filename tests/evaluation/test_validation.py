@@ -59,6 +59,10 @@ def _inputs(n=200, seed=0):
         "lso.C.before": 0.25, "lso.C.after": 0.33,
         "prompt.CUR.r.ers_caf": 0.40, "prompt.NONE.r.ers_caf": 0.30,
         "prompt.NONE.p_vs_cur.ers_caf": 0.01,
+        "treatment.predictive.surgery.or": 2.2, "treatment.predictive.surgery.ci_low": 1.4,
+        "treatment.predictive.surgery.ci_high": 3.5, "treatment.predictive.surgery.p": 0.001,
+        "treatment.predictive.surgery+RT.or": 0.9, "treatment.predictive.surgery+RT.ci_low": 0.5,
+        "treatment.predictive.surgery+RT.ci_high": 1.9, "treatment.predictive.surgery+RT.p": 0.7,
     }  # fmt: skip
     tables = {
         "gate_strata": gates,
@@ -130,3 +134,27 @@ def test_metrics_keys_are_in_the_schema_and_the_matrix_pairs_planted_with_null(t
     (tmp_path / "synth.json").write_text(json.dumps({"mechanisms": planted().as_dict()}))
     assert validation.read_planted(tmp_path / "cohort.csv")["reliability"] == 0.4
     assert validation.read_planted(tmp_path / "elsewhere" / "cohort.csv") is None
+
+
+def test_the_interaction_row_takes_the_strongest_arm_with_a_bonferroni_interval():
+    metrics, tables, preds, truth = _inputs()
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    row = row.set_index("mechanism").loc["treatment_interaction"]
+    # numpy/scipy: se = (log(3.5) - log(1.4)) / (2 * norm.ppf(0.975)) = 0.233752;
+    # |z| = log(2.2) / se = 3.373 (surgery) beats log(0.9) / 0.309367 (surgery+RT);
+    # log(2.2) ± norm.ppf(1 - 0.025 / 2) * se = 0.788457 ± 2.241403 * 0.233752
+    assert row["effect"] == pytest.approx(0.788457, abs=1e-5)
+    assert row["ci_low"] == pytest.approx(0.264525, abs=1e-5)
+    assert row["ci_high"] == pytest.approx(1.312390, abs=1e-5)
+    assert row["detected"] and row["planted"] == pytest.approx(0.8)
+    # an interaction below 1 counts the same (|log OR|); a flagged arm (null) is not chosen
+    metrics |= {"treatment.predictive.surgery.or": 1 / 2.2, "treatment.predictive.surgery.ci_low":
+                1 / 3.5, "treatment.predictive.surgery.ci_high": 1 / 1.4}  # fmt: skip
+    flipped = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    flipped = flipped.set_index("mechanism").loc["treatment_interaction"]
+    assert flipped["ci_low"] == pytest.approx(0.264525, abs=1e-5)
+    metrics |= {f"treatment.predictive.surgery.{k}": None for k in ("or", "ci_low", "ci_high")}
+    weak = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    weak = weak.set_index("mechanism").loc["treatment_interaction"]
+    assert weak["effect"] == pytest.approx(-np.log(0.9)) and not weak["detected"]

@@ -1,4 +1,4 @@
-"""Method validation (issue 17): each planted mechanism recovered by the analysis that claims it.
+r"""Method validation (issue 17): each planted mechanism recovered by the analysis that claims it.
 
 A synthetic cohort records what it planted in ``synth.json`` (``mechanisms``, written by
 :mod:`stromalens.synthetic.mechanisms`) beside its manifest. For each mechanism this module
@@ -14,9 +14,27 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
  c     ``site``                      leave-site-out macro-r, after − before harmonising  t, sites
  d     ``annotation``                IoU − shuffled IoU of the fusion's top tiles        t, patients
  e     ``outcomes``                  OS C-index, clinical + AI − clinical                bootstrap
+ e     ``treatment_interaction``     |log OR| of the treatment × LR term (response)      Wald,
+                                                                                        Bonferroni
  f     ``external``                  zero-shot external r (fusion, ERS–CAF)              Fisher z
  g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         —
 ====  ============================  =================================================  ==========
+
+(e) has two rows: the prognostic claim (the C-index gain) and the predictive one, the treatment
+× LR interaction of :mod:`~stromalens.evaluation.treatment` (``treatment.predictive.<arm>.*``).
+No arm is singled out in advance (the planted interaction acts through radiotherapy, which is
+the generator's rule, not the analysis's), so the row takes the arm whose interaction has the
+largest Wald :math:`|z|` and widens its interval for the :math:`L` arms tested (Bonferroni):
+
+.. math::
+
+    \hat\delta = |\log \widehat{OR}|, \qquad
+    \widehat{se} = \frac{\log OR_{hi} - \log OR_{lo}}{2 z_{0.975}}, \qquad
+    \hat\delta \pm z_{1 - 0.025/L}\, \widehat{se},
+
+so ``detected`` (the lower end above 0) is the Bonferroni-adjusted two-sided Wald test at 5%
+over the arms, and the null stays null at that familywise rate. A flagged (separated or
+non-converged) term carries no odds ratio and is not chosen.
 
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
 should not detect it; :func:`combine` puts a planted and a null run side by side. No CI is
@@ -37,7 +55,7 @@ from scipy import stats
 
 from ..correlation import pearson
 from ..names import PROPOSED
-from ..rundir import metric_key
+from ..rundir import metric_key, parse_metric_key
 
 #: (mechanism, the claim of its analysis), in the order of the table.
 MECHANISMS: tuple[tuple[str, str], ...] = (
@@ -46,6 +64,7 @@ MECHANISMS: tuple[tuple[str, str], ...] = (
     ("site", "harmonisation raises leave-site-out r"),
     ("annotation", "top-attention tiles overlap the fibrosis annotation above chance"),
     ("outcomes", "the AI scores add to the clinical OS model"),
+    ("treatment_interaction", "the LR score's association with response depends on the arm"),
     ("external", "the frozen model predicts ERS–CAF on another morphology"),
     ("text_prior", "curated prompts beat no text"),
 )
@@ -62,6 +81,7 @@ def planted_sizes(mechanisms: dict) -> dict[str, float]:
         "site": m["site_biology_shift"] if m["site_strength"] else 0.0,
         "annotation": m["annotation_margin_um"] or 0.0,
         "outcomes": m["survival_scale"],
+        "treatment_interaction": m.get("interaction", np.nan),
         "external": 1.0 if m["external_visible"] else 0.0,
         "text_prior": m["density_caption_rate"],
     }
@@ -150,6 +170,30 @@ def _survival_gain(cindex_diff):
     return float(r["diff"]), float(r["ci_low"]), float(r["ci_high"]), np.nan
 
 
+def _finite(value) -> float:
+    return float(value) if value is not None and np.isfinite(value) else np.nan
+
+
+def _interaction(metrics):
+    """(e) predictive: the arm's |log OR| of largest Wald |z|, Bonferroni over the arms."""
+    arms: dict[str, dict] = {}
+    for key, value in metrics.items():
+        parts = parse_metric_key(key)
+        if len(parts) == 4 and parts[:2] == ("treatment", "predictive"):
+            arms.setdefault(parts[2], {})[parts[3]] = _finite(value)
+    fits = []
+    for arm in arms.values():
+        odds, low, high = (arm.get(k, np.nan) for k in ("or", "ci_low", "ci_high"))
+        if np.isfinite([odds, low, high]).all() and min(odds, low, high) > 0 and high > low:
+            se = (np.log(high) - np.log(low)) / (2 * Z95)
+            fits.append((abs(np.log(odds)) / se, abs(float(np.log(odds))), float(se)))
+    if not fits:
+        return None
+    _, effect, se = max(fits)
+    half = float(stats.norm.ppf(1 - 0.025 / len(arms))) * se
+    return effect, effect - half, effect + half, np.nan
+
+
 def _external_r(external):
     if external is None:
         return None
@@ -189,6 +233,7 @@ def validation_table(
         "site": _site_gain(metrics),
         "annotation": _colocalisation(tables.get("attention")),
         "outcomes": _survival_gain(tables.get("survival_cindex_diff")),
+        "treatment_interaction": _interaction(metrics),
         "external": _external_r(tables.get("external")),
         "text_prior": _text_gap(metrics),
     }
