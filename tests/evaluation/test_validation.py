@@ -31,8 +31,8 @@ def _inputs(n=200, seed=0):
             "stratifier": "location",
             "stratum": ["sacrum", "skull_base", "mobile_spine"],
             "n": [90, 70, 40],
-            "gate_wsi": [0.70, 0.50, 0.60],
-            "gate_wsi_sd": [0.10, 0.10, 0.10],
+            "share_wsi": [0.70, 0.50, 0.60],
+            "share_wsi_sd": [0.10, 0.10, 0.10],
         }
     )
     attention = pd.DataFrame(

@@ -10,7 +10,8 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
 ====  ============================  =================================================  ==========
  a     ``sparse_evidence``           r(wsi_clip, a) − r(mean_pool, a)                    paired
                                                                                         bootstrap
- b     ``reliability``               mean WSI gate, sacrum − skull base (fusion)         Welch
+ b     ``reliability``               mean WSI share of the fused contribution, sacrum    Welch
+                                    − skull base (fusion; :mod:`.gates`)
  c     ``site``                      leave-site-out macro-r, after − before harmonising  t, sites
  d     ``annotation``                IoU − shuffled IoU of the fusion's top tiles        t, patients
  e     ``outcomes``                  OS C-index, clinical + AI − clinical                bootstrap
@@ -138,8 +139,9 @@ def _gate_migration(gates):
     if not {"sacrum", "skull_base"} <= set(rows.index):
         return None
     s, k = rows.loc["sacrum"], rows.loc["skull_base"]
-    effect = float(s["gate_wsi"] - k["gate_wsi"])
-    se = float(np.sqrt(s["gate_wsi_sd"] ** 2 / s["n"] + k["gate_wsi_sd"] ** 2 / k["n"]))
+    # the branch's share of the fused contribution, not the raw gate value (gates.py)
+    effect = float(s["share_wsi"] - k["share_wsi"])
+    se = float(np.sqrt(s["share_wsi_sd"] ** 2 / s["n"] + k["share_wsi_sd"] ** 2 / k["n"]))
     return effect, effect - Z95 * se, effect + Z95 * se, int(s["n"] + k["n"])
 
 
@@ -288,3 +290,60 @@ def combine(planted: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
         columns=lambda c: c if c == "mechanism" else f"null_{c}"
     )
     return planted[keep].merge(right, on="mechanism", how="left")
+
+
+# --------------------------------------------------------------------------- wording
+def _names(table: pd.DataFrame, mask) -> str:
+    names = list(table.loc[mask, "mechanism"])
+    return ", ".join(names) if names else "none"
+
+
+def recovery_sentence(table: pd.DataFrame) -> str:
+    """Which mechanisms were recovered and which not, for a validation table or a matrix
+    (:func:`combine`: the null run's columns too), and where the sizes come from."""
+    detected = table["detected"].astype(bool)
+    parts = [
+        f"Recovered (95% CI excluding the null): {_names(table, detected)}.",
+        f"Not recovered: {_names(table, ~detected)}.",
+    ]
+    if "null_detected" in table:
+        false = table["null_detected"].map(lambda v: _yes(v) == "yes")
+        parts.append(f"Detected on the null cohort (false positives): {_names(table, false)}.")
+    parts.append(
+        "The planted sizes are the generator's defaults (MechanismsConfig), not tuned until "
+        "the method wins."
+    )
+    return " ".join(parts)
+
+
+def _interval(effect, low, high) -> str:
+    if not np.isfinite(effect):
+        return "—"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{effect:.3f} (no CI)"
+    return f"{effect:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _yes(value) -> str:
+    # a CSV read back holds numpy bools, or NaN where the null run lacks the mechanism
+    return ("yes" if value else "no") if isinstance(value, (bool, np.bool_)) else "—"
+
+
+def _size(value) -> str:
+    return f"{value:g}" if np.isfinite(value) else "—"
+
+
+def matrix_markdown(matrix: pd.DataFrame) -> str:
+    """The validation matrix (:func:`combine`) as a Markdown table and its sentence."""
+    lines = [
+        "| mechanism | planted | recovered effect [95% CI] | detected | null planted | "
+        "null effect [95% CI] | null detected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in matrix.itertuples(index=False):
+        lines.append(
+            f"| {r.mechanism} | {_size(r.planted)} | {_interval(r.effect, r.ci_low, r.ci_high)} "
+            f"| {_yes(r.detected)} | {_size(r.null_planted)} | "
+            f"{_interval(r.null_effect, r.null_ci_low, r.null_ci_high)} | {_yes(r.null_detected)} |"
+        )
+    return "\n".join(lines) + "\n\n" + recovery_sentence(matrix) + "\n"
