@@ -57,14 +57,24 @@ def _inputs(n=200, seed=0):
     metrics = {
         "lso.A.before": 0.30, "lso.A.after": 0.40, "lso.B.before": 0.20, "lso.B.after": 0.32,
         "lso.C.before": 0.25, "lso.C.after": 0.33,
-        "prompt.CUR.r.ers_caf": 0.40, "prompt.NONE.r.ers_caf": 0.30,
-        "prompt.NONE.p_vs_cur.ers_caf": 0.01,
         "treatment.predictive.surgery.or": 2.2, "treatment.predictive.surgery.ci_low": 1.4,
         "treatment.predictive.surgery.ci_high": 3.5, "treatment.predictive.surgery.p": 0.001,
         "treatment.predictive.surgery+RT.or": 0.9, "treatment.predictive.surgery+RT.ci_low": 0.5,
         "treatment.predictive.surgery+RT.ci_high": 1.9, "treatment.predictive.surgery+RT.p": 0.7,
     }  # fmt: skip
+    prompts = pd.DataFrame(
+        {
+            "prompt_set": ["NONE", "CUR", "NONE"],
+            "target": ["ers_caf", "ers_caf", "lr"],
+            "r": [0.30, 0.40, 0.2],
+            "n": [200, 200, 200],
+            "diff_vs_cur": [-0.10, np.nan, 0.3],
+            "diff_ci_low": [-0.16, np.nan, 0.1],
+            "diff_ci_high": [-0.03, np.nan, 0.5],
+        }
+    )
     tables = {
+        "prompt_perturbation": prompts,
         "gate_strata": gates,
         "attention": attention,
         "survival_cindex_diff": cdiff,
@@ -83,10 +93,12 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     r_mean = np.corrcoef(preds[preds.model == "mean_pool"]["y_pred"], truth["a"])[0, 1]
     assert row.loc["sparse_evidence", "effect"] == pytest.approx(r_clip - r_mean)
     assert row.loc["sparse_evidence", "detected"]
-    # (b) Welch normal interval: 0.2 ± 1.96·√(0.01/90 + 0.01/70)
-    half = 1.959964 * np.sqrt(0.01 / 90 + 0.01 / 70)
+    # (b) Welch t interval from the strata's summaries (n 90, 70; means 0.7, 0.5; SD 0.1):
+    # scipy.stats.ttest_ind(x, y, equal_var=False).confidence_interval() on samples with
+    # exactly those summaries = (0.1685085, 0.2314915); ν = 148.45 (Welch–Satterthwaite)
     assert row.loc["reliability", "effect"] == pytest.approx(0.2)
-    assert row.loc["reliability", "ci_low"] == pytest.approx(0.2 - half, abs=1e-5)
+    assert row.loc["reliability", "ci_low"] == pytest.approx(0.1685085, abs=1e-6)
+    assert row.loc["reliability", "ci_high"] == pytest.approx(0.2314915, abs=1e-6)
     # (c) t interval over three sites of gains 0.10, 0.12, 0.08:
     # scipy.stats.t.interval(0.95, 2, loc=0.10, scale=0.02/sqrt(3)) = (0.05032, 0.14968)
     assert row.loc["site", "effect"] == pytest.approx(0.10)
@@ -101,9 +113,11 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     # (f) Fisher z: numpy tanh(arctanh(0.5) ± 1.959964/sqrt(57)) = (0.28186, 0.66899)
     assert row.loc["external", "ci_low"] == pytest.approx(0.28186, abs=1e-4)
     assert row.loc["external", "ci_high"] == pytest.approx(0.66899, abs=1e-4)
-    # (g) CUR − NONE with p < 0.05, no interval
+    # (g) the paired bootstrap of r(NONE) − r(CUR) = −0.10 [−0.16, −0.03], negated
     assert row.loc["text_prior", "effect"] == pytest.approx(0.10)
-    assert row.loc["text_prior", "detected"] and np.isnan(row.loc["text_prior", "ci_low"])
+    assert row.loc["text_prior", "ci_low"] == pytest.approx(0.03)
+    assert row.loc["text_prior", "ci_high"] == pytest.approx(0.16)
+    assert row.loc["text_prior", "detected"]
     assert row.loc["sparse_evidence", "planted"] == 0.5
     assert row.loc["site", "planted"] == 0.3
 

@@ -10,7 +10,7 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
 ====  ============================  =================================================  ==========
  a     ``sparse_evidence``           r(wsi_clip, a) − r(mean_pool, a)                    paired
                                                                                         bootstrap
- b     ``reliability``               mean WSI share of the fused contribution, sacrum    Welch
+ b     ``reliability``               mean WSI share of the fused contribution, sacrum    Welch t
                                     − skull base (fusion; :mod:`.gates`)
  c     ``site``                      leave-site-out macro-r, after − before harmonising  t, sites
  d     ``annotation``                IoU − shuffled IoU of the fusion's top tiles        t, patients
@@ -18,7 +18,8 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
  e     ``treatment_interaction``     |log OR| of the treatment × LR term (response)      Wald,
                                                                                         Bonferroni
  f     ``external``                  zero-shot external r (fusion, ERS–CAF)              Fisher z
- g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         —
+ g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         paired
+                                                                                        bootstrap
 ====  ============================  =================================================  ==========
 
 (e) has two rows: the prognostic claim (the C-index gain) and the predictive one, the treatment
@@ -37,10 +38,14 @@ so ``detected`` (the lower end above 0) is the Bonferroni-adjusted two-sided Wal
 over the arms, and the null stays null at that familywise rate. A flagged (separated or
 non-converged) term carries no odds ratio and is not chosen.
 
+(b)'s interval is Welch's: :math:`\bar s_1 - \bar s_2 \pm t_{0.975,\nu}\,
+\sqrt{s_1^2/n_1 + s_2^2/n_2}` with the Welch–Satterthwaite :math:`\nu` (Welch 1947,
+*Biometrika* 34:28–35), not the normal one, which a stratum of a few patients makes
+anti-conservative. (g) reads the prompt-perturbation table's paired bootstrap of
+r(NONE) − r(CUR) (:mod:`.robustness`), negated.
+
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
-should not detect it; :func:`combine` puts a planted and a null run side by side. No CI is
-computed for (g): the prompt-perturbation table gives r per prompt set and a p-value against
-CUR, not a paired interval; ``detected`` there is ``effect > 0`` and ``p < 0.05``.
+should not detect it; :func:`combine` puts a planted and a null run side by side.
 
 Metric keys: ``validation.<mechanism>.{planted,effect,ci_low,ci_high,detected}``.
 """
@@ -141,8 +146,10 @@ def _gate_migration(gates):
     s, k = rows.loc["sacrum"], rows.loc["skull_base"]
     # the branch's share of the fused contribution, not the raw gate value (gates.py)
     effect = float(s["share_wsi"] - k["share_wsi"])
-    se = float(np.sqrt(s["share_wsi_sd"] ** 2 / s["n"] + k["share_wsi_sd"] ** 2 / k["n"]))
-    return effect, effect - Z95 * se, effect + Z95 * se, int(s["n"] + k["n"])
+    v1, v2 = s["share_wsi_sd"] ** 2 / s["n"], k["share_wsi_sd"] ** 2 / k["n"]
+    df = (v1 + v2) ** 2 / (v1**2 / (s["n"] - 1) + v2**2 / (k["n"] - 1))  # Welch–Satterthwaite
+    half = float(stats.t.ppf(0.975, df) * np.sqrt(v1 + v2))
+    return effect, effect - half, effect + half, int(s["n"] + k["n"])
 
 
 def _site_gain(metrics):
@@ -206,11 +213,14 @@ def _external_r(external):
     return (r, *fisher_interval(r, n), n)
 
 
-def _text_gap(metrics):
-    cur, none = metrics.get("prompt.CUR.r.ers_caf"), metrics.get("prompt.NONE.r.ers_caf")
-    if cur is None or none is None:
+def _text_gap(prompts):
+    if prompts is None:
         return None
-    return float(cur - none), np.nan, np.nan, metrics.get("prompt.NONE.p_vs_cur.ers_caf")
+    row = prompts[(prompts["prompt_set"] == "NONE") & (prompts["target"] == "ers_caf")]
+    if not len(row):
+        return None
+    r = row.iloc[0]  # diff_vs_cur = r(NONE) − r(CUR), paired over the same patients
+    return -float(r["diff_vs_cur"]), -float(r["diff_ci_high"]), -float(r["diff_ci_low"]), r["n"]
 
 
 def validation_table(
@@ -225,8 +235,8 @@ def validation_table(
 ) -> pd.DataFrame:
     """One row per mechanism (:data:`COLUMNS`): planted size, recovered effect with its 95% CI,
     detected. ``tables`` holds the evaluation's ``gate_strata``, ``attention``,
-    ``survival_cindex_diff`` and ``external`` tables (None where the run lacks them); a
-    mechanism whose inputs are missing gets NaN and ``detected`` False."""
+    ``survival_cindex_diff``, ``external`` and ``prompt_perturbation`` tables (None where the
+    run lacks them); a mechanism whose inputs are missing gets NaN and ``detected`` False."""
     found = {
         "sparse_evidence": _attention_gap(predictions, truth, n_boot, seed)
         if predictions is not None
@@ -237,16 +247,12 @@ def validation_table(
         "outcomes": _survival_gain(tables.get("survival_cindex_diff")),
         "treatment_interaction": _interaction(metrics),
         "external": _external_r(tables.get("external")),
-        "text_prior": _text_gap(metrics),
+        "text_prior": _text_gap(tables.get("prompt_perturbation")),
     }
     rows = []
     for name, claim in MECHANISMS:
         effect, low, high, n = found[name] or (np.nan, np.nan, np.nan, np.nan)
-        if name == "text_prior":  # n holds the p-value against CUR here (see module docstring)
-            detected = bool(np.isfinite(effect) and effect > 0 and n is not None and n < 0.05)
-            n = np.nan
-        else:
-            detected = bool(np.isfinite(low) and low > 0)
+        detected = bool(np.isfinite(low) and low > 0)
         rows.append(
             {
                 "mechanism": name,

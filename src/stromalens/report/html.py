@@ -933,7 +933,7 @@ def validation_blocks(table: pd.DataFrame, matrix: pd.DataFrame | None) -> list[
         "Planted mechanisms and what their analyses recover")  # fmt: skip
     caption = (
         "Effects oriented so that a recovered mechanism is positive; detected = the 95% CI "
-        "excludes 0 (text prior: effect > 0 and p < 0.05, no CI)."
+        "excludes 0."
     )
     block = Block(kind="table", title=title, caption=caption, columns=columns, rows=rows,
                   frame=shown)  # fmt: skip
