@@ -3,6 +3,8 @@ of what the method recovers (:mod:`stromalens.study.validation`)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import typer
@@ -11,6 +13,13 @@ from rich.console import Console
 from .options import out_folder
 
 console = Console()
+
+
+def _demo_command(folder: Path, null: bool, patients, external_patients, seed, quick) -> list:
+    command = [sys.executable, "-m", "stromalens.cli", "demo", "--out", str(folder)]
+    command += ["--patients", str(patients), "--external-patients", str(external_patients)]
+    command += ["--seed", str(seed)] + (["--quick"] if quick else []) + (["--null"] if null else [])
+    return command
 
 
 def validate_method(
@@ -27,10 +36,15 @@ def validate_method(
     from ..evaluation.validation import matrix_markdown
     from ..rundir import ValidationLayout
     from ..study.validation import validate_method as run
-    from .demo import run_demo
 
     def half(folder: Path, null: bool) -> None:
-        run_demo(folder, patients, external_patients, seed, quick=quick, null=null)
+        # Each half in its own process: the second half's cohort generation forks worker
+        # processes, which hang once this process has run torch (executors.run_items).
+        command = _demo_command(folder, null, patients, external_patients, seed, quick)
+        code = subprocess.run(command, check=False).returncode
+        if code != 0:
+            console.print(f"the {folder.name} half stopped (exit {code}); run again to resume")
+            raise typer.Exit(code)
 
     matrix = run(out_folder(out), half)
     console.rule("[bold]method validation")

@@ -88,9 +88,11 @@ def validate_method(out: Path | str, run_half: Callable[[Path, bool], object]) -
     out
         The validation folder (created; reused to resume).
     run_half
-        ``run_half(folder, null)`` runs the demo into ``folder``, the null cohort when
-        ``null`` is true, with the same seed and sizes for both calls (the CLI passes
-        ``stromalens demo``'s runner, which the library may not import).
+        ``run_half(folder, null)`` runs the demo into ``folder`` (which takes that study's
+        lock), the null cohort when ``null`` is true, with the same seed and sizes for both
+        calls. The CLI runs ``stromalens demo`` in a process of its own per half (the library
+        may not import the CLI, and a second cohort generated in a process that has run torch
+        can hang its forked workers).
 
     Returns
     -------
@@ -101,7 +103,6 @@ def validate_method(out: Path | str, run_half: Callable[[Path, bool], object]) -
     with study_lock(layout.root):  # a second validate-method into DIR stops here
         for null in (False, True):
             folder = layout.half(null)
-            with study_lock(folder):
-                event(log, f"validate-method: the {folder.name} half", folder=str(folder))
-                run_half(folder, null)
+            event(log, f"validate-method: the {folder.name} half", folder=str(folder))
+            run_half(folder, null)
         return write_matrix(layout.root)
