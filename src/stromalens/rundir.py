@@ -529,3 +529,34 @@ def open_run(train_dir: Path | str) -> RunFiles:
     else:
         run.notes.append(f"no leave-site-out run: {run.layout.leave_site_out.predictions} missing")
     return run
+
+
+@dataclass(frozen=True)
+class ValidationLayout:
+    """The folders of ``stromalens validate-method --out DIR``: two demo study folders, the
+    planted cohort's (``DIR/planted``) and the null cohort's (``DIR/null``), and the matrix."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def half(self, null: bool) -> Path:
+        return self.root / ("null" if null else "planted")
+
+    @property
+    def matrix_csv(self) -> Path:
+        return self.root / "validation_matrix.csv"
+
+    @property
+    def matrix_md(self) -> Path:
+        return self.root / "validation_matrix.md"
+
+    @classmethod
+    def around(cls, study: Path | str) -> ValidationLayout | None:
+        """The layout whose half ``study`` is, when its matrix exists; else None."""
+        study = Path(study)
+        layout = cls(study.parent)
+        if study.name in ("planted", "null") and layout.matrix_csv.is_file():
+            return layout
+        return None

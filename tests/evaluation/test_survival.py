@@ -245,3 +245,13 @@ def test_a_singular_design_is_refitted_with_a_ridge_penalty(caplog):
     np.testing.assert_allclose(cph.params_, reference.params_, rtol=1e-8)
     assert cph.params_["a"] == pytest.approx(cph.params_["b"], rel=1e-8)
     assert cph.params_["a"] > 0.1  # the planted effect (log-HR 0.7 split over two columns)
+
+
+def test_concordance_without_a_comparable_pair_is_nan_not_an_error():
+    # two events at the same time: lifelines.utils.concordance_index raises
+    # ZeroDivisionError("No admissable pairs in the dataset."); a bootstrap replicate like it
+    # (small cohorts) has no value instead of ending the evaluation
+    from stromalens.evaluation.survival import _concordances
+
+    values = _concordances(np.array([5.0, 5.0]), np.array([1.0, 1.0]), np.array([0.1, 0.2]), [3])
+    assert np.isnan(values).all()

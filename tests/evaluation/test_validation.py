@@ -57,10 +57,24 @@ def _inputs(n=200, seed=0):
     metrics = {
         "lso.A.before": 0.30, "lso.A.after": 0.40, "lso.B.before": 0.20, "lso.B.after": 0.32,
         "lso.C.before": 0.25, "lso.C.after": 0.33,
-        "prompt.CUR.r.ers_caf": 0.40, "prompt.NONE.r.ers_caf": 0.30,
-        "prompt.NONE.p_vs_cur.ers_caf": 0.01,
+        "treatment.predictive.surgery.or": 2.2, "treatment.predictive.surgery.ci_low": 1.4,
+        "treatment.predictive.surgery.ci_high": 3.5, "treatment.predictive.surgery.p": 0.001,
+        "treatment.predictive.surgery+RT.or": 0.9, "treatment.predictive.surgery+RT.ci_low": 0.5,
+        "treatment.predictive.surgery+RT.ci_high": 1.9, "treatment.predictive.surgery+RT.p": 0.7,
     }  # fmt: skip
+    prompts = pd.DataFrame(
+        {
+            "prompt_set": ["NONE", "CUR", "NONE"],
+            "target": ["ers_caf", "ers_caf", "lr"],
+            "r": [0.30, 0.40, 0.2],
+            "n": [200, 200, 200],
+            "diff_vs_cur": [-0.10, np.nan, 0.3],
+            "diff_ci_low": [-0.16, np.nan, 0.1],
+            "diff_ci_high": [-0.03, np.nan, 0.5],
+        }
+    )
     tables = {
+        "prompt_perturbation": prompts,
         "gate_strata": gates,
         "attention": attention,
         "survival_cindex_diff": cdiff,
@@ -79,10 +93,12 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     r_mean = np.corrcoef(preds[preds.model == "mean_pool"]["y_pred"], truth["a"])[0, 1]
     assert row.loc["sparse_evidence", "effect"] == pytest.approx(r_clip - r_mean)
     assert row.loc["sparse_evidence", "detected"]
-    # (b) Welch normal interval: 0.2 ± 1.96·√(0.01/90 + 0.01/70)
-    half = 1.959964 * np.sqrt(0.01 / 90 + 0.01 / 70)
+    # (b) Welch t interval from the strata's summaries (n 90, 70; means 0.7, 0.5; SD 0.1):
+    # scipy.stats.ttest_ind(x, y, equal_var=False).confidence_interval() on samples with
+    # exactly those summaries = (0.1685085, 0.2314915); ν = 148.45 (Welch–Satterthwaite)
     assert row.loc["reliability", "effect"] == pytest.approx(0.2)
-    assert row.loc["reliability", "ci_low"] == pytest.approx(0.2 - half, abs=1e-5)
+    assert row.loc["reliability", "ci_low"] == pytest.approx(0.1685085, abs=1e-6)
+    assert row.loc["reliability", "ci_high"] == pytest.approx(0.2314915, abs=1e-6)
     # (c) t interval over three sites of gains 0.10, 0.12, 0.08:
     # scipy.stats.t.interval(0.95, 2, loc=0.10, scale=0.02/sqrt(3)) = (0.05032, 0.14968)
     assert row.loc["site", "effect"] == pytest.approx(0.10)
@@ -97,9 +113,11 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     # (f) Fisher z: numpy tanh(arctanh(0.5) ± 1.959964/sqrt(57)) = (0.28186, 0.66899)
     assert row.loc["external", "ci_low"] == pytest.approx(0.28186, abs=1e-4)
     assert row.loc["external", "ci_high"] == pytest.approx(0.66899, abs=1e-4)
-    # (g) CUR − NONE with p < 0.05, no interval
+    # (g) the paired bootstrap of r(NONE) − r(CUR) = −0.10 [−0.16, −0.03], negated
     assert row.loc["text_prior", "effect"] == pytest.approx(0.10)
-    assert row.loc["text_prior", "detected"] and np.isnan(row.loc["text_prior", "ci_low"])
+    assert row.loc["text_prior", "ci_low"] == pytest.approx(0.03)
+    assert row.loc["text_prior", "ci_high"] == pytest.approx(0.16)
+    assert row.loc["text_prior", "detected"]
     assert row.loc["sparse_evidence", "planted"] == 0.5
     assert row.loc["site", "planted"] == 0.3
 
@@ -130,3 +148,27 @@ def test_metrics_keys_are_in_the_schema_and_the_matrix_pairs_planted_with_null(t
     (tmp_path / "synth.json").write_text(json.dumps({"mechanisms": planted().as_dict()}))
     assert validation.read_planted(tmp_path / "cohort.csv")["reliability"] == 0.4
     assert validation.read_planted(tmp_path / "elsewhere" / "cohort.csv") is None
+
+
+def test_the_interaction_row_takes_the_strongest_arm_with_a_bonferroni_interval():
+    metrics, tables, preds, truth = _inputs()
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    row = row.set_index("mechanism").loc["treatment_interaction"]
+    # numpy/scipy: se = (log(3.5) - log(1.4)) / (2 * norm.ppf(0.975)) = 0.233752;
+    # |z| = log(2.2) / se = 3.373 (surgery) beats log(0.9) / 0.309367 (surgery+RT);
+    # log(2.2) ± norm.ppf(1 - 0.025 / 2) * se = 0.788457 ± 2.241403 * 0.233752
+    assert row["effect"] == pytest.approx(0.788457, abs=1e-5)
+    assert row["ci_low"] == pytest.approx(0.264525, abs=1e-5)
+    assert row["ci_high"] == pytest.approx(1.312390, abs=1e-5)
+    assert row["detected"] and row["planted"] == pytest.approx(0.8)
+    # an interaction below 1 counts the same (|log OR|); a flagged arm (null) is not chosen
+    metrics |= {"treatment.predictive.surgery.or": 1 / 2.2, "treatment.predictive.surgery.ci_low":
+                1 / 3.5, "treatment.predictive.surgery.ci_high": 1 / 1.4}  # fmt: skip
+    flipped = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    flipped = flipped.set_index("mechanism").loc["treatment_interaction"]
+    assert flipped["ci_low"] == pytest.approx(0.264525, abs=1e-5)
+    metrics |= {f"treatment.predictive.surgery.{k}": None for k in ("or", "ci_low", "ci_high")}
+    weak = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    weak = weak.set_index("mechanism").loc["treatment_interaction"]
+    assert weak["effect"] == pytest.approx(-np.log(0.9)) and not weak["detected"]

@@ -37,6 +37,7 @@ app.add_typer(wsi.app, name="wsi")
 app.command("report")(report_cli.report)
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("predict")(evaluate_cli.predict)
+app.command("validate-method")(importlib.import_module(".validate", __package__).validate_method)
 
 error_console = Console(stderr=True)
 

@@ -467,7 +467,7 @@ def _validation(context: Context) -> Tables:
         path = context.out / name
         return pd.read_csv(path) if path.is_file() else None
 
-    names = ("gate_strata", "attention", "survival_cindex_diff", "external")
+    names = ("gate_strata", "attention", "survival_cindex_diff", "external", "prompt_perturbation")
     written = {name: table(f"{name}.csv") for name in names}
     result = validation_table(
         read_planted(context.run.manifest_path),

@@ -402,7 +402,12 @@ def _concordances(time, event_, risk, horizons) -> np.ndarray:
     if event_.sum() == 0:
         return values
     # lifelines expects a score that is high for long survival.
-    values[0] = concordance_index(time, -risk, event_)
+    try:
+        values[0] = concordance_index(time, -risk, event_)
+    except ZeroDivisionError:
+        # no comparable pair (a small bootstrap resample whose events all tie or come last):
+        # Harrell's C is undefined for this replicate
+        return values
     y = Surv.from_arrays(event_.astype(bool), time)
     for j, tau in enumerate(horizons, start=1):
         if not np.any(event_.astype(bool) & (time < tau)):

@@ -1,4 +1,4 @@
-"""Method validation (issue 17): each planted mechanism recovered by the analysis that claims it.
+r"""Method validation (issue 17): each planted mechanism recovered by the analysis that claims it.
 
 A synthetic cohort records what it planted in ``synth.json`` (``mechanisms``, written by
 :mod:`stromalens.synthetic.mechanisms`) beside its manifest. For each mechanism this module
@@ -10,18 +10,42 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
 ====  ============================  =================================================  ==========
  a     ``sparse_evidence``           r(wsi_clip, a) − r(mean_pool, a)                    paired
                                                                                         bootstrap
- b     ``reliability``               WSI share, sacrum − skull base (fusion)        Welch
+ b     ``reliability``               mean WSI share of the fused contribution, sacrum    Welch t
+                                    − skull base (fusion; :mod:`.gates`)
  c     ``site``                      leave-site-out macro-r, after − before harmonising  t, sites
  d     ``annotation``                IoU − shuffled IoU of the fusion's top tiles        t, patients
  e     ``outcomes``                  OS C-index, clinical + AI − clinical                bootstrap
+ e     ``treatment_interaction``     |log OR| of the treatment × LR term (response)      Wald,
+                                                                                        Bonferroni
  f     ``external``                  zero-shot external r (fusion, ERS–CAF)              Fisher z
- g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         —
+ g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         paired
+                                                                                        bootstrap
 ====  ============================  =================================================  ==========
 
+(e) has two rows: the prognostic claim (the C-index gain) and the predictive one, the treatment
+× LR interaction of :mod:`~stromalens.evaluation.treatment` (``treatment.predictive.<arm>.*``).
+No arm is singled out in advance (the planted interaction acts through radiotherapy, which is
+the generator's rule, not the analysis's), so the row takes the arm whose interaction has the
+largest Wald :math:`|z|` and widens its interval for the :math:`L` arms tested (Bonferroni):
+
+.. math::
+
+    \hat\delta = |\log \widehat{OR}|, \qquad
+    \widehat{se} = \frac{\log OR_{hi} - \log OR_{lo}}{2 z_{0.975}}, \qquad
+    \hat\delta \pm z_{1 - 0.025/L}\, \widehat{se},
+
+so ``detected`` (the lower end above 0) is the Bonferroni-adjusted two-sided Wald test at 5%
+over the arms, and the null stays null at that familywise rate. A flagged (separated or
+non-converged) term carries no odds ratio and is not chosen.
+
+(b)'s interval is Welch's: :math:`\bar s_1 - \bar s_2 \pm t_{0.975,\nu}\,
+\sqrt{s_1^2/n_1 + s_2^2/n_2}` with the Welch–Satterthwaite :math:`\nu` (Welch 1947,
+*Biometrika* 34:28–35), not the normal one, which a stratum of a few patients makes
+anti-conservative. (g) reads the prompt-perturbation table's paired bootstrap of
+r(NONE) − r(CUR) (:mod:`.robustness`), negated.
+
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
-should not detect it; :func:`combine` puts a planted and a null run side by side. No CI is
-computed for (g): the prompt-perturbation table gives r per prompt set and a p-value against
-CUR, not a paired interval; ``detected`` there is ``effect > 0`` and ``p < 0.05``.
+should not detect it; :func:`combine` puts a planted and a null run side by side.
 
 Metric keys: ``validation.<mechanism>.{planted,effect,ci_low,ci_high,detected}``.
 """
@@ -37,7 +61,7 @@ from scipy import stats
 
 from ..correlation import pearson
 from ..names import PROPOSED
-from ..rundir import metric_key
+from ..rundir import metric_key, parse_metric_key
 
 #: (mechanism, the claim of its analysis), in the order of the table.
 MECHANISMS: tuple[tuple[str, str], ...] = (
@@ -46,6 +70,7 @@ MECHANISMS: tuple[tuple[str, str], ...] = (
     ("site", "harmonisation raises leave-site-out r"),
     ("annotation", "top-attention tiles overlap the fibrosis annotation above chance"),
     ("outcomes", "the AI scores add to the clinical OS model"),
+    ("treatment_interaction", "the LR score's association with response depends on the arm"),
     ("external", "the frozen model predicts ERS–CAF on another morphology"),
     ("text_prior", "curated prompts beat no text"),
 )
@@ -62,6 +87,7 @@ def planted_sizes(mechanisms: dict) -> dict[str, float]:
         "site": m["site_biology_shift"] if m["site_strength"] else 0.0,
         "annotation": m["annotation_margin_um"] or 0.0,
         "outcomes": m["survival_scale"],
+        "treatment_interaction": m.get("interaction", np.nan),
         "external": 1.0 if m["external_visible"] else 0.0,
         "text_prior": m["density_caption_rate"],
     }
@@ -118,9 +144,12 @@ def _gate_migration(gates):
     if not {"sacrum", "skull_base"} <= set(rows.index):
         return None
     s, k = rows.loc["sacrum"], rows.loc["skull_base"]
-    effect = float(s["share_wsi"] - k["share_wsi"])  # the WSI branch's share of the fusion
-    se = float(np.sqrt(s["share_wsi_sd"] ** 2 / s["n"] + k["share_wsi_sd"] ** 2 / k["n"]))
-    return effect, effect - Z95 * se, effect + Z95 * se, int(s["n"] + k["n"])
+    # the branch's share of the fused contribution, not the raw gate value (gates.py)
+    effect = float(s["share_wsi"] - k["share_wsi"])
+    v1, v2 = s["share_wsi_sd"] ** 2 / s["n"], k["share_wsi_sd"] ** 2 / k["n"]
+    df = (v1 + v2) ** 2 / (v1**2 / (s["n"] - 1) + v2**2 / (k["n"] - 1))  # Welch–Satterthwaite
+    half = float(stats.t.ppf(0.975, df) * np.sqrt(v1 + v2))
+    return effect, effect - half, effect + half, int(s["n"] + k["n"])
 
 
 def _site_gain(metrics):
@@ -150,6 +179,30 @@ def _survival_gain(cindex_diff):
     return float(r["diff"]), float(r["ci_low"]), float(r["ci_high"]), np.nan
 
 
+def _finite(value) -> float:
+    return float(value) if value is not None and np.isfinite(value) else np.nan
+
+
+def _interaction(metrics):
+    """(e) predictive: the arm's |log OR| of largest Wald |z|, Bonferroni over the arms."""
+    arms: dict[str, dict] = {}
+    for key, value in metrics.items():
+        parts = parse_metric_key(key)
+        if len(parts) == 4 and parts[:2] == ("treatment", "predictive"):
+            arms.setdefault(parts[2], {})[parts[3]] = _finite(value)
+    fits = []
+    for arm in arms.values():
+        odds, low, high = (arm.get(k, np.nan) for k in ("or", "ci_low", "ci_high"))
+        if np.isfinite([odds, low, high]).all() and min(odds, low, high) > 0 and high > low:
+            se = (np.log(high) - np.log(low)) / (2 * Z95)
+            fits.append((abs(np.log(odds)) / se, abs(float(np.log(odds))), float(se)))
+    if not fits:
+        return None
+    _, effect, se = max(fits)
+    half = float(stats.norm.ppf(1 - 0.025 / len(arms))) * se
+    return effect, effect - half, effect + half, np.nan
+
+
 def _external_r(external):
     if external is None:
         return None
@@ -160,11 +213,14 @@ def _external_r(external):
     return (r, *fisher_interval(r, n), n)
 
 
-def _text_gap(metrics):
-    cur, none = metrics.get("prompt.CUR.r.ers_caf"), metrics.get("prompt.NONE.r.ers_caf")
-    if cur is None or none is None:
+def _text_gap(prompts):
+    if prompts is None:
         return None
-    return float(cur - none), np.nan, np.nan, metrics.get("prompt.NONE.p_vs_cur.ers_caf")
+    row = prompts[(prompts["prompt_set"] == "NONE") & (prompts["target"] == "ers_caf")]
+    if not len(row):
+        return None
+    r = row.iloc[0]  # diff_vs_cur = r(NONE) − r(CUR), paired over the same patients
+    return -float(r["diff_vs_cur"]), -float(r["diff_ci_high"]), -float(r["diff_ci_low"]), r["n"]
 
 
 def validation_table(
@@ -179,8 +235,8 @@ def validation_table(
 ) -> pd.DataFrame:
     """One row per mechanism (:data:`COLUMNS`): planted size, recovered effect with its 95% CI,
     detected. ``tables`` holds the evaluation's ``gate_strata``, ``attention``,
-    ``survival_cindex_diff`` and ``external`` tables (None where the run lacks them); a
-    mechanism whose inputs are missing gets NaN and ``detected`` False."""
+    ``survival_cindex_diff``, ``external`` and ``prompt_perturbation`` tables (None where the
+    run lacks them); a mechanism whose inputs are missing gets NaN and ``detected`` False."""
     found = {
         "sparse_evidence": _attention_gap(predictions, truth, n_boot, seed)
         if predictions is not None
@@ -189,17 +245,14 @@ def validation_table(
         "site": _site_gain(metrics),
         "annotation": _colocalisation(tables.get("attention")),
         "outcomes": _survival_gain(tables.get("survival_cindex_diff")),
+        "treatment_interaction": _interaction(metrics),
         "external": _external_r(tables.get("external")),
-        "text_prior": _text_gap(metrics),
+        "text_prior": _text_gap(tables.get("prompt_perturbation")),
     }
     rows = []
     for name, claim in MECHANISMS:
         effect, low, high, n = found[name] or (np.nan, np.nan, np.nan, np.nan)
-        if name == "text_prior":  # n holds the p-value against CUR here (see module docstring)
-            detected = bool(np.isfinite(effect) and effect > 0 and n is not None and n < 0.05)
-            n = np.nan
-        else:
-            detected = bool(np.isfinite(low) and low > 0)
+        detected = bool(np.isfinite(low) and low > 0)
         rows.append(
             {
                 "mechanism": name,
@@ -243,3 +296,60 @@ def combine(planted: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
         columns=lambda c: c if c == "mechanism" else f"null_{c}"
     )
     return planted[keep].merge(right, on="mechanism", how="left")
+
+
+# --------------------------------------------------------------------------- wording
+def _names(table: pd.DataFrame, mask) -> str:
+    names = list(table.loc[mask, "mechanism"])
+    return ", ".join(names) if names else "none"
+
+
+def recovery_sentence(table: pd.DataFrame) -> str:
+    """Which mechanisms were recovered and which not, for a validation table or a matrix
+    (:func:`combine`: the null run's columns too), and where the sizes come from."""
+    detected = table["detected"].astype(bool)
+    parts = [
+        f"Recovered (95% CI excluding the null): {_names(table, detected)}.",
+        f"Not recovered: {_names(table, ~detected)}.",
+    ]
+    if "null_detected" in table:
+        false = table["null_detected"].map(lambda v: _yes(v) == "yes")
+        parts.append(f"Detected on the null cohort (false positives): {_names(table, false)}.")
+    parts.append(
+        "The planted sizes are the generator's defaults (MechanismsConfig), not tuned until "
+        "the method wins."
+    )
+    return " ".join(parts)
+
+
+def _interval(effect, low, high) -> str:
+    if not np.isfinite(effect):
+        return "—"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{effect:.3f} (no CI)"
+    return f"{effect:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _yes(value) -> str:
+    # a CSV read back holds numpy bools, or NaN where the null run lacks the mechanism
+    return ("yes" if value else "no") if isinstance(value, (bool, np.bool_)) else "—"
+
+
+def _size(value) -> str:
+    return f"{value:g}" if np.isfinite(value) else "—"
+
+
+def matrix_markdown(matrix: pd.DataFrame) -> str:
+    """The validation matrix (:func:`combine`) as a Markdown table and its sentence."""
+    lines = [
+        "| mechanism | planted | recovered effect [95% CI] | detected | null planted | "
+        "null effect [95% CI] | null detected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in matrix.itertuples(index=False):
+        lines.append(
+            f"| {r.mechanism} | {_size(r.planted)} | {_interval(r.effect, r.ci_low, r.ci_high)} "
+            f"| {_yes(r.detected)} | {_size(r.null_planted)} | "
+            f"{_interval(r.null_effect, r.null_ci_low, r.null_ci_high)} | {_yes(r.null_detected)} |"
+        )
+    return "\n".join(lines) + "\n\n" + recovery_sentence(matrix) + "\n"

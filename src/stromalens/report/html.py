@@ -897,7 +897,71 @@ def section_truth(run: RunFiles) -> Section:
     )
 
 
-SECTIONS: tuple[Callable[[RunFiles], Section], ...] = (
+# ------------------------------------------------------------------- method validation
+VALIDATION_TABLE = "validation.csv"
+
+
+def _validation_rows(table: pd.DataFrame, prefix: str = "") -> list[str]:
+    """Cells 'effect [CI]' and 'yes/no' of one run's columns (``prefix`` "null_" or "")."""
+    cells = []
+    for _, r in table.iterrows():
+        detected = r[f"{prefix}detected"]
+        known = isinstance(detected, bool | np.bool_)
+        cells.append((_ci(r[f"{prefix}effect"], r[f"{prefix}ci_low"], r[f"{prefix}ci_high"], 3),
+                      ("yes" if detected else "no") if known else "n/a"))  # fmt: skip
+    return cells
+
+
+def validation_blocks(table: pd.DataFrame, matrix: pd.DataFrame | None) -> list[Block]:
+    """The run's validation table, or the matrix of its ``validate-method`` folder when there
+    is one (planted beside null), and the sentence of what was recovered."""
+    from ..evaluation.validation import recovery_sentence
+
+    shown = matrix if matrix is not None else table
+    columns = ["mechanism", "claim", "planted", "recovered effect [95% CI]", "detected"]
+    cells = _validation_rows(shown)
+    if matrix is not None:
+        columns += ["null planted", "null effect [95% CI]", "null detected"]
+        nulls = _validation_rows(matrix, "null_")
+    rows = []
+    for i, (_, r) in enumerate(shown.iterrows()):
+        row = [str(r["mechanism"]), str(r["claim"]), _fmt(r["planted"], 2), *cells[i]]
+        if matrix is not None:
+            row += [_fmt(r["null_planted"], 2), *nulls[i]]
+        rows.append(row)
+    title = "Validation matrix (planted and null cohorts)" if matrix is not None else (
+        "Planted mechanisms and what their analyses recover")  # fmt: skip
+    caption = (
+        "Effects oriented so that a recovered mechanism is positive; detected = the 95% CI "
+        "excludes 0."
+    )
+    block = Block(kind="table", title=title, caption=caption, columns=columns, rows=rows,
+                  frame=shown)  # fmt: skip
+    return [block, _note(recovery_sentence(shown))]
+
+
+def section_validation(run: RunFiles) -> Section | None:
+    """Method validation (issue 17), on a synthetic cohort with planted mechanisms only: a
+    run without ``validation.csv`` (a real cohort) has no such section (None)."""
+    from ..rundir import ValidationLayout
+
+    if not run.layout.evaluation_file(VALIDATION_TABLE).is_file():
+        return None
+    layout = ValidationLayout.around(run.root.parent)
+    matrix = pd.read_csv(layout.matrix_csv) if layout is not None else None
+    blocks = _flags(run, "validation")
+    blocks += validation_blocks(run.evaluation(VALIDATION_TABLE), matrix)
+    return Section(
+        "validation",
+        "Method validation",
+        "Each mechanism the study claims was planted by the generator with a known size; does "
+        "the analysis that claims it detect it, and stay silent on the null cohort?",
+        blocks,
+    )
+
+
+#: The section builders in page order; one returning None has nothing to show for this run.
+SECTIONS: tuple[Callable[[RunFiles], Section | None], ...] = (
     section_configuration,
     section_landscape,
     section_attention,
@@ -909,6 +973,7 @@ SECTIONS: tuple[Callable[[RunFiles], Section], ...] = (
     section_external,
     section_deployability,
     section_truth,
+    section_validation,
 )
 
 
@@ -959,7 +1024,7 @@ def render(run: RunFiles, out_dir: Path | None = None) -> str:
     )
     from .. import __version__
 
-    sections = [build(run) for build in SECTIONS]
+    sections = [section for build in SECTIONS if (section := build(run)) is not None]
     fold_long_tables(sections, out_dir)
     relink(sections, out_dir)
     return env.get_template("report.html.j2").render(
