@@ -110,3 +110,18 @@ def test_an_image_only_encoder_is_refused_for_text_guided_models_only(tmp_path):
     (problem,) = name_problems(bad)
     assert "'uni' has no text encoder" in problem and "clip_mil" in problem
     assert "synthclip" in problem  # the encoders that would do
+
+
+def test_a_study_file_spelling_out_null_encoder_weights_is_valid(tiny):
+    """The study.yaml a run writes lists every key, ``training.encoder_weights: null`` among
+    them: null means "use wsi.weights", not a second, different value."""
+    from stromalens.study.stages import validate_study
+
+    data = {**tiny, "training": {**tiny["training"], "encoder_weights": None}}
+    try:
+        validate_study(StudyConfig.model_validate(data))
+    except ConfigError as exc:
+        assert "encoder_weights" not in str(exc), exc
+    data["training"]["encoder_weights"] = "other.safetensors"
+    with pytest.raises(ConfigError, match="training.encoder_weights: must match wsi.weights"):
+        validate_study(StudyConfig.model_validate(data))

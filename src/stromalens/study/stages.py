@@ -107,8 +107,10 @@ def validate_study(config: StudyConfig) -> None:
                     f"training.{key}: leave it out; `stromalens run` uses its own stages' output"
                 )
         for key, wsi_key in (("encoder", "encoder"), ("encoder_weights", "weights")):
-            given = key in config.training.model_fields_set
-            if given and getattr(config.training, key) != getattr(config.wsi, wsi_key):
+            # null counts as left out: the study file a run writes spells out every key
+            value = getattr(config.training, key)
+            given = key in config.training.model_fields_set and value is not None
+            if given and value != getattr(config.wsi, wsi_key):
                 problems.append(
                     f"training.{key}: must match wsi.{wsi_key} (leave it out to use wsi's)"
                 )
