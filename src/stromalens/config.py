@@ -229,6 +229,11 @@ class TargetsConfig(_Strict):
         False, description="CIBERSORT's QN=TRUE before ν-SVR (its default for microarrays)"
     )
     min_coverage: float = Field(0.5, ge=0, le=1)
+    adopt: Path | None = Field(
+        None,
+        description="(study) the --out of `stromalens targets` to reuse when its recorded "
+        "inputs and settings equal the study's",
+    )
 
 
 class WsiConfig(_Strict):
@@ -266,6 +271,11 @@ class RadiomicsStageConfig(_Strict):
 
     config: Path | None = Field(None, description="radiomics YAML; null: built-in settings")
     settings: dict | None = Field(None, description="inline radiomics settings (same keys)")
+    adopt: Path | None = Field(
+        None,
+        description="the --out of `stromalens radiomics` whose patient records are reused "
+        "where settings and input files match",
+    )
     executor: Literal["process", "ray"] = "process"
     workers: int | None = Field(None, ge=1, description="patients in parallel")
 

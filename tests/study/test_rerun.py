@@ -302,3 +302,64 @@ def test_a_standalone_store_made_with_other_settings_is_not_adopted(cohort, tmp_
 
 def _wsi(manifest: Path) -> dict:
     return tiny_study(manifest)["wsi"]
+
+
+# ------------------------------------------------------------------ adopting standalone outputs
+def _standalone_targets(cohort: Path, out: Path, **settings) -> None:
+    from stromalens.config import TargetsConfig
+    from stromalens.targets.run import run_targets
+
+    block = tiny_study(cohort)["targets"]
+    run_targets(cohort, cohort.parent / "rnaseq" / "tpm.tsv", TargetsConfig(**block, **settings),
+                out)  # fmt: skip
+
+
+def test_a_study_adopts_a_standalone_targets_folder_with_its_inputs_and_settings(cohort, tmp_path):
+    standalone = tmp_path / "my_targets"
+    _standalone_targets(cohort, standalone)
+    theirs = _mtimes(standalone, "*")
+    study = tmp_path / "study"
+    block = {**tiny_study(cohort)["targets"], "adopt": str(standalone)}
+    _run(cohort, study, "targets", targets=block)
+    assert _summary(study, "targets")["adopted"] == str(standalone)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(study / "targets" / "targets.parquet"),
+        pd.read_parquet(standalone / "targets.parquet"),
+    )
+    assert _mtimes(standalone, "*") == theirs  # copied from, never written to
+
+
+def test_a_targets_folder_made_with_other_settings_is_computed_again(cohort, tmp_path):
+    standalone = tmp_path / "my_targets"
+    _standalone_targets(cohort, standalone, lr_method="product")
+    study = tmp_path / "study"
+    block = {**tiny_study(cohort)["targets"], "adopt": str(standalone)}
+    _run(cohort, study, "targets", targets=block)
+    assert "adopted" not in _summary(study, "targets")
+    ours = pd.read_parquet(study / "targets" / "targets.parquet")
+    assert not ours["lr"].equals(pd.read_parquet(standalone / "targets.parquet")["lr"])
+
+
+def test_a_study_adopts_matching_standalone_radiomics_records(cohort, tmp_path):
+    from stromalens.radiology.runner import run_radiomics
+    from stromalens.radiology.settings import RadiomicsConfig
+
+    from .conftest import TINY_RADIOMICS
+
+    standalone = tmp_path / "my_radiomics"
+    run_radiomics(cohort, standalone, RadiomicsConfig.model_validate(TINY_RADIOMICS), workers=1)
+    theirs = _mtimes(standalone / "patients", "*.json")
+    study = tmp_path / "study"
+    block = {"settings": TINY_RADIOMICS, "workers": 1, "adopt": str(standalone)}
+    _run(cohort, study, "radiomics", radiomics=block)
+    summary = _summary(study, "radiomics")
+    assert summary["adopted"] and summary["patients_resumed"] == len(summary["adopted"])
+    assert summary["patients_resumed"] == summary["patients_ok"]  # nothing recomputed
+    assert _mtimes(standalone / "patients", "*.json") == theirs
+    # other settings: every record is recomputed, the link replaced, the user's file kept
+    other = {**TINY_RADIOMICS, "stability": {**TINY_RADIOMICS["stability"], "perturbations": 3}}
+    _run(cohort, tmp_path / "study2", "radiomics",
+         radiomics={**block, "settings": other})  # fmt: skip
+    assert _summary(tmp_path / "study2", "radiomics")["adopted"] == []
+    assert not any(p.is_symlink() for p in (tmp_path / "study2" / "radiomics").rglob("*.json"))
+    assert _mtimes(standalone / "patients", "*.json") == theirs

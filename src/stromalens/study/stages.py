@@ -46,6 +46,7 @@ stores below it, ``<features>/<encoder>/<tiling>/``, by :func:`~stromalens.wsi.s
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -188,11 +189,20 @@ def _manifest_problems(config: StudyConfig) -> list[str]:
 
 # ---------------------------------------------------------------------------- targets
 def run_targets_stage(config: StudyConfig, study: Path) -> dict:
-    from ..targets.run import run_targets
+    """The targets, or those of ``targets.adopt`` (a ``stromalens targets --out``) when its
+    recorded inputs and settings equal the study's (:func:`~stromalens.targets.run.adopt_targets`);
+    a folder that differs is logged and the targets are computed."""
+    from ..targets.run import adopt_targets, run_targets
 
     layout = StudyLayout(study)
-    return run_targets(config.cohort.manifest, config.cohort.expression, config.targets,
-                       layout.targets)  # fmt: skip
+    args = (config.cohort.manifest, config.cohort.expression, config.targets)
+    if config.targets.adopt is not None:
+        summary, why = adopt_targets(config.targets.adopt, *args, layout.targets)
+        if summary is not None:
+            event(log, "targets adopted", source=str(config.targets.adopt))
+            return summary
+        event(log, "targets not adopted; computing them", logging.WARNING, reason=why)
+    return run_targets(*args, layout.targets)
 
 
 def _rna_samples(manifest: Path) -> list:
@@ -375,6 +385,32 @@ def _adopt(config: StudyConfig, dest: Path) -> list[str]:
     return linked
 
 
+def _adopt_records(source: Path, dest: Path) -> list[str]:
+    """Link into ``dest/patients/`` each patient record of ``source`` (the ``--out`` of
+    ``stromalens radiomics``) that ``dest`` does not hold yet; returns their patient ids.
+
+    Whether a linked record is used is decided as for any record of the study: the same
+    settings hash and the same input files (:func:`~stromalens.radiology.runner.input_identity`)
+    and no failed sequence; one that differs is recomputed, and the new record replaces the
+    link (atomic rename), never the user's file."""
+    records = Path(source) / "patients"
+    if not records.is_dir():
+        raise ValueError(
+            f"radiomics.adopt: {source} has no patients/ folder; give the --out of "
+            "`stromalens radiomics`"
+        )
+    target = Path(dest) / "patients"
+    target.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for record in sorted(records.glob("*.json")):
+        mine = target / record.name
+        if not (mine.exists() or mine.is_symlink()):
+            mine.symlink_to(record.resolve())
+            linked.append(record.stem)
+    event(log, "radiomics records adopted", source=str(source), linked=len(linked))
+    return linked
+
+
 def _slides(manifest: Path) -> tuple[Path, ...]:
     from ..wsi.embed import jobs_from_manifest
 
@@ -413,6 +449,7 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
     from ..radiology.runner import run_radiomics
 
     block = config.radiomics
+    adopted = _adopt_records(block.adopt, StudyLayout(study).radiomics) if block.adopt else []
     summary = run_radiomics(
         config.cohort.manifest,
         StudyLayout(study).radiomics,
@@ -445,6 +482,9 @@ def run_radiomics_stage(config: StudyConfig, study: Path) -> dict:
         "skipped": skipped,
         "retry": retry,  # the next run tries these patients again
     }
+    if block.adopt:
+        resumed = set(status.index[status["resumed"].eq("True")]) if "resumed" in status else set()
+        out["adopted"] = sorted(p for p in adopted if p in resumed)
     check = summary.get("site_check", {}).get("balanced_accuracy")
     if check:
         out["site_balanced_accuracy"] = check

@@ -80,7 +80,7 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
             "patients_without_rna": without_rna,
         },
     )
-    return {
+    summary = {
         "patients": int(len(samples)),
         "ceiling": {t: round(r["ceiling"], 3) for t, r in result.reliability.items()},
         "concordance": {
@@ -90,6 +90,74 @@ def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
         "skipped": [{"item": p, "reason": "no rna_sample (no RNA-seq)"} for p in without_rna],
         "refused": result.metadata.get("refused", {}),
     }
+    _write_json(
+        Path(out) / IDENTITY,
+        {"identity": targets_identity(manifest, expression, settings), "summary": summary},
+    )
+    return summary
+
+
+#: What a targets folder records of its inputs and settings, so a study can adopt it.
+IDENTITY = "identity.json"
+#: The files of a targets folder a study copies when it adopts it.
+TARGET_FILES = (
+    "targets.parquet",
+    "fractions.parquet",
+    "genes.parquet",
+    "reliability.json",
+    "targets.json",
+    IDENTITY,
+)
+
+
+def targets_identity(manifest: Path, expression: Path, settings) -> dict:
+    """Everything the targets depend on: the expression table's and every given resource
+    file's sha256, the settings (``adopt`` aside) and the manifest's patient → rna_sample
+    pairs (not the rest of the manifest: survival times do not change a target)."""
+    from ..cohort import load_manifest
+    from ..hashing import sha256_file
+
+    files = {"expression": expression}
+    files |= {k: getattr(settings, k) for k in ("gene_sets", "signature", "mrna_scaling")}
+    files["annotation"] = settings.annotation
+    samples = load_manifest(manifest, check_files=False).frame["rna_sample"]
+    return {
+        "sha256": {k: sha256_file(v) if v is not None else None for k, v in files.items()},
+        "settings": settings.model_dump(mode="json", exclude={"adopt", *files}),
+        "rna_samples": sorted([str(p), str(v)] for p, v in samples.dropna().items()),
+    }
+
+
+def adopt_targets(source: Path, manifest: Path, expression: Path, settings, out: Path):
+    """Copy the targets of ``source`` (the ``--out`` of ``stromalens targets``) into ``out``
+    when their recorded identity (:func:`targets_identity`) equals this study's; returns the
+    summary recorded with them, or ``None`` (and why) when they do not match."""
+    import json
+    import shutil
+
+    record = Path(source) / IDENTITY
+    if not record.is_file():
+        why = "made by an older stromalens, or not a targets folder"
+        return None, f"{source} has no {IDENTITY} ({why})"
+    found = json.loads(record.read_text(encoding="utf-8"))
+    want = targets_identity(manifest, expression, settings)
+    differ = sorted(k for k in want if found.get("identity", {}).get(k) != want[k])
+    if differ:
+        return None, f"{source}: recorded {', '.join(differ)} differ from this study's"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TARGET_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, out / name)
+    return found["summary"] | {"adopted": str(source)}, ""
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+
+    tmp = path.with_name(f"partial-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    tmp.replace(path)
 
 
 def target_genes(settings, mrna_scaling, measured) -> list[str]:
