@@ -74,9 +74,7 @@ def preflight(
     (:meth:`~stromalens.radiology.settings.RadiomicsConfig.sequence_columns`): the image and
     mask columns a radiomics configuration reads, each file checked."""
     try:
-        cohort = load_manifest(
-            manifest, sites=sites, check_files=check_files, sequences=sequences
-        )
+        cohort = load_manifest(manifest, sites=sites, check_files=check_files, sequences=sequences)
     except ManifestError as exc:
         return None, [Finding(ERROR, None, p.column, str(p)) for p in exc.problems]
     subject = Subject(
