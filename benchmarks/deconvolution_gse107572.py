@@ -8,7 +8,11 @@ flow-cytometry fraction, the mean r over the cell types the method estimates, an
 the r that the quanTIseq reference code gives on these samples (PUBLISHED, below).
 
 ``--expression`` takes GEO's own ``GSE107572_tpm_PBMC_RNAseq.txt(.gz)`` (genes × samples, TPM,
-columns ``pbmc_<donor>...``) instead of the ``../shared/data`` table (which is not TPM-normalised).
+columns ``pbmc_<donor>...``) instead of the ``../shared/data`` table (which is not TPM-normalised:
+count-like, a gene-specific factor of sd 0.43 in log against GEO's TPM). ``--hgnc`` replays
+quanTIseq's HGNC re-annotation (``mapGenes``) on the input from the changes its reference run
+recorded (tests/targets/reference), so that "quantiseq" is given exactly the reference's table.
+The row "R quanTIseq" is the reference code's own output on the same input (committed there).
 """
 
 from __future__ import annotations
@@ -54,9 +58,12 @@ LABELS = {
 }
 # quanTIseq on GSE107572 (GEO TPM, TIL10, tumor=FALSE, arrays=FALSE, mRNA scaling): Pearson r
 # per cell type as printed in the quantiseqr vignette, "Use case 2: PBMCs from GSE107572
-# (Finotello et al 2019)", figure ex2-comparison-plot (federicomarini/quantiseqr, built site
-# 1.7.0), which runs the reference code on the paper's data and reproduces the paper's blood
-# validation (Finotello et al. 2019, Genome Med 11:34); "all cells" pooled: r = 0.87.
+# (Finotello et al 2019)", figure ex2-comparison-plot as built for quantiseqr 1.7.0
+# (federicomarini/quantiseqr gh-pages commit 6be7ebd; "All cells" pooled: r = 0.87). quanTIseq's
+# own module (icbi-lab/quanTIseq) on GEO's TPM gives exactly these figures
+# (tests/targets/test_deconvolution_geo_tpm.py). The 1.5.0 build of the same figure prints
+# B 0.82, CD4 0.79, CD8 0.91, Mono 0.73, Neu 0.52, NK 0.55, Treg 0.53, mDC 0.78: quanTIseq
+# without the HGNC re-annotation, which is what "quantiseq" gives here without --hgnc.
 PUBLISHED = {
     "B": 0.81,
     "CD4T": 0.77,
@@ -70,6 +77,7 @@ PUBLISHED = {
 METHODS = {
     "quantiseq": ({"method": "quantiseq"}, TIL10_OF_FACS),
     "quantiseq (no Treg corr.)": ({"method": "lsq"}, TIL10_OF_FACS),
+    "quantiseq arrays (QN)": ({"method": "quantiseq", "arrays": True}, TIL10_OF_FACS),
     "nusvr": ({"method": "nusvr"}, TIL10_OF_FACS),
     "nusvr + QN": ({"method": "nusvr", "quantile_normalisation": True}, TIL10_OF_FACS),
     "mcpcounter": ({"method": "mcpcounter"}, MCP_OF_FACS),
@@ -95,6 +103,31 @@ def load(data: Path, expression: Path | None) -> tuple[pd.DataFrame, pd.DataFram
     return expr.sort_index(), facs.sort_index()
 
 
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "targets" / "reference"
+
+
+def reference_prefix(expression: Path | None) -> str:
+    """The file prefix of quanTIseq's reference outputs for this input (make_quantiseq_*.R)."""
+    return "quantiseq_gse107572" if expression is None else "quantiseq_geo_tpm"
+
+
+def replay_hgnc(expr: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """quanTIseq's ``mapGenes`` on ``expr`` (samples × genes), from the genes its reference run
+    dropped and the rows it added under approved symbols."""
+    dropped = pd.read_csv(REFERENCE / f"{prefix}_dropped_genes.csv")["gene"]
+    added = pd.read_csv(REFERENCE / f"{prefix}_added_values.csv", index_col=0).T
+    added.index = [donor(s.replace(".", " ")) for s in added.index]
+    return pd.concat([expr.drop(columns=dropped), added.loc[expr.index]], axis=1)
+
+
+def reference_fractions(prefix: str, columns) -> pd.DataFrame:
+    """quanTIseq's reference code's fractions (RNA-seq default), our column names."""
+    ref = pd.read_csv(REFERENCE / f"{prefix}_rnaseq.csv", index_col=0)
+    ref.index = [donor(s.replace(".", " ")) for s in ref.index]
+    ref.columns = columns
+    return ref.sort_index()
+
+
 def lsq_on_fixed_mixture(expr: pd.DataFrame) -> pd.DataFrame:
     """quanTIseq without the Tregs/CD4 correction (fixMixture, then constrained LS)."""
     from stromalens.targets.deconvolution import fix_mixture
@@ -102,17 +135,22 @@ def lsq_on_fixed_mixture(expr: pd.DataFrame) -> pd.DataFrame:
     return deconvolve(fix_mixture(expr), method="lsq")
 
 
-def correlations(expr: pd.DataFrame, facs: pd.DataFrame) -> pd.DataFrame:
+def r_per_cell_type(estimate: pd.DataFrame, facs: pd.DataFrame, mapping: dict) -> dict:
+    return {f: pearson(estimate.loc[facs.index, col], facs[f]) for f, col in mapping.items()}
+
+
+def correlations(
+    expr: pd.DataFrame, facs: pd.DataFrame, reference: pd.DataFrame | None = None
+) -> pd.DataFrame:
     rows = {}
     for name, (kwargs, mapping) in METHODS.items():
         if name == "quantiseq (no Treg corr.)":
             estimate = lsq_on_fixed_mixture(expr)
         else:
             estimate = deconvolve(expr, **kwargs)
-        rows[name] = {
-            facs_col: pearson(estimate.loc[facs.index, col], facs[facs_col])
-            for facs_col, col in mapping.items()
-        }
+        rows[name] = r_per_cell_type(estimate, facs, mapping)
+    if reference is not None:
+        rows["R quanTIseq (reference code)"] = r_per_cell_type(reference, facs, TIL10_OF_FACS)
     table = pd.DataFrame(rows).T.reindex(columns=list(LABELS))
     table.loc["published quanTIseq"] = pd.Series(PUBLISHED)
     # A constant estimate (e.g. Tregs all 0) has no r: "n" counts the cell types with one.
@@ -126,11 +164,19 @@ def main() -> None:
     default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--expression", type=Path, default=None)
+    parser.add_argument("--hgnc", action="store_true", help="replay quanTIseq's mapGenes")
     args = parser.parse_args()
     expr, facs = load(args.data, args.expression)
-    table = correlations(expr, facs)
+    prefix = reference_prefix(args.expression)
+    if args.hgnc:
+        expr = replay_hgnc(expr, prefix)
+    ours = deconvolve(expr, method="quantiseq")
+    reference = reference_fractions(prefix, ours.columns)
+    table = correlations(expr, facs, reference)
     source = args.expression or "../shared/data (not TPM-normalised)"
-    print(f"GSE107572, {len(facs)} donors, expression: {source}")
+    print(f"GSE107572, {len(facs)} donors, expression: {source}, HGNC replay: {args.hgnc}")
+    diff = np.abs(ours.sort_index() - reference).to_numpy().max()
+    print(f"quantiseq vs quanTIseq's reference code, max |Δ fraction| over samples: {diff:.1e}")
     print("Pearson r against flow cytometry (mean over the cell types each method estimates)")
     print(
         table.to_string(
@@ -144,7 +190,7 @@ def main() -> None:
         f"({', '.join(f'{k} {v:+.2f}' for k, v in gap.items())})"
     )
     mapped = pd.Series({name: len(mapping) for name, (_, mapping) in METHODS.items()})
-    complete = table.drop("published quanTIseq")
+    complete = table.drop(["published quanTIseq", "R quanTIseq (reference code)"])
     best = complete.loc[complete["n"] == mapped.loc[complete.index], "mean r"]
     print(
         f"best mean r (methods with an r for every cell type they map): {best.max():.2f} "
