@@ -29,6 +29,17 @@ def gene_table(targets_table: Path | str) -> Path:
     return Path(targets_table).with_name(GENE_TABLE)
 
 
+#: The targets stage's S_LR inputs (patients × the ligand/receptor genes' log2(TPM + 1) and
+#: the receiving cell types' fractions, with the method and triplets), written beside
+#: ``targets.parquet``; training refits S_LR's gene scaling on each fold's training patients.
+LR_INPUTS = "lr_inputs.parquet"
+
+
+def lr_inputs(targets_table: Path | str) -> Path:
+    """The S_LR inputs table written beside the targets table ``targets_table``."""
+    return Path(targets_table).with_name(LR_INPUTS)
+
+
 # ---------------------------------------------------------------------------- metric keys
 _ESCAPES = (("%", "%25"), (".", "%2E"))
 

@@ -24,6 +24,8 @@ ESTIMATORS: dict[str, tuple[str, str]] = {
     "FoldPreprocessor": ("stromalens.training.data", "FoldPreprocessor"),
     "ComBat": ("stromalens.radiology.combat", "ComBat"),
     "TargetScaler": ("stromalens.targets.scaling", "TargetScaler"),
+    "GeneScaler": ("stromalens.targets.scaling", "GeneScaler"),
+    "LRCrosstalk": ("stromalens.targets.lr", "LRCrosstalk"),
 }
 _TAG = "__type__"
 

@@ -1,4 +1,5 @@
-"""Reading expression tables into samples × genes (AnnData orientation)."""
+"""Reading expression tables into samples × genes (AnnData orientation); writing and reading
+the ligand–receptor inputs a training fold recomputes S_LR from."""
 
 from __future__ import annotations
 
@@ -125,3 +126,71 @@ def read_expression(
     check_unique_samples(frame, path)
     frame, _ = apply_na(frame, na, source=path)
     return apply_duplicates(frame, duplicates, path)
+
+
+# ---------------------------------------------------------------------------- S_LR's inputs
+#: Column prefixes of the LR inputs table: a gene's log expression, a cell type's fraction.
+LR_GENE_PREFIX, LR_FRACTION_PREFIX = "gene__", "fraction__"
+#: The parquet schema metadata key holding the LR inputs' method, weights and triplet table.
+_LR_META_KEY = b"stromalens.lr_inputs"
+
+
+def write_lr_inputs(inputs, path: Path | str) -> None:
+    """Write :class:`~stromalens.targets.lr.LRInputs` as one parquet file, atomically: index
+    ``patient_id``; columns ``gene__<symbol>`` (log2(TPM + 1)) and ``fraction__<cell type>``;
+    the method, weights, triplet table and ``fitted_on`` in the file's schema metadata."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pd.concat(
+        [
+            inputs.log_expr.add_prefix(LR_GENE_PREFIX),
+            inputs.fractions.add_prefix(LR_FRACTION_PREFIX),
+        ],
+        axis=1,
+    )
+    table.index = table.index.astype(str).rename("patient_id")
+    spec = {
+        "method": inputs.method,
+        "weights": inputs.weights,
+        "triplets": inputs.triplets.to_dict(orient="list"),
+        "fitted_on": [str(i) for i in inputs.fitted_on],
+    }
+    arrow = pa.Table.from_pandas(table)
+    meta = dict(arrow.schema.metadata or {}) | {_LR_META_KEY: json.dumps(spec).encode()}
+    path = Path(path)
+    tmp = path.with_name(f"partial-{path.name}")
+    pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+    tmp.replace(path)
+
+
+def read_lr_inputs(path: Path | str):
+    """The :class:`~stromalens.targets.lr.LRInputs` written by :func:`write_lr_inputs`."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from .lr import LRInputs
+
+    arrow = pq.read_table(path)
+    raw = (arrow.schema.metadata or {}).get(_LR_META_KEY)
+    if raw is None:
+        raise ValueError(
+            f"{path} is not an LR inputs table (no {_LR_META_KEY.decode()} record); rerun "
+            "`stromalens targets` to write it"
+        )
+    spec = json.loads(raw)
+    table = arrow.to_pandas()
+    table.index = table.index.astype(str)
+    genes = [c for c in table.columns if c.startswith(LR_GENE_PREFIX)]
+    cells = [c for c in table.columns if c.startswith(LR_FRACTION_PREFIX)]
+    return LRInputs(
+        log_expr=table[genes].rename(columns=lambda c: c[len(LR_GENE_PREFIX) :]).astype(float),
+        fractions=table[cells].rename(columns=lambda c: c[len(LR_FRACTION_PREFIX) :]).astype(float),
+        triplets=pd.DataFrame(spec["triplets"]),
+        method=spec["method"],
+        weights=spec["weights"],
+        fitted_on=list(spec["fitted_on"]),
+    )

@@ -33,6 +33,7 @@ Example
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -119,14 +120,102 @@ class LRCrosstalk:
             raise ValueError(f"the fractions lack receiving cell types: {', '.join(absent_types)}")
         fractions = fractions.loc[log_expr.index]
         scaled = self.scaler_.transform(log_expr)
-        pair = scaled[table["ligand"]].to_numpy() * scaled[table["receptor"]].to_numpy()
+        # float casts: a table restored from a JSON state may hold its numbers as objects
+        ligand = scaled[table["ligand"]].to_numpy(float)
+        pair = ligand * scaled[table["receptor"]].to_numpy(float)
         if self.method == "cellchat":
             pair = pair / (0.5 + pair)
         pair = np.nan_to_num(pair)  # a gene constant in training carries no crosstalk information
-        receiving = fractions[table["cell_type"]].to_numpy()
-        w = table["weight"].to_numpy()
+        receiving = fractions[list(table["cell_type"])].to_numpy(float)
+        w = table["weight"].to_numpy(float)
         score = (pair * receiving) @ w / w.sum()
         return pd.Series(score, index=log_expr.index, name="lr")
 
     def fit_transform(self, log_expr, fractions):
         return self.fit(log_expr, fractions).transform(log_expr, fractions)
+
+
+@dataclass
+class LRInputs:
+    """What a cross-validation fold needs to recompute S_LR with its own gene scaling.
+
+    The targets stage fits S_LR's gene scaling on ``fitted_on`` (the whole cohort by default),
+    so the ``lr`` column of ``targets.parquet`` of a held-out patient depends on the held-out
+    patients' expression. Training instead refits :class:`LRCrosstalk` on each fold's training
+    patients (:meth:`fit`) and scores every patient with it (:meth:`score`).
+
+    Attributes
+    ----------
+    log_expr : DataFrame, patients × the measured ligand and receptor genes, log2(TPM + 1)
+    fractions : DataFrame, patients × the receiving cell types, the fractions S_LR reads
+        (quanTIseq's)
+    triplets : DataFrame, the triplet table (``ligand, receptor, cell_type``, ``n_resources``)
+    method, weights : the :class:`LRCrosstalk` settings of the ``lr`` target
+    fitted_on : the rows whose gene scaling gave the targets table's ``lr`` column
+
+    Example
+    -------
+    >>> model = inputs.fit(train_ids)                   # doctest: +SKIP
+    >>> s_lr = inputs.score(model)                      # every patient, the fold's scaling
+    """
+
+    log_expr: pd.DataFrame
+    fractions: pd.DataFrame
+    triplets: pd.DataFrame
+    method: str
+    weights: str
+    fitted_on: list
+
+    def estimator(self) -> LRCrosstalk:
+        """The unfitted :class:`LRCrosstalk` of the ``lr`` target."""
+        return LRCrosstalk(self.triplets, weights=self.weights, method=self.method)
+
+    def complete(self, ids=None) -> pd.Series:
+        """Whether each row of ``ids`` (default all) has every gene and fraction."""
+        ids = list(self.log_expr.index) if ids is None else list(ids)
+        return self.log_expr.loc[ids].notna().all(axis=1) & self.fractions.loc[ids].notna().all(
+            axis=1
+        )
+
+    def fit(self, ids) -> LRCrosstalk:
+        """:class:`LRCrosstalk` with its gene scaling fitted on the rows ``ids`` that have
+        complete inputs."""
+        ids = list(ids)
+        missing = [i for i in ids if i not in self.log_expr.index]
+        if missing:
+            raise ValueError(
+                f"no ligand/receptor expression for {len(missing)} training rows "
+                f"(e.g. {', '.join(map(str, missing[:5]))})"
+            )
+        rows = self.complete(ids)
+        return self.estimator().fit(self.log_expr.loc[rows.index[rows]])
+
+    def score(self, model: LRCrosstalk, ids=None) -> pd.Series:
+        """S_LR of the rows ``ids`` (default all) under the fitted ``model``; NaN for a row
+        with incomplete inputs (the pair term would otherwise read a missing gene as 0)."""
+        ids = list(self.log_expr.index) if ids is None else list(ids)
+        score = model.transform(self.log_expr.loc[ids], self.fractions.loc[ids])
+        return score.where(self.complete(ids))
+
+    def reindex(self, ids) -> LRInputs:
+        """These inputs with rows ``ids`` (NaN where a row is absent)."""
+        ids = list(ids)
+        return LRInputs(
+            self.log_expr.reindex(ids),
+            self.fractions.reindex(ids),
+            self.triplets,
+            self.method,
+            self.weights,
+            self.fitted_on,
+        )
+
+    def relabel(self, mapping: dict) -> LRInputs:
+        """These inputs with row ids mapped through ``mapping`` (sample → patient)."""
+        return LRInputs(
+            self.log_expr.rename(index=mapping),
+            self.fractions.rename(index=mapping),
+            self.triplets,
+            self.method,
+            self.weights,
+            [mapping.get(i, i) for i in self.fitted_on],
+        )

@@ -6,7 +6,11 @@ Per patient (DESIGN.md, targets):
   (:class:`~stromalens.targets.scaling.TargetScaler`; refitted on each training fold in CV);
 * ``lr``        — S_LR over ERS–CAF → immune triplets with the receiving cell types' quanTIseq
   fractions; by default the monotone variant (``lr_monotone``), with Eq. 6 as written beside it
-  (``lr_eq6``; :mod:`~stromalens.targets.lr`);
+  (``lr_eq6``; :mod:`~stromalens.targets.lr`). Its gene scaling is fitted on the whole cohort
+  (``train``): the column reports, survival and treatment models read. Cross-validation must
+  not use it for held-out patients (their own expression shaped the scaling), so the stage
+  also writes ``lr_inputs.parquet`` (:class:`~stromalens.targets.lr.LRInputs`) from which
+  training refits the scaling on each fold's training patients;
 * ``heterogeneity`` — Shannon entropy of the ν-SVR fractions.
 
 Each target has two second pipelines for its noise ceiling
@@ -44,7 +48,7 @@ from .independent import (
     resolve_signature,
     split_signature,
 )
-from .lr import DEFAULT_LR_METHOD, LRCrosstalk
+from .lr import DEFAULT_LR_METHOD, LRCrosstalk, LRInputs, curated_triplets
 from .reliability import noise_ceiling
 from .scaling import TargetScaler
 from .scores import GeneSetWarning, gsva, ssgsea
@@ -73,6 +77,7 @@ class TargetsResult:
     fractions: pd.DataFrame  # samples × "<method>__<cell type>"
     reliability: dict
     metadata: dict = field(default_factory=dict)
+    lr_inputs: LRInputs | None = None  # what a CV fold refits ``lr`` from; None without ``lr``
 
 
 def _check_coverage(sets, ers_caf_set, columns, min_coverage):
@@ -158,14 +163,16 @@ def _fractions(tpm, signature, mrna_scaling, tumor, qn=False) -> tuple[dict, dic
 def _lr_scores(log_expr, fractions, triplets, lr_weights, lr_method, train) -> tuple[dict, dict]:
     """Both S_LR variants, the shared-input and the independent second pipelines."""
     fit_on = log_expr.loc[train]
-    scores, scaling = {}, {}
+    scores, scaling, models = {}, {}, {}
     for method in ("product", "monotone"):
         model = LRCrosstalk(triplets, weights=lr_weights, method=method).fit(fit_on)
         scores[f"lr_{'eq6' if method == 'product' else method}"] = model.transform(
             log_expr, fractions["lsq"]
         )
         scaling[method] = model.scaler_.state()
+        models[method] = model
     scores["lr"] = scores["lr_eq6" if lr_method == "product" else "lr_monotone"]
+    inputs = _lr_inputs(models[lr_method], log_expr, fractions["lsq"], triplets, lr_weights, train)
     cellchat = LRCrosstalk(triplets, weights=lr_weights, method="cellchat").fit(fit_on)
     scores["lr_cellchat"] = cellchat.transform(log_expr, fractions["nusvr"])
     split_a = LRCrosstalk(triplets, weights=lr_weights, method=lr_method).fit(fit_on)
@@ -178,7 +185,20 @@ def _lr_scores(log_expr, fractions, triplets, lr_weights, lr_method, train) -> t
         scores["lr_independent"] = other.transform(log_expr, fractions["nusvr_b"])
     else:
         info["not_computed"] = "no independent triplet left (shared genes dropped) or measured"
-    return scores, {"independent": info, "gene_scaling": scaling}
+    return scores, {"independent": info, "gene_scaling": scaling, "inputs": inputs}
+
+
+def _lr_inputs(model, log_expr, fractions, triplets, lr_weights, train) -> LRInputs:
+    """The ``lr`` target's inputs: its measured genes, its receiving cell types' fractions."""
+    cells = sorted(set(model.table_["cell_type"]))
+    return LRInputs(
+        log_expr=log_expr[list(model.scaler_.mean_.index)],
+        fractions=fractions[cells],
+        triplets=curated_triplets() if triplets is None else triplets,
+        method=model.method,
+        weights=lr_weights,
+        fitted_on=list(train),
+    )
 
 
 def compute_targets(
@@ -209,7 +229,9 @@ def compute_targets(
     its fit (recommended by quanTIseq for tumour RNA-seq; off by default, as its R code).
     ``lr_method``: ``"monotone"`` (default) or ``"product"`` (Eq. 6 as written); both are in the
     table. ``train``: the samples on which the fitted scalings (S_LR's gene scaling, the
-    ERS–CAF z-scoring) are fitted; default all of them. ``nusvr_quantile_normalisation``:
+    ERS–CAF z-scoring) are fitted; default all of them, so the ``lr`` column is the
+    whole-cohort S_LR (for reports, survival and treatment); ``result.lr_inputs`` holds what
+    a training fold needs to refit it on its own patients. ``nusvr_quantile_normalisation``:
     CIBERSORT's ``QN = TRUE`` before the ν-SVR fits.
 
     Raises ``ValueError`` when the ERS–CAF set's coverage in the data is below ``min_coverage``
@@ -261,7 +283,11 @@ def compute_targets(
         [fractions["nusvr"].add_prefix("nusvr__"), fractions["lsq"].add_prefix("lsq__")], axis=1
     )
     return TargetsResult(
-        targets=targets, fractions=table, reliability=reliability, metadata=metadata
+        targets=targets,
+        fractions=table,
+        reliability=reliability,
+        metadata=metadata,
+        lr_inputs=lr_info["inputs"],
     )
 
 
@@ -295,7 +321,9 @@ def _methods(other, lr_method) -> dict:
         "ers_caf_independent": "GSVA of ERS_CAF_INDEPENDENT (Hallmark UPR and fibroblast "
         "markers, no gene of the primary set)",
         "lr": f"S_LR, {lr_name}: weighted ligand x receptor terms times the receiving cell "
-        "type's quanTIseq fraction",
+        "type's quanTIseq fraction; gene scaling fitted on the training samples (the whole "
+        "cohort by default); cross-validation refits it per training fold from "
+        "lr_inputs.parquet",
         "lr_eq6": "S_LR, Eq. 6 as written: z(ligand) z(receptor) (not monotone)",
         "lr_monotone": "S_LR with min-max scaled expression (monotone in ligand and receptor)",
         "lr_cellchat": "CellChat bulk-mode (L'R')/(0.5+L'R') with the nu-SVR fractions",
@@ -372,7 +400,11 @@ def write_targets(
     extra_metadata: dict | None = None,
 ) -> None:
     """Write ``targets.parquet``, ``fractions.parquet`` (index ``patient_id``),
-    ``reliability.json`` and ``targets.json``, each atomically."""
+    ``reliability.json``, ``targets.json`` and, when ``lr`` was computed,
+    ``lr_inputs.parquet`` (:data:`~stromalens.rundir.LR_INPUTS`), each atomically."""
+    from ..rundir import LR_INPUTS
+    from .io import write_lr_inputs
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in (("targets", result.targets), ("fractions", result.fractions)):
@@ -390,3 +422,8 @@ def write_targets(
         tmp = out / f"partial-{name}.json"
         tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
         tmp.replace(out / f"{name}.json")
+    if result.lr_inputs is not None:
+        inputs = result.lr_inputs
+        if patient_of_sample is not None:
+            inputs = inputs.relabel(patient_of_sample)
+        write_lr_inputs(inputs, out / LR_INPUTS)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..rundir import GENE_TABLE, LR_INPUTS
+
 
 def run_targets(manifest: Path, expression: Path, settings, out: Path) -> dict:
     """Targets of the cohort of ``manifest`` from ``expression`` with ``settings`` (a
@@ -103,7 +105,8 @@ IDENTITY = "identity.json"
 TARGET_FILES = (
     "targets.parquet",
     "fractions.parquet",
-    "genes.parquet",
+    GENE_TABLE,
+    LR_INPUTS,  # what training refits S_LR from on each fold
     "reliability.json",
     "targets.json",
     IDENTITY,
@@ -182,8 +185,6 @@ def target_genes(settings, mrna_scaling, measured) -> list[str]:
 def write_gene_table(tpm: pd.DataFrame, settings, mrna_scaling, out: Path, patient_of_sample):
     """``genes.parquet`` (:data:`~stromalens.rundir.GENE_TABLE`; index patient_id): log2(TPM + 1)
     of :func:`target_genes`, what HE2RNA's gene layer is trained on (linear expression only)."""
-    from ..rundir import GENE_TABLE
-
     genes = target_genes(settings, mrna_scaling, tpm.columns)
     table = np.log2(tpm[genes].clip(lower=0.0) + 1.0)
     table.index = [patient_of_sample[s] for s in table.index]

@@ -44,7 +44,7 @@ import pandas as pd
 from ..correlation import pearson
 from ..names import TARGETS
 from .curriculum import TrainSettings
-from .data import StudyData
+from .data import StudyData, fit_fold_lr, fold_targets
 from .schedule import FitTask, run_tasks
 
 
@@ -160,8 +160,11 @@ def _best(scores: list[dict]) -> int:
     return max(range(len(scores)), key=lambda i: np.nan_to_num(scores[i]["score"], nan=-np.inf))
 
 
-def _fold_rows(fold, ids, data, name, pred, repeat: int = 0) -> pd.DataFrame:
-    truth = data.targets.loc[ids, list(TARGETS)].to_numpy()
+def _fold_rows(fold, ids, data, name, pred, repeat: int = 0, train=None) -> pd.DataFrame:
+    # the truth the fold's models were trained towards: lr rescored with the gene scaling of
+    # the fold's training patients ``train`` (when the study has S_LR inputs), like with like
+    truth = fold_targets(data, ids, fit_fold_lr(data, train) if train is not None else None)
+    truth = truth.to_numpy()
     frames = []
     for j, target in enumerate(TARGETS):
         frames.append(
@@ -259,12 +262,13 @@ def run_protocol(
         tasks, data, workers, harmonise, icc_threshold, on_result, progress, description, planned
     )
     rows, seconds = [], {str(fold): {} for fold in by_fold}
-    for fold, (_, test) in by_fold.items():
+    for fold, (train, test) in by_fold.items():
         for name in models:
             result = results[("fit", fold, name)]
             seconds[str(fold)][name] = result.seconds
             for out_name, pred in result.predictions.items():
-                rows.append(_fold_rows(fold, test, data, study_name(out_name), pred, repeat))
+                name_out = study_name(out_name)
+                rows.append(_fold_rows(fold, test, data, name_out, pred, repeat, train=train))
     return {
         "rows": pd.concat(rows, ignore_index=True),
         "selected": {
@@ -365,9 +369,7 @@ def _check_text(data: StudyData, models) -> None:
 def _permuted(data: StudyData, seed: int) -> StudyData:
     """``data`` with its targets shuffled across patients (the negative control)."""
     rng = np.random.default_rng(seed + 12345)
-    shuffled = data.targets.iloc[rng.permutation(len(data.patients))].to_numpy()
-    targets = pd.DataFrame(shuffled, index=data.patients, columns=data.targets.columns)
-    return StudyData(**{**data.__dict__, "targets": targets})
+    return data.permuted(rng.permutation(len(data.patients)))
 
 
 def repeat_folds(data: StudyData, folds: int, seed: int, repeats: int) -> pd.DataFrame:

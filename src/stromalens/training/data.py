@@ -5,9 +5,16 @@ the per-fold preprocessing fitted on training patients only.
 DataFrames indexed by ``patient_id``). :class:`FoldPreprocessor` is a scikit-learn-style
 estimator: ``fit(data, train_ids)`` learns everything that is fitted from data — the ICC
 stability filter (from the perturbed extractions of training patients), the ComBat site
-harmonisation, the radiomics standardisation, the target z-scoring and min–max scaling — from
-the training patients only, and ``transform(data, ids)`` applies it unchanged to any patients,
-returning tensors ready for :func:`make_batch`.
+harmonisation, the radiomics standardisation, S_LR's gene scaling, the target z-scoring and
+min–max scaling — from the training patients only, and ``transform(data, ids)`` applies it
+unchanged to any patients, returning tensors ready for :func:`make_batch`.
+
+The ``lr`` target of the targets table has its gene scaling fitted on the whole cohort, held-out
+patients included. When the targets stage wrote its inputs (``lr_inputs.parquet``,
+:class:`~stromalens.targets.lr.LRInputs`), each fold refits :class:`~stromalens.targets.lr.
+LRCrosstalk` on its training patients and rescores every patient with it
+(:func:`fit_fold_lr`, :func:`fold_targets`); the fold's models are trained towards, and
+evaluated against, that fold's S_LR.
 
 Stage I targets are min–max scaled on the training fold, ỹ = (y − min) / (max − min + ε),
 ε = 1e-8; stages II/III regress the z-scored targets z = (y − μ̂) / σ̂.
@@ -16,14 +23,19 @@ Stage I targets are min–max scaled on the training fold, ỹ = (y − min) / (
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..logs import event, get_logger
 from ..names import TARGETS
+
+if TYPE_CHECKING:
+    from ..targets.lr import LRCrosstalk, LRInputs
 
 log = get_logger("training.data")
 
@@ -47,6 +59,9 @@ class StudyData:
                 (:func:`coop_text_tower`), or None
     genes       DataFrame (patients × G) log2(TPM + 1) of the genes the targets are scored
                 from (the targets stage's gene table; HE2RNA's gene layer), or None
+    lr_inputs   :class:`~stromalens.targets.lr.LRInputs` (rows = patients) from which each
+                fold refits the ``lr`` target (:func:`fold_targets`), or None: the folds then
+                train on the table's whole-cohort ``lr`` column
     """
 
     patients: list[str]
@@ -59,6 +74,7 @@ class StudyData:
     meta: dict = field(default_factory=dict)
     text: object | None = None
     genes: pd.DataFrame | None = None
+    lr_inputs: LRInputs | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.patients)) != len(self.patients):
@@ -70,6 +86,8 @@ class StudyData:
         self.targets = self.targets.reindex(self.patients)
         if self.genes is not None:
             self.genes = self.genes.reindex(self.patients).astype(float)
+        if self.lr_inputs is not None:
+            self.lr_inputs = self.lr_inputs.reindex(self.patients)
         dims = {b.shape[1] for b in self.bags.values() if len(b)}
         if len(dims) > 1:
             raise ValueError(f"tile feature dimensions differ between slides: {sorted(dims)}")
@@ -100,7 +118,41 @@ class StudyData:
             meta=self.meta,
             text=self.text,
             genes=None if self.genes is None else self.genes.loc[ids],
+            lr_inputs=self.lr_inputs,
         )
+
+    def permuted(self, order) -> StudyData:
+        """This data with patient ``i`` given the targets (and S_LR inputs) of patient
+        ``order[i]``: the shuffled-targets negative control. The inputs move with the targets,
+        so a fold's refitted S_LR (:func:`fold_targets`) stays shuffled too."""
+        donors = [self.patients[k] for k in order]
+        targets = pd.DataFrame(
+            self.targets.loc[donors].to_numpy(), index=self.patients, columns=self.targets.columns
+        )
+        lr_inputs = self.lr_inputs
+        if lr_inputs is not None:
+            mapping = dict(zip(donors, self.patients, strict=True))
+            lr_inputs = lr_inputs.reindex(donors).relabel(mapping)
+        return StudyData(**{**self.__dict__, "targets": targets, "lr_inputs": lr_inputs})
+
+
+def fit_fold_lr(data: StudyData, train_ids) -> LRCrosstalk | None:
+    """S_LR (:class:`~stromalens.targets.lr.LRCrosstalk`) with its gene scaling fitted on the
+    training patients ``train_ids`` (those with complete inputs), or None without inputs."""
+    if data.lr_inputs is None:
+        return None
+    return data.lr_inputs.fit(train_ids)
+
+
+def fold_targets(data: StudyData, ids, lr: LRCrosstalk | None = None) -> pd.DataFrame:
+    """The targets of ``ids`` as a fold sees them (TARGETS columns, target units): the table's,
+    with ``lr`` rescored by the fold's fitted ``lr`` (:func:`fit_fold_lr`) when the study has
+    S_LR inputs. A patient whose table value is unknown stays unknown."""
+    table = data.targets.loc[list(ids), list(TARGETS)]
+    if lr is None or data.lr_inputs is None:
+        return table
+    scored = data.lr_inputs.score(lr, list(ids))
+    return table.assign(lr=scored.where(table["lr"].notna()).to_numpy())
 
 
 # ---------------------------------------------------------------------------- loading
@@ -286,13 +338,15 @@ def load_study_data(
     :func:`coop_text_tower`, or None).
 
     ``targets`` is ``targets.parquet`` (index patient_id; TARGETS columns); the gene table the
-    targets stage writes beside it (:func:`~stromalens.rundir.gene_table`) is read when
-    present; ``features_dir`` holds
+    targets stage writes beside it (:func:`~stromalens.rundir.gene_table`) and its S_LR inputs
+    (:func:`~stromalens.rundir.lr_inputs`; each fold refits ``lr`` from them) are read when
+    present; without the latter the folds train on the table's ``lr`` column, which is
+    logged once; ``features_dir`` holds
     one HDF5 per patient; ``radiomics_dir`` holds ``radiomics.parquet`` (and, optionally,
     ``perturbations.parquet`` for the in-fold ICC filter). Patients without targets are dropped.
     """
     from ..cohort import load_manifest
-    from ..rundir import gene_table
+    from ..rundir import gene_table, lr_inputs
 
     loaded = load_manifest(manifest)
     cohort = loaded.frame
@@ -324,6 +378,7 @@ def load_study_data(
     if gene_table(targets).is_file():
         genes = pd.read_parquet(gene_table(targets))
         genes.index = genes.index.astype(str)
+    inputs, record = _read_lr_inputs(lr_inputs(targets), table, targets)
     data = StudyData(
         patients=patients,
         sites=sites,
@@ -334,6 +389,8 @@ def load_study_data(
         perturbations=perturbations,
         text=text,
         genes=genes,
+        lr_inputs=inputs,
+        meta={"lr_inputs": record},
     )
     event(
         log,
@@ -345,6 +402,45 @@ def load_study_data(
         genes=0 if genes is None else genes.shape[1],
     )
     return data
+
+
+def _read_lr_inputs(path: Path, table: pd.DataFrame, targets) -> tuple[LRInputs | None, dict]:
+    """The S_LR inputs at ``path`` checked against the targets ``table`` (they must cover its
+    patients with an ``lr`` value and reproduce that column when fitted as the targets stage
+    fitted them), and a record of them for the checkpoint digests; ``(None, record)`` when
+    there is no such file."""
+    from ..hashing import sha256_file
+    from ..targets.io import read_lr_inputs
+
+    if not path.is_file():
+        event(
+            log,
+            "S_LR's gene scaling is not refitted per fold: no LR inputs beside the targets "
+            "(an older run, or targets from elsewhere); every fold trains on the table's lr "
+            "column, whose scaling saw the held-out patients",
+            logging.WARNING,
+            missing=str(path),
+        )
+        return None, {"per_fold": False}
+    inputs = read_lr_inputs(path)
+    known = table.index[table["lr"].notna()]
+    absent = [p for p in known if p not in inputs.log_expr.index]
+    if absent:
+        raise ValueError(
+            f"{path} lacks {len(absent)} patients of {targets} (e.g. {', '.join(absent[:5])}): "
+            "the two files come from different runs; rerun `stromalens targets`"
+        )
+    recomputed = inputs.score(inputs.fit(inputs.fitted_on), list(known))
+    gap = float(np.nanmax(np.abs(recomputed.to_numpy() - table.loc[known, "lr"].to_numpy())))
+    if not gap <= 1e-9 * max(1.0, float(table["lr"].abs().max())):
+        raise ValueError(
+            f"{path} does not reproduce the lr column of {targets} (largest difference "
+            f"{gap:.3g}): the two files come from different runs; rerun `stromalens targets`, "
+            f"or remove {path.name} to train on the table's column"
+        )
+    record = {"per_fold": True, "sha256": sha256_file(path), "method": inputs.method}
+    event(log, "S_LR refitted per fold", method=inputs.method, genes=inputs.log_expr.shape[1])
+    return inputs, record
 
 
 # ---------------------------------------------------------------------------- preprocessing
@@ -418,7 +514,11 @@ class FoldPreprocessor:
     rad_components_ : (F, k) array or None, the projection of the standardised features
         (PLS ``x_rotations_`` or principal axes); rad_component_scale_ : (k,) the SDs of the
         training patients' scores (so each component enters with unit SD)
-    target_scaler_ : fitted :class:`~stromalens.targets.scaling.TargetScaler`
+    lr_ : :class:`~stromalens.targets.lr.LRCrosstalk` with its gene scaling fitted on the
+        training patients (:func:`fit_fold_lr`), or None when the study has no S_LR inputs;
+        ``transform`` rescores ``lr`` with it (:func:`fold_targets`) before the z-scoring
+    target_scaler_ : fitted :class:`~stromalens.targets.scaling.TargetScaler` (of the
+        fold's targets)
     y_min_, y_max_ : Series, the min–max scaling of stage I
     gene_mean_, gene_scale_ : Series or None, the standardisation of the gene table's
         log-expression (HE2RNA's gene layer), None without a table
@@ -461,7 +561,9 @@ class FoldPreprocessor:
         if unknown:
             raise ValueError(f"training patients not in the study: {sorted(unknown)[:5]}")
         self.sites_ = sorted(set(data.sites))
-        y = data.targets.loc[train_ids]
+        # S_LR first: the fold's lr is what the target scalings below are fitted on
+        self.lr_ = fit_fold_lr(data, train_ids)
+        y = fold_targets(data, train_ids, self.lr_)
         self.target_scaler_ = TargetScaler().fit(y)
         self.y_min_, self.y_max_ = y.min(), y.max()
         self._fit_genes(data, train_ids)
@@ -569,7 +671,8 @@ class FoldPreprocessor:
         self._check()
         ids = list(ids)
         rad, has_rad = self.transform_radiomics(data, ids)
-        y_raw = data.targets.loc[ids, list(TARGETS)]
+        # a state saved before lr_ existed has none: the table's column, as it was trained on
+        y_raw = fold_targets(data, ids, getattr(self, "lr_", None))
         y = self.target_scaler_.transform(y_raw).to_numpy(np.float32)
         y01 = ((y_raw - self.y_min_) / (self.y_max_ - self.y_min_ + EPS)).to_numpy(np.float32)
         codes = {s: i for i, s in enumerate(self.sites_)}

@@ -133,6 +133,7 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
         "features": {"encoder": contract.encoder, "weights_sha256": contract.weights_sha256},
         "prompt_text": prompt_text,
         "max_tiles_loaded": cfg.max_tiles,
+        "lr_inputs": data.meta.get("lr_inputs"),  # S_LR refitted per fold from which file
     }
     _write_run_files(train, study, settings, data)
     common = dict(harmonise=cfg.harmonise, icc_threshold=cfg.icc_threshold, progress=progress)
