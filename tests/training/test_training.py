@@ -359,3 +359,21 @@ def test_a_preprocessor_rebuilt_from_its_json_state_transforms_to_the_same_bits(
     np.testing.assert_array_equal(fitted.inverse_targets(z), loaded.inverse_targets(z))
     with pytest.raises(ValueError, match="not a FoldPreprocessor state"):
         FoldPreprocessor.from_state({"estimator": "ComBat", "version": 1, "state": {}})
+
+
+def test_fold_state_is_rewritten_when_the_refit_changes_it(tmp_path):
+    """A rerun into the same folder after the inputs changed refits the checkpoints; the fold
+    state the bundle reads must follow (it was written once and never replaced)."""
+    from stromalens.training.data import FoldPreprocessor
+    from stromalens.training.schedule import _write_preprocessor
+
+    path = tmp_path / "preprocessor.json"
+    for seed in (0, 1):
+        study = make_study(n=24, seed=seed)
+        prep = FoldPreprocessor.for_settings(True, 0.75, FAST).fit(study, study.patients[:16])
+        _write_preprocessor(prep, tmp_path)
+        expected = json.loads(json.dumps(prep.state(), default=str))
+        assert json.loads(path.read_text(encoding="utf-8")) == expected
+    stamp = path.stat().st_mtime_ns
+    _write_preprocessor(prep, tmp_path)  # unchanged state: the file is left as it is
+    assert path.stat().st_mtime_ns == stamp

@@ -105,12 +105,15 @@ def _fold_preprocessor(train_ids: tuple[str, ...], settings: TrainSettings):
 
 
 def _write_preprocessor(prep, checkpoint_dir: Path) -> None:
+    """The fold state the bundle reads, rewritten whenever it differs from what is on disk: a
+    rerun after the inputs changed refits the checkpoints, and the state must follow them."""
     path = checkpoint_dir / "preprocessor.json"
-    if path.is_file():
+    text = json.dumps(prep.state(), indent=1, default=str)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     tmp = checkpoint_dir / f"preprocessor.json.{os.getpid()}.partial"
-    tmp.write_text(json.dumps(prep.state(), indent=1, default=str), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)  # atomic: tasks of one fold may race to write the same content
 
 
