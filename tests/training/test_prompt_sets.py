@@ -173,3 +173,37 @@ def test_the_permuted_control_selects_on_the_shuffled_targets(tmp_path):
     assert len(perm) == 3 * 2 and list(perm.columns) == list(main.columns)
     # the inner scores are of other targets: the selection saw the shuffled ones
     assert not np.allclose(perm["score"], main["score"])
+
+
+def test_train_study_gives_every_control_the_grid_and_retrains_the_prompt_sets(tmp_path):
+    """``train_study`` end to end on the evaluation's tiny stage outputs with a 2-point grid:
+    leave-site-out, the shuffled-target control and each prompt set write their nested
+    selection, and the prompt sets' wsi_clip runs on the main CV's folds."""
+    import yaml
+
+    from stromalens.config import StudyConfig, load_config
+    from stromalens.training.run import train_study
+    from tests.evaluation.conftest import build_tiny_study
+
+    path = build_tiny_study(tmp_path / "study", n=24)
+    study = yaml.safe_load(path.read_text(encoding="utf-8"))
+    study["training"].update(
+        models=["clip_mil", "mri_only"],
+        grid={"weight_decay": [0.1, 1.0]},
+        permuted_control=True,
+        prompt_perturbation=True,
+    )
+    path.write_text(yaml.safe_dump(study), encoding="utf-8")
+    layout = TrainLayout(tmp_path / "train")
+    train_study(load_config(path, StudyConfig), layout.root)
+    folds = 3
+    sites = 4
+    main = pd.read_csv(layout.selection)
+    assert len(main) == folds * 2 * 2  # folds × points × models
+    lso = pd.read_csv(layout.leave_site_out.selection)
+    assert len(lso) == sites * 2 and set(lso["model"]) == {"gated_fusion"}
+    assert len(pd.read_csv(layout.permuted.selection)) == folds * 2 * 2
+    for label in ("SYN", "ANTI", "OOD"):
+        run = layout.prompt_set(label)
+        assert len(pd.read_csv(run.selection)) == folds * 2
+        pd.testing.assert_frame_equal(pd.read_csv(run.folds), pd.read_csv(layout.folds))
