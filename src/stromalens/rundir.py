@@ -446,21 +446,33 @@ class RunFiles:
     def prompt_sets(self):
         """The out-of-fold predictions of the CLIP-guided WSI model retrained with each
         perturbed prompt set (:meth:`TrainLayout.prompt_set`; repeat 0, the folds of
-        ``folds.csv``), with a ``prompt_set`` column; None when training ran none."""
+        ``folds.csv``), with a ``prompt_set`` column; None when training ran none. A set left
+        by an earlier training (the option now off, or other folds) is not read: a note says
+        so."""
         from .names import PROMPT_GROUPS
 
         def read(_):
             import pandas as pd
 
+            if self.training.get("prompt_perturbation") is False:
+                self.notes.append("prompt sets not retrained (training.prompt_perturbation off)")
+                return None
             frames = []
             for label in PROMPT_GROUPS.values():
-                path = self.layout.prompt_set(label).predictions
-                if path.is_file():
-                    frame = pd.read_parquet(path)
-                    check_predictions(frame, str(path))
-                    if "repeat" in frame.columns:
-                        frame = frame[frame["repeat"] == 0]
-                    frames.append(frame.assign(prompt_set=label))
+                run = self.layout.prompt_set(label)
+                if not run.predictions.is_file():
+                    continue
+                folds = pd.read_csv(run.folds, dtype={"patient_id": str})
+                if self.folds is None or not folds.set_index("patient_id")["fold"].equals(
+                    self.folds
+                ):  # a stale set: the paired comparison with CUR needs the same folds
+                    self.notes.append(f"{run.root}: other folds than {FOLDS}, left out")
+                    continue
+                frame = pd.read_parquet(run.predictions)
+                check_predictions(frame, str(run.predictions))
+                if "repeat" in frame.columns:
+                    frame = frame[frame["repeat"] == 0]
+                frames.append(frame.assign(prompt_set=label))
             if not frames:
                 return None
             frame = pd.concat(frames, ignore_index=True)
