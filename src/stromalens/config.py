@@ -387,6 +387,12 @@ class TrainingConfig(_Strict):
     max_tiles: int | None = Field(2048, ge=1, description="tiles kept per slide when loading")
     leave_site_out: bool = True
     permuted_control: bool = Field(False, description="also run CV on shuffled targets")
+    prompt_perturbation: bool = Field(
+        True,
+        description="also cross-validate the CLIP-guided WSI model (clip_mil) once per "
+        "perturbed prompt set (SYN, ANTI, OOD of the banks), retrained with that set's text, "
+        "on the same folds, seed and grid (training.prompt_sets); needs clip_mil in the models",
+    )
     workers: int = Field(1, ge=1, description="fits (a model on a fold) run in parallel processes")
     settings: TrainSettings = Field(
         default_factory=TrainSettings, description="curriculum hyper-parameters (TrainSettings)"

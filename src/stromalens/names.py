@@ -27,6 +27,10 @@ PROPOSED = "fusion"
 #: Prompt sets of the prompt-perturbation analysis, in the order the report shows them.
 PROMPT_SETS: tuple[str, ...] = ("NONE", "CUR", "COOP", "SYN", "ANTI", "OOD")
 
+#: The prompt sets the CLIP-guided WSI model is retrained with, by the prompt-bank group whose
+#: text embeddings replace the curated ones (NONE, CUR and COOP are models of the main CV).
+PROMPT_GROUPS: dict[str, str] = {"synonym": "SYN", "antonym": "ANTI", "ood": "OOD"}
+
 
 def target_label(target: str) -> str:
     """The label of ``target`` (the name itself for an unknown target)."""

@@ -148,6 +148,17 @@ class TrainLayout:
     def permuted(self) -> TrainLayout:
         return TrainLayout(self.root / "permuted")
 
+    @property
+    def prompt_perturbation(self) -> Path:
+        """The folder of the retrained prompt sets (:meth:`prompt_set`)."""
+        return self.root / "prompt_perturbation"
+
+    def prompt_set(self, label: str) -> TrainLayout:
+        """The CV of the CLIP-guided WSI model retrained with prompt set ``label`` (``SYN``,
+        ``ANTI``, ``OOD``): ``prompt_perturbation/<label>/``, a run of its own (folds,
+        predictions, selection, metrics, checkpoints)."""
+        return TrainLayout(self.prompt_perturbation / check_name(label, "prompt set"))
+
     def external(self, cohort: str) -> Path:
         """``stromalens predict``'s output for an external cohort."""
         return self.root / "external" / check_name(cohort, "external cohort")
@@ -441,6 +452,45 @@ class RunFiles:
 
         return self._load("leave_site_out/" + PREDICTIONS, self.layout.leave_site_out.predictions,
                           read)  # fmt: skip
+
+    @property
+    def prompt_sets(self):
+        """The out-of-fold predictions of the CLIP-guided WSI model retrained with each
+        perturbed prompt set (:meth:`TrainLayout.prompt_set`; repeat 0, the folds of
+        ``folds.csv``), with a ``prompt_set`` column; None when training ran none. A set left
+        by an earlier training (the option now off, or other folds) is not read: a note says
+        so."""
+        from .names import PROMPT_GROUPS
+
+        def read(_):
+            import pandas as pd
+
+            if self.training.get("prompt_perturbation") is False:
+                self.notes.append("prompt sets not retrained (training.prompt_perturbation off)")
+                return None
+            frames = []
+            for label in PROMPT_GROUPS.values():
+                run = self.layout.prompt_set(label)
+                if not run.predictions.is_file():
+                    continue
+                folds = pd.read_csv(run.folds, dtype={"patient_id": str})
+                if self.folds is None or not folds.set_index("patient_id")["fold"].equals(
+                    self.folds
+                ):  # a stale set: the paired comparison with CUR needs the same folds
+                    self.notes.append(f"{run.root}: other folds than {FOLDS}, left out")
+                    continue
+                frame = pd.read_parquet(run.predictions)
+                check_predictions(frame, str(run.predictions))
+                if "repeat" in frame.columns:
+                    frame = frame[frame["repeat"] == 0]
+                frames.append(frame.assign(prompt_set=label))
+            if not frames:
+                return None
+            frame = pd.concat(frames, ignore_index=True)
+            return frame.assign(patient_id=frame["patient_id"].astype(str))
+
+        return self._load("prompt_perturbation/*/" + PREDICTIONS,
+                          self.layout.prompt_perturbation, read)  # fmt: skip
 
     def evaluation(self, name: str):
         """``TRAIN/evaluation/<name>`` (csv or parquet) or None."""

@@ -162,3 +162,31 @@ def test_a_cohort_without_events_is_an_error(tiny_run, tmp_path):
     (broken / "config.yaml").write_text(config.replace(str(run.manifest_path), str(manifest)))
     with pytest.raises(ValueError, match="os"):
         evaluate_run(broken, skip=("probes", "attention", "treatment", "external"))
+
+
+def test_the_prompt_table_reads_the_wsi_model_retrained_per_prompt_set(evaluated):
+    """SYN/ANTI/OOD are the out-of-fold predictions of training's retrained runs
+    (TRAIN/prompt_perturbation/<SET>/), on the main CV's folds, not a text swap at inference;
+    each r is the pooled Pearson r of those predictions with its Fisher-z CI."""
+    from scipy import stats
+
+    from stromalens.rundir import TrainLayout
+
+    train, _ = evaluated
+    table = pd.read_csv(train / "evaluation" / "prompt_perturbation.csv")
+    table = table.set_index(["prompt_set", "target"])
+    main = pd.read_csv(train / "folds.csv", dtype={"patient_id": str}).set_index("patient_id")
+    for label in ("SYN", "ANTI", "OOD"):
+        run = TrainLayout(train).prompt_set(label)
+        folds = pd.read_csv(run.folds, dtype={"patient_id": str}).set_index("patient_id")
+        pd.testing.assert_series_equal(folds["fold"], main["fold"])
+        preds = pd.read_parquet(run.predictions)
+        assert set(preds["model"]) == {"wsi_clip"}
+        for target, part in preds.groupby("target"):
+            # scipy.stats.pearsonr(y_pred, y_true): r and its Fisher-z 95% interval
+            res = stats.pearsonr(part["y_pred"], part["y_true"])
+            ci = res.confidence_interval(0.95)
+            row = table.loc[(label, target)]
+            assert row["r"] == pytest.approx(res.statistic, abs=1e-9)
+            assert (row["r_ci_low"], row["r_ci_high"]) == pytest.approx((ci.low, ci.high))
+            assert np.isfinite(row["diff_vs_cur"])  # paired with CUR on the same patients

@@ -180,8 +180,9 @@ def _probes(context: Context) -> Tables:
     context.probes = probes
     tables = {
         "missing_modalities.csv": missing_modality_table(probes["missing"]),
+        # SYN/ANTI/OOD: the WSI model retrained with each prompt set (training.prompt_sets)
         "prompt_perturbation.csv": prompt_perturbation_table(
-            run.predictions, probes["prompts"], context.n_boot, context.seed
+            run.predictions, run.prompt_sets, context.n_boot, context.seed
         ),
     }
     if not probes["gates"].empty:

@@ -15,13 +15,16 @@ training left them; nothing is re-fitted. Then, on the fold's held-out patients 
 * **fused embeddings** before (``fusion_no_coral``) and after (``fusion``) CORAL — of each
   fold's held-out patients by that fold's model (embeddings of different folds live in
   different spaces; training patients are left out because CORAL aligned them directly);
-* **prompt perturbation** — the CLIP-guided MIL (CUR prompts) with its frozen text embeddings
-  replaced by the synonym (SYN), antonym (ANTI) or out-of-domain (OOD) prompts of each bank;
-  NONE and COOP are their own trained models (out-of-fold predictions);
 * **tile attention** of the fusion and WSI models with each tile's level-0 position, for the
   co-localisation with the pathologist's annotations;
 * **inference cost** of the teacher (fusion) and the MRI-only student: time per patient, and
   peak resident memory of a fresh process that loads the model and its inputs and predicts.
+
+The prompt perturbation is no probe: training retrains the CLIP-guided WSI model with each
+prompt set (:mod:`stromalens.training.prompt_sets`) and the evaluation reads those out-of-fold
+predictions (:attr:`~stromalens.rundir.RunFiles.prompt_sets`). Swapping other text into the
+CUR-trained model at inference, as an earlier version did here, tested how a fitted γ and head
+react to unseen text, not what the study's analysis asks, and is gone.
 """
 
 from __future__ import annotations
@@ -44,8 +47,6 @@ log = get_logger("evaluation.probes")
 MISSING_MODELS = (PROPOSED, "fusion_no_coral", "wsi_clip", "mri", "mri_student")
 TILE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SEQUENCES = ("t1", "t2", "ce")
-#: prompt-bank group → perturbation label
-PROMPT_GROUPS = {"synonym": "SYN", "antonym": "ANTI", "ood": "OOD"}
 
 
 # ---------------------------------------------------------------------------- loading
@@ -300,48 +301,6 @@ def held_out_rows(embeddings: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:
     return embeddings[fold_of.to_numpy() == embeddings["fold"].to_numpy()]
 
 
-def perturbed_prompts(banks_dir, encoder: str, weights, cache_dir) -> dict[str, np.ndarray]:
-    """(J, M_group, D) text embeddings of each perturbation group (SYN, ANTI, OOD)."""
-    from ..wsi.encoders import get_encoder
-    from ..wsi.prompts import embed_bank, embedding_matrix, load_banks
-
-    banks = load_banks(banks_dir)
-    enc = get_encoder(encoder, weights)
-    out = {}
-    for group, label in PROMPT_GROUPS.items():
-        mats = []
-        for target in TARGETS:
-            table = embed_bank(banks[target], enc, cache_dir=cache_dir)
-            part = table[table["group"] == group]
-            if part.empty:
-                break
-            mats.append(embedding_matrix(part))
-        if len(mats) == len(TARGETS):
-            m = max(len(x) for x in mats)
-            out[label] = np.stack([np.resize(x, (m, x.shape[1])) for x in mats]).astype(np.float32)
-    return out
-
-
-def prompt_perturbation(data: StudyData, fold: Fold, groups: dict[str, np.ndarray]) -> list[dict]:
-    """Rows of the CUR-trained CLIP-guided MIL predicting with swapped prompt text."""
-    import torch
-    import torch.nn.functional as F
-
-    if not fold.has("wsi_clip"):
-        return []
-    arrays = fold.prep.transform(data, fold.test_ids)
-    rows = []
-    for label, emb in groups.items():
-        model = fold.load("wsi_clip")
-        text = model.pool.prompts.text  # (J, M, D)
-        m = text.shape[1]
-        swapped = np.stack([np.resize(e, (m, e.shape[1])) for e in emb])
-        with torch.no_grad():
-            text.copy_(F.normalize(torch.from_numpy(swapped), dim=-1))
-        rows += _predict_rows(model, arrays, fold, "wsi_clip", prompt_set=label)
-    return rows
-
-
 def tile_positions(run: RunFiles, data: StudyData) -> dict[str, tuple]:
     """Level-0 top-left corners (n, 2) of the tiles in each patient's bag, in bag order, each
     tile's level-0 side (n,) and slide id (n,); the same pooled subset as
@@ -450,12 +409,11 @@ def run_probes(
     cost: bool = True,
 ) -> dict[str, pd.DataFrame | dict]:
     """Every probe over every outer fold. Returns DataFrames ``missing``, ``gates``,
-    ``attention``, ``embeddings``, ``prompts`` and the dict ``cost`` (fold 0)."""
+    ``attention``, ``embeddings`` and the dict ``cost`` (fold 0)."""
     data = data if data is not None else load_data(run)
     folds = bundle_folds(run, data)
-    groups = perturbed_prompts(*prompt_source(run))
     positions = tile_positions(run, data) if data.bags else {}
-    missing, gates, attention, embeddings, prompts = [], [], [], [], []
+    missing, gates, attention, embeddings = [], [], [], []
     for fold in folds:
         started = time.perf_counter()
         missing += missing_modalities(data, fold, repeats, seed)
@@ -463,13 +421,11 @@ def run_probes(
         gates += g
         attention += a
         embeddings.append(fused_embeddings(data, fold))
-        prompts += prompt_perturbation(data, fold, groups)
         event(log, "fold probed", fold=fold.fold, seconds=round(time.perf_counter() - started, 1))
     return {
         "missing": pd.DataFrame(missing),
         "gates": pd.DataFrame(gates),
         "attention": pd.concat(attention, ignore_index=True) if attention else pd.DataFrame(),
         "embeddings": pd.concat(embeddings, ignore_index=True),
-        "prompts": pd.DataFrame(prompts),
         "cost": inference_cost(data, folds[0]) if cost else {},
     }

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..names import PROMPT_SETS
 from .fidelity import macro_r, pearson_summary
-
-PROMPT_SETS = ("NONE", "CUR", "COOP", "SYN", "ANTI", "OOD")
 
 
 def missing_modality_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -56,18 +55,20 @@ def paired_r_difference(
 
 
 def prompt_perturbation_table(
-    predictions: pd.DataFrame, perturbed: pd.DataFrame, n_boot: int = 1000, seed: int = 0
+    predictions: pd.DataFrame, perturbed: pd.DataFrame | None, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
-    """prompt_set, target, r, r_fold_sd, n, and the difference to CUR with its paired-bootstrap
-    CI and p (``diff_vs_cur``, ``diff_ci_low``, ``diff_ci_high``, ``p_vs_cur``), for the WSI
-    branch: NONE (``clip_mil_none``), CUR (``wsi_clip``), COOP (``clip_mil_coop``) from the
-    out-of-fold predictions; SYN, ANTI, OOD from the CUR model with swapped prompt text."""
+    """prompt_set, target, r with its Fisher-z 95% CI (``r_ci_low``, ``r_ci_high``), r_fold_sd,
+    n, and the difference to CUR with its paired-bootstrap CI and p (``diff_vs_cur``,
+    ``diff_ci_low``, ``diff_ci_high``, ``p_vs_cur``), for the WSI branch, all out of fold on
+    the same folds: NONE (``clip_mil_none``), CUR (``wsi_clip``), COOP (``clip_mil_coop``) of
+    the main CV; SYN, ANTI, OOD (``perturbed``, column ``prompt_set``) of the CLIP-guided
+    model retrained with each prompt set (:mod:`stromalens.training.prompt_sets`)."""
     sources = {
         "NONE": predictions[predictions["model"] == "clip_mil_none"],
         "CUR": predictions[predictions["model"] == "wsi_clip"],
         "COOP": predictions[predictions["model"] == "clip_mil_coop"],
     }
-    if not perturbed.empty:
+    if perturbed is not None and not perturbed.empty:
         for label in ("SYN", "ANTI", "OOD"):
             sources[label] = perturbed[perturbed["prompt_set"] == label]
     rows = []
@@ -87,6 +88,8 @@ def prompt_perturbation_table(
                 "prompt_set": label,
                 "target": target,
                 "r": pooled["r"],
+                "r_ci_low": pooled["r_ci_low"],
+                "r_ci_high": pooled["r_ci_high"],
                 "r_fold_sd": float(np.std(folds, ddof=1)) if len(folds) > 1 else np.nan,
                 "n": pooled["n"],
                 "diff_vs_cur": np.nan,

@@ -631,8 +631,9 @@ def section_prompts(run: RunFiles) -> Section:
         blocks.append(
             _figure(
                 "Fig. 4. Prompt perturbation and attention with and without text",
-                "Left: r per prompt set (± fold SD). Right: tile attention of the same slides "
-                "with the text prompts and without text (viridis: attention weight).",
+                "Left: r per prompt set (± fold SD); SYN, ANTI and OOD retrain the WSI model "
+                "with that prompt set on the same folds. Right: tile attention of the same "
+                "slides with the text prompts and without text (viridis: attention weight).",
                 lambda: figures.prompt_perturbation(pert, tiles),
             )
         )

@@ -28,7 +28,10 @@ by their registered names), ``metrics.json`` (per model and target r, RMSE, MAE;
 the selected settings per fold and model), ``selection.csv`` (fold, model, grid point, inner
 score), checkpoints under
 ``checkpoints/fold<k>/``. ``run_leave_site_out`` trains on all sites but one and tests on it,
-with and without CORAL, into ``leave_site_out/``.
+with and without CORAL, into ``leave_site_out/``, and the shuffled-target control is
+``run_cv(permute_targets=True)``: both select on the same nested grid as the main CV (inner
+folds within the training sites; the permuted targets), so every comparison is at the same
+tuning budget, and both write their ``selection.csv``.
 """
 
 from __future__ import annotations
@@ -396,6 +399,7 @@ def run_cv(
     checkpoints: bool = True,
     progress: bool = False,
     repeats: int = 1,
+    description: str | None = None,
 ) -> dict:
     """K-fold CV of ``models`` on ``data``, ``repeats`` times with different fold assignments
     (:func:`repeat_folds`; the training seed stays ``settings.seed``, so the repeats differ by
@@ -405,7 +409,8 @@ def run_cv(
     0's folds in ``fold`` and repeat r's in ``fold_repeat<r>``; ``metrics.json``'s ``models``
     are repeat 0's (the run whose fold models form the bundle) and ``repeats`` each model's
     macro-r per repeat with mean and SD. ``permute_targets`` shuffles the targets across
-    patients first (a negative control: every model's r should then be ≈ 0)."""
+    patients first (a negative control: every model's r should then be ≈ 0; the nested
+    selection then scores the shuffled targets too). ``description`` labels the progress bar."""
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer ≥ 1, got {repeats!r}")
     settings = settings or TrainSettings()
@@ -428,7 +433,7 @@ def run_cv(
             (k, fold_of.index[fold_of != k].tolist(), fold_of.index[fold_of == k].tolist())
             for k in range(folds)
         ]
-        label = "CV fits (shuffled targets)" if permute_targets else "CV fits"
+        label = description or ("CV fits (shuffled targets)" if permute_targets else "CV fits")
         result = run_protocol(
             data, splits, models, settings, grid, inner_folds, harmonise, icc_threshold,
             workers, out / "checkpoints" if checkpoints else None, progress=progress,
@@ -438,12 +443,7 @@ def run_cv(
         results.append(result)
     predictions = pd.concat([res["rows"] for res in results], ignore_index=True)
     predictions.to_parquet(out / "predictions.parquet", index=False)
-    selection = pd.DataFrame(
-        [{"repeat": r, **row} for r, res in enumerate(results) for row in res["selection"]]
-    )
-    if selection.empty:  # no model had two grid points: the header alone
-        selection = pd.DataFrame(columns=["repeat", "fold", "model", "score"])
-    selection.to_csv(out / "selection.csv", index=False)
+    _selection_table(results).to_csv(out / "selection.csv", index=False)
     metrics = {
         "models": compute_metrics(predictions[predictions["repeat"] == 0]),
         "repeats": {"n": repeats, "models": repeat_metrics(predictions)},
@@ -459,6 +459,17 @@ def run_cv(
     return metrics
 
 
+def _selection_table(results: list[dict]) -> pd.DataFrame:
+    """``selection.csv``'s rows (repeat, fold, model, the grid point's settings, inner score)
+    of one or more :func:`run_protocol` results (one per repeat)."""
+    selection = pd.DataFrame(
+        [{"repeat": r, **row} for r, res in enumerate(results) for row in res["selection"]]
+    )
+    if selection.empty:  # no model had two grid points: the header alone
+        selection = pd.DataFrame(columns=["repeat", "fold", "model", "score"])
+    return selection
+
+
 def run_leave_site_out(
     data: StudyData,
     out_dir: Path | str,
@@ -467,10 +478,19 @@ def run_leave_site_out(
     icc_threshold: float | None = 0.75,
     workers: int = 1,
     progress: bool = False,
+    grid: dict | None = None,
+    inner_folds: int = 3,
 ) -> dict:
     """Train on every site but one, test on it, for each site; the gated-fusion curriculum with
     (``fusion``) and without (``fusion_no_coral``) CORAL. ``fold`` is the held-out site.
-    The held-out site is unseen by ComBat, which applies the pooled standardisation to it."""
+    The held-out site is unseen by ComBat, which applies the pooled standardisation to it.
+
+    The settings are chosen as in the main CV (:func:`run_protocol`): every point of the gated
+    fusion's ``grid`` (:func:`model_grid`) is scored over ``inner_folds`` site-stratified
+    inner folds of the training sites' patients, so the held-out site takes no part in the
+    selection and the comparison with the K-fold CV is at the same tuning budget. The chosen
+    points go to ``selection.csv`` (fold = the held-out site) and ``metrics.json``'s
+    ``selected``."""
     settings = settings or TrainSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -484,6 +504,8 @@ def run_leave_site_out(
         splits,
         ["gated_fusion"],
         settings,
+        grid,
+        inner_folds,
         harmonise=harmonise,
         icc_threshold=icc_threshold,
         workers=workers,
@@ -493,9 +515,16 @@ def run_leave_site_out(
     )
     predictions = result["rows"]  # no student: with_student=False
     predictions.to_parquet(out / "predictions.parquet", index=False)
+    _selection_table([result]).to_csv(out / "selection.csv", index=False)
     per_site = {
         site: compute_metrics(frame) for site, frame in predictions.groupby("fold", sort=True)
     }
-    metrics = {"pooled": compute_metrics(predictions), "per_site": per_site}
+    metrics = {
+        "pooled": compute_metrics(predictions),
+        "per_site": per_site,
+        "grid": grid or {},
+        "inner_folds": inner_folds,
+        "selected": result["selected"],
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics

@@ -250,10 +250,13 @@ def prompt_embeddings(
     weights=None,
     cache_dir: Path | str | None = None,
     targets=TARGETS,
+    group: str = "curated",
 ) -> np.ndarray:
-    """(J, M, D) text embeddings of the curated prompts of each target, in ``targets`` order.
+    """(J, M, D) text embeddings of the curated prompts of each target, in ``targets`` order
+    (of the bank group ``group`` instead: ``synonym``, ``antonym`` or ``ood``, the prompt
+    perturbation's retrained prompt sets).
 
-    Targets with fewer curated prompts than the largest bank repeat their prompts cyclically
+    Targets with fewer prompts than the largest bank repeat their prompts cyclically
     (which leaves the mixture's span unchanged)."""
     from ..wsi.encoders import get_encoder
     from ..wsi.prompts import embed_bank, embedding_matrix, load_banks
@@ -266,7 +269,12 @@ def prompt_embeddings(
     mats = []
     for target in targets:
         table = embed_bank(banks[target], enc, cache_dir=cache_dir)
-        mats.append(embedding_matrix(table[table["group"] == "curated"]))
+        part = table[table["group"] == group]
+        if part.empty:
+            raise ValueError(
+                f"the prompt bank of {target!r} in {banks_dir} has no {group!r} prompts"
+            )
+        mats.append(embedding_matrix(part))
     m = max(len(x) for x in mats)
     return np.stack([np.resize(x, (m, x.shape[1])) for x in mats]).astype(np.float32)
 

@@ -2,8 +2,10 @@
 
 :func:`train_study` takes a validated :class:`~stromalens.config.StudyConfig` whose training
 block points at the stages' outputs, runs the site-stratified nested CV of every model (with
-distillation), leave-site-out and the optional shuffled-target control, and writes the run
-directory (:class:`~stromalens.rundir.TrainLayout`) with the self-contained model bundle.
+distillation), leave-site-out, the optional shuffled-target control (both on the main CV's
+nested grid) and the prompt perturbation (the CLIP-guided WSI model retrained per prompt set,
+:mod:`.prompt_sets`), and writes the run directory (:class:`~stromalens.rundir.TrainLayout`)
+with the self-contained model bundle.
 """
 
 from __future__ import annotations
@@ -67,6 +69,23 @@ def _prompt_text(banks_dir: Path) -> dict[str, list[str]]:
 
     banks = load_banks(banks_dir)
     return {t: list(banks[t].curated) for t in TARGETS if t in banks}
+
+
+def _prompt_perturbation(cfg, train: TrainLayout, data, models, settings, cv: dict) -> None:
+    """Retrain the CLIP-guided WSI model with each perturbed prompt set
+    (:mod:`.prompt_sets`) when ``training.prompt_perturbation`` asks and it can run: the model
+    is trained and the encoder has text (``data.prompts`` is set)."""
+    from .prompt_sets import PERTURBED_MODEL, load_prompt_sets, run_prompt_perturbation
+
+    if not cfg.prompt_perturbation:
+        return
+    if PERTURBED_MODEL not in models or data.prompts is None:
+        event(log, "prompt perturbation skipped", reason=f"no {PERTURBED_MODEL} or no text")
+        return
+    sets = load_prompt_sets(
+        cfg.prompts, cfg.encoder, cfg.encoder_weights, cfg.prompt_cache or train.prompts_cache
+    )
+    run_prompt_perturbation(data, train.root, sets, settings, grid=cfg.grid, **cv)
 
 
 def _write_run_files(train: TrainLayout, study, settings, data) -> None:
@@ -138,13 +157,17 @@ def train_study(study, out: Path | str, *, workers: int | None = None, progress:
     _write_run_files(train, study, settings, data)
     common = dict(harmonise=cfg.harmonise, icc_threshold=cfg.icc_threshold, progress=progress)
     n_workers = workers or cfg.workers
-    cv = dict(models=cfg.models, folds=cfg.folds, inner_folds=cfg.inner_folds, workers=n_workers)
-    metrics = run_cv(data, train.root, settings, grid=cfg.grid, repeats=cfg.repeats, **cv, **common)
+    cv = dict(folds=cfg.folds, inner_folds=cfg.inner_folds, workers=n_workers, **common)
+    metrics = run_cv(data, train.root, settings, models=cfg.models, grid=cfg.grid,
+                     repeats=cfg.repeats, **cv)  # fmt: skip
+    # the controls select on the same nested grid as the main CV: equal tuning budgets
     if cfg.leave_site_out and len(set(data.sites)) > 1:
-        run_leave_site_out(data, train.leave_site_out.root, settings, workers=n_workers, **common)
+        run_leave_site_out(data, train.leave_site_out.root, settings, workers=n_workers,
+                           grid=cfg.grid, inner_folds=cfg.inner_folds, **common)  # fmt: skip
     if cfg.permuted_control:
-        run_cv(data, train.permuted.root, settings, grid=None, permute_targets=True,
-               checkpoints=False, **cv, **common)  # fmt: skip
+        run_cv(data, train.permuted.root, settings, models=cfg.models, grid=cfg.grid,
+               permute_targets=True, checkpoints=False, **cv)  # fmt: skip
+    _prompt_perturbation(cfg, train, data, models, settings, cv)
     write_bundle(
         train,
         sorted(metrics["models"]),
