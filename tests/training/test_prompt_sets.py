@@ -162,6 +162,24 @@ def test_leave_site_out_selects_on_the_grid_within_the_training_sites(tmp_path):
         assert metrics["selected"][site]["gated_fusion"]["tau"] == best
 
 
+def test_a_resumed_leave_site_out_refits_nothing(tmp_path, monkeypatch):
+    """Leave-site-out keeps its fits (selection included) under checkpoints/site<k>/, named by
+    the held-out site's sorted position rather than the manifest's label."""
+    study = make_study(n=18)
+    run_leave_site_out(study, tmp_path, FAST, grid=GRID, inner_folds=2)
+    before = pd.read_parquet(tmp_path / "predictions.parquet")
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert folders == [f"site{k}" for k in range(len(set(study.sites)))]
+    assert (tmp_path / "checkpoints" / "site0" / "select").is_dir()
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a checkpoint with a matching digest was refitted")
+
+    monkeypatch.setattr(curriculum, "train_stage", refit)
+    run_leave_site_out(study, tmp_path, FAST, grid=GRID, inner_folds=2)
+    pd.testing.assert_frame_equal(before, pd.read_parquet(tmp_path / "predictions.parquet"))
+
+
 def test_the_permuted_control_selects_on_the_shuffled_targets(tmp_path):
     study = make_study(n=18)
     options = dict(models=["mean_pool"], folds=3, inner_folds=2, checkpoints=False)

@@ -46,6 +46,7 @@ import pandas as pd
 
 from ..correlation import pearson
 from ..names import TARGETS
+from ..rundir import TrainLayout
 from .curriculum import TrainSettings
 from .data import StudyData, fit_fold_lr, fold_targets
 from .schedule import FitTask, run_tasks
@@ -114,17 +115,18 @@ def model_grid(name: str, grid: dict | None) -> list[dict]:
 
 
 def _selection_tasks(data: StudyData, fold, train_ids, base: TrainSettings, name, points, inner,
-                     checkpoint_root: Path | None = None):  # fmt: skip
+                     fold_dir: Path | None = None):  # fmt: skip
     """The nested selection's fits of model ``name`` for outer fold ``fold``: every grid point
     on every inner fold of ``train_ids`` (site-stratified; the same inner folds for every
-    model), each scored on its inner-held-out patients. With ``checkpoint_root`` each fit keeps
-    its checkpoint under ``fold<k>/select/point<p>_inner<f>/``, so that a resumed study refits
-    none of them (the checkpoint's digest covers its settings and arrays)."""
+    model), each scored on its inner-held-out patients. With ``fold_dir`` (the outer fold's
+    checkpoint folder) each fit keeps its checkpoint under ``select/point<p>_inner<f>/``
+    there, so that a resumed study refits none of them (the checkpoint's digest covers its
+    settings and arrays)."""
 
     def checkpoint_dir(p, f):
-        if checkpoint_root is None:
+        if fold_dir is None:
             return None
-        return checkpoint_root / f"fold{fold}" / "select" / f"point{p}_inner{f}"
+        return fold_dir / "select" / f"point{p}_inner{f}"
 
     train_ids = list(train_ids)
     folds = assign_folds(train_ids, data.site_of().loc[train_ids], inner, base.seed + 1)
@@ -201,6 +203,7 @@ def run_protocol(
     progress: bool = False,
     description: str = "model fits",
     repeat: int = 0,
+    fold_folders: dict | None = None,
 ) -> dict:
     """Fit every model on every split's training patients and predict its test patients.
 
@@ -211,7 +214,9 @@ def run_protocol(
     as soon as that is scored; the others use ``settings`` with the grid's one point. Returns
     the prediction rows, the chosen settings and selection scores per fold and model, and each
     fit's seconds. ``repeat`` (of a repeated CV) labels the rows; a repeat r ≥ 1 keeps its
-    checkpoints under ``repeat<r>/fold<k>/`` of ``checkpoint_root``."""
+    checkpoints under ``repeat<r>/fold<k>/`` of ``checkpoint_root``. ``fold_folders`` names a
+    fold's checkpoint folder where ``fold<k>`` would not do (a fold keyed by a site label from
+    the user's manifest, which is not used as a path)."""
     from ..models import study_name
 
     if checkpoint_root is not None and repeat:
@@ -222,6 +227,11 @@ def run_protocol(
     chosen = {(f, m): settings.with_(**points[m][0]) for f in by_fold for m in models}
     scores = {(f, m): [{"point": points[m][0], "score": None}] for f in by_fold for m in models}
 
+    def fold_dir(fold) -> Path | None:
+        if checkpoint_root is None:
+            return None
+        return checkpoint_root / (fold_folders or {}).get(fold, f"fold{fold}")
+
     def fit_task(fold, name: str, priority: float = 0.0):
         train, test = by_fold[fold]
         return FitTask(
@@ -230,7 +240,7 @@ def run_protocol(
             train_ids=tuple(train),
             test_ids=tuple(test),
             settings=chosen[(fold, name)],
-            checkpoint_dir=checkpoint_root / f"fold{fold}" if checkpoint_root else None,
+            checkpoint_dir=fold_dir(fold),
             with_student=with_student,
             priority=priority,
         )
@@ -240,7 +250,7 @@ def run_protocol(
         for name in models:
             if len(points[name]) > 1:
                 tasks += _selection_tasks(
-                    data, fold, train, settings, name, points[name], inner_folds, checkpoint_root
+                    data, fold, train, settings, name, points[name], inner_folds, fold_dir(fold)
                 )
                 pending[(fold, name)] = len(points[name]) * inner_folds
             else:
@@ -480,6 +490,7 @@ def run_leave_site_out(
     progress: bool = False,
     grid: dict | None = None,
     inner_folds: int = 3,
+    checkpoints: bool = True,
 ) -> dict:
     """Train on every site but one, test on it, for each site; the gated-fusion curriculum with
     (``fusion``) and without (``fusion_no_coral``) CORAL. ``fold`` is the held-out site.
@@ -490,15 +501,21 @@ def run_leave_site_out(
     inner folds of the training sites' patients, so the held-out site takes no part in the
     selection and the comparison with the K-fold CV is at the same tuning budget. The chosen
     points go to ``selection.csv`` (fold = the held-out site) and ``metrics.json``'s
-    ``selected``."""
+    ``selected``.
+
+    With ``checkpoints`` every fit keeps its checkpoint under ``checkpoints/site<k>/`` (k: the
+    held-out site's position in sorted order; a site label is not used as a path), so an
+    interrupted run resumes without refitting."""
     settings = settings or TrainSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     site_of = data.site_of()
+    sites = sorted(site_of.unique())
     splits = [
         (site, site_of.index[site_of != site].tolist(), site_of.index[site_of == site].tolist())
-        for site in sorted(site_of.unique())
+        for site in sites
     ]
+    folders = {site: f"site{k}" for k, site in enumerate(sites)}
     result = run_protocol(
         data,
         splits,
@@ -512,6 +529,8 @@ def run_leave_site_out(
         with_student=False,
         progress=progress,
         description="leave-site-out fits",
+        checkpoint_root=TrainLayout(out).checkpoints if checkpoints else None,
+        fold_folders=folders,
     )
     predictions = result["rows"]  # no student: with_student=False
     predictions.to_parquet(out / "predictions.parquet", index=False)
