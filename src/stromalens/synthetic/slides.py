@@ -49,6 +49,12 @@ CELL_KINDS: tuple[str, ...] = ("fibroblast", "lymphocyte", "tumour", "endothelia
 #: base + per_fraction · CAF fraction + per_a · a (clipped to [0.06, 0.95]).
 CAF_DENSITY: dict[str, float] = {"base": 0.10, "per_fraction": 1.6, "per_a": 0.18}
 
+#: Gaussian σ (µm) of the field whose top share makes the evidence hotspots of mechanism (a):
+#: patches span one or two 112 µm tiles, so a tile is mostly in or mostly out (at the default
+#: geometry 17% of stromal tiles are ≥ 50% hotspot and 59% < 10%). σ was 6 label px, meant as
+#: 50 µm but 12 µm at 2 µm per label px, which left every stromal tile ~20% hotspot.
+HOTSPOT_SIGMA_UM = 50.0
+
 _PEN_OD = {"green": (0.95, 0.25, 0.75), "blue": (0.9, 0.6, 0.12), "black": (0.7, 0.7, 0.7)}
 
 
@@ -301,12 +307,23 @@ def _select(points, label_map, ds, keep_where, probability, rng) -> np.ndarray:
     return points[ok]
 
 
-def hotspot_map(labels: np.ndarray, share: float, rng) -> np.ndarray:
-    """Evidence hotspots: the top ``share`` of a smooth random field within the stroma
-    (label 1), at label resolution; uint8, 1 inside. Patches span a few tiles (σ of 6 label
-    px ≈ 50 µm at the default scale), so a 112 µm tile is mostly in or mostly out."""
+def hotspot_sigma_px(geometry: SlideGeometry) -> float:
+    """σ of the hotspots' smoothing in label px: :data:`HOTSPOT_SIGMA_UM` / (downsample · mpp).
+
+    Example
+    -------
+    >>> hotspot_sigma_px(SlideGeometry())  # 50 µm / (4 · 0.5 µm/px)
+    25.0
+    """
+    return float(HOTSPOT_SIGMA_UM / (geometry.label_downsample * geometry.mpp))
+
+
+def hotspot_map(labels: np.ndarray, share: float, rng, sigma_px: float) -> np.ndarray:
+    """Evidence hotspots: the top ``share`` of a smooth random field (Gaussian σ of
+    ``sigma_px`` label px, :func:`hotspot_sigma_px`) within the stroma (label 1), at label
+    resolution; uint8, 1 inside."""
     stroma = labels == 1
-    score = ndimage.gaussian_filter(rng.standard_normal(labels.shape), 6.0, mode="wrap")
+    score = ndimage.gaussian_filter(rng.standard_normal(labels.shape), sigma_px, mode="wrap")
     return _top_share(score, stroma, share).astype(np.uint8)
 
 
@@ -563,7 +580,7 @@ def _stromal_cells(geometry, labels, fractions, latents, immune_total, evidence,
         )
         hot = None
     else:
-        hot = hotspot_map(labels, evidence.share, rng)
+        hot = hotspot_map(labels, evidence.share, rng, hotspot_sigma_px(geometry))
         grid = _jittered_grid(geometry, 20.0, rng)
         gain_a = evidence.gain * evidence.per_a * latents["a"]
         p = _evidence_probability(caf_base, gain_a, grid, hot, ds, evidence)

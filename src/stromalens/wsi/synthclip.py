@@ -9,14 +9,21 @@ compartment it lacks ("no tumour cells"), each phrase drawn from a list of synon
 in a template — so curated prompts, their synonyms and their negations land where they should.
 
 Training minimises the symmetric contrastive (InfoNCE) loss of CLIP (Radford et al. 2021), with
-tiles of the same composition class counted as positives of each other (soft targets):
+every caption that truly describes a tile counted as its positive (soft targets):
 
-    L = ½ [ CE(softmax(τ · I Tᵀ), Y) + CE(softmax(τ · T Iᵀ), Yᵀ) ],
+    L = ½ [ CE(softmax(τ · I Tᵀ), Y) + CE(softmax(τ · T Iᵀ), Y'ᵀ) ],
 
 with I, T the L2-normalised image and text embeddings of a batch, τ the learnt temperature and
-Y the row-normalised same-class indicator. Captions with no histology meaning ("a picture of a
-dog", "a knee x-ray") are appended to the text side of every batch as negatives only (zero
-columns of Y), so out-of-domain prompts land far from every tile. The checkpoint is written as
+M_ij = 1 when tile i and caption j's tile share a composition class and caption j names no
+fibroblast density or names tile i's (:func:`contrastive_targets`); Y is M row-normalised, Y'
+M column-normalised. Without the density term a "few fibroblasts" caption was a positive of
+every dense stromal tile, so the loss could not teach the density words (measured on the
+v4 checkpoint: cos("fibrous stroma with many fibroblasts", "… with few fibroblasts") = 0.999)
+and the text prior of mechanism (g) was the same as its null.
+
+Captions with no histology meaning ("a picture of a dog", "a knee x-ray") are appended to the
+text side of every batch as negatives only (zero columns of Y), so out-of-domain prompts land
+far from every tile. The checkpoint is written as
 safetensors with a JSON sidecar (architecture, training settings, metrics) and loaded through
 the encoder registry's local-checkpoint path, exactly like real weights.
 
@@ -48,7 +55,8 @@ SYNTHCLIP_CONFIG: dict = {
 }
 #: v2: slides with a-dependent fibroblast density, and out-of-domain negative captions.
 #: v4: trained on its own corpus, recorded in the sidecar (:func:`check_corpus_disjoint`).
-CHECKPOINT_NAME = "synthclip-v4.safetensors"
+#: v5: a caption naming a fibroblast density is a positive only of tiles of that density.
+CHECKPOINT_NAME = "synthclip-v5.safetensors"
 
 COMPARTMENT_NAMES = ("stroma", "tumour", "immune")
 #: Synonyms of each compartment; the first is the canonical phrase.
@@ -311,6 +319,36 @@ def make_caption(
     return str(rng.choice(TEMPLATES)).format(x=phrase)
 
 
+def caption_density(caption: str) -> bool | None:
+    """The fibroblast density a caption of :func:`make_caption` names: True (dense), False
+    (few), None (none named).
+
+    Example
+    -------
+    >>> caption_density("fibrous stroma with few fibroblasts"), caption_density("tumour cells")
+    (False, None)
+    """
+    for dense, words in FIBRO_WORDS.items():
+        if any(word in caption for word in words):
+            return dense
+    return None
+
+
+def contrastive_targets(classes: np.ndarray, dense: np.ndarray, named: list) -> np.ndarray:
+    """(B, B) match indicator M of tiles (rows) and their batch's captions (columns).
+
+    M_ij = [class_i = class_j] · [named_j is None or named_j = dense_i]: caption j describes
+    tile i when their composition classes agree and any density it names is tile i's. The
+    diagonal is 1 (a caption describes its own tile), so no row or column is empty.
+    """
+    classes, dense = np.asarray(classes), np.asarray(dense, bool)
+    same = classes[:, None] == classes[None, :]
+    said = np.array([n is not None for n in named])
+    value = np.array([bool(n) for n in named])
+    agree = ~said[None, :] | (dense[:, None] == value[None, :])
+    return (same & agree).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- corpus
 class CorpusOverlapError(ValueError):
     """A CLIP checkpoint was trained on slides of the cohort it is asked to evaluate."""
@@ -500,15 +538,16 @@ def train_synthclip(
             len(train.images), size=min(settings.batch_size, len(train.images)), replace=False
         )
         images = transform(_augment(train.images[idx], rng))  # (B, 3, S, S)
+        dense = train.fibroblasts[idx] > fibro_cut
         captions = [
             make_caption(
                 train.shares[i],
-                bool(train.fibroblasts[i] > fibro_cut),
+                bool(d),
                 bool(train.lymphocytes[i] >= lymph_cut),
                 rng,
                 density_rate=settings.density_caption_rate,
             )
-            for i in idx
+            for i, d in zip(idx, dense, strict=True)
         ]
         n_ood = settings.ood_per_batch
         tokens = tokenizer(captions + make_ood_captions(n_ood, rng))  # (B + K, L)
@@ -518,11 +557,14 @@ def train_synthclip(
             group["lr"] = settings.lr * warm * 0.5 * (1 + np.cos(np.pi * frac))
         img, txt, scale = model(images, tokens)  # (B, D), (B + K, D), ()
         logits = scale * img @ txt.T  # (B, B + K): the K out-of-domain captions are negatives
-        same = torch.as_tensor(train.classes[idx][:, None] == train.classes[idx][None, :])
-        target = same.float() / same.float().sum(dim=1, keepdim=True)  # (B, B)
+        match = torch.as_tensor(  # (B, B) tile i × caption j
+            contrastive_targets(train.classes[idx], dense, [caption_density(c) for c in captions])
+        )
+        target = match / match.sum(dim=1, keepdim=True)  # (B, B) rows: each tile's captions
         image_to_text = F.cross_entropy(logits, F.pad(target, (0, n_ood)))
         # Text → image only for the tile captions: an out-of-domain caption has no positive.
-        text_to_image = F.cross_entropy(logits[:, : len(idx)].T, target)
+        target_t = (match / match.sum(dim=0, keepdim=True)).T  # (B, B) rows: each caption's tiles
+        text_to_image = F.cross_entropy(logits[:, : len(idx)].T, target_t)
         loss = 0.5 * (image_to_text + text_to_image)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
