@@ -149,7 +149,13 @@ class TextPrior(_Strict):
 
 class MechanismsConfig(_Strict):
     """The planted mechanisms of the validation matrix (issue 17), each with a switch, an
-    effect size and its null (``enabled: false`` = effect 0). :meth:`null` switches all off."""
+    effect size and its null (``enabled: false`` = effect 0). :meth:`null` switches all off.
+
+    ``effect_scale`` K multiplies every mechanism's effect size at once (1: the defaults; 0:
+    no effect), to find the smallest size the method detects;
+    :func:`stromalens.synthetic.mechanisms.planted` defines what "× K" means for each size
+    (a gain, an SD, a log-hazard, a log of retained signal) and applies it.
+    """
 
     sparse_evidence: SparseEvidence = SparseEvidence()
     reliability: ModalityReliability = ModalityReliability()
@@ -158,13 +164,17 @@ class MechanismsConfig(_Strict):
     outcomes: OutcomeEffects = OutcomeEffects()
     external: ExternalMorphology = ExternalMorphology()
     text_prior: TextPrior = TextPrior()
+    effect_scale: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="K: every effect size × K (see planted)"
+    )
 
     def null(self) -> MechanismsConfig:
-        """The same settings with every mechanism switched off (the null cohort)."""
+        """The same settings with every mechanism switched off (the null cohort); the
+        effect scale is kept, so the null's slides carry the same diffuse evidence gain."""
+        switches = (name for name in type(self).model_fields if name != "effect_scale")
         return self.model_copy(
             update={
-                name: getattr(self, name).model_copy(update={"enabled": False})
-                for name in type(self).model_fields
+                name: getattr(self, name).model_copy(update={"enabled": False}) for name in switches
             }
         )
 

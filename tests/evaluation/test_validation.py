@@ -124,6 +124,7 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
 
 def test_a_run_without_the_inputs_detects_nothing_and_null_sizes_are_zero():
     null = validation.planted_sizes(planted(MechanismsConfig().null()).as_dict())
+    assert null.pop(validation.EFFECT_SCALE) == 1.0  # the null at the default scale
     assert set(null.values()) == {0.0}
     table = validation.validation_table(null, {}, {}, None, None)
     assert not table["detected"].any() and table["effect"].isna().all()
@@ -136,7 +137,7 @@ def test_metrics_keys_are_in_the_schema_and_the_matrix_pairs_planted_with_null(t
         validation.planted_sizes(planted().as_dict()), metrics, tables, preds, truth, n_boot=50
     )
     keys = validation.validation_metrics(on)
-    assert len(keys) == 5 * len(validation.MECHANISMS)
+    assert len(keys) == 5 * len(validation.MECHANISMS) + 1  # and validation.effect_scale
     assert all(describe(k) for k in keys)
     null = validation.validation_table(
         validation.planted_sizes(planted(MechanismsConfig().null()).as_dict()), {}, {}, None, None

@@ -14,7 +14,11 @@
 ``demo.json`` records each step's seconds (the study stages' come from ``OUT/manifest.json``).
 ``--quick`` runs the same pipeline on 12 + 6 patients with tiny settings (:data:`QUICK`).
 ``--null`` generates the cohorts with every planted mechanism switched off
-(:meth:`stromalens.config.MechanismsConfig.null`), the validation matrix's null cohort.
+(:meth:`stromalens.config.MechanismsConfig.null`), the validation matrix's null cohort;
+``--effect-scale K`` plants every mechanism at K × its default size
+(``MechanismsConfig.effect_scale``; what "× K" means per mechanism:
+:func:`stromalens.synthetic.mechanisms.planted`), recorded in ``synth.json`` and the run's
+``validation.csv`` / ``validation.*`` metrics.
 The targets use the shipped resources (curated ERS–CAF set, TIL10), not the generator's own
 cell-type profiles.
 """
@@ -167,25 +171,37 @@ def demo(
     null: bool = typer.Option(
         False, "--null", help="Every planted mechanism switched off (the null cohort)."
     ),
+    effect_scale: float = typer.Option(
+        1.0, "--effect-scale", min=0.0, help="K: every mechanism's effect size × K (0: none)."
+    ),
 ) -> None:
     """Generate the synthetic cohorts and run the full study on them (stromalens run)."""
     from ..study.runner import study_lock
 
     with study_lock(out_folder(out)):  # before the cohorts: a second demo into OUT stops here
-        run_demo(out, patients, external_patients, seed, quick=quick, null=null)
+        run_demo(out, patients, external_patients, seed, quick=quick, null=null, scale=effect_scale)
 
 
 def run_demo(
-    out: Path, patients: int, external_patients: int, seed: int, *, quick: bool, null: bool
+    out: Path,
+    patients: int,
+    external_patients: int,
+    seed: int,
+    *,
+    quick: bool,
+    null: bool,
+    scale: float = 1.0,
 ) -> dict:
-    """The demo's steps (see the module docstring); returns the ``demo.json`` record."""
+    """The demo's steps (see the module docstring), every mechanism's size × ``scale``;
+    returns the ``demo.json`` record."""
     from ..config import MechanismsConfig
     from ..wsi.synthclip import CHECKPOINT_NAME
     from .run import run_and_summarise
 
     if quick:
         patients, external_patients = 12, 6
-    mechanisms = MechanismsConfig().null() if null else MechanismsConfig()
+    mechanisms = MechanismsConfig(effect_scale=scale)
+    mechanisms = mechanisms.null() if null else mechanisms
     started = time.perf_counter()
     steps: list[dict] = []
 
@@ -209,7 +225,7 @@ def run_demo(
         f"The synthetic CLIP was trained on its own corpus of {corpus.patients} slides "
         f"(patients C…, seed {corpus.seed}), none of them a patient of the evaluated cohorts; "
         "the targets use the shipped curated ERS–CAF set and the TIL10 signature. Planted "
-        f"mechanisms: {'none (the null cohort)' if null else 'all at their default sizes'}."
+        f"mechanisms: {_planted_words(null, scale)}."
     )
     config = demo_config(dev_dir, ext_dir, quick=quick, weights=checkpoint, corpus_note=note)
     console.rule("[bold]stromalens run (configs/demo.yaml)")
@@ -231,6 +247,7 @@ def run_demo(
         "seconds": round(elapsed, 1),
         "quick": quick,
         "null": null,
+        "effect_scale": scale,
         "clip_corpus": note,
         "patients": patients,
         "external_patients": external_patients,
@@ -242,6 +259,14 @@ def run_demo(
     (out / "demo.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     _print_timings(out, elapsed, stages, summary["report"])
     return record
+
+
+def _planted_words(null: bool, scale: float) -> str:
+    if null:
+        return "none (the null cohort)" + ("" if scale == 1 else f", effect scale {scale:g}")
+    if scale == 1:
+        return "all at their default sizes"
+    return f"all at {scale:g} × their default sizes (effect scale K = {scale:g})"
 
 
 def _cohort_configs(patients, external_patients, seed, mechanisms, quick) -> dict:

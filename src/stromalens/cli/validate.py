@@ -15,11 +15,13 @@ from .options import out_folder
 console = Console()
 
 
-def _demo_command(folder: Path, null: bool, patients, external_patients, seed, quick) -> list:
+def _demo_command(
+    folder: Path, null: bool, patients, external_patients, seed, quick, effect_scale=1.0
+) -> list:
     command = [sys.executable, "-m", "stromalens.cli", "demo", "--out", str(folder)]
     command += ["--patients", str(patients), "--external-patients", str(external_patients)]
     command += ["--seed", str(seed)] + (["--quick"] if quick else []) + (["--null"] if null else [])
-    return command
+    return command + ["--effect-scale", repr(float(effect_scale))]
 
 
 def validate_method(
@@ -30,9 +32,16 @@ def validate_method(
     patients: int = typer.Option(126, "--patients", help="Development-cohort size."),
     external_patients: int = typer.Option(60, "--external-patients"),
     seed: int = typer.Option(0, "--seed"),
+    effect_scale: float = typer.Option(
+        1.0,
+        "--effect-scale",
+        min=0.0,
+        help="K: every mechanism's effect size × K in both halves (the null keeps K's diffuse "
+        "slide evidence).",
+    ),
 ) -> None:
     """Run the demo with every mechanism planted (OUT/planted) and switched off (OUT/null),
-    same seed, and write OUT/validation_matrix.csv and .md."""
+    same seed and effect scale, and write OUT/validation_matrix.csv and .md."""
     from ..evaluation.validation import matrix_markdown
     from ..rundir import ValidationLayout
     from ..study.validation import validate_method as run
@@ -40,7 +49,9 @@ def validate_method(
     def half(folder: Path, null: bool) -> None:
         # Each half in its own process: the second half's cohort generation forks worker
         # processes, which hang once this process has run torch (executors.run_items).
-        command = _demo_command(folder, null, patients, external_patients, seed, quick)
+        command = _demo_command(
+            folder, null, patients, external_patients, seed, quick, effect_scale
+        )
         code = subprocess.run(command, check=False).returncode
         if code != 0:
             console.print(f"the {folder.name} half stopped (exit {code}); run again to resume")

@@ -68,6 +68,7 @@ SCHEMA: dict[str, str] = {
     "cohort, out-of-fold Cox models without / with the frozen model's scores",
     "warnings.<analysis>.count": "warnings flagged for the analysis (rows of fit_warnings.csv)",
     # method validation (synthetic cohorts with planted mechanisms; evaluation/validation.py)
+    "validation.effect_scale": "K: every planted size is K × its default (MechanismsConfig)",
     "validation.<mechanism>.planted": "planted effect size of the mechanism (0: its null)",
     "validation.<mechanism>.effect": "the recovered effect its analysis claims",
     "validation.<mechanism>.ci_low": "lower end of the effect's 95% CI",

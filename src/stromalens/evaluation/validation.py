@@ -74,13 +74,22 @@ MECHANISMS: tuple[tuple[str, str], ...] = (
     ("external", "the frozen model predicts ERS–CAF on another morphology"),
     ("text_prior", "curated prompts beat no text"),
 )
-COLUMNS = ("mechanism", "claim", "planted", "effect", "ci_low", "ci_high", "detected", "n")
+COLUMNS = (
+    "mechanism", "claim", "effect_scale", "planted", "effect", "ci_low", "ci_high", "detected", "n"
+)  # fmt: skip
+#: The key of :func:`planted_sizes` (and the column) holding the cohort's effect scale K.
+EFFECT_SCALE = "effect_scale"
 Z95 = float(stats.norm.ppf(0.975))
 
 
 def planted_sizes(mechanisms: dict) -> dict[str, float]:
-    """One planted size per mechanism from ``synth.json``'s ``mechanisms`` (0 = the null)."""
+    """One planted size per mechanism from ``synth.json``'s ``mechanisms`` (0 = the null),
+    each already at the cohort's effect scale K (:func:`stromalens.synthetic.mechanisms.planted`),
+    and K itself under :data:`EFFECT_SCALE` (1 for a cohort written before K existed).
+    (d)'s size is its margin (µm; smaller is tighter, so it is the default / K); (f) has no
+    size of its own and reads K."""
     m = mechanisms
+    k = float(m.get("effect_scale", 1.0))
     return {
         "sparse_evidence": m["evidence_per_a"] if m["sparse_evidence"] else 0.0,
         "reliability": m["reliability_contrast"],
@@ -88,8 +97,9 @@ def planted_sizes(mechanisms: dict) -> dict[str, float]:
         "annotation": m["annotation_margin_um"] or 0.0,
         "outcomes": m["survival_scale"],
         "treatment_interaction": m.get("interaction", np.nan),
-        "external": 1.0 if m["external_visible"] else 0.0,
+        "external": k if m["external_visible"] else 0.0,
         "text_prior": m["density_caption_rate"],
+        EFFECT_SCALE: k,
     }
 
 
@@ -257,6 +267,7 @@ def validation_table(
             {
                 "mechanism": name,
                 "claim": claim,
+                EFFECT_SCALE: float(planted.get(EFFECT_SCALE, 1.0)),
                 "planted": float(planted.get(name, np.nan)),
                 "effect": effect,
                 "ci_low": low,
@@ -269,8 +280,9 @@ def validation_table(
 
 
 def validation_metrics(table: pd.DataFrame) -> dict:
-    """``validation.<mechanism>.{planted,effect,ci_low,ci_high,detected}``."""
-    out = {}
+    """``validation.<mechanism>.{planted,effect,ci_low,ci_high,detected}`` and
+    ``validation.effect_scale`` (K, the same on every row)."""
+    out = {metric_key("validation", EFFECT_SCALE): float(table[EFFECT_SCALE].iloc[0])}
     for row in table.itertuples(index=False):
         for field in ("planted", "effect", "ci_low", "ci_high", "detected"):
             out[metric_key("validation", row.mechanism, field)] = getattr(row, field)
@@ -291,7 +303,8 @@ def read_planted(manifest_path: Path | None) -> dict[str, float] | None:
 
 def combine(planted: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
     """The validation matrix: a planted and a null run's tables side by side per mechanism."""
-    keep = ["mechanism", "claim", "planted", "effect", "ci_low", "ci_high", "detected"]
+    keep = ["mechanism", "claim", EFFECT_SCALE, "planted", "effect", "ci_low", "ci_high"]
+    keep.append("detected")
     right = null[keep[:1] + keep[2:]].rename(
         columns=lambda c: c if c == "mechanism" else f"null_{c}"
     )
@@ -315,11 +328,15 @@ def recovery_sentence(table: pd.DataFrame) -> str:
     if "null_detected" in table:
         false = table["null_detected"].map(lambda v: _yes(v) == "yes")
         parts.append(f"Detected on the null cohort (false positives): {_names(table, false)}.")
-    parts.append(
-        "The planted sizes are the generator's defaults (MechanismsConfig), not tuned until "
-        "the method wins."
-    )
+    parts.append(f"The planted sizes are {_scale_words(table)}, not tuned until the method wins.")
     return " ".join(parts)
+
+
+def _scale_words(table: pd.DataFrame) -> str:
+    k = float(table[EFFECT_SCALE].iloc[0]) if EFFECT_SCALE in table and len(table) else 1.0
+    if k == 1.0 or not np.isfinite(k):
+        return "the generator's defaults (MechanismsConfig)"
+    return f"the generator's defaults (MechanismsConfig) at effect scale K = {k:g}"
 
 
 def _interval(effect, low, high) -> str:
@@ -342,6 +359,7 @@ def _size(value) -> str:
 def matrix_markdown(matrix: pd.DataFrame) -> str:
     """The validation matrix (:func:`combine`) as a Markdown table and its sentence."""
     lines = [
+        f"Effect scale K = {_size(float(matrix[EFFECT_SCALE].iloc[0]))}.\n",
         "| mechanism | planted | recovered effect [95% CI] | detected | null planted | "
         "null effect [95% CI] | null detected |",
         "|---|---|---|---|---|---|---|",

@@ -1,9 +1,10 @@
 """The validation matrix (issue 17): the study run on a planted and on a null cohort.
 
 ``stromalens validate-method --out DIR`` runs the demo twice with the same seed and sizes: once
-with every mechanism planted at its default size (``DIR/planted``) and once with every mechanism
-switched off (``DIR/null``, :meth:`stromalens.config.MechanismsConfig.null`). Each half is a
-study folder whose evaluation writes ``validation.csv``
+with every mechanism planted at its default size, or K × it with ``--effect-scale K``
+(``DIR/planted``), and once with every mechanism switched off (``DIR/null``,
+:meth:`stromalens.config.MechanismsConfig.null`). Each half is a study folder whose
+evaluation writes ``validation.csv``
 (:mod:`stromalens.evaluation.validation`); the two tables side by side
 (:func:`~stromalens.evaluation.validation.combine`) are the matrix, written as
 ``DIR/validation_matrix.csv`` and ``.md`` (:class:`stromalens.rundir.ValidationLayout`).
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluation.validation import COLUMNS, combine, matrix_markdown
+from ..evaluation.validation import COLUMNS, EFFECT_SCALE, combine, matrix_markdown
 from ..logs import event, get_logger
 from ..rundir import StudyLayout, ValidationLayout
 from .runner import study_lock
@@ -46,6 +47,8 @@ def read_half(study: Path | str) -> pd.DataFrame:
             "mechanisms to the end (stromalens validate-method resumes it)"
         )
     table = pd.read_csv(path)
+    if EFFECT_SCALE not in table:  # a table written before the effect scale existed: K = 1
+        table.insert(table.columns.get_loc("planted"), EFFECT_SCALE, 1.0)
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{path}: columns {sorted(missing)} missing; rerun its evaluation")

@@ -16,6 +16,34 @@ and of the per-patient factors that follow from a patient's location and site.
  (f)    external morphology         external slides rendered from their own latents  independent
  (g)    text prior                  captions name fibroblast density                 never
 =====  ==========================  ===============================================  ===========
+
+The effect scale K (``MechanismsConfig.effect_scale``) multiplies every effect size at once, so
+that a run at K reads "each mechanism at K × its default size". What "× K" means follows each
+size's own scale, chosen so that K = 0 is the mechanism's null effect and K = 1 the defaults:
+
+=====  ===========================================  ============================================
+ key    size × K                                     K = 0
+=====  ===========================================  ============================================
+ (a)    hotspot gains ``per_a``, ``per_b`` (density   no slide evidence anywhere: sparse and
+        gain per SD of the latent) × K                diffuse render identically
+ (b)    log of the degraded modality's retained      c = 0 (the null)
+        signal × K: ``c_K = 1 − (1 − c)^K``
+ (c)    site departures ``strength`` × K, site       identical sites, no association (the null)
+        shift of ``a`` (SD) × K
+ (d)    the annotation's tightness 1/margin × K:     the region is all the stroma (the null; the
+        ``margin_K = margin / K``                    limit margin → ∞ is all the tissue)
+ (e)    log-hazard coefficients and the b × RT       both 0 (the null)
+        logit (log odds ratio) × K
+ (f)    none of its own: the external slides         the external slides carry no biology, as in
+        carry (a)'s evidence gains × K               the null
+ (g)    the caption hazard −log(1 − p) × K:          no caption names density (the null)
+        ``p_K = 1 − (1 − p)^K``
+=====  ===========================================  ============================================
+
+(b) and (g) are shares bounded by 1, so they scale on the log scale on which K composes
+(``(1 − c)^K``: K independent degradations of (1 − c) each) and stay below 1 for any K; the
+other sizes are unbounded and scale linearly. Under K ≠ 0 the null cohort keeps K's (a) gains
+(spread diffusely) so that planted and null differ only in the switches.
 """
 
 from __future__ import annotations
@@ -34,6 +62,7 @@ LOCATION_RELIABILITY: dict[str, float] = {"skull_base": 1.0, "mobile_spine": 0.0
 class Planted:
     """Effective sizes of the planted mechanisms (0 / diffuse / None when switched off)."""
 
+    effect_scale: float
     sparse_evidence: bool
     evidence_share: float
     evidence_per_a: float
@@ -53,31 +82,67 @@ class Planted:
 
 
 def planted(config: MechanismsConfig | None = None) -> Planted:
-    """The effective sizes of ``config`` (default: every mechanism at its default size).
+    """The effective sizes of ``config`` (default: every mechanism at its default size), each
+    at ``config.effect_scale`` K times its size (see the module docstring for what "× K" means
+    per mechanism).
 
     Example
     -------
     >>> planted(MechanismsConfig().null()).interaction
     0.0
+    >>> planted(MechanismsConfig(effect_scale=2)).interaction
+    1.6
     """
     m = config or MechanismsConfig()
+    k = m.effect_scale
     sparse = m.sparse_evidence
     return Planted(
+        effect_scale=k,
         sparse_evidence=sparse.enabled,
         evidence_share=sparse.share,
-        evidence_per_a=sparse.per_a,
-        evidence_per_b=sparse.per_b,
-        reliability_contrast=m.reliability.contrast if m.reliability.enabled else 0.0,
-        site_strength=m.site.strength if m.site.enabled else 0.0,
-        site_biology_shift=m.site.biology_shift if m.site.enabled else 0.0,
-        annotation_margin_um=m.annotation.margin_um if m.annotation.enabled else None,
-        survival_scale=m.outcomes.survival_scale if m.outcomes.enabled else 0.0,
-        interaction=m.outcomes.interaction if m.outcomes.enabled else 0.0,
+        evidence_per_a=k * sparse.per_a,
+        evidence_per_b=k * sparse.per_b,
+        reliability_contrast=scale_share(m.reliability.contrast, k)
+        if m.reliability.enabled
+        else 0.0,
+        site_strength=k * m.site.strength if m.site.enabled else 0.0,
+        site_biology_shift=k * m.site.biology_shift if m.site.enabled else 0.0,
+        annotation_margin_um=_scaled_margin(m.annotation.margin_um, k)
+        if m.annotation.enabled
+        else None,
+        survival_scale=k * m.outcomes.survival_scale if m.outcomes.enabled else 0.0,
+        interaction=k * m.outcomes.interaction if m.outcomes.enabled else 0.0,
         external_visible=m.external.enabled,
         # the null keeps the other morphology: only the biology is taken away
         external_morphology=m.external.morphology,
-        density_caption_rate=m.text_prior.density_caption_rate if m.text_prior.enabled else 0.0,
+        density_caption_rate=scale_share(m.text_prior.density_caption_rate, k)
+        if m.text_prior.enabled
+        else 0.0,
     )
+
+
+def scale_share(share: float, k: float) -> float:
+    """A share in [0, 1) scaled by ``k`` on its log-complement: ``1 − (1 − share)^k``.
+
+    ``−log(1 − share)`` (a hazard; for (b) the log of the signal lost) is multiplied by ``k``,
+    so ``k`` = 0 gives 0, ``k`` = 1 the share itself, and the result stays below 1 for any
+    ``k``; a share of 1 stays 1 for ``k`` > 0.
+
+    Example
+    -------
+    >>> round(scale_share(0.4, 2), 6)
+    0.64
+    """
+    if k < 0 or not np.isfinite(k):
+        raise ValueError(f"effect scale must be a finite number ≥ 0, got {k}")
+    if not 0 <= share <= 1:
+        raise ValueError(f"a share must lie in [0, 1], got {share}")
+    return float(1.0 - (1.0 - share) ** k) if k > 0 else 0.0
+
+
+def _scaled_margin(margin_um: float, k: float) -> float | None:
+    # tightness 1/margin × k; k = 0 is the null's region (all stroma), marked by None
+    return float(margin_um / k) if k > 0 else None
 
 
 def reliability_factors(location: str, contrast: float) -> tuple[float, float]:
