@@ -18,12 +18,13 @@ def _inputs(n=200, seed=0):
     ids = [f"P{i:04d}" for i in range(n)]
     a = rng.normal(size=n)
     truth = pd.DataFrame({"a": a}, index=pd.Index(ids, name="patient_id"))
-    # wsi_clip reads a well (r ≈ 0.89), mean pooling poorly (r ≈ 0.45)
-    clip = a + 0.5 * rng.normal(size=n)
+    # ABMIL reads a well (r ≈ 0.89), mean pooling poorly (r ≈ 0.45), wsi_clip no better
+    abmil = a + 0.5 * rng.normal(size=n)
     mean = a + 2.0 * rng.normal(size=n)
+    clip = a + 3.0 * rng.normal(size=n)
     preds = pd.concat(
         pd.DataFrame({"patient_id": ids, "model": m, "target": "ers_caf", "y_pred": v})
-        for m, v in (("wsi_clip", clip), ("mean_pool", mean))
+        for m, v in (("abmil", abmil), ("wsi_clip", clip), ("mean_pool", mean))
     )
     gates = pd.DataFrame(
         {
@@ -88,11 +89,14 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     sizes = validation.planted_sizes(planted().as_dict())
     table = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=300)
     row = table.set_index("mechanism")
-    # (a) r difference computed directly
-    r_clip = np.corrcoef(preds[preds.model == "wsi_clip"]["y_pred"], truth["a"])[0, 1]
-    r_mean = np.corrcoef(preds[preds.model == "mean_pool"]["y_pred"], truth["a"])[0, 1]
-    assert row.loc["sparse_evidence", "effect"] == pytest.approx(r_clip - r_mean)
+    # (a) r differences computed directly (numpy corrcoef): attention (ABMIL), and text-guided
+    r = {m: np.corrcoef(preds[preds.model == m]["y_pred"], truth["a"])[0, 1]
+         for m in ("abmil", "wsi_clip", "mean_pool")}  # fmt: skip
+    assert row.loc["sparse_evidence", "effect"] == pytest.approx(r["abmil"] - r["mean_pool"])
     assert row.loc["sparse_evidence", "detected"]
+    text = row.loc["sparse_evidence_text"]
+    assert text["effect"] == pytest.approx(r["wsi_clip"] - r["mean_pool"])
+    assert not text["detected"] and text["planted"] == 0.5
     # (b) Welch t interval from the strata's summaries (n 90, 70; means 0.7, 0.5; SD 0.1):
     # scipy.stats.ttest_ind(x, y, equal_var=False).confidence_interval() on samples with
     # exactly those summaries = (0.1685085, 0.2314915); ν = 148.45 (Welch–Satterthwaite)

@@ -13,7 +13,7 @@ from stromalens.rundir import RunFiles, StudyLayout, ValidationLayout
 
 
 def _table(null: bool) -> pd.DataFrame:
-    """A validation.csv: on the planted cohort (a) and (b) recovered, the rest not."""
+    """A validation.csv: on the planted cohort the first two rows recovered, the rest not."""
     rows = []
     for i, (name, claim) in enumerate(MECHANISMS):
         low = -0.05 if null or i > 1 else 0.04
@@ -46,7 +46,7 @@ def test_the_table_and_the_sentence_of_one_run(train_dir, tmp_path):
     assert first["recovered effect [95% CI]"] == "0.100 [0.040, 0.200]"
     assert first["detected"] == "yes" and table.rows[2][-1] == "no"
     assert note.text.startswith("Recovered (95% CI excluding the null): sparse_evidence, ")
-    assert "Not recovered: site, annotation" in note.text and "not tuned" in note.text
+    assert "Not recovered: reliability, site, annotation" in note.text and "not tuned" in note.text
 
 
 def test_a_half_of_a_validate_method_folder_shows_the_matrix(train_dir, tmp_path):

@@ -8,7 +8,9 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
 ====  ============================  =================================================  ==========
  key   mechanism                     effect                                             CI
 ====  ============================  =================================================  ==========
- a     ``sparse_evidence``           r(wsi_clip, a) − r(mean_pool, a)                    paired
+ a     ``sparse_evidence``           r(abmil, a) − r(mean_pool, a)                       paired
+                                                                                        bootstrap
+ a     ``sparse_evidence_text``      r(wsi_clip, a) − r(mean_pool, a)                    paired
                                                                                         bootstrap
  b     ``reliability``               mean WSI share of the fused contribution, sacrum    Welch t
                                     − skull base (fusion; :mod:`.gates`)
@@ -21,6 +23,10 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
  g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         paired
                                                                                         bootstrap
 ====  ============================  =================================================  ==========
+
+(a) has two rows: attention pooling learned from the tiles alone (ABMIL, Ilse et al. 2018),
+which is the claim "attention beats mean pooling", and the CLIP-guided model, whose attention
+is set by the prompt text, so its gap also carries the text prior of (g).
 
 (e) has two rows: the prognostic claim (the C-index gain) and the predictive one, the treatment
 × LR interaction of :mod:`~stromalens.evaluation.treatment` (``treatment.predictive.<arm>.*``).
@@ -66,6 +72,7 @@ from ..rundir import metric_key, parse_metric_key
 #: (mechanism, the claim of its analysis), in the order of the table.
 MECHANISMS: tuple[tuple[str, str], ...] = (
     ("sparse_evidence", "attention beats mean pooling on the latent a"),
+    ("sparse_evidence_text", "text-guided attention beats mean pooling on the latent a"),
     ("reliability", "the gate leans on the slide in sacrum, on the MRI at the skull base"),
     ("site", "harmonisation raises leave-site-out r"),
     ("annotation", "top-attention tiles overlap the fibrosis annotation above chance"),
@@ -92,6 +99,7 @@ def planted_sizes(mechanisms: dict) -> dict[str, float]:
     k = float(m.get("effect_scale", 1.0))
     return {
         "sparse_evidence": m["evidence_per_a"] if m["sparse_evidence"] else 0.0,
+        "sparse_evidence_text": m["evidence_per_a"] if m["sparse_evidence"] else 0.0,
         "reliability": m["reliability_contrast"],
         "site": m["site_biology_shift"] if m["site_strength"] else 0.0,
         "annotation": m["annotation_margin_um"] or 0.0,
@@ -135,14 +143,17 @@ def paired_r_difference(y, x1, x2, n_boot: int = 1000, seed: int = 0):
 
 
 # --------------------------------------------------------------------------- effects
-def _attention_gap(predictions, truth, n_boot, seed):
+def _attention_gap(predictions, truth, n_boot, seed, attention: str = "abmil"):
+    """r(attention model, a) − r(mean_pool, a) of the out-of-fold ERS–CAF predictions."""
+    if predictions is None or truth is None:
+        return None
     wide = predictions[predictions["target"] == "ers_caf"].pivot(
         index="patient_id", columns="model", values="y_pred"
     )
-    if not {"wsi_clip", "mean_pool"} <= set(wide.columns) or truth is None:
+    if not {attention, "mean_pool"} <= set(wide.columns):
         return None
-    data = wide[["wsi_clip", "mean_pool"]].join(truth["a"], how="inner").dropna()
-    e, lo, hi = paired_r_difference(data["a"], data["wsi_clip"], data["mean_pool"], n_boot, seed)
+    data = wide[[attention, "mean_pool"]].join(truth["a"], how="inner").dropna()
+    e, lo, hi = paired_r_difference(data["a"], data[attention], data["mean_pool"], n_boot, seed)
     return e, lo, hi, len(data)
 
 
@@ -248,9 +259,8 @@ def validation_table(
     ``survival_cindex_diff``, ``external`` and ``prompt_perturbation`` tables (None where the
     run lacks them); a mechanism whose inputs are missing gets NaN and ``detected`` False."""
     found = {
-        "sparse_evidence": _attention_gap(predictions, truth, n_boot, seed)
-        if predictions is not None
-        else None,
+        "sparse_evidence": _attention_gap(predictions, truth, n_boot, seed),
+        "sparse_evidence_text": _attention_gap(predictions, truth, n_boot, seed, "wsi_clip"),
         "reliability": _gate_migration(tables.get("gate_strata")),
         "site": _site_gain(metrics),
         "annotation": _colocalisation(tables.get("attention")),
