@@ -146,11 +146,12 @@ def test_fibrosis_region_hugs_the_hotspots_and_tightens_with_grade():
 # ----------------------------------------------------------------------- (e) outcomes
 def _rt_interaction(df: pd.DataFrame) -> float:
     """The b × RT coefficient of a logistic response model (statsmodels Logit, the same MLE as
-    R's glm(response ~ b*rt + a + treatment, family = binomial))."""
+    R's glm(response ~ b + b:rt + a + treatment, family = binomial))."""
     import statsmodels.formula.api as smf
 
     data = df.assign(rt=df["treatment"].isin(["RT", "surgery+RT"]).astype(float))
-    fit = smf.logit("response ~ b * rt + a + C(treatment)", data).fit(disp=0)
+    # rt's main effect is a sum of treatment dummies: left out, the design has full rank.
+    fit = smf.logit("response ~ b + b:rt + a + C(treatment)", data).fit(disp=0)
     return float(fit.params["b:rt"]), float(fit.bse["b:rt"])
 
 

@@ -10,9 +10,15 @@ where ``f_ic`` are the cell (number) fractions, ``m_c`` the mRNA content per cel
 * an ER-stress / hypoxia programme is switched on in CAFs in proportion to ``a``
   (and, independently, in tumour cells by the nuisance latent ``u``),
 * the ligands of the ERS–CAF → immune axes rise in CAFs, and their receptors in the receiving
-  immune types, in proportion to ``b``,
-* the fractions come from a softmax whose temperature rises with ``h``, so the Shannon entropy
-  of the fractions follows ``h``.
+  immune types, with ``b`` — with diminishing returns, log2 FC ∝ (1 − e^(−0.6 b))/0.6
+  (:func:`saturating`), so that the product of scaled ligand and receptor expression an S_LR
+  score takes stays about as symmetric as ``b`` (a log-linear response makes it right-skewed),
+* the immune composition is a softmax whose temperature rises with ``h``, so the Shannon
+  entropy of the immune types (what a deconvolution resolves) follows ``h``
+  (:func:`simulate_fractions`),
+* the immune cells' profiles of the TIL10 genes resemble TIL10 with tissue-versus-blood
+  departures (:func:`tissue_immune_profiles`), so a TIL10 deconvolution works about as well as
+  on real tissue, without seeing the generator's profiles.
 
 Counts are drawn from a gamma–Poisson (negative binomial) with gene lengths and library sizes,
 so the table has the zeros, ties and over-dispersion of real data; TPM are computed from the
@@ -170,38 +176,50 @@ MRNA_CONTENT: dict[str, float] = {
     "Dendritic.cells": 1.4,
 }
 
-# Baseline logits of the fraction model, and how the latents move them.
-_BASE_LOGITS: dict[str, float] = {
+# The fraction model (simulate_fractions): compartment logits, then the immune composition.
+_COMPARTMENT_LOGITS: dict[str, float] = {
     "CAF": 1.3,
     "Tumour": 2.2,
     "Endothelial": 0.1,
+    "immune": 1.5,  # an immune share of about a quarter at a = b = 0
+}
+_COMPARTMENT_A_LOADING: dict[str, float] = {"CAF": 0.55, "Endothelial": 0.15}
+_COMPARTMENT_NOISE_SD = 0.3
+#: Baseline logits of the immune types within the immune compartment (M2 and CD4 T cells
+#: common, dendritic cells rare), their loadings on the crosstalk b (ERS–CAFs recruit
+#: monocytes, M2 macrophages and Tregs) and their noise.
+_IMMUNE_LOGITS: dict[str, float] = {
     "B.cells": -1.0,
     "Macrophages.M1": -0.8,
-    "Macrophages.M2": -0.2,
-    "Monocytes": -0.6,
-    "Neutrophils": -1.4,
-    "NK.cells": -1.2,
-    "T.cells.CD4": -0.3,
-    "T.cells.CD8": -0.5,
-    "Tregs": -1.1,
-    "Dendritic.cells": -1.5,
+    "Macrophages.M2": 0.4,
+    "Monocytes": -0.4,
+    "Neutrophils": -1.6,
+    "NK.cells": -1.4,
+    "T.cells.CD4": 0.2,
+    "T.cells.CD8": -0.2,
+    "Tregs": -1.2,
+    "Dendritic.cells": -2.0,
 }
-_A_LOADING: dict[str, float] = {"CAF": 0.55, "Endothelial": 0.15}
-_B_LOADING: dict[str, float] = {
-    "Macrophages.M2": 0.45,
-    "Tregs": 0.45,
-    "Monocytes": 0.35,
-    "T.cells.CD8": 0.15,
-    "T.cells.CD4": 0.15,
-    "B.cells": 0.1,
-}
-_TEMPERATURE_SLOPE = 0.45  # fractions = softmax(logits · exp(−slope · h))
+_IMMUNE_B_LOADING: dict[str, float] = {"Macrophages.M2": 0.2, "Tregs": 0.25, "Monocytes": 0.2}
+_IMMUNE_NOISE_SD = 0.3
+#: The immune composition's inverse temperature is exp(−slope · h): h evens it out.
+_TEMPERATURE_SLOPE = 0.45
+
+#: log2 SD by which the generator's immune profiles of the TIL10 genes depart from TIL10, per
+#: gene and cell type, and of a gene-wise departure shared by the types (tissue_immune_profiles).
+TISSUE_PROFILE_SD = 0.8
+TISSUE_GENE_SHIFT_SD = 0.5
+
+#: Baseline log2 expression (before TPM scaling) of an axis's ligand or receptor outside and
+#: inside the cell types that make it (CAFs; the receiving immune types).
+LR_GENE_LOG2 = (1.0, 6.0)
 
 #: Programme strengths (log2 fold change per unit latent).
 UPR_LOG2FC_PER_A = 0.9
 HYPOXIA_LOG2FC_PER_A = 0.8
 UPR_LOG2FC_PER_U = 0.45
 LR_LOG2FC_PER_B = 1.3
+LR_SATURATION = 0.6
 #: ER-stressed CAFs secrete more of the axes' ligands (log2 fold change per unit a).
 LR_LIGAND_LOG2FC_PER_A = 0.5
 #: Share of programme genes that do not respond (drawn per seed), and the spread of the others'
@@ -247,21 +265,47 @@ def gene_responses(genes: tuple[str, ...], seed: int, stream: int) -> np.ndarray
 def simulate_fractions(patients: pd.DataFrame, seed: int) -> pd.DataFrame:
     """True cell-number fractions (patients × CELL_TYPES), rows summing to 1.
 
-    f_i = softmax(ℓ_i · exp(−0.45 h_i)), ℓ_ic = base_c + α_c a_i + β_c b_i + ε_ic, ε ~ N(0, 0.3²).
+    Two logistic-normal levels (Aitchison & Shen 1980, Biometrika 67:261): the compartments
+    k ∈ {CAF, Tumour, Endothelial, immune},
+
+        q_i = softmax(κ_k + α_k a_i + δ_ik),     δ ~ N(0, 0.3²),
+
+    and, within the immune compartment, the immune types c at temperature exp(0.45 h_i),
+
+        π_i = softmax((μ_c + β_c b_i + ε_ic) · exp(−0.45 h_i)),     ε ~ N(0, 0.3²),
+
+    so f_ic = q_i,immune · π_ic. The heterogeneity latent h sets the *evenness* of the immune
+    composition — the entropy of the cell types a deconvolution resolves (TIL10's ten) — and
+    not the immune share; ERS–CAF activity a enlarges the CAF compartment, and the crosstalk b
+    recruits monocytes, M2 macrophages and Tregs.
+
+    Example
+    -------
+    >>> patients = pd.DataFrame({"a": [0.0], "b": [0.0], "h": [0.0]})
+    >>> round(float(simulate_fractions(patients, seed=0).sum(axis=1).iloc[0]), 12)
+    1.0
     """
     rng = np.random.default_rng([seed, 2])
     n = len(patients)
-    logits = np.array([_BASE_LOGITS[c] for c in CELL_TYPES])[None, :].repeat(n, axis=0)
-    a = patients["a"].to_numpy()[:, None]
-    b = patients["b"].to_numpy()[:, None]
-    logits += a * np.array([_A_LOADING.get(c, 0.0) for c in CELL_TYPES])
-    logits += b * np.array([_B_LOADING.get(c, 0.0) for c in CELL_TYPES])
-    logits += rng.normal(0.0, 0.3, logits.shape)
-    scaled = logits * np.exp(-_TEMPERATURE_SLOPE * patients["h"].to_numpy())[:, None]
-    scaled -= scaled.max(axis=1, keepdims=True)
-    fractions = np.exp(scaled)
-    fractions /= fractions.sum(axis=1, keepdims=True)
+    a, b, h = (patients[k].to_numpy()[:, None] for k in "abh")
+    compartments = tuple(_COMPARTMENT_LOGITS)
+    logits = np.array([_COMPARTMENT_LOGITS[k] for k in compartments]) + a * np.array(
+        [_COMPARTMENT_A_LOADING.get(k, 0.0) for k in compartments]
+    )
+    shares = _softmax(logits + rng.normal(0.0, _COMPARTMENT_NOISE_SD, (n, len(compartments))))
+    immune = np.array([_IMMUNE_LOGITS[c] for c in IMMUNE_TYPES]) + b * np.array(
+        [_IMMUNE_B_LOADING.get(c, 0.0) for c in IMMUNE_TYPES]
+    )
+    immune = immune + rng.normal(0.0, _IMMUNE_NOISE_SD, (n, len(IMMUNE_TYPES)))
+    within = _softmax(immune * np.exp(-_TEMPERATURE_SLOPE * h))
+    fractions = np.column_stack([shares[:, :3], shares[:, 3:] * within])
     return pd.DataFrame(fractions, index=patients.index, columns=list(CELL_TYPES))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so exp never overflows."""
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def shannon_entropy(fractions: pd.DataFrame) -> pd.Series:
@@ -305,14 +349,42 @@ def reference_profiles(seed: int) -> pd.DataFrame:
     for g in er_stress_programme() + HYPOXIA_GENES:
         log2[index[g], :] = 4.0 + rng.normal(0.0, 0.3, len(CELL_TYPES))
     for ligand, receptor, receivers in all_lr_axes():
-        log2[index[ligand], :] = 1.0
-        log2[index[ligand], 0] = 6.0  # ligands are made by CAFs
-        log2[index[receptor], :] = 1.0
+        log2[index[ligand], :] = LR_GENE_LOG2[0]
+        log2[index[ligand], 0] = LR_GENE_LOG2[1]  # ligands are made by CAFs
+        log2[index[receptor], :] = LR_GENE_LOG2[0]
         for r in receivers:
-            log2[index[receptor], CELL_TYPES.index(r)] = 6.0
-    tpm = np.exp2(log2)
-    tpm *= 1e6 / tpm.sum(axis=0, keepdims=True)
-    return pd.DataFrame(tpm, index=pd.Index(genes, name="gene"), columns=list(CELL_TYPES))
+            log2[index[receptor], CELL_TYPES.index(r)] = LR_GENE_LOG2[1]
+    tpm = pd.DataFrame(np.exp2(log2), index=pd.Index(genes, name="gene"), columns=CELL_TYPES)
+    tpm *= 1e6 / tpm.sum(axis=0)
+    tissue = tissue_immune_profiles(rng)
+    tpm.loc[tissue.index] = tissue
+    return tpm * (1e6 / tpm.sum(axis=0))
+
+
+def tissue_immune_profiles(rng: np.random.Generator) -> pd.DataFrame:
+    """The generator's profiles (TPM) of the TIL10 genes: tissue-resident immune cells that
+    resemble, but are not, the sorted blood cells TIL10 was measured on.
+
+        r_gc = T_gc · 2^(s_g + e_gc),   s_g ~ N(0, 0.5²),  e_gc ~ N(0, TISSUE_PROFILE_SD²)
+
+    for the immune types c (T: quanTIseq's TIL10, Finotello et al. 2019, Genome Med 11:34);
+    CAFs, tumour and endothelial cells express them at 2^N(−3, 1²) times their median over the
+    immune types (quanTIseq chose genes that tumours barely express). So a TIL10
+    deconvolution of the synthetic RNA fits a reference that departs from the truth as a
+    sorted-cell reference departs from tissue (``TISSUE_PROFILE_SD``), never its own profiles.
+    """
+    from ..targets.deconvolution import til10_signature
+
+    til10 = til10_signature()
+    genes = [g for g in til10.index if g in set(gene_universe())]
+    til10 = til10.loc[genes, list(IMMUNE_TYPES)].to_numpy()
+    shift = rng.normal(0.0, TISSUE_GENE_SHIFT_SD, (len(genes), 1))
+    immune = til10 * np.exp2(shift + rng.normal(0.0, TISSUE_PROFILE_SD, til10.shape))
+    median = np.median(immune, axis=1, keepdims=True)
+    others = median * np.exp2(
+        rng.normal(-3.0, 1.0, (len(genes), len(CELL_TYPES) - len(IMMUNE_TYPES)))
+    )
+    return pd.DataFrame(np.hstack([others, immune]), index=genes, columns=list(CELL_TYPES))
 
 
 def signature_matrix(
@@ -335,6 +407,11 @@ def signature_matrix(
     spread = log.max(axis=1) - log.median(axis=1)
     keep = (spread >= min_log2_spread) & (measured.max(axis=1) >= min_tpm)
     return measured.loc[keep]
+
+
+def saturating(x: np.ndarray, rate: float) -> np.ndarray:
+    """g(x) = (1 − e^(−λx))/λ: slope 1 at 0, diminishing returns above, g → x as λ → 0."""
+    return x if rate == 0 else -np.expm1(-rate * x) / rate
 
 
 def _programme_multipliers(
@@ -365,10 +442,11 @@ def _programme_multipliers(
     axes = all_lr_axes()
     # Axes respond with their own strength (none silent: each axis is part of the crosstalk).
     strength = np.random.default_rng([seed, 8, 2]).uniform(0.6, 1.4, len(axes))
+    drive = saturating(b, LR_SATURATION)
     for (ligand, receptor, receivers), k in zip(axes, strength, strict=True):
-        log2fc(ligand)[:, caf] += k * (LR_LOG2FC_PER_B * b + LR_LIGAND_LOG2FC_PER_A * a)
+        log2fc(ligand)[:, caf] += k * (LR_LOG2FC_PER_B * drive + LR_LIGAND_LOG2FC_PER_A * a)
         for r in receivers:
-            log2fc(receptor)[:, CELL_TYPES.index(r)] += k * LR_LOG2FC_PER_B * b
+            log2fc(receptor)[:, CELL_TYPES.index(r)] += k * LR_LOG2FC_PER_B * drive
     return touched
 
 
