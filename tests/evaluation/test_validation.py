@@ -149,6 +149,10 @@ def test_metrics_keys_are_in_the_schema_and_the_matrix_pairs_planted_with_null(t
     matrix = validation.combine(on, null)
     assert {"null_planted", "null_effect", "null_detected"} <= set(matrix.columns)
     assert (matrix["null_planted"] == 0).all() and not matrix["null_detected"].any()
+    # the effect scale K travels with both halves and heads the Markdown table
+    assert (matrix["effect_scale"] == 1.0).all() and (matrix["null_effect_scale"] == 1.0).all()
+    assert validation.matrix_markdown(matrix).startswith("Effect scale K = 1.")
+    assert "at effect scale" not in validation.recovery_sentence(matrix)  # K = 1: the defaults
     # read_planted: from synth.json beside the manifest; None for a cohort without one
     (tmp_path / "synth.json").write_text(json.dumps({"mechanisms": planted().as_dict()}))
     assert validation.read_planted(tmp_path / "cohort.csv")["reliability"] == 0.4

@@ -184,3 +184,12 @@ def test_validate_method_passes_the_scale_to_both_halves(tmp_path):
     for null in (False, True):
         command = _demo_command(tmp_path, null, 12, 6, 0, True, 0.5)
         assert command[command.index("--effect-scale") + 1] == "0.5"
+
+
+def test_survival_times_stay_positive_at_a_large_scale():
+    # at K = 2 the external cohort of the demo (60 patients, seed 0 + 1_000_003) drew an OS
+    # time that rounded to 0.00 months, which the survival analyses refuse
+    for k in (1.0, 2.0, 4.0):
+        df = biology.simulate_patients(N, seed=1_000_003, survival_scale=_at(k).survival_scale)
+        assert (df["os_time"] > 0).all() and (df["pfs_time"] > 0).all()
+        assert df["os_time"].min() >= 0.01

@@ -332,10 +332,12 @@ def simulate_patients(
     censor = np.minimum(
         rng.uniform(*follow_up_months, n_patients), rng.exponential(400.0, n_patients)
     )
-    df["os_time"] = np.minimum(t_death, censor).round(2)
+    # Recorded to 0.01 month, never 0: a time that rounds to 0 is the first hundredth (an
+    # observed time is > 0, and the survival analyses refuse 0).
+    df["os_time"] = np.maximum(np.minimum(t_death, censor).round(2), 0.01)
     df["os_event"] = (t_death <= censor).astype(int)
     t_pfs = np.minimum(t_progression, t_death)
-    df["pfs_time"] = np.minimum(t_pfs, censor).round(2)
+    df["pfs_time"] = np.maximum(np.minimum(t_pfs, censor).round(2), 0.01)
     df["pfs_event"] = (t_pfs <= censor).astype(int)
     # Kept for checks: the progression event alone (death before progression censors it).
     df["progression_event"] = ((t_progression <= t_death) & (t_progression <= censor)).astype(int)
