@@ -262,3 +262,26 @@ def test_cross_validation_trains_and_scores_each_fold_on_its_own_lr(cohort, tmp_
         expected = fold_targets(study, truth.index, fit_fold_lr(study, train))["lr"]
         np.testing.assert_array_equal(truth.to_numpy(), expected.to_numpy())
         assert not np.allclose(truth, study.targets.loc[truth.index, "lr"])
+
+
+def test_a_fold_whose_refitted_lr_is_constant_trains_on_the_tables_column(cohort, caplog):
+    """Two training patients (an inner fold of a tiny cohort): min–max over them maps each gene
+    to 0 or 1, and the score can come out equal for both (found with the numpy transcription);
+    the fold then uses the table's column and says so instead of stopping the run."""
+    import itertools
+
+    patients, tpm, result = cohort
+    study = _study(patients, result)
+    pair = None
+    for a, b in itertools.combinations(study.patients, 2):
+        scored = study.lr_inputs.score(study.lr_inputs.fit([a, b]), [a, b])
+        if scored.nunique() < 2:
+            pair = [a, b]
+            break
+    assert pair is not None, "no degenerate pair in the cohort"
+    with caplog.at_level(logging.WARNING, logger="stromalens"):
+        assert fit_fold_lr(study, pair) is None
+    assert any("constant" in r.getMessage() for r in caplog.records)
+    pd.testing.assert_frame_equal(fold_targets(study, pair, None), study.targets.loc[pair])
+    five = list(dict.fromkeys(pair + study.patients[:5]))[:5]
+    assert FoldPreprocessor(harmonise=False).fit(study, five).lr_ is not None

@@ -138,10 +138,27 @@ class StudyData:
 
 def fit_fold_lr(data: StudyData, train_ids) -> LRCrosstalk | None:
     """S_LR (:class:`~stromalens.targets.lr.LRCrosstalk`) with its gene scaling fitted on the
-    training patients ``train_ids`` (those with complete inputs), or None without inputs."""
+    training patients ``train_ids`` (those with complete inputs), or None without inputs.
+
+    Also None where the refitted score is constant on the training patients, which a handful
+    of them can give (min–max scaling over two patients maps every gene to 0 or 1, and most
+    pair products to 0): the fold then trains on the table's lr column, and a warning says so,
+    rather than stopping a run whose other folds are well defined."""
     if data.lr_inputs is None:
         return None
-    return data.lr_inputs.fit(train_ids)
+    train_ids = list(train_ids)
+    lr = data.lr_inputs.fit(train_ids)
+    scored = data.lr_inputs.score(lr, train_ids).dropna()
+    if scored.nunique() < 2:
+        event(
+            log,
+            "S_LR refitted on this fold's training patients is constant; the fold trains on "
+            "the table's lr column, whose scaling saw the held-out patients",
+            logging.WARNING,
+            training_patients=len(train_ids),
+        )
+        return None
+    return lr
 
 
 def fold_targets(data: StudyData, ids, lr: LRCrosstalk | None = None) -> pd.DataFrame:
