@@ -6,9 +6,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stromalens.training.curriculum import TrainSettings
 from stromalens.training.data import TARGETS, StudyData
 
 D = 16
+#: Settings small enough for a test: every stage runs, for a few epochs.
+FAST = TrainSettings(
+    hidden=8,
+    epochs_stage1=2,
+    epochs_stage2=3,
+    epochs_stage3=2,
+    epochs_distill=2,
+    epochs_baseline=3,
+    batch_size=8,
+    max_tiles=16,
+)
 
 
 def make_study(n: int = 36, n_sites: int = 3, seed: int = 0, missing: bool = True) -> StudyData:

@@ -8,22 +8,10 @@ import pytest
 import torch
 
 from stromalens.models import ModelSpec, create_model
-from stromalens.training import TrainSettings
 from stromalens.training.curriculum import decay_groups, make_optimiser
 
 from ..models.towers import TEXTS, tiny_tower
-from .conftest import make_study
-
-FAST = TrainSettings(
-    hidden=8,
-    epochs_stage1=2,
-    epochs_stage2=3,
-    epochs_stage3=2,
-    epochs_distill=2,
-    epochs_baseline=3,
-    batch_size=8,
-    max_tiles=16,
-)
+from .conftest import FAST, make_study
 
 
 # ---------------------------------------------------------------------------- weight decay

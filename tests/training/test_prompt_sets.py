@@ -12,7 +12,6 @@ import pytest
 
 from stromalens.rundir import TrainLayout
 from stromalens.training import (
-    TrainSettings,
     assign_folds,
     curriculum,
     load_checkpoint,
@@ -26,19 +25,9 @@ from stromalens.training.prompt_sets import (
     run_prompt_perturbation,
 )
 
-from .conftest import make_study
+from .conftest import FAST, make_study
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = TrainSettings(
-    hidden=8,
-    epochs_stage1=2,
-    epochs_stage2=3,
-    epochs_stage3=2,
-    epochs_distill=2,
-    epochs_baseline=3,
-    batch_size=8,
-    max_tiles=16,
-)
 GRID = {"tau": [0.25, 1.0]}
 CV = dict(folds=3, inner_folds=2, grid=GRID, workers=1)
 

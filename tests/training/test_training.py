@@ -21,18 +21,7 @@ from stromalens.training import (
 from stromalens.training.cv import parameter_grid
 from stromalens.training.data import TARGETS
 
-from .conftest import make_study
-
-FAST = TrainSettings(
-    hidden=8,
-    epochs_stage1=2,
-    epochs_stage2=3,
-    epochs_stage3=2,
-    epochs_distill=2,
-    epochs_baseline=3,
-    batch_size=8,
-    max_tiles=16,
-)
+from .conftest import FAST, make_study
 
 
 def test_folds_are_patient_level_stratified_and_deterministic():
