@@ -18,6 +18,19 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL_SLIDES = SlideConfig(width=2048, height=1536)
 
 
+def synthetic_rna(n: int, seed: int):
+    """``(patients, tpm)`` of ``n`` synthetic patients: the generator's latents and their RNA
+    (TPM, samples × genes, sample ids = patient ids), as the cohort generator draws them."""
+    from stromalens.synthetic import biology, expression
+
+    patients = biology.simulate_patients(n, seed=seed)
+    patients["rna_sample"] = list(patients.index)
+    fractions = expression.simulate_fractions(patients, seed=seed)
+    batch = {s: biology.make_site_effects(s, 0).rna_batch_sd for s in biology.SITES}
+    _, tpm = expression.simulate_expression(patients, fractions, batch, seed=seed)
+    return patients, tpm.T
+
+
 def small_config(**overrides) -> SynthConfig:
     settings = {
         "patients": 10,

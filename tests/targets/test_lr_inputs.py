@@ -8,21 +8,17 @@ import pandas as pd
 import pytest
 
 from stromalens.rundir import LR_INPUTS, lr_inputs
-from stromalens.synthetic import biology, expression
 from stromalens.targets.io import read_lr_inputs
 from stromalens.targets.lr import LRCrosstalk, curated_triplets
 from stromalens.targets.pipeline import compute_targets, write_targets
 from stromalens.targets.run import TARGET_FILES
 
+from ..conftest import synthetic_rna
+
 
 @pytest.fixture(scope="module")
 def tpm():
-    patients = biology.simulate_patients(30, seed=11)
-    patients["rna_sample"] = list(patients.index)
-    fractions = expression.simulate_fractions(patients, seed=11)
-    batch = {s: biology.make_site_effects(s, 0).rna_batch_sd for s in biology.SITES}
-    _, table = expression.simulate_expression(patients, fractions, batch, seed=11)
-    return table.T
+    return synthetic_rna(30, seed=11)[1]
 
 
 @pytest.mark.parametrize(("method", "column"), [("monotone", "lr_monotone"), ("product", "lr_eq6")])

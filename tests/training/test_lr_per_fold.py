@@ -18,7 +18,6 @@ import pytest
 
 from stromalens.names import TARGETS
 from stromalens.rundir import LR_INPUTS
-from stromalens.synthetic import biology, expression
 from stromalens.targets.io import write_lr_inputs
 from stromalens.targets.lr import curated_triplets
 from stromalens.targets.pipeline import compute_targets, write_targets
@@ -31,17 +30,14 @@ from stromalens.training.data import (
     load_study_data,
 )
 
+from ..conftest import synthetic_rna
+
 
 @pytest.fixture(scope="module")
 def cohort():
     """A 40-patient synthetic cohort through the real targets stage (TIL10, quanTIseq)."""
-    patients = biology.simulate_patients(40, seed=3)
-    patients["rna_sample"] = list(patients.index)
-    fractions = expression.simulate_fractions(patients, seed=3)
-    batch = {s: biology.make_site_effects(s, 0).rna_batch_sd for s in biology.SITES}
-    _, tpm = expression.simulate_expression(patients, fractions, batch, seed=3)
-    result = compute_targets(tpm.T, n_boot=50)
-    return patients, tpm.T, result
+    patients, tpm = synthetic_rna(40, seed=3)
+    return patients, tpm, compute_targets(tpm, n_boot=50)
 
 
 def _study(patients, result, inputs=None) -> StudyData:
