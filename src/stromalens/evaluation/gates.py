@@ -94,11 +94,13 @@ def _kruskal(both: pd.DataFrame, table: pd.DataFrame, stratifier: str) -> float:
 def gate_strata_table(
     gates: pd.DataFrame, predictions: pd.DataFrame, clinical: pd.DataFrame
 ) -> pd.DataFrame:
-    """stratifier, stratum, n, share_wsi, share_wsi_sd, share_mri, gate_wsi_mean, model,
-    macro_r (one row per stratum and model; the gate columns repeat across the models of a
-    stratum), and ``p_kruskal``: the Kruskal–Wallis p that the WSI share differs between the
-    stratifier's strata. ``gates`` holds the probes' per-patient rows (patient_id, share_wsi,
-    share_mri, gate_wsi_mean, has_wsi, has_mri)."""
+    """stratifier, stratum, n, n_share, share_wsi, share_wsi_sd, share_mri, gate_wsi_mean,
+    model, macro_r (one row per stratum and model; the gate columns repeat across the models of
+    a stratum), and ``p_kruskal``: the Kruskal–Wallis p that the WSI share differs between the
+    stratifier's strata. ``n`` counts the stratum's patients (the macro-r's); ``n_share`` the
+    finite shares behind share_wsi and its SD (patients with both modalities), the n of any
+    standard error of share_wsi. ``gates`` holds the probes' per-patient rows (patient_id,
+    share_wsi, share_mri, gate_wsi_mean, has_wsi, has_mri)."""
     table = strata(clinical)
     both = gates[gates["has_wsi"] & gates["has_mri"]].set_index("patient_id")
     rows = []
@@ -109,6 +111,8 @@ def gate_strata_table(
             g = both.loc[both.index.intersection(ids)]
             share = g["share_wsi"].dropna()
             gate_columns = {
+                # the shares' own count (patients with both modalities): n counts the stratum
+                "n_share": int(len(share)),
                 "share_wsi": float(share.mean()) if len(share) else np.nan,
                 "share_wsi_sd": float(share.std(ddof=1)) if len(share) > 1 else np.nan,
                 # the per-patient shares sum to 1, so their means do too
