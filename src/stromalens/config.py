@@ -72,9 +72,10 @@ class SparseEvidence(_Strict):
 class ModalityReliability(_Strict):
     """(b) Stratum-dependent reliability: each location degrades one modality by ``contrast``.
 
-    Skull base (small, well-circumscribed tumours): the slide's hotspot signal × (1 − c), the
-    MRI at full visibility. Sacrum (large, necrotic): the MRI visibility ρ × (1 − c), the slide
-    at full signal. Mobile spine: both × (1 − c/2). Off (the null): c = 0 in every stratum.
+    Skull base (small, well-circumscribed tumours): the slide's correlation with the latents
+    × (1 − c) (the whole slide is drawn from a mixed view of them), the MRI at full visibility.
+    Sacrum (large, necrotic): the MRI visibility ρ × (1 − c), the slide whole. Mobile spine:
+    both × (1 − c/2). Off (the null): c = 0 in every stratum.
     Default 0.4: an assumption (the direction follows imaging practice, not a measurement).
     """
 

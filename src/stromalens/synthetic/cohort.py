@@ -149,16 +149,24 @@ def generate_cohort(
     sites = (EXTERNAL_SITE,) if external else biology.SITES
     shares = (1.0,) if external else biology.SITE_SHARES
     planted = mechanisms.planted(config.mechanisms)
+    site_shifts = mechanisms.site_mean_shifts(sites, planted.site_biology_shift)
     patients = biology.simulate_patients(
         config.patients,
         seed,
         sites=sites,
         site_shares=shares,
         id_prefix=config.id_prefix or ("X" if external else "P"),
-        site_shifts=mechanisms.site_mean_shifts(sites, planted.site_biology_shift),
+        site_shifts=site_shifts,
         survival_scale=planted.survival_scale,
         interaction=planted.interaction,
     )
+    # (b): each location's slide reliability g and MRI visibility factor f
+    gains = [
+        mechanisms.reliability_factors(loc, planted.reliability_contrast)
+        for loc in patients["location"]
+    ]
+    patients["wsi_gain"] = [g[0] for g in gains]
+    patients["mri_rho_scale"] = [g[1] for g in gains]
     ids = patients.index
     patients["rna_sample"] = [f"RNA-{pid}" for pid in ids]
     site_effects = {
@@ -166,7 +174,9 @@ def generate_cohort(
     }
 
     fractions = expression.simulate_fractions(patients, seed)
-    slide_patients, slide_fractions = _slide_biology(patients, fractions, seed, planted, external)
+    slide_patients, slide_fractions = _slide_biology(
+        patients, fractions, seed, planted, external, site_shifts
+    )
     counts, tpm = expression.simulate_expression(
         patients, fractions, {s: e.rna_batch_sd for s, e in site_effects.items()}, seed
     )
@@ -197,12 +207,6 @@ def generate_cohort(
         jpeg_quality=config.slide.jpeg_quality,
     )
     settings = _settings_hash(config)
-    gains = [
-        mechanisms.reliability_factors(loc, planted.reliability_contrast)
-        for loc in patients["location"]
-    ]
-    patients["wsi_gain"] = [g[0] for g in gains]
-    patients["mri_rho_scale"] = [g[1] for g in gains]
     jobs = []
     for i, pid in enumerate(ids):
         row = patients.loc[pid]
@@ -230,7 +234,8 @@ def generate_cohort(
                         per_a=planted.evidence_per_a,
                         per_b=planted.evidence_per_b,
                         sparse=planted.sparse_evidence,
-                        gain=float(row["wsi_gain"]),
+                        # (b) already acts on the slide latents; a gain here would count twice
+                        gain=1.0,
                     ),
                     "mri_rho_scale": float(row["mri_rho_scale"]),
                     "annotation_margin_px": margin,
@@ -356,17 +361,36 @@ def generate_cohort(
     return manifest_path
 
 
-def _slide_biology(patients, fractions, seed, planted, external):
-    """The latents and fractions the slides are rendered from: the patients' own, except for
-    the external cohort under the null of mechanism (f), whose slides come from an independent
-    draw of the same size (so they carry no information on its RNA or outcomes)."""
-    if not external or planted.external_visible:
+def _slide_biology(patients, fractions, seed, planted, external, site_shifts=None):
+    """The latents and fractions the slides are rendered from.
+
+    The external cohort under the null of mechanism (f): an independent draw of the same size
+    (its slides carry no information on its RNA or outcomes). Otherwise the patients' slide
+    view under (b) (:func:`~stromalens.synthetic.mechanisms.slide_view`, reliability
+    ``patients["wsi_gain"]``, 1 where the column is absent), with the fractions drawn from the
+    slide latents with the RNA's own seed, hence the same composition noise: at g = 1 (the
+    null, and every reliable stratum) the patients' own latents and fractions, unchanged.
+    """
+    if external and not planted.external_visible:
+        decoy = biology.simulate_patients(
+            len(patients), seed + 104_729, sites=(EXTERNAL_SITE,), site_shares=(1.0,)
+        )
+        decoy.index = patients.index
+        return decoy, expression.simulate_fractions(decoy, seed + 104_729)
+    gain = patients["wsi_gain"].to_numpy(float) if "wsi_gain" in patients else None
+    if gain is None or np.all(gain == 1.0):
         return patients, fractions
-    decoy = biology.simulate_patients(
-        len(patients), seed + 104_729, sites=(EXTERNAL_SITE,), site_shares=(1.0,)
+    # z′: the latent biology of an unrelated tumour, drawn for every patient (a fixed stream)
+    fresh = np.random.default_rng([seed, 17]).multivariate_normal(
+        np.zeros(3), biology.LATENT_CORRELATION, size=len(patients)
     )
-    decoy.index = patients.index
-    return decoy, expression.simulate_fractions(decoy, seed + 104_729)
+    means = np.zeros((len(patients), 3))
+    means[:, 0] = [(site_shifts or {}).get(s, 0.0) for s in patients["site"]]  # (c) shifts a
+    view = patients.copy()
+    view[["a", "b", "h"]] = mechanisms.slide_view(
+        patients[["a", "b", "h"]].to_numpy(), fresh, gain, means
+    )
+    return view, expression.simulate_fractions(view, seed)
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:

@@ -9,7 +9,9 @@ and of the per-patient factors that follow from a patient's location and site.
  key    mechanism                   planted effect                                   null
 =====  ==========================  ===============================================  ===========
  (a)    sparse tile evidence        fibroblast gain ``per_a·a`` in hotspots only     diffuse
- (b)    modality reliability        one modality degraded by ``contrast`` per site   c = 0
+ (b)    modality reliability        one modality keeps ``1 − c`` of its correlation  c = 0
+                                    with the latents, per location: the slide drawn
+                                    from ``g·z + √(1 − g²)·z′``, the MRI's ρ × ``f``
  (c)    site confounding            site effects × strength, site means of a         identical
  (d)    fibrosis annotation         region = hotspots + margin(grade)                all stroma
  (e)    outcomes                    survival scale, b × RT logit interaction         0, 0
@@ -39,6 +41,16 @@ size's own scale, chosen so that K = 0 is the mechanism's null effect and K = 1 
  (g)    the caption hazard −log(1 − p) × K:          no caption names density (the null)
         ``p_K = 1 − (1 − p)^K``
 =====  ===========================================  ============================================
+
+What (b) degrades. The slide is rendered from *slide latents* (:func:`slide_view`) and from
+cell fractions drawn from them with the RNA's own composition noise, so everything the slide
+shows of the biology — the stroma's area share and fibroblast density (CAF fraction), immune
+exclusion (b), the layout's scale (h) and the hotspots of (a) — keeps correlation ``g`` with the
+patient's latents; the MRI renders its phenotypes from ρ·f·ℓ + √(1 − ρ²f²)·ν
+(:func:`~stromalens.synthetic.mri.mri_visible_latents`), so its correlation with each latent
+is ``f`` times the base ρ. Scaling only the hotspot gains (as before) left most of the slide's
+signal untouched: the CAF fraction, exclusion and layout do not pass through the hotspots.
+Mixing composes as K does: two views of correlation g₁ and g₂ in a row have g₁·g₂.
 
 (b) and (g) are shares bounded by 1, so they scale on the log scale on which K composes
 (``(1 − c)^K``: K independent degradations of (1 − c) each) and stay below 1 for any K; the
@@ -146,14 +158,15 @@ def _scaled_margin(margin_um: float, k: float) -> float | None:
 
 
 def reliability_factors(location: str, contrast: float) -> tuple[float, float]:
-    """(slide evidence gain, MRI visibility factor) of a tumour at ``location`` under (b).
+    """(slide reliability g, MRI visibility factor f) of a tumour at ``location`` under (b).
 
     With ``r`` = :data:`LOCATION_RELIABILITY` [location] and ``c`` = ``contrast``:
 
-        gain_WSI = 1 − c · (1 + r) / 2,     factor_MRI = 1 − c · (1 − r) / 2,
+        g_WSI = 1 − c · (1 + r) / 2,     f_MRI = 1 − c · (1 − r) / 2,
 
-    so the skull base keeps the MRI whole and loses ``c`` of the slide's signal, the sacrum the
-    reverse, and the mobile spine loses ``c/2`` of each.
+    so the skull base keeps the MRI whole and loses ``c`` of the slide's correlation with the
+    latents (g: :func:`slide_view`), the sacrum loses ``c`` of the MRI's (f × ρ:
+    :func:`~stromalens.synthetic.mri.mri_visible_latents`), and the mobile spine ``c/2`` of each.
 
     Example
     -------
@@ -164,6 +177,38 @@ def reliability_factors(location: str, contrast: float) -> tuple[float, float]:
         raise ValueError(f"unknown location {location!r}; known: {sorted(LOCATION_RELIABILITY)}")
     r = LOCATION_RELIABILITY[location]
     return float(1.0 - contrast * (1.0 + r) / 2.0), float(1.0 - contrast * (1.0 - r) / 2.0)
+
+
+def slide_view(latents: np.ndarray, fresh: np.ndarray, gain, means=0.0) -> np.ndarray:
+    """The latents a slide is rendered from under (b): correlation ``gain`` with the patient's.
+
+    With z the patient's latents (rows), μ their mean (the site's, under (c)), z′ an
+    independent draw of the same correlation (``fresh``) and g = ``gain`` per patient,
+
+        z_slide = μ + g · (z − μ) + √(1 − g²) · z′,
+
+    so z_slide has the distribution of z and corr(z_slide, z) = g within a site (a slide that
+    samples the tumour less faithfully, e.g. after decalcification). g = 1 returns z exactly
+    (the null's slides are the patients' own, bit for bit).
+
+    Example
+    -------
+    >>> z, fresh = np.array([[1.0, -0.5, 0.2]]), np.array([[0.0, 2.0, -1.0]])
+    >>> slide_view(z, fresh, [1.0])
+    array([[ 1. , -0.5,  0.2]])
+    >>> slide_view(z, fresh, [0.6]).round(2)
+    array([[ 0.6 ,  1.3 , -0.68]])
+    """
+    z = np.asarray(latents, float)
+    g = np.asarray(gain, float).reshape(-1, 1)
+    if z.shape != np.shape(fresh) or z.ndim != 2 or len(g) != len(z):
+        raise ValueError(
+            f"latents {z.shape}, fresh {np.shape(fresh)} and gain ({len(g)},) must agree"
+        )
+    if np.any((g < 0) | (g > 1)):
+        raise ValueError(f"slide reliability must lie in [0, 1], got {g.ravel().tolist()}")
+    mixed = means + g * (z - means) + np.sqrt(1.0 - g**2) * np.asarray(fresh, float)
+    return np.where(g == 1.0, z, mixed)
 
 
 def site_mean_shifts(sites, shift: float) -> dict[str, float]:
