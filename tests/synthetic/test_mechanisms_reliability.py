@@ -97,7 +97,16 @@ def test_the_degraded_stratum_loses_c_of_the_slides_biology_and_the_reliable_kee
             seen = (view[k] - (mu if k == "a" else 0.0))[at]
             r = np.corrcoef(dev, seen)[0, 1]
             assert abs(r - g) < 4 * (1 - g**2) / np.sqrt(n) + 1e-12, (location, k, r)
-        # the slide's CAF fraction (its stroma share and density) follows a, × g
+        # the slide's CAF fraction (its stroma share and density) follows a, × g, and its
+        # log-ratio to the tumour (latent and composition noise alike) the RNA's, × g
+        lr_rna = np.log(fractions["CAF"] / fractions["Tumour"])[at]
+        lr_slide = np.log(view_f["CAF"] / view_f["Tumour"])[at]
+        site = patients["site"][at]
+        r_lr = np.corrcoef(
+            lr_rna - lr_rna.groupby(site).transform("mean"),
+            lr_slide - lr_slide.groupby(site).transform("mean"),
+        )[0, 1]
+        assert abs(r_lr - g) < 4 * (1 - g**2) / np.sqrt(n) + 1e-12, (location, r_lr)
         r_rna = np.corrcoef(fractions["CAF"][at], patients["a"][at])[0, 1]
         r_slide = np.corrcoef(view_f["CAF"][at], patients["a"][at])[0, 1]
         assert abs(r_slide / r_rna - g) < 8 / np.sqrt(n), (location, r_slide, r_rna)
@@ -150,3 +159,40 @@ def test_a_written_cohort_degrades_only_the_unreliable_strata_slides(tmp_path):
             pd.testing.assert_frame_equal(planted, off)
         else:  # g < 1: drawn from other latents
             assert not planted.equals(off), pid
+
+
+def _clr(x: np.ndarray) -> np.ndarray:
+    logs = np.log(x)
+    return logs - logs.mean(axis=1, keepdims=True)
+
+
+def test_view_weights_keep_the_mean_and_variance_and_correlate_g():
+    w = mechanisms.view_weights(np.linspace(0, 1, 11))
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose((w**2).sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(w[:, 0], np.linspace(0, 1, 11))
+
+
+def test_slide_composition_mixes_the_noise_of_each_level_with_correlation_g():
+    patients = biology.simulate_patients(N, seed=1)
+    patients[["a", "b", "h"]] = 0.0  # no latent signal: what varies is the composition noise
+    draws = [expression.simulate_fractions(patients, s) for s in (1, 2, 3)]
+    gain = np.full(N, 0.6)
+    gain[:10] = 1.0
+    mixed = mechanisms.slide_composition(draws, gain, expression.IMMUNE_TYPES)
+    assert list(mixed.columns) == list(draws[0].columns)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-12)
+    assert np.array_equal(mixed.iloc[:10], draws[0].iloc[:10])  # g = 1: the first draw
+    immune = list(expression.IMMUNE_TYPES)
+    compartments = [c for c in mixed.columns if c not in immune]
+
+    def levels(f):
+        q = np.column_stack([f[compartments], f[immune].sum(axis=1)])
+        return _clr(q), _clr(f[immune].to_numpy())
+
+    for own, slide in zip(levels(draws[0].iloc[10:]), levels(mixed.iloc[10:]), strict=True):
+        for k in range(own.shape[1]):
+            r = np.corrcoef(own[:, k], slide[:, k])[0, 1]
+            assert abs(r - 0.6) < _tol(0.6), (k, r)
+            # the same distribution: the clr's SD of one draw (4 SE of an SD)
+            assert abs(slide[:, k].std() / own[:, k].std() - 1) < 4 / np.sqrt(2 * N)

@@ -367,9 +367,10 @@ def _slide_biology(patients, fractions, seed, planted, external, site_shifts=Non
     The external cohort under the null of mechanism (f): an independent draw of the same size
     (its slides carry no information on its RNA or outcomes). Otherwise the patients' slide
     view under (b) (:func:`~stromalens.synthetic.mechanisms.slide_view`, reliability
-    ``patients["wsi_gain"]``, 1 where the column is absent), with the fractions drawn from the
-    slide latents with the RNA's own seed, hence the same composition noise: at g = 1 (the
-    null, and every reliable stratum) the patients' own latents and fractions, unchanged.
+    ``patients["wsi_gain"]``, 1 where the column is absent), with fractions drawn from the
+    slide latents whose composition noise keeps correlation g with the RNA's
+    (:func:`~stromalens.synthetic.mechanisms.slide_composition`): at g = 1 (the null, and
+    every reliable stratum) the patients' own latents and fractions, unchanged.
     """
     if external and not planted.external_visible:
         decoy = biology.simulate_patients(
@@ -390,7 +391,11 @@ def _slide_biology(patients, fractions, seed, planted, external, site_shifts=Non
     view[["a", "b", "h"]] = mechanisms.slide_view(
         patients[["a", "b", "h"]].to_numpy(), fresh, gain, means
     )
-    return view, expression.simulate_fractions(view, seed)
+    # the RNA's composition noise (its seed) and two independent draws, mixed like the latents
+    draws = [
+        expression.simulate_fractions(view, s) for s in (seed, seed + 1_299_709, seed + 1_299_721)
+    ]
+    return view, mechanisms.slide_composition(draws, gain, expression.IMMUNE_TYPES)
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:

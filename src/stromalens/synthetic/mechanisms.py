@@ -43,7 +43,9 @@ size's own scale, chosen so that K = 0 is the mechanism's null effect and K = 1 
 =====  ===========================================  ============================================
 
 What (b) degrades. The slide is rendered from *slide latents* (:func:`slide_view`) and from
-cell fractions drawn from them with the RNA's own composition noise, so everything the slide
+cell fractions drawn from them whose composition noise is mixed with the RNA's in the same way
+(:func:`slide_composition`; the Shannon entropy target is mostly that noise, r(H, h) ≈ 0.2),
+so everything the slide
 shows of the biology — the stroma's area share and fibroblast density (CAF fraction), immune
 exclusion (b), the layout's scale (h) and the hotspots of (a) — keeps correlation ``g`` with the
 patient's latents; the MRI renders its phenotypes from ρ·f·ℓ + √(1 − ρ²f²)·ν
@@ -63,6 +65,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 from ..config import MechanismsConfig
 
@@ -209,6 +212,71 @@ def slide_view(latents: np.ndarray, fresh: np.ndarray, gain, means=0.0) -> np.nd
         raise ValueError(f"slide reliability must lie in [0, 1], got {g.ravel().tolist()}")
     mixed = means + g * (z - means) + np.sqrt(1.0 - g**2) * np.asarray(fresh, float)
     return np.where(g == 1.0, z, mixed)
+
+
+def view_weights(gain) -> np.ndarray:
+    """Weights (w₀, w₁, w₂) per patient, (n, 3), of three independent noise draws such that
+    w₀ = g, w₀ + w₁ + w₂ = 1 and w₀² + w₁² + w₂² = 1:
+
+        w₁,₂ = ((1 − g) ± √((1 − g)(1 + 3g))) / 2,
+
+    so Σ wᵢ·xᵢ of three draws xᵢ = m + εᵢ (εᵢ iid) has the mean m, the variance of one draw
+    and correlation g with x₀. g = 1 gives (1, 0, 0), g = 0 gives (0, 1, 0).
+
+    Example
+    -------
+    >>> view_weights([1.0, 0.0])
+    array([[1., 0., 0.],
+           [0., 1., 0.]])
+    """
+    g = np.asarray(gain, float).reshape(-1)
+    root = np.sqrt((1.0 - g) * (1.0 + 3.0 * g))
+    return np.column_stack([g, (1.0 - g + root) / 2.0, (1.0 - g - root) / 2.0])
+
+
+def slide_composition(draws, gain, immune) -> pd.DataFrame:
+    """The slide's cell fractions under (b): the composition noise mixed as :func:`slide_view`
+    mixes the latents.
+
+    ``draws`` are three fraction tables (patients × cell types) drawn from the slide latents
+    with independent noise, the first with the RNA's own (its seed); ``immune`` names the
+    immune columns. The generator's fractions are two-level logistic-normal
+    (:func:`~stromalens.synthetic.expression.simulate_fractions`): compartments
+    q = softmax(κ + α·a + δ) and immune types π = softmax(T·(μ + β·b + ε)), T set by h. The
+    centred log-ratio (clr) of each level is linear in its noise, so with the weights w of
+    :func:`view_weights` (g = ``gain``)
+
+        clr(q_slide) = Σᵢ wᵢ · clr(qᵢ),     clr(π_slide) = Σᵢ wᵢ · clr(πᵢ)
+
+    is that level at the noise Σ wᵢ δᵢ: the same distribution, correlation g with the RNA's
+    noise. A row with g = 1 is the first draw, bit for bit.
+    """
+    weights = view_weights(gain)[:, :, None]  # (n, 3, 1)
+    first = draws[0]
+    cells = list(first.columns)
+    immune = [c for c in cells if c in set(immune)]
+    compartments = [c for c in cells if c not in set(immune)]
+
+    def levels(f):
+        q = np.column_stack([f[compartments].to_numpy(), f[immune].sum(axis=1)])
+        return q, f[immune].to_numpy() / q[:, -1:]
+
+    def mixed(parts):
+        clr = np.log(np.stack(parts, axis=1))  # (n, 3, k)
+        clr = (weights * (clr - clr.mean(axis=2, keepdims=True))).sum(axis=1)
+        e = np.exp(clr - clr.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    q_parts, pi_parts = zip(*(levels(f) for f in draws), strict=True)
+    q, pi = mixed(q_parts), mixed(pi_parts)
+    out = pd.DataFrame(
+        np.column_stack([q[:, :-1], q[:, -1:] * pi]),
+        index=first.index,
+        columns=compartments + immune,
+    )[cells]
+    keep = np.asarray(gain, float).reshape(-1) == 1.0
+    out[keep] = first[keep]
+    return out
 
 
 def site_mean_shifts(sites, shift: float) -> dict[str, float]:
