@@ -277,3 +277,19 @@ def test_wald_power_matches_statsmodels_normal_power():
     assert validation.wald_power(0.0, 1.0) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="se must be"):
         validation.wald_power(1.0, 0.0)
+
+
+def test_the_sentence_words_the_reference_arms_apart_from_the_claims():
+    metrics, tables, preds, truth = _inputs()
+    tables[validation.ORACLE_CINDEX_DIFF] = tables["survival_cindex_diff"].assign(
+        diff=0.08, ci_low=0.02, ci_high=0.14
+    )
+    sizes = validation.planted_sizes(planted().as_dict())
+    table = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    row = table.set_index("mechanism")
+    assert row.loc["outcomes_oracle", "detected"] and not row.loc["outcomes", "detected"]
+    assert row.loc["outcomes_oracle", "claim"].startswith("reference arm:")
+    text = validation.recovery_sentence(table)
+    recovered, rest = text.split("Not recovered: ", 1)
+    assert "oracle" not in recovered and "oracle" not in rest.split(".")[0]
+    assert "perfect predictions): detected outcomes_oracle; not detected " in text
