@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,14 @@ def dominant_compartments(labels: np.ndarray, downsample: int, x, y, tile_px) ->
     return codes
 
 
+@lru_cache(maxsize=2)
+def _cached_label_map(path: Path) -> np.ndarray:
+    # one patient's slide is colocalised once per model × target, one after another
+    labels = read_label_map(path)
+    labels.flags.writeable = False
+    return labels
+
+
 @dataclass(frozen=True)
 class CompartmentMaps:
     """The label maps of a synthetic cohort: its manifest folder and the maps' downsample."""
@@ -106,5 +115,5 @@ class CompartmentMaps:
         slide = resolve_path(frame.at[pid, "wsi"], self.manifest_dir)
         if slide is None or not label_map_path(slide).is_file():
             return None
-        labels = read_label_map(label_map_path(slide))
+        labels = _cached_label_map(label_map_path(slide))
         return dominant_compartments(labels, self.downsample, x, y, tile_px)
