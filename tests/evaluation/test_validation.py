@@ -1,6 +1,7 @@
 """The method-validation analysis on hand-made evaluation outputs with known answers."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -181,3 +182,114 @@ def test_the_interaction_row_takes_the_strongest_arm_with_a_bonferroni_interval(
     weak = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
     weak = weak.set_index("mechanism").loc["treatment_interaction"]
     assert weak["effect"] == pytest.approx(-np.log(0.9)) and not weak["detected"]
+
+
+# --------------------------------------------------------------------------- reference arms
+REFERENCE = Path(__file__).parent / "reference"
+
+
+def _measured_cohort():
+    """The R interaction reference's patients (interaction_data.csv) as an evaluated run: its
+    lr is the measured target, the AI's LR a noisy copy, plus OS drawn from the lr."""
+    data = pd.read_csv(REFERENCE / "interaction_data.csv", index_col="patient_id")
+    rng = np.random.default_rng(4)
+    n = len(data)
+    targets = pd.DataFrame(
+        {"ers_caf": rng.normal(size=n), "lr": data["lr"], "heterogeneity": rng.normal(size=n)},
+        index=data.index,
+    )
+    hazard = np.exp(0.8 * (data["lr"] - data["lr"].mean()) / data["lr"].std())
+    time = rng.exponential(60.0 / hazard)
+    follow = rng.uniform(24, 120, n)
+    clinical = data.drop(columns=["lr", "fold"]).assign(
+        os_time=np.round(np.minimum(time, follow), 2) + 0.01, os_event=(time <= follow).astype(int)
+    )
+    return targets, clinical, data["fold"]
+
+
+def test_the_oracle_interaction_is_the_r_glm_fit_of_the_measured_lr():
+    targets, clinical, folds = _measured_cohort()
+    arms = validation.reference_tables(
+        targets.index, targets, clinical, folds, survival=False, n_boot=50
+    )
+    assert list(arms) == [validation.ORACLE_TREATMENT]
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, {}, arms, None, None).set_index("mechanism")
+    oracle = row.loc["treatment_interaction_oracle"]
+    # Known answer: R glm of tests/evaluation/reference/interaction_reference.R
+    # (`Rscript interaction_reference.R`, R 4.2.2: glm(response ~ lr_per_sd * treatment +
+    # clinical, binomial), interaction_expected.csv) on the measured lr: the one interaction
+    # term lr_per_sd:treatment_surgery+RT has coef −1.15959653775356, se 0.548762569312956.
+    # One arm (L = 1): |coef| ± qnorm(0.975) · se = 1.159597 ± 1.959964 · 0.548763.
+    coef, se = 1.15959653775356, 0.548762569312956
+    assert oracle["effect"] == pytest.approx(coef, rel=1e-6)
+    assert oracle["ci_low"] == pytest.approx(coef - 1.959964 * se, rel=1e-5)
+    assert oracle["ci_high"] == pytest.approx(coef + 1.959964 * se, rel=1e-5)
+    assert oracle["detected"] and oracle["planted"] == pytest.approx(0.8)
+    # the AI rows are untouched (no treatment metrics given: NaN, not detected)
+    assert np.isnan(row.loc["treatment_interaction", "effect"])
+    assert np.isnan(row.loc["outcomes_oracle", "effect"])  # not asked for
+
+
+def test_the_oracle_c_index_gain_is_the_survival_analysis_of_the_measured_targets():
+    from stromalens.evaluation.survival import survival_analysis
+
+    targets, clinical, folds = _measured_cohort()
+    patients = targets.index[:200]  # the AI scored these; the arm uses the same patients
+    arms = validation.reference_tables(
+        patients, targets, clinical, folds, treatment=False, survival_boot=40, seed=3
+    )
+    diff = arms[validation.ORACLE_CINDEX_DIFF]
+    assert list(diff["metric"]) == ["harrell"] and list(diff["endpoint"]) == ["os"]
+    # the same analysis code, folds, seed and bootstrap as the AI's own survival analysis
+    # (horizons change nothing in Harrell's C: the resamples are drawn before them)
+    own = survival_analysis(targets.loc[patients], clinical, folds, endpoints=("os",),
+                            n_boot=40, seed=3)["survival_cindex_diff"]  # fmt: skip
+    harrell = own[own["metric"] == "harrell"].iloc[0]
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, {}, arms, None, None).set_index("mechanism")
+    oracle = row.loc["outcomes_oracle"]
+    assert oracle[["effect", "ci_low", "ci_high"]].tolist() == pytest.approx(
+        harrell[["diff", "ci_low", "ci_high"]].tolist()
+    )
+    assert oracle["detected"]  # OS drawn from lr with log-HR 0.8 per SD: the gain is real
+    assert oracle["planted"] == 1.0
+
+
+def test_reference_arms_name_missing_targets():
+    targets, clinical, folds = _measured_cohort()
+    with pytest.raises(ValueError, match="no measured targets.*P9999"):
+        validation.reference_tables(["P9999"], targets, clinical, folds)
+    with pytest.raises(ValueError, match="heterogeneity"):
+        validation.reference_tables(
+            targets.index, targets.drop(columns="heterogeneity"), clinical, folds
+        )
+
+
+def test_wald_power_matches_statsmodels_normal_power():
+    from statsmodels.stats.power import NormalIndPower
+
+    # statsmodels: NormalIndPower().power(effect_size=δ/se, nobs1=1, alpha=α/L, ratio=0)
+    # (ratio = 0: the one-sample normal test of a mean δ with SD se), two-sided
+    for effect, se, tests in ((0.74, 1.13, 2), (0.79, 0.625, 2), (1.0, 0.3, 1)):
+        expected = NormalIndPower().power(effect / se, nobs1=1, alpha=0.05 / tests, ratio=0)
+        assert validation.wald_power(effect, se, tests) == pytest.approx(expected, rel=1e-9)
+    assert validation.wald_power(0.0, 1.0) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="se must be"):
+        validation.wald_power(1.0, 0.0)
+
+
+def test_the_sentence_words_the_reference_arms_apart_from_the_claims():
+    metrics, tables, preds, truth = _inputs()
+    tables[validation.ORACLE_CINDEX_DIFF] = tables["survival_cindex_diff"].assign(
+        diff=0.08, ci_low=0.02, ci_high=0.14
+    )
+    sizes = validation.planted_sizes(planted().as_dict())
+    table = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    row = table.set_index("mechanism")
+    assert row.loc["outcomes_oracle", "detected"] and not row.loc["outcomes", "detected"]
+    assert row.loc["outcomes_oracle", "claim"].startswith("reference arm:")
+    text = validation.recovery_sentence(table)
+    recovered, rest = text.split("Not recovered: ", 1)
+    assert "oracle" not in recovered and "oracle" not in rest.split(".")[0]
+    assert "perfect predictions): detected outcomes_oracle; not detected " in text

@@ -51,7 +51,25 @@ form in general (for binary tiles it is Σ_h P(h) · h / (K + |F| − h) with ``
 the tests check against it), so it is the mean over ``n_perm`` random K-subsets drawn with a
 seed derived from ``seed`` and the slide's (patient, model, target).
 
-Summary: per model × target × grade stratum × metric, the mean observed and shuffled values,
+Stratified baseline (``iou_stratified``, ``hit_rate_stratified``): the same expectations when
+attention is permuted only among tiles of the same dominant compartment (stroma, tumour,
+immune; :mod:`stromalens.evaluation.compartments`). Such a permutation keeps the number
+``K_s`` of top-K tiles in each compartment ``s``, so ``T`` is the union of independent uniformly
+random ``K_s``-subsets of each compartment's ``N_s`` tiles (for attention without ties; ``K_s``
+is counted on the observed top-K). An attention that merely prefers stroma beats the plain
+baseline whenever the annotation lies in stroma; the stratified baseline asks whether it finds
+the annotated part of the stroma beyond choosing stroma. The hit-rate is again exact,
+
+    E[hit] = mean_p [1 − ∏_s C(N_s − c_{p,s}, K_s) / C(N_s, K_s)],
+
+``c_{p,s}`` the tiles of compartment ``s`` covering ``p``; the IoU is the mean over ``n_perm``
+stratified draws (for binary tiles with ``F`` inside one compartment ``s``:
+Σ_h P(h) · h / (K + |F| − h), h ~ Hypergeom(N_s, |F|, K_s)). Only a cohort that knows each
+tile's compartment has it: the synthetic one, whose slides carry label maps; elsewhere the two
+columns are ``NaN``.
+
+Summary: per model × target × grade stratum × metric, the mean observed, shuffled and
+stratified values,
 ``n`` and the two-sided Wilcoxon signed-rank p of the paired differences observed − shuffled
 (Wilcoxon 1945; ``scipy.stats.wilcoxon``, zero differences dropped, exact null distribution up
 to 50 untied differences, else the normal approximation; ``NaN`` when every difference is 0).
@@ -88,6 +106,7 @@ import pandas as pd
 
 from ..logs import event, get_logger
 from .annotations import Annotations, TileRaster, load_patient_annotations, rasterise_polygons
+from .compartments import CompartmentMaps
 
 log = get_logger(__name__)
 
@@ -111,6 +130,8 @@ PER_PATIENT_COLUMNS: tuple[str, ...] = (
     "n_tiles",
     "n_points",
     "fibrosis_share",
+    "iou_stratified",
+    "hit_rate_stratified",
 )
 #: Columns of ``attention_summary.csv``: the contract's, then extras.
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -125,6 +146,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "grade_by",
     "excess",
     "p_strata",
+    "stratified",
 )
 #: Columns of the skipped-slide table.
 SKIPPED_COLUMNS: tuple[str, ...] = ("patient_id", "model", "target", "reason")
@@ -195,34 +217,64 @@ def _iou(atom_fib: np.ndarray, cells: np.ndarray, covered: np.ndarray) -> np.nda
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def _shuffled_iou(grid: TileRaster, atom_fib: np.ndarray, k: int, n_perm: int, rng) -> float:
-    """Mean IoU of ``n_perm`` uniformly random K-subsets of the tiles, drawn in batches."""
+#: Groups of tiles a random top-K set is drawn from: (tile indices, how many of them).
+Groups = list[tuple[np.ndarray, int]]
+
+
+def _groups(n: int, k: int, strata: np.ndarray | None = None, top=None) -> Groups:
+    """One group of all ``n`` tiles drawing ``k`` (the plain baseline), or one per stratum
+    drawing as many as the observed top-K tiles ``top`` hold (the stratified baseline)."""
+    if strata is None:
+        return [(np.arange(n), int(k))]
+    codes, inverse = np.unique(strata, return_inverse=True)
+    held = np.bincount(inverse[top], minlength=len(codes))
+    return [(np.flatnonzero(inverse == i), int(held[i])) for i in range(len(codes))]
+
+
+def _random_selection(n: int, groups: Groups, b: int, gen: np.random.Generator) -> np.ndarray:
+    """``(n, b)`` 0/1: in each of ``b`` columns a uniformly random ``k``-subset of each group."""
+    chosen = np.zeros((n, b))
+    for members, k in groups:
+        if k == 0:
+            continue
+        picks = np.argpartition(gen.random((b, len(members))), k - 1, axis=1)[:, :k]  # (b, k)
+        chosen[members[picks], np.arange(b)[:, None]] = 1
+    return chosen
+
+
+def _shuffled_iou(grid: TileRaster, atom_fib: np.ndarray, groups: Groups, n_perm: int, rng):
+    """Mean IoU of ``n_perm`` random top-K sets drawn by ``groups``, in batches."""
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     n, cells = grid.n_tiles, grid.atom_cells.astype(float)
     batch = max(1, min(int(n_perm), 2_000_000 // n))  # bounds the (N, B) selection matrix
     values = []
     for start in range(0, int(n_perm), batch):
-        b = min(batch, int(n_perm) - start)
-        draws = np.argpartition(gen.random((b, n)), k - 1, axis=1)[:, :k]  # (b, K)
-        chosen = np.zeros((n, b))
-        chosen[draws, np.arange(b)[:, None]] = 1
+        chosen = _random_selection(n, groups, min(batch, int(n_perm) - start), gen)
         values.append(_iou(atom_fib, cells, grid.covered_atoms(chosen)))
     return float(np.concatenate(values).mean())
 
 
-def _hit_rates(grid: TileRaster, covered: np.ndarray, points: np.ndarray, k: int) -> dict:
-    """``n_points`` in the tiled area, their observed hit-rate and its exact shuffled value."""
+def _expected_hits(grid: TileRaster, atoms: np.ndarray, groups: Groups) -> float:
+    """Mean over points (their atoms) of P(hit) when the top-K set is drawn by ``groups``:
+    missed only when every group misses (independent draws)."""
+    miss = np.ones(len(atoms))
+    for members, k in groups:
+        coverage = np.asarray(grid.membership[:, members].sum(axis=1)).ravel().astype(np.int64)
+        miss *= 1.0 - expected_hit_probability(coverage[atoms], len(members), k)
+    return float((1.0 - miss).mean())
+
+
+def _hit_rates(grid: TileRaster, covered: np.ndarray, points: np.ndarray, baselines) -> dict:
+    """``n_points`` in the tiled area, their observed hit-rate and its exact expectation under
+    each baseline (``{column: groups}``)."""
     atoms = grid.point_atoms(points)
     atoms = atoms[atoms >= 0]
-    result = {"n_points": int(len(atoms))}
+    result = {"n_points": int(len(atoms)), "hit_rate": float("nan")}
+    result |= {f"hit_rate_{name}": float("nan") for name in ("shuffled", "stratified")}
     if len(atoms):
-        coverage = np.asarray(grid.membership.sum(axis=1)).ravel().astype(np.int64)
         result["hit_rate"] = float(covered[atoms].mean())
-        result["hit_rate_shuffled"] = float(
-            expected_hit_probability(coverage[atoms], grid.n_tiles, k).mean()
-        )
-    else:
-        result["hit_rate"] = result["hit_rate_shuffled"] = float("nan")
+        for name, groups in baselines.items():
+            result[f"hit_rate_{name}"] = _expected_hits(grid, atoms, groups)
     return result
 
 
@@ -238,6 +290,7 @@ def colocalise_slide(
     n_perm: int = 1000,
     rng: np.random.Generator | int | None = 0,
     subdivisions: int = 8,
+    compartments=None,
 ) -> dict:
     """IoU and hit-rate of one slide's top-K tiles, and their shuffled baselines.
 
@@ -255,11 +308,14 @@ def colocalise_slide(
     n_perm : random K-subsets for the expected IoU (0: ``iou_shuffled`` is NaN).
     rng : generator or seed of those permutations.
     subdivisions : raster cells per tile side.
+    compartments : ``(N,)`` each tile's dominant compartment code, for the stratified baseline
+        (module docstring); None leaves ``iou_stratified`` and ``hit_rate_stratified`` NaN.
 
     Returns
     -------
-    dict with ``k, iou, iou_shuffled, hit_rate, hit_rate_shuffled, n_tiles, n_points``
-    (exclusion points in the tiled area) and ``fibrosis_share`` (``|F| / |D|``).
+    dict with ``k, iou, iou_shuffled, iou_stratified, hit_rate, hit_rate_shuffled,
+    hit_rate_stratified, n_tiles, n_points`` (exclusion points in the tiled area) and
+    ``fibrosis_share`` (``|F| / |D|``).
 
     Example
     -------
@@ -276,19 +332,29 @@ def colocalise_slide(
     fib = rasterise_polygons(annotations.polygons, grid.origin, grid.cell, grid.shape)
     atom_fib = grid.atom_sums(fib).astype(float)
     cells = grid.atom_cells.astype(float)
+    top = top_k(attention, kk)
     selected = np.zeros(n)
-    selected[top_k(attention, kk)] = 1
+    selected[top] = 1
     covered = grid.covered_atoms(selected)
+    baselines = {"shuffled": _groups(n, kk)}
+    if compartments is not None:
+        compartments = np.asarray(compartments)
+        if compartments.shape != (n,):
+            raise ValueError(f"compartments has shape {compartments.shape}, expected ({n},)")
+        baselines["stratified"] = _groups(n, kk, compartments, top)
     result = {
         "k": kk,
         "iou": float(_iou(atom_fib, cells, covered)),
         "iou_shuffled": float("nan"),
+        "iou_stratified": float("nan"),
         "n_tiles": n,
         "fibrosis_share": float(atom_fib.sum()) / float(cells.sum()),
     }
-    if n_perm > 0:
-        result["iou_shuffled"] = _shuffled_iou(grid, atom_fib, kk, n_perm, rng)
-    result.update(_hit_rates(grid, covered, annotations.points, kk))
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    for name, groups in baselines.items() if n_perm > 0 else ():
+        # the plain draws first, so that adding the stratified baseline leaves them unchanged
+        result[f"iou_{name}"] = _shuffled_iou(grid, atom_fib, groups, n_perm, gen)
+    result.update(_hit_rates(grid, covered, annotations.points, baselines))
     return result
 
 
@@ -381,17 +447,22 @@ def _slide_row(
     annotations: Annotations,
     *,
     seed: int,
+    maps: CompartmentMaps | None = None,
     **options,
 ) -> dict:
-    """One ``attention.csv`` row: the slide's metrics and the patient's grade strata."""
+    """One ``attention.csv`` row: the slide's metrics and the patient's grade strata; the
+    stratified baseline too when ``maps`` has the slide's compartments."""
     slide = slide.sort_values(["y", "x"], kind="stable")  # row order never matters
+    x, y, side = (slide[c].to_numpy() for c in ("x", "y", "tile_px"))
+    compartments = maps.tile_compartments(frame, pid, x, y, side) if maps is not None else None
     metrics = colocalise_slide(
-        slide["x"].to_numpy(),
-        slide["y"].to_numpy(),
-        slide["tile_px"].to_numpy(),
+        x,
+        y,
+        side,
         slide["attention"].to_numpy(),
         annotations,
         rng=_slide_seed(seed, pid, model, target),
+        compartments=compartments,
         **options,
     )
     fib, exc = _grade(frame, pid, "fibrosis_grade"), _grade(frame, pid, "exclusion_grade")
@@ -438,7 +509,10 @@ def colocalisation(
     manifest_frame : ``load_manifest(path).frame`` — index ``patient_id``, columns
         ``annotations`` (absolute, or relative to ``manifest_dir``), ``fibrosis_grade``,
         ``exclusion_grade``.
-    manifest_dir : directory relative annotation paths are resolved against.
+    manifest_dir : directory relative annotation paths are resolved against; a synthetic
+        cohort's ``synth.json`` there gives the tiles' compartments for the stratified
+        baseline (:class:`~stromalens.evaluation.compartments.CompartmentMaps`), else that
+        baseline is NaN.
     k_fraction, k : top-K size (:func:`default_k`).
     n_perm, seed : permutations of the shuffled IoU and their seed.
     subdivisions : raster cells per tile side.
@@ -455,6 +529,7 @@ def colocalisation(
     frame = manifest_frame.copy()
     frame.index = frame.index.astype(str)
     options = {"k": k, "k_fraction": k_fraction, "n_perm": n_perm, "subdivisions": subdivisions}
+    options["maps"] = CompartmentMaps.find(manifest_dir)
     cache: dict = {}
     rows, skipped = [], []
     for (pid, model, target), slide in tiles.groupby(["patient_id", "model", "target"], sort=True):
@@ -518,6 +593,8 @@ def summarise(per_patient: pd.DataFrame) -> pd.DataFrame:
             data = group.loc[ok]
             obs = data[metric].to_numpy(float)
             shuf = data[f"{metric}_shuffled"].to_numpy(float)
+            column = f"{metric}_stratified"  # absent from a table written before it existed
+            strat = data[column].to_numpy(float) if column in data else np.full(len(obs), np.nan)
             strata = data[col].to_numpy(object)
             excess = {s: (obs - shuf)[strata == s] for s in STRATA}
             p_strata = _mannwhitney_p(excess["0-1"], excess["2-3"])
@@ -537,6 +614,8 @@ def summarise(per_patient: pd.DataFrame) -> pd.DataFrame:
                         "grade_by": grade_col,
                         "excess": float((obs[sel] - shuf[sel]).mean()) if n else float("nan"),
                         "p_strata": p_strata,
+                        # NaN unless every patient of the stratum has it (compartments known)
+                        "stratified": float(strat[sel].mean()) if n else float("nan"),
                     }
                 )
     return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))

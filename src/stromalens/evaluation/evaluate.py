@@ -470,6 +470,8 @@ def _validation(context: Context) -> Tables:
 
     names = ("gate_strata", "attention", "survival_cindex_diff", "external", "prompt_perturbation")
     written = {name: table(f"{name}.csv") for name in names}
+    reference = _reference_arms(context, written)
+    written.update(reference)
     result = validation_table(
         read_planted(context.run.manifest_path),
         context.gathered,
@@ -479,7 +481,28 @@ def _validation(context: Context) -> Tables:
         n_boot=context.n_boot,
         seed=context.seed,
     )
-    return {"validation.csv": result}
+    return {"validation.csv": result, **{f"{name}.csv": t for name, t in reference.items()}}
+
+
+def _reference_arms(context: Context, written: Tables) -> Tables:
+    """(e)'s analyses rerun with the measured targets in place of the AI scores, for the
+    analyses that ran (:func:`~stromalens.evaluation.validation.reference_tables`)."""
+    from .validation import reference_tables
+
+    run = context.run
+    if context.scores is None or run.targets is None:
+        return {}
+    return reference_tables(
+        context.scores.index,
+        run.targets,
+        run.clinical,
+        run.folds,
+        survival=written.get("survival_cindex_diff") is not None,
+        treatment=(context.out / "treatment.csv").is_file(),
+        n_boot=context.n_boot,
+        survival_boot=context.survival_boot,
+        seed=context.seed,
+    )
 
 
 def _validation_metrics(tables: Tables, context: Context) -> dict:

@@ -123,6 +123,8 @@ WARNINGS_TABLE = "fit_warnings.csv"
 OPTIONAL_TABLES: tuple[str, ...] = ("external_survival.csv",)
 #: written only for a synthetic cohort that records its planted mechanisms
 OPTIONAL_TABLES += ("validation.csv",)
+#: and its reference arms, (e) with the measured targets in place of the AI's (validation.py)
+OPTIONAL_TABLES += ("validation_oracle_cindex_diff.csv", "validation_oracle_treatment.csv")
 
 
 def _pattern(key: str) -> re.Pattern:

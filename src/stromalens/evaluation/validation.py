@@ -15,10 +15,13 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
  b     ``reliability``               mean WSI share of the fused contribution, sacrum    Welch t
                                     − skull base (fusion; :mod:`.gates`)
  c     ``site``                      leave-site-out macro-r, after − before harmonising  t, sites
- d     ``annotation``                IoU − shuffled IoU of the fusion's top tiles        t, patients
+ d     ``annotation``                IoU − chance IoU of the fusion's top tiles          t, patients
  e     ``outcomes``                  OS C-index, clinical + AI − clinical                bootstrap
+ e     ``outcomes_oracle``           the same, measured targets in place of the AI       bootstrap
  e     ``treatment_interaction``     |log OR| of the treatment × LR term (response)      Wald,
                                                                                         Bonferroni
+ e     ``treatment_interaction_      the same, measured lr in place of the predicted LR  Wald,
+       oracle``                                                                         Bonferroni
  f     ``external``                  zero-shot external r (fusion, ERS–CAF)              Fisher z
  g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         paired
                                                                                         bootstrap
@@ -43,6 +46,59 @@ largest Wald :math:`|z|` and widens its interval for the :math:`L` arms tested (
 so ``detected`` (the lower end above 0) is the Bonferroni-adjusted two-sided Wald test at 5%
 over the arms, and the null stays null at that familywise rate. A flagged (separated or
 non-converged) term carries no odds ratio and is not chosen.
+
+(e)'s two **reference arms** (``outcomes_oracle``, ``treatment_interaction_oracle``) are not
+claims of the method: they run the same analysis code — :func:`~stromalens.evaluation.survival.
+survival_analysis` with its folds, out-of-fold Cox fits, seed and paired bootstrap;
+:func:`~stromalens.evaluation.treatment.treatment_analysis` — with the run's measured RNA
+targets (``targets.parquet``: ``ers_caf``, ``lr``, ``heterogeneity``, what the AI is trained to
+predict) in place of the AI's out-of-fold scores, for the same patients
+(:func:`reference_tables`). They say what the analysis detects with perfect predictions, so a
+miss of (e) can be told apart: the analysis has no power at this N (the oracle misses too), or
+the predictor loses what the targets carry (the oracle detects, the AI does not). The targets
+are the measured surrogates, not the latents, so the oracle carries the targets' own noise.
+
+The interaction test has little power at the study's size. For a logistic model with
+information matrix :math:`\mathcal I = \mathrm E[p(1-p)\,x x^\top]` per patient, the Wald
+statistic of a coefficient :math:`\delta` is approximately normal with mean
+:math:`\delta / \mathrm{se}`, :math:`\mathrm{se} = \sqrt{[\mathcal I^{-1}]_{\delta\delta} / N}`,
+so the power of the two-sided test at level :math:`\alpha / L` is
+
+.. math::
+
+    1 - \beta = \Phi\!\left(\frac{|\delta|}{\mathrm{se}} - z_{1-\alpha/(2L)}\right)
+              + \Phi\!\left(-\frac{|\delta|}{\mathrm{se}} - z_{1-\alpha/(2L)}\right)
+
+(Demidenko 2007, *Stat. Med.* 26:3385–3397; for an interaction, Demidenko 2008, *Stat. Med.*
+27:36–46; :func:`wald_power`). Evaluated for the generator's response model
+(``RESPONSE_COEFFICIENTS``, planted interaction 0.8 per unit of the crosstalk latent *b* under
+radiotherapy, K = 1) and this analysis's design (LR per SD, the arms against the first in
+sorted order, their products, the clinical terms), with :math:`\mathcal I` from a fit to
+200 000 generated patients and the latent *b* itself as the score (a perfect predictor of *b*;
+``tests/evaluation/reference/interaction_power.py``):
+
+=====================================  ===========  ===========  ================  ==========
+ term                                   δ (log OR)   se, N = 126  power, N = 126    N for 0.8
+=====================================  ===========  ===========  ================  ==========
+ surgery × LR vs RT (reference)          0.74         1.13         0.06              ≈ 2 800
+ surgery+RT × LR vs RT                   −0.05        1.17         0.03 (no effect)  —
+ surgery+RT × LR vs surgery (if the      −0.79        0.63         0.17              ≈ 750
+ largest arm were the reference)
+=====================================  ===========  ===========  ================  ==========
+
+(L = 2 arms, Bonferroni). The reference arm, RT alone, holds 10% of the patients, so both
+contrasts against it are imprecise. A score that correlates :math:`\rho` with *b* shrinks
+:math:`\delta` about :math:`\rho`-fold (power 0.04 at :math:`\rho` = 0.7). A miss of
+``treatment_interaction`` at N = 126 is therefore what the design predicts even for a perfect
+predictor, and ``treatment_interaction_oracle`` shows it on the run itself.
+
+(d)'s chance level is the stratified one of :mod:`~stromalens.evaluation.attention`
+(``iou_stratified``: attention permuted among tiles of the same dominant compartment) when
+every patient's slide has it — a synthetic cohort, whose slides carry compartment label maps —
+and the row's claim says so; an attention that only prefers stroma then shows no effect. A
+cohort without compartment labels (a real one) keeps the plain chance level (``iou_shuffled``,
+permuted over the whole slide), which any stroma-preferring attention beats when the
+annotation lies in stroma.
 
 (b)'s interval is Welch's: :math:`\bar s_1 - \bar s_2 \pm t_{0.975,\nu}\,
 \sqrt{s_1^2/n_1 + s_2^2/n_2}` with the Welch–Satterthwaite :math:`\nu` (Welch 1947,
@@ -77,10 +133,29 @@ MECHANISMS: tuple[tuple[str, str], ...] = (
     ("site", "harmonisation raises leave-site-out r"),
     ("annotation", "top-attention tiles overlap the fibrosis annotation above chance"),
     ("outcomes", "the AI scores add to the clinical OS model"),
+    (
+        "outcomes_oracle",
+        "reference arm: what the outcomes analysis detects with perfect "
+        "predictions (the measured RNA targets in place of the AI scores)",
+    ),
     ("treatment_interaction", "the LR score's association with response depends on the arm"),
+    (
+        "treatment_interaction_oracle",
+        "reference arm: what the interaction test detects with "
+        "perfect predictions (the measured lr target in place of the predicted LR)",
+    ),
     ("external", "the frozen model predicts ERS–CAF on another morphology"),
     ("text_prior", "curated prompts beat no text"),
 )
+#: The reference arms (rows run with the measured targets in place of the AI's predictions)
+#: and the mechanism row each one is the reference of.
+REFERENCE_ARMS: dict[str, str] = {
+    "outcomes_oracle": "outcomes",
+    "treatment_interaction_oracle": "treatment_interaction",
+}
+#: The tables of :func:`reference_tables` (the evaluation writes ``<name>.csv``).
+ORACLE_CINDEX_DIFF = "validation_oracle_cindex_diff"
+ORACLE_TREATMENT = "validation_oracle_treatment"
 COLUMNS = (
     "mechanism", "claim", "effect_scale", "planted", "effect", "ci_low", "ci_high", "detected", "n"
 )  # fmt: skip
@@ -104,7 +179,9 @@ def planted_sizes(mechanisms: dict) -> dict[str, float]:
         "site": m["site_biology_shift"] if m["site_strength"] else 0.0,
         "annotation": m["annotation_margin_um"] or 0.0,
         "outcomes": m["survival_scale"],
+        "outcomes_oracle": m["survival_scale"],
         "treatment_interaction": m.get("interaction", np.nan),
+        "treatment_interaction_oracle": m.get("interaction", np.nan),
         "external": k if m["external_visible"] else 0.0,
         "text_prior": m["density_caption_rate"],
         EFFECT_SCALE: k,
@@ -140,6 +217,104 @@ def paired_r_difference(y, x1, x2, n_boot: int = 1000, seed: int = 0):
         boots.append(pearson(x1[i], y[i]) - pearson(x2[i], y[i]))
     low, high = np.nanpercentile(boots, [2.5, 97.5])
     return float(effect), float(low), float(high)
+
+
+def wald_power(effect: float, se: float, tests: int = 1, alpha: float = 0.05) -> float:
+    r"""Power of the two-sided Wald test of ``effect`` with standard error ``se`` at level
+    :math:`\alpha / L` (Bonferroni over ``tests`` = L):
+
+    .. math::
+
+        1 - \beta = \Phi(|\delta| / se - z) + \Phi(-|\delta| / se - z),
+        \qquad z = z_{1-\alpha/(2L)}
+
+    (Demidenko 2007, *Stat. Med.* 26:3385–3397).
+
+    Example
+    -------
+    >>> round(wald_power(0.74, 1.13, tests=2), 3)
+    0.059
+    """
+    if not se > 0:
+        raise ValueError(f"se must be > 0, got {se!r}")
+    if int(tests) < 1:
+        raise ValueError(f"tests must be ≥ 1, got {tests!r}")
+    z = stats.norm.ppf(1 - alpha / (2 * int(tests)))
+    shift = abs(float(effect)) / float(se)
+    return float(stats.norm.cdf(shift - z) + stats.norm.cdf(-shift - z))
+
+
+# --------------------------------------------------------------------------- reference arms
+def reference_tables(
+    patients,
+    targets: pd.DataFrame,
+    clinical: pd.DataFrame,
+    folds: pd.Series,
+    *,
+    survival: bool = True,
+    treatment: bool = True,
+    n_boot: int = 1000,
+    survival_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """(e)'s analyses with the measured targets in place of the AI scores (module docstring).
+
+    Parameters
+    ----------
+    patients
+        The patients the AI's analyses used (those with the proposed model's out-of-fold
+        predictions): the reference arm uses the same ones.
+    targets
+        The run's targets table (index patient_id; ``ers_caf``, ``lr``, ``heterogeneity``).
+    clinical, folds
+        As for :func:`~stromalens.evaluation.survival.survival_analysis`.
+    survival, treatment
+        Which arm to compute (an evaluation that skipped the AI's analysis skips its arm).
+    n_boot, survival_boot, seed
+        The resamples and seed of the treatment and survival analyses, as for the AI's own.
+
+    Returns
+    -------
+    dict
+        :data:`ORACLE_CINDEX_DIFF`: the OS rows of ``survival_cindex_diff`` (Harrell's C only:
+        no horizons, so no Uno C, AUC(t) or decision curve); :data:`ORACLE_TREATMENT`: the
+        ``treatment`` table.
+    """
+    from ..names import TARGETS
+
+    patients = pd.Index(patients).astype(str)
+    missing = [t for t in TARGETS if t not in targets.columns]
+    if missing:
+        raise ValueError(f"the targets table lacks column(s) {missing}: no reference arm")
+    absent = patients.difference(targets.index.astype(str))
+    if len(absent):
+        raise ValueError(
+            f"{len(absent)} evaluated patient(s) have no measured targets: {list(absent[:10])}"
+        )
+    measured = targets.set_axis(targets.index.astype(str)).loc[patients, list(TARGETS)]
+    out = {}
+    if survival:
+        from .survival import survival_analysis
+
+        tables = survival_analysis(measured, clinical, folds, endpoints=("os",), horizons=(),
+                                   n_boot=survival_boot, seed=seed)  # fmt: skip
+        out[ORACLE_CINDEX_DIFF] = tables["survival_cindex_diff"]
+    if treatment:
+        from .treatment import treatment_analysis
+
+        out[ORACLE_TREATMENT] = treatment_analysis(
+            measured[["lr"]], clinical, folds, n_boot=n_boot, seed=seed
+        )
+    return out
+
+
+def _oracle_interaction(table):
+    """(e) predictive with the measured lr: the treatment table's metrics, as for the AI."""
+    if table is None:
+        return None
+    from .treatment import treatment_metrics
+
+    return _interaction(treatment_metrics(table))
 
 
 # --------------------------------------------------------------------------- effects
@@ -183,11 +358,27 @@ def _site_gain(metrics):
     return _t_interval(gains) if gains else None
 
 
+#: (d)'s claim when its chance level permutes attention within compartments.
+STRATIFIED_CLAIM = (
+    "top-attention tiles overlap the fibrosis annotation above chance within their "
+    "compartments (beyond choosing stroma)"
+)
+
+
+def stratified_available(part: pd.DataFrame) -> bool:
+    """Whether (d) uses the stratified chance level: every patient's slide had compartments."""
+    return "iou_stratified" in part and bool(part["iou_stratified"].notna().all())
+
+
 def _colocalisation(attention):
+    """(d): IoU minus its chance level, the stratified one where every slide has it."""
     if attention is None:
         return None
     part = attention[(attention["model"] == PROPOSED) & (attention["target"] == "ers_caf")]
-    return _t_interval(part["iou"] - part["iou_shuffled"]) if len(part) else None
+    if not len(part):
+        return None
+    chance = "iou_stratified" if stratified_available(part) else "iou_shuffled"
+    return _t_interval(part["iou"] - part[chance])
 
 
 def _survival_gain(cindex_diff):
@@ -256,8 +447,10 @@ def validation_table(
 ) -> pd.DataFrame:
     """One row per mechanism (:data:`COLUMNS`): planted size, recovered effect with its 95% CI,
     detected. ``tables`` holds the evaluation's ``gate_strata``, ``attention``,
-    ``survival_cindex_diff``, ``external`` and ``prompt_perturbation`` tables (None where the
-    run lacks them); a mechanism whose inputs are missing gets NaN and ``detected`` False."""
+    ``survival_cindex_diff``, ``external`` and ``prompt_perturbation`` tables and the reference
+    arms' :data:`ORACLE_CINDEX_DIFF` and :data:`ORACLE_TREATMENT` (:func:`reference_tables`),
+    None where the run lacks them; a mechanism whose inputs are missing gets NaN and
+    ``detected`` False."""
     found = {
         "sparse_evidence": _attention_gap(predictions, truth, n_boot, seed),
         "sparse_evidence_text": _attention_gap(predictions, truth, n_boot, seed, "wsi_clip"),
@@ -265,12 +458,20 @@ def validation_table(
         "site": _site_gain(metrics),
         "annotation": _colocalisation(tables.get("attention")),
         "outcomes": _survival_gain(tables.get("survival_cindex_diff")),
+        "outcomes_oracle": _survival_gain(tables.get(ORACLE_CINDEX_DIFF)),
         "treatment_interaction": _interaction(metrics),
+        "treatment_interaction_oracle": _oracle_interaction(tables.get(ORACLE_TREATMENT)),
         "external": _external_r(tables.get("external")),
         "text_prior": _text_gap(tables.get("prompt_perturbation")),
     }
+    claims = dict(MECHANISMS)
+    attention = tables.get("attention")
+    if attention is not None and stratified_available(
+        attention[(attention["model"] == PROPOSED) & (attention["target"] == "ers_caf")]
+    ):
+        claims["annotation"] = STRATIFIED_CLAIM
     rows = []
-    for name, claim in MECHANISMS:
+    for name, claim in claims.items():
         effect, low, high, n = found[name] or (np.nan, np.nan, np.nan, np.nan)
         detected = bool(np.isfinite(low) and low > 0)
         rows.append(
@@ -331,13 +532,21 @@ def recovery_sentence(table: pd.DataFrame) -> str:
     """Which mechanisms were recovered and which not, for a validation table or a matrix
     (:func:`combine`: the null run's columns too), and where the sizes come from."""
     detected = table["detected"].astype(bool)
+    # the reference arms are not claims of the method: worded apart
+    claim = ~table["mechanism"].isin(list(REFERENCE_ARMS))
     parts = [
-        f"Recovered (95% CI excluding the null): {_names(table, detected)}.",
-        f"Not recovered: {_names(table, ~detected)}.",
+        f"Recovered (95% CI excluding the null): {_names(table, detected & claim)}.",
+        f"Not recovered: {_names(table, ~detected & claim)}.",
     ]
     if "null_detected" in table:
         false = table["null_detected"].map(lambda v: _yes(v) == "yes")
         parts.append(f"Detected on the null cohort (false positives): {_names(table, false)}.")
+    if (~claim).any():
+        parts.append(
+            "Reference arms (the same analyses with the measured targets as perfect predictions): "
+            f"detected {_names(table, detected & ~claim)}; "
+            f"not detected {_names(table, ~detected & ~claim)}."
+        )
     parts.append(f"The planted sizes are {_scale_words(table)}, not tuned until the method wins.")
     return " ".join(parts)
 
