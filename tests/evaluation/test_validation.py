@@ -127,6 +127,20 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     assert row.loc["site", "planted"] == 0.3
 
 
+def test_the_reliability_interval_counts_the_patients_behind_the_shares():
+    # The strata's shares come from the patients with both modalities (n_share 40, 30 of the
+    # strata's 90, 70): scipy.stats.ttest_ind(x, y, equal_var=False).confidence_interval() on
+    # samples with n 40, 30, means 0.7, 0.5, SD 0.1 = (0.1517298, 0.2482702), ν = 62.62
+    metrics, tables, preds, truth = _inputs()
+    tables["gate_strata"] = tables["gate_strata"].assign(n_share=[40, 30, 20])
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=50)
+    reliability = row.set_index("mechanism").loc["reliability"]
+    assert reliability["ci_low"] == pytest.approx(0.1517298, abs=1e-6)
+    assert reliability["ci_high"] == pytest.approx(0.2482702, abs=1e-6)
+    assert reliability["n"] == 70
+
+
 def test_a_run_without_the_inputs_detects_nothing_and_null_sizes_are_zero():
     null = validation.planted_sizes(planted(MechanismsConfig().null()).as_dict())
     assert null.pop(validation.EFFECT_SCALE) == 1.0  # the null at the default scale

@@ -342,10 +342,13 @@ def _gate_migration(gates):
     s, k = rows.loc["sacrum"], rows.loc["skull_base"]
     # the branch's share of the fused contribution, not the raw gate value (gates.py)
     effect = float(s["share_wsi"] - k["share_wsi"])
-    v1, v2 = s["share_wsi_sd"] ** 2 / s["n"], k["share_wsi_sd"] ** 2 / k["n"]
-    df = (v1 + v2) ** 2 / (v1**2 / (s["n"] - 1) + v2**2 / (k["n"] - 1))  # Welch–Satterthwaite
+    # n_share: the patients with both modalities, whose shares the mean and SD are over (a
+    # table written before n_share existed falls back to the stratum's n)
+    n1, n2 = (float(r.get("n_share", r["n"])) for r in (s, k))
+    v1, v2 = s["share_wsi_sd"] ** 2 / n1, k["share_wsi_sd"] ** 2 / n2
+    df = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))  # Welch–Satterthwaite
     half = float(stats.t.ppf(0.975, df) * np.sqrt(v1 + v2))
-    return effect, effect - half, effect + half, int(s["n"] + k["n"])
+    return effect, effect - half, effect + half, int(n1 + n2)
 
 
 def _site_gain(metrics):
