@@ -307,3 +307,54 @@ def test_the_sentence_words_the_reference_arms_apart_from_the_claims():
     recovered, rest = text.split("Not recovered: ", 1)
     assert "oracle" not in recovered and "oracle" not in rest.split(".")[0]
     assert "perfect predictions): detected outcomes_oracle; not detected " in text
+
+
+def _lso_predictions(seed=3):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for site, n in (("A", 30), ("B", 25), ("C", 20)):
+        for target in ("ers_caf", "lr", "heterogeneity"):
+            y = rng.normal(size=n)
+            for model, noise in (("fusion", 0.8), ("fusion_no_coral", 1.4)):
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "patient_id": [f"{site}{i}" for i in range(n)],
+                            "model": model,
+                            "target": target,
+                            "fold": site,
+                            "y_true": y,
+                            "y_pred": y + noise * rng.normal(size=n),
+                        }
+                    )
+                )
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_the_site_gain_is_the_mean_over_sites_of_the_macro_r_gain_with_a_patient_bootstrap():
+    from stromalens.evaluation.fidelity import macro_r
+
+    lso = _lso_predictions()
+    effect, low, high, n = validation.site_gain_bootstrap(lso, n_boot=200, seed=0)
+    # the effect by another route: fidelity.macro_r per site and model, then the mean gain
+    by_site = [
+        macro_r(part[part.model == "fusion"]) - macro_r(part[part.model == "fusion_no_coral"])
+        for _, part in lso.groupby("fold")
+    ]
+    assert effect == pytest.approx(np.mean(by_site), abs=1e-12)
+    assert n == 75 and low < effect < high and low > 0  # fusion is the less noisy model
+    # the same predictions under both names: every resample's gain is 0
+    same = lso[lso.model == "fusion"]
+    twin = pd.concat([same, same.assign(model="fusion_no_coral")])
+    assert validation.site_gain_bootstrap(twin, n_boot=50) == (0.0, 0.0, 0.0, 75)
+    assert validation.site_gain_bootstrap(same, n_boot=50) is None
+
+
+def test_the_site_row_uses_the_leave_site_out_predictions_when_the_run_has_them():
+    metrics, tables, preds, truth = _inputs()
+    tables[validation.LEAVE_SITE_OUT] = _lso_predictions()
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=100)
+    site = row.set_index("mechanism").loc["site"]
+    expected = validation.site_gain_bootstrap(_lso_predictions(), n_boot=100, seed=0)
+    assert (site["effect"], site["ci_low"], site["ci_high"], site["n"]) == pytest.approx(expected)

@@ -462,7 +462,7 @@ def _has_planted(context: Context) -> bool:
 
 
 def _validation(context: Context) -> Tables:
-    from .validation import read_planted, validation_table
+    from .validation import LEAVE_SITE_OUT, read_planted, validation_table
 
     def table(name):  # what earlier analyses wrote into the output folder, or None
         path = context.out / name
@@ -472,6 +472,7 @@ def _validation(context: Context) -> Tables:
     written = {name: table(f"{name}.csv") for name in names}
     reference = _reference_arms(context, written)
     written.update(reference)
+    written[LEAVE_SITE_OUT] = context.run.lso
     result = validation_table(
         read_planted(context.run.manifest_path),
         context.gathered,
