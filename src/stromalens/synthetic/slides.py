@@ -79,8 +79,8 @@ COMPARTMENTS: dict[int, str] = {0: "background", 1: "stroma", 2: "tumour", 3: "i
 ARTEFACTS: dict[int, str] = {1: "blur", 2: "pen", 4: "fold"}
 CELL_KINDS: tuple[str, ...] = ("fibroblast", "lymphocyte", "tumour", "endothelial")
 
-#: Share of the 20 µm stromal grid points that carry a fibroblast nucleus:
-#: base + per_fraction · CAF fraction + per_a · a (clipped to [0.06, 0.95]).
+#: Share of the stromal grid points (20 level-0 px apart: 10 µm at 0.5 µm/px) that carry a
+#: fibroblast nucleus: base + per_fraction · CAF fraction + per_a · a (clipped to [0.06, 0.95]).
 CAF_DENSITY: dict[str, float] = {"base": 0.10, "per_fraction": 1.6, "per_a": 0.18}
 
 #: Visible trait of activated CAFs per unit of activation α (the ``a`` term of the fibroblast
