@@ -61,3 +61,42 @@ def test_every_tile_and_every_caption_keeps_a_positive():
     assert m.sum(axis=0).min() >= 1 and m.sum(axis=1).min() >= 1
     named = np.array([caption_density(c) is not None for c in captions])
     assert named.any() and (m[:, named] < (classes[:, None] == classes[None, named])).any()
+
+
+def _tiles(fibroblasts, slide, stroma):
+    from stromalens.wsi.synthclip import TileSet
+
+    n = len(fibroblasts)
+    shares = np.array([[s, 1 - s, 0.0] for s in stroma])
+    return TileSet(
+        images=np.zeros((n, 1, 1, 3), np.uint8),
+        shares=shares,
+        fibroblasts=np.asarray(fibroblasts, float),
+        lymphocytes=np.zeros(n),
+        slide=np.asarray(slide),
+        classes=np.zeros(n, np.int64),
+    )
+
+
+def test_density_labels_cut_at_each_slides_own_median():
+    from stromalens.wsi.synthclip import density_labels
+
+    # slide 0: a CAF-poor slide with one hotspot tile (9); slide 1: CAF-rich, one hotspot (40);
+    # the last tile of slide 1 is tumour (stroma 0.2) and does not enter the median
+    tiles = _tiles([2, 3, 9, 20, 22, 40, 100], [0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0.2])
+    # medians by hand: slide 0 → 3, slide 1 → 22 (of 20, 22, 40); global → 15.5 (of six)
+    assert density_labels(tiles, "slide").tolist() == [False, False, True, False, False, True, True]
+    assert density_labels(tiles, "global").tolist() == [False, False, False, True, True, True, True]
+
+
+def test_density_labels_fall_back_to_the_global_median_and_refuse_other_cuts():
+    import pytest
+
+    from stromalens.wsi.synthclip import ClipTrainSettings, density_labels
+
+    tiles = _tiles([5, 10, 30], [0, 0, 1], [1, 1, 0.1])  # slide 1 has no stromal tile
+    assert density_labels(tiles, "slide").tolist() == [False, True, True]  # 30 > median 7.5
+    with pytest.raises(ValueError, match="'slide' or 'global'"):
+        density_labels(tiles, "local")
+    with pytest.raises(ValueError, match="density_cut"):
+        ClipTrainSettings(density_cut="median")

@@ -16,6 +16,8 @@ Composition follows the patient's biology:
   :class:`EvidenceSpec` (mechanism (a) of :mod:`~stromalens.synthetic.mechanisms`) the ``a``
   term and a ``b`` term on stromal lymphocytes act only inside *hotspots*, a minority of the
   stroma, or — its null — spread evenly over all of it at the same mean;
+* the same ``a`` term also changes what the activated CAFs look like (``CAF_ACTIVATION``, see
+  below), so that a hotspot is visible in the tile's pixels and not only in its cell count;
 * tumour nests hold vacuolated physaliphorous cells in pale myxoid matrix (or, for the external
   cohort's ``chondrosarcoma`` morphology, small cells in lacunae of chondroid matrix);
 * lymphocytes form clusters, scatter in stroma, and infiltrate tumour nests — less so, gathering
@@ -24,6 +26,38 @@ Composition follows the patient's biology:
 
 Every slide comes with the compartment label map it was rendered from, an artefact map, and the
 position and type of every cell, so the true composition of any tile is known.
+
+Why activated CAFs look different (issue 17)
+--------------------------------------------
+With density alone the hotspots were nearly invisible: in the stromal tiles of slides with
+a > 0.5 a hot tile held 89 fibroblasts against a cold tile's 73 (+21%), while the same tiles
+held 72 ± 45 lymphocytes whose nuclei carry as much haematoxylin as a spindle nucleus; within a
+slide the fibroblast count explained 3% of the variance of the tile's haematoxylin density and
+the lymphocytes 33%, so 12 optical-density statistics told hot from cold at AUC 0.5–0.6 where the
+cell count did at 0.8. Pathology offers a second, morphological trace of the same biology:
+activated, myofibroblastic CAFs (the α-SMA⁺ "myCAF" state; Öhlund et al. 2017, Kalluri 2016) are
+plump, with enlarged, oval, darker nuclei instead of the thin wavy nuclei of quiescent
+fibroblasts, and ER-stressed secretory CAFs expand their ER to deposit collagen, so desmoplastic
+stroma is denser and more eosinophilic. The renderer ties this trait to the very activation that
+raises the density: at a stromal point with activation
+
+    α = gain · per_a · a      (inside a hotspot; 0 outside),      α = share · gain · per_a · a
+                                                                  (diffuse null: everywhere),
+
+a fibroblast nucleus is ``1 + c_w α`` times wider, ``1 + c_l α`` times longer and ``1 + c_h α``
+times darker, and the matrix gains ``c_e α`` of eosin OD (``CAF_ACTIVATION``). α is the ``a`` term
+that :func:`_evidence_probability` adds to the fibroblast probability, so no effect size
+changes: K = 0 (``per_a`` = 0) gives α = 0 everywhere and the former rendering, sparse and
+diffuse alike, and the diffuse null spreads the same mean α per unit stroma
+(share · gain · per_a · a) evenly, as :mod:`~stromalens.synthetic.mechanisms` documents for the
+density. A negative ``a`` makes hotspot CAFs thinner and paler (quiescent) — the density term's
+sign too. Legacy rendering (``evidence`` None) has no trait.
+
+References
+----------
+Öhlund D et al. Distinct populations of inflammatory fibroblasts and myofibroblasts in
+pancreatic cancer. J Exp Med 2017;214:579–596. Kalluri R. The biology and function of
+fibroblasts in cancer. Nat Rev Cancer 2016;16:582–598.
 """
 
 from __future__ import annotations
@@ -45,9 +79,23 @@ COMPARTMENTS: dict[int, str] = {0: "background", 1: "stroma", 2: "tumour", 3: "i
 ARTEFACTS: dict[int, str] = {1: "blur", 2: "pen", 4: "fold"}
 CELL_KINDS: tuple[str, ...] = ("fibroblast", "lymphocyte", "tumour", "endothelial")
 
-#: Share of the 20 µm stromal grid points that carry a fibroblast nucleus:
-#: base + per_fraction · CAF fraction + per_a · a (clipped to [0.06, 0.95]).
+#: Share of the stromal grid points (20 level-0 px apart: 10 µm at 0.5 µm/px) that carry a
+#: fibroblast nucleus: base + per_fraction · CAF fraction + per_a · a (clipped to [0.06, 0.95]).
 CAF_DENSITY: dict[str, float] = {"base": 0.10, "per_fraction": 1.6, "per_a": 0.18}
+
+#: Visible trait of activated CAFs per unit of activation α (the ``a`` term of the fibroblast
+#: probability, see the module docstring): relative nucleus width, length and haematoxylin OD,
+#: and eosin OD added to the matrix. At a typical hotspot (a = 1, gain 0.8, per_a 0.5: α = 0.4)
+#: the nucleus is 2.6 → 3.1 px wide and 12% darker, the matrix 0.04 OD (10%) more eosinophilic.
+CAF_ACTIVATION: dict[str, float] = {
+    "nucleus_width": 0.5,
+    "nucleus_length": 0.1,
+    "nucleus_od": 0.3,
+    "matrix_e": 0.1,
+}
+#: α is rendered on this grid (sprites are cached per level); the cells table keeps it exact.
+ACTIVATION_STEP = 0.05
+ACTIVATION_RANGE = (-1.5, 3.0)
 
 #: Gaussian σ (µm) of the field whose top share makes the evidence hotspots of mechanism (a):
 #: patches span one or two 112 µm tiles, so a tile is mostly in or mostly out (at the default
@@ -109,6 +157,7 @@ class RenderedSlide:
     artefact_shapes: list[dict] = field(default_factory=list)
     exclusion_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     evidence: np.ndarray | None = None  # (H/ds, W/ds) uint8, 1 in the hotspots; None: legacy
+    activation: np.ndarray | None = None  # (H/ds, W/ds) float32 CAF activation α; None: legacy
 
 
 # --------------------------------------------------------------------------- sprites
@@ -143,10 +192,7 @@ def _sprites(morphology: str) -> dict[str, tuple[Sprite, ...]]:
     lymph = tuple(
         Sprite(h=0.95 * m, e=0.05 * m, alpha=m) for m in (_disk(r) for r in (4.5, 5.0, 5.5))
     )
-    spindle = []
-    for k in range(8):
-        m = _ellipse(11.0, 2.6, np.pi * k / 8)
-        spindle.append(Sprite(h=0.75 * m, e=0.0 * m, alpha=m))
+    spindle = _spindles(0.0)
     tumour = []
     for _ in range(12):
         if morphology == "chordoma":
@@ -191,10 +237,31 @@ def _sprites(morphology: str) -> dict[str, tuple[Sprite, ...]]:
         vessel.append(Sprite(h=0.35 * wall, e=0.5 * wall + 0.9 * inner * 0.6, alpha=outer))
     return {
         "lymphocyte": lymph,
-        "fibroblast": tuple(spindle),
+        "fibroblast": spindle,
         "tumour": tuple(tumour),
         "endothelial": tuple(vessel),
     }
+
+
+@lru_cache(maxsize=128)
+def _spindles(alpha: float) -> tuple[Sprite, ...]:
+    """Eight orientations of a fibroblast nucleus at activation ``alpha`` (``CAF_ACTIVATION``);
+    ``alpha`` 0 is the quiescent 11 × 2.6 px spindle of h OD 0.75."""
+    t = CAF_ACTIVATION
+    length = 11.0 * max(0.5, 1.0 + t["nucleus_length"] * alpha)
+    width = 2.6 * max(0.6, 1.0 + t["nucleus_width"] * alpha)
+    od = 0.75 * max(0.5, 1.0 + t["nucleus_od"] * alpha)
+    out = []
+    for k in range(8):
+        m = _ellipse(length, width, np.pi * k / 8)
+        out.append(Sprite(h=od * m, e=0.0 * m, alpha=m))
+    return tuple(out)
+
+
+def _render_levels(alpha: np.ndarray) -> np.ndarray:
+    """α on the rendering grid: ``ACTIVATION_STEP`` steps, clipped to ``ACTIVATION_RANGE``."""
+    clipped = np.clip(alpha, *ACTIVATION_RANGE)
+    return np.round(clipped / ACTIVATION_STEP) * ACTIVATION_STEP
 
 
 def _stamp(shape, centres: np.ndarray, variants: np.ndarray, sprites, channels) -> list:
@@ -327,11 +394,33 @@ def hotspot_map(labels: np.ndarray, share: float, rng, sigma_px: float) -> np.nd
     return _top_share(score, stroma, share).astype(np.uint8)
 
 
-def _evidence_probability(base, gain_hot, points, hot, ds, spec) -> np.ndarray:
-    """Per-point selection probability: ``base`` plus the latent's gain, in hotspots or spread."""
-    inside = hot[points[:, 1] // ds, points[:, 0] // ds].astype(bool)
-    extra = np.where(inside, gain_hot, 0.0) if spec.sparse else spec.share * gain_hot
-    return np.clip(base + extra, 0.02, 0.95)
+def evidence_map(labels: np.ndarray, hot: np.ndarray, gain_hot: float, spec) -> np.ndarray:
+    """The latent's term at each label px of the stroma: ``gain_hot`` in the hotspots and 0
+    elsewhere (``spec.sparse``), or ``spec.share · gain_hot`` over all the stroma (the diffuse
+    null: the same mean per unit stroma, spread evenly); 0 off the stroma. float32.
+
+    Example
+    -------
+    >>> labels = np.ones((2, 2), np.uint8); hot = np.array([[1, 0], [0, 0]], np.uint8)
+    >>> evidence_map(labels, hot, 0.8, EvidenceSpec(share=0.25)).astype(float).round(3).tolist()
+    [[0.8, 0.0], [0.0, 0.0]]
+    >>> diffuse = evidence_map(labels, hot, 0.8, EvidenceSpec(share=0.25, sparse=False))
+    >>> round(float(diffuse.mean()), 3)
+    0.2
+    """
+    stroma = labels == 1
+    if spec.sparse:
+        return np.where(stroma & (hot > 0), gain_hot, 0.0).astype(np.float32)
+    return np.where(stroma, spec.share * gain_hot, 0.0).astype(np.float32)
+
+
+def _at(points: np.ndarray, label_map: np.ndarray, ds: int) -> np.ndarray:
+    return label_map[points[:, 1] // ds, points[:, 0] // ds]
+
+
+def _evidence_probability(base, term: np.ndarray) -> np.ndarray:
+    """Per-point selection probability: ``base`` plus the latent's term at the point."""
+    return np.clip(base + term, 0.02, 0.95)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -399,9 +488,12 @@ def render_slide(
 
     # Cells.
     sprites = _sprites(morphology)
-    fibroblasts, stromal_lymph, cluster_lymph, hot = _stromal_cells(
-        geometry, labels, fractions, latents, immune_total, evidence, rng
-    )
+    stromal = _stromal_cells(geometry, labels, fractions, latents, immune_total, evidence, rng)
+    fibroblasts, hot = stromal.fibroblasts, stromal.hot
+    if stromal.activation_map is not None:  # the activated CAFs' denser, eosinophilic matrix
+        matrix = np.repeat(np.repeat(stromal.activation_map, ds, axis=0), ds, axis=1)
+        od_e += CAF_ACTIVATION["matrix_e"] * matrix
+        del matrix
     infiltrating = _select(
         _jittered_grid(geometry, 26.0, rng),
         labels,
@@ -438,7 +530,9 @@ def render_slide(
         float(np.clip(4.0 * fractions["Endothelial"], 0, 0.6)),
         rng,
     )
-    lymphocytes = np.concatenate([cluster_lymph, stromal_lymph, infiltrating, rim_lymph])
+    lymphocytes = np.concatenate(
+        [stromal.cluster_lymph, stromal.stromal_lymph, infiltrating, rim_lymph]
+    )
 
     def variants(points, kind):
         return rng.integers(0, len(sprites[kind]), len(points))
@@ -454,8 +548,12 @@ def render_slide(
     cover = np.minimum(t_alpha, 1.0)
     od_h = od_h * (1.0 - cover) + t_h
     od_e = od_e * (1.0 - cover) + t_e
+    s_h, s_e = _stamp_fibroblasts(
+        shape, fibroblasts, variants(fibroblasts, "fibroblast"), stromal.activation
+    )
+    od_h += s_h
+    od_e += s_e
     for kind, pts in (
-        ("fibroblast", fibroblasts),
         ("lymphocyte", lymphocytes),
         ("endothelial", vessels),
     ):
@@ -552,6 +650,10 @@ def render_slide(
                 + ["endothelial"] * len(vessels),
                 categories=list(CELL_KINDS),
             ),
+            # each fibroblast's activation α (module docstring); 0 for the other cells
+            "activation": np.concatenate(
+                [stromal.activation, np.zeros(len(lymphocytes) + len(tumour_cells) + len(vessels))]
+            ).astype(np.float32),
         }
     )
     # Immune-exclusion points: lymphocytes gathered at the rim of tumour nests.
@@ -565,37 +667,68 @@ def render_slide(
         artefact_shapes=shapes,
         exclusion_points=rim_lymph[take],
         evidence=hot,
+        activation=stromal.activation_map,
     )
 
 
+@dataclass
+class StromalCells:
+    """The stroma's cells and maps (:func:`_stromal_cells`)."""
+
+    fibroblasts: np.ndarray  # (n, 2) level-0 px
+    activation: np.ndarray  # (n,) each fibroblast's activation α
+    stromal_lymph: np.ndarray
+    cluster_lymph: np.ndarray
+    hot: np.ndarray | None  # label-res hotspot map; None: legacy
+    activation_map: np.ndarray | None  # label-res α; None: legacy
+
+
 def _stromal_cells(geometry, labels, fractions, latents, immune_total, evidence, rng):
-    """Fibroblasts, stromal and cluster lymphocytes, and the hotspot map (None: legacy)."""
+    """Fibroblasts with their activation, stromal and cluster lymphocytes, and the maps."""
     ds = geometry.label_downsample
     caf_base = CAF_DENSITY["base"] + CAF_DENSITY["per_fraction"] * fractions["CAF"]
     lymph_base = float(np.clip(0.05 + 1.2 * immune_total, 0, 0.8))
     if evidence is None:
         caf_density = float(np.clip(caf_base + CAF_DENSITY["per_a"] * latents["a"], 0.06, 0.95))
-        fibroblasts = _select(
-            _jittered_grid(geometry, 20.0, rng), labels, ds, lambda lab: lab == 1, caf_density, rng
-        )
-        hot = None
+        grid = _jittered_grid(geometry, 20.0, rng)
+        fibroblasts = _select(grid, labels, ds, lambda lab: lab == 1, caf_density, rng)
+        hot = alpha_map = None
+        alpha = np.zeros(len(fibroblasts))
     else:
         hot = hotspot_map(labels, evidence.share, rng, hotspot_sigma_px(geometry))
-        grid = _jittered_grid(geometry, 20.0, rng)
-        gain_a = evidence.gain * evidence.per_a * latents["a"]
-        p = _evidence_probability(caf_base, gain_a, grid, hot, ds, evidence)
+        grid = _jittered_grid(geometry, 20.0, rng)  # after the map: the former draw order
+        # the a term of the fibroblast probability is also the CAFs' activation α (docstring)
+        alpha_map = evidence_map(
+            labels, hot, evidence.gain * evidence.per_a * latents["a"], evidence
+        )
+        p = _evidence_probability(caf_base, _at(grid, alpha_map, ds))
         fibroblasts = _select(grid, labels, ds, lambda lab: lab == 1, p, rng)
+        alpha = _at(fibroblasts, alpha_map, ds).astype(np.float64)
     cluster_lymph = _select(
         _jittered_grid(geometry, 12.5, rng), labels, ds, lambda lab: lab == 3, 0.85, rng
     )
     grid = _jittered_grid(geometry, 28.0, rng)
     if evidence is not None:
         gain_b = evidence.gain * evidence.per_b * latents["b"]
-        lymph_p = _evidence_probability(lymph_base, gain_b, grid, hot, ds, evidence)
+        lymph_p = _evidence_probability(
+            lymph_base, _at(grid, evidence_map(labels, hot, gain_b, evidence), ds)
+        )
     else:
         lymph_p = lymph_base
     stromal_lymph = _select(grid, labels, ds, lambda lab: lab == 1, lymph_p, rng)
-    return fibroblasts, stromal_lymph, cluster_lymph, hot
+    return StromalCells(fibroblasts, alpha, stromal_lymph, cluster_lymph, hot, alpha_map)
+
+
+def _stamp_fibroblasts(shape, points, angles, alpha) -> tuple[np.ndarray, np.ndarray]:
+    """H and E OD of the fibroblast nuclei, each drawn at its activation level."""
+    levels = _render_levels(alpha)
+    od_h, od_e = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for level in np.unique(levels):
+        pick = levels == level
+        s_h, s_e = _stamp(shape, points[pick], angles[pick], _spindles(float(level)), ("h", "e"))
+        od_h += s_h
+        od_e += s_e
+    return od_h, od_e
 
 
 # --------------------------------------------------------------------------- writing
