@@ -14,7 +14,7 @@ Layout of the output directory::
     wsi/<id>.labels.png        compartment label map (codes in synth.json), 1/4 resolution
     wsi/<id>.artefacts.png     artefact bit map (blur 1, pen 2, fold 4), 1/4 resolution
     wsi/<id>.evidence.png      evidence hotspots of mechanism (a) (1 inside), 1/4 resolution
-    wsi/<id>.cells.parquet     every rendered cell: x, y (level-0 px), kind
+    wsi/<id>.cells.parquet     every rendered cell: x, y (level-0 px), kind, activation
     annotations/<id>.geojson   fibrosis region and immune-exclusion points (QuPath)
     mri/<id>/{t1,t2,ce,mask}.nii.gz
 
