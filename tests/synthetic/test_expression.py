@@ -35,6 +35,38 @@ def test_fractions_are_compositions_and_h_sets_the_immune_evenness(data):
     assert stats.pearsonr(fractions["CAF"], patients["a"])[0] > 0.4
 
 
+def test_fraction_log_ratios_recover_the_noise_and_the_crosstalk_loadings():
+    """Known answers of the logistic-normal model (Aitchison 1986, ch. 6): the additive
+    log-ratio log(q_immune/q_Tumour) = κ_immune − κ_Tumour + δ − δ' has SD 0.15·√2, and
+    exp(0.45 h) · log(π_c/π_M2) = μ_c − μ_M2 + β_c b + noise, so its least-squares slope on b
+    (numpy.polyfit as reference) is β_c: b recruits the minor receiving types, not M2."""
+    patients = biology.simulate_patients(4000, seed=3)
+    fractions = expression.simulate_fractions(patients, seed=3)
+    immune = fractions[list(expression.IMMUNE_TYPES)]
+    share = np.log(immune.sum(axis=1) / fractions["Tumour"])
+    logits = expression._COMPARTMENT_LOGITS
+    assert share.mean() == pytest.approx(logits["immune"] - logits["Tumour"], abs=0.02)
+    assert share.std() == pytest.approx(expression._COMPARTMENT_NOISE_SD * np.sqrt(2), rel=0.05)
+    assert expression._COMPARTMENT_NOISE_SD == 0.15
+    temperature = np.exp(expression._TEMPERATURE_SLOPE * patients["h"])
+    loadings = expression._IMMUNE_B_LOADING
+    assert loadings.get("Macrophages.M2", 0.0) == 0.0  # the commonest type is not recruited
+    assert sum(v > 0 for v in loadings.values()) >= 4
+    for cell_type in expression.IMMUNE_TYPES:
+        ratio = np.log(immune[cell_type] / immune["Macrophages.M2"]) * temperature
+        slope, intercept = np.polyfit(patients["b"], ratio, 1)
+        assert slope == pytest.approx(loadings.get(cell_type, 0.0), abs=0.03), cell_type
+
+
+def test_crosstalk_evens_out_the_immune_composition():
+    """At fixed h, a higher b gives a more even immune composition: the entropy of the
+    noise-free softmax(μ + β b) rises with b (scipy.stats.entropy as reference)."""
+    mu = np.array([expression._IMMUNE_LOGITS[c] for c in expression.IMMUNE_TYPES])
+    beta = np.array([expression._IMMUNE_B_LOADING.get(c, 0.0) for c in expression.IMMUNE_TYPES])
+    entropy = [stats.entropy(np.exp(mu + beta * b)) for b in np.linspace(-2.5, 2.5, 11)]
+    assert (np.diff(entropy) > 0).all()
+
+
 def test_tissue_immune_profiles_resemble_but_are_not_til10():
     """The generator's TIL10-gene profiles depart from TIL10 by the documented log2 SDs
     (per gene and type, and a shared per-gene shift) and stay immune-specific."""
