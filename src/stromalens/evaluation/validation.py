@@ -119,6 +119,14 @@ r(NONE) − r(CUR) (:mod:`.robustness`), negated.
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
 should not detect it; :func:`combine` puts a planted and a null run side by side.
 
+The intervals resample patients, not fits. A row that compares two trained models ((a), (c),
+(g)) therefore leaves out the models' own run-to-run variability, which one CV repeat cannot
+show. Measured with ``validate-method`` at 126 + 60 patients and K = 1, the seeds of the same
+generator gave (a) 0.071 [−0.022, 0.164] (seed 0) and 0.241 [0.134, 0.343] (seed 1), and at
+K = 2 the diffuse null gave 0.121 [0.038, 0.223]. Read one run's "detected" for these rows as
+a single draw; a claim needs the rows over several seeds, or repeated CV with an interval that
+includes the between-repeat variance (e.g. Nadeau & Bengio 2003, *Mach Learn* 52:239–281).
+
 Metric keys: ``validation.<mechanism>.{planted,effect,ci_low,ci_high,detected}``.
 """
 
