@@ -253,7 +253,7 @@ def wald_power(effect: float, se: float, tests: int = 1, alpha: float = 0.05) ->
     Example
     -------
     >>> round(wald_power(0.74, 1.13, tests=2), 3)
-    0.059
+    0.058
     """
     if not se > 0:
         raise ValueError(f"se must be > 0, got {se!r}")
