@@ -13,7 +13,9 @@ import pytest
 from stromalens.config import MechanismsConfig, MissingRates, SlideConfig, SynthConfig
 from stromalens.evaluation import validation
 from stromalens.evaluation.schema import describe
-from stromalens.synthetic import biology, expression, mechanisms, slides
+from stromalens.synthetic import biology, mechanisms, slides
+
+from ._render import small_slide
 
 N = 4000
 
@@ -56,17 +58,7 @@ def test_scale_zero_is_the_null_of_every_size_with_a_zero_null():
 
 
 def _render(spec: slides.EvidenceSpec, a: float):
-    patients = biology.simulate_patients(1, seed=0)
-    fractions = expression.simulate_fractions(patients, seed=0).iloc[0]
-    return slides.render_slide(
-        fractions,
-        {"a": a, "b": 0.4, "h": 0.0},
-        biology.make_site_effects("A", 0),
-        slides.SlideGeometry(width=1536, height=1024),
-        [4, 5, 6],
-        artefact_probability={"fold": 0, "blur": 0, "pen": 0},
-        evidence=spec,
-    )
+    return small_slide(spec, {"a": a, "b": 0.4, "h": 0.0})
 
 
 def _spec(p: mechanisms.Planted, sparse: bool = True) -> slides.EvidenceSpec:

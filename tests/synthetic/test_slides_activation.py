@@ -6,23 +6,15 @@ raises their density; the diffuse null spreads the same mean α over all the str
 import numpy as np
 import pytest
 
-from stromalens.synthetic import biology, expression, slides
+from stromalens.synthetic import slides
+
+from ._render import small_slide
 
 GAIN, PER_A, A = 0.8, 0.5, 1.5  # α in a hotspot = 0.8 · 0.5 · 1.5 = 0.6
 
 
 def _render(evidence, a=A, seed=(4, 5, 6)):
-    patients = biology.simulate_patients(1, seed=0)
-    fractions = expression.simulate_fractions(patients, seed=0).iloc[0]
-    return slides.render_slide(
-        fractions,
-        {"a": a, "b": 0.0, "h": 0.0},
-        biology.make_site_effects("A", 0),
-        slides.SlideGeometry(width=1536, height=1024),
-        list(seed),
-        artefact_probability={"fold": 0, "blur": 0, "pen": 0},
-        evidence=evidence,
-    )
+    return small_slide(evidence, {"a": a, "b": 0.0, "h": 0.0}, seed)
 
 
 def _spec(**kw):
