@@ -13,6 +13,7 @@ from stromalens.evaluation.stats import (
     bootstrap_ci,
     bootstrap_p,
     calibration,
+    corrected_resampled_t,
     paired_difference,
     pearson_ci,
     permutation_p,
@@ -211,3 +212,42 @@ def test_bootstrap_p_and_errors():
         paired_difference(np.subtract, np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="n_boot must be ≥ 1, got 0"):
         paired_difference(np.subtract, np.ones(3), np.ones(3), n_boot=0)
+
+
+@pytest.mark.parametrize("ratio", [1e-12, 0.25, 1.0 / 3.0])
+def test_corrected_resampled_t_is_scipys_one_sample_t_widened_by_the_correction(ratio):
+    # the corrected variance is (1/J + n2/n1)·σ̂² = (1 + J·n2/n1)·σ̂²/J, so against
+    # scipy.stats.ttest_1samp (σ̂²/J): t shrinks and the interval widens by sqrt(1 + J·ratio)
+    d = np.random.default_rng(3).normal(0.05, 0.1, size=15)
+    out = corrected_resampled_t(d, n_train=100.0, n_test=100.0 * ratio)
+    ref = sps.ttest_1samp(d, 0.0)
+    ci = ref.confidence_interval(0.95)
+    widen = np.sqrt(1.0 + len(d) * ratio)
+    assert out["estimate"] == pytest.approx(d.mean(), abs=1e-15)
+    assert out["t"] == pytest.approx(ref.statistic / widen, rel=1e-12)
+    assert out["p"] == pytest.approx(2 * sps.t.sf(abs(ref.statistic) / widen, len(d) - 1), rel=1e-10)
+    assert out["ci_high"] - out["estimate"] == pytest.approx((ci.high - d.mean()) * widen, rel=1e-10)
+    assert out["df"] == len(d) - 1 and out["splits"] == len(d)
+    if ratio < 1e-9:  # no correction: scipy's own test
+        assert out["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert (out["ci_low"], out["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+
+
+def test_corrected_resampled_t_known_answer_one_5_fold_cv():
+    # the worked example of CBIG_corrected_resampled_ttest_kfoldCV.m (Thomas Yeo lab, MIT):
+    # accuracies [0.5 0.6 0.9 0.4 0.6] against 0.5, one 5-fold CV (n2/n1 = 1/4); by hand:
+    # mean 0.1, σ̂² = 0.14/4 = 0.035, var = (1/5 + 1/4)·0.035 = 0.01575, t = 0.1/0.12550 =
+    # 0.79682, p = 2·t_4.sf(0.79682) = 0.47018
+    out = corrected_resampled_t(np.array([0.5, 0.6, 0.9, 0.4, 0.6]) - 0.5, n_train=4, n_test=1)
+    assert out["se"] == pytest.approx(np.sqrt(0.01575), rel=1e-12)
+    assert out["t"] == pytest.approx(0.79682, abs=1e-5)
+    assert out["p"] == pytest.approx(0.47018, abs=1e-5)
+
+
+def test_corrected_resampled_t_drops_non_finite_splits_and_validates():
+    out = corrected_resampled_t([0.1, np.nan, 0.3], n_train=[40, 40, 41], n_test=[10, 10, 9])
+    assert out["splits"] == 2 and out["estimate"] == pytest.approx(0.2)
+    one = corrected_resampled_t([0.1, np.nan], n_train=40, n_test=10)
+    assert one["estimate"] == pytest.approx(0.1) and np.isnan(one["ci_low"])
+    with pytest.raises(ValueError, match="sizes must be > 0"):
+        corrected_resampled_t([0.1, 0.2], n_train=0, n_test=10)

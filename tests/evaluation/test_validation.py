@@ -24,7 +24,8 @@ def _inputs(n=200, seed=0):
     mean = a + 2.0 * rng.normal(size=n)
     clip = a + 3.0 * rng.normal(size=n)
     preds = pd.concat(
-        pd.DataFrame({"patient_id": ids, "model": m, "target": "ers_caf", "y_pred": v})
+        pd.DataFrame({"patient_id": ids, "fold": np.arange(n) % 5, "repeat": 0, "model": m,
+                      "target": "ers_caf", "y_pred": v, "y_true": a})  # fmt: skip
         for m, v in (("abmil", abmil), ("wsi_clip", clip), ("mean_pool", mean))
     )
     gates = pd.DataFrame(
@@ -90,13 +91,24 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     sizes = validation.planted_sizes(planted().as_dict())
     table = validation.validation_table(sizes, metrics, tables, preds, truth, n_boot=300)
     row = table.set_index("mechanism")
-    # (a) r differences computed directly (numpy corrcoef): attention (ABMIL), and text-guided
-    r = {m: np.corrcoef(preds[preds.model == m]["y_pred"], truth["a"])[0, 1]
-         for m in ("abmil", "wsi_clip", "mean_pool")}  # fmt: skip
-    assert row.loc["sparse_evidence", "effect"] == pytest.approx(r["abmil"] - r["mean_pool"])
+    # (a) per fold (5 folds of 40; 160 trained each fold's models), r differences computed
+    # directly (numpy corrcoef), then Nadeau & Bengio's interval by hand:
+    # d̄ ± t_{0.975, 4} · sqrt((1/5 + 40/160) · var(d, ddof=1))
+    for name, model in (("sparse_evidence", "abmil"), ("sparse_evidence_text", "wsi_clip")):
+        d = []
+        for fold in range(5):
+            part = preds[preds.fold == fold]
+            ids = part.patient_id.unique()
+            r = {m: np.corrcoef(part[part.model == m]["y_pred"], truth.loc[ids, "a"])[0, 1]
+                 for m in (model, "mean_pool")}  # fmt: skip
+            d.append(r[model] - r["mean_pool"])
+        half = 2.7764451 * np.sqrt((1 / 5 + 40 / 160) * np.var(d, ddof=1))
+        assert row.loc[name, "effect"] == pytest.approx(np.mean(d))
+        assert row.loc[name, "ci_low"] == pytest.approx(np.mean(d) - half)
+        assert row.loc[name, "ci_high"] == pytest.approx(np.mean(d) + half)
+        assert row.loc[name, "n"] == 200
     assert row.loc["sparse_evidence", "detected"]
     text = row.loc["sparse_evidence_text"]
-    assert text["effect"] == pytest.approx(r["wsi_clip"] - r["mean_pool"])
     assert not text["detected"] and text["planted"] == 0.5
     # (b) Welch t interval from the strata's summaries (n 90, 70; means 0.7, 0.5; SD 0.1):
     # scipy.stats.ttest_ind(x, y, equal_var=False).confidence_interval() on samples with
@@ -118,7 +130,8 @@ def test_each_effect_and_its_ci_match_the_hand_computed_answer():
     # (f) Fisher z: numpy tanh(arctanh(0.5) ± 1.959964/sqrt(57)) = (0.28186, 0.66899)
     assert row.loc["external", "ci_low"] == pytest.approx(0.28186, abs=1e-4)
     assert row.loc["external", "ci_high"] == pytest.approx(0.66899, abs=1e-4)
-    # (g) the paired bootstrap of r(NONE) − r(CUR) = −0.10 [−0.16, −0.03], negated
+    # (g) without the NONE model's predictions: the prompt table's paired bootstrap of
+    # r(NONE) − r(CUR) = −0.10 [−0.16, −0.03], negated
     assert row.loc["text_prior", "effect"] == pytest.approx(0.10)
     assert row.loc["text_prior", "ci_low"] == pytest.approx(0.03)
     assert row.loc["text_prior", "ci_high"] == pytest.approx(0.16)
@@ -358,3 +371,64 @@ def test_the_site_row_uses_the_leave_site_out_predictions_when_the_run_has_them(
     site = row.set_index("mechanism").loc["site"]
     expected = validation.site_gain_bootstrap(_lso_predictions(), n_boot=100, seed=0)
     assert (site["effect"], site["ci_low"], site["ci_high"], site["n"]) == pytest.approx(expected)
+
+
+def test_fold_differences_cover_every_fold_of_every_repeat():
+    # two repeats of 4 folds over 40 patients; patient P0000 has no mean_pool prediction
+    rng = np.random.default_rng(1)
+    ids = [f"P{i:04d}" for i in range(40)]
+    rows = []
+    for repeat in (0, 1):
+        fold = rng.permutation(np.arange(40) % 4)
+        for model in ("abmil", "mean_pool"):
+            keep = [i for i in range(40) if not (model == "mean_pool" and i == 0)]
+            rows.append(pd.DataFrame({"patient_id": [ids[i] for i in keep], "fold": fold[keep],
+                                      "repeat": repeat, "model": model, "target": "ers_caf",
+                                      "y_pred": rng.normal(size=len(keep)),
+                                      "y_true": rng.normal(size=len(keep))}))  # fmt: skip
+    splits = validation.fold_r_differences(pd.concat(rows), "abmil", "mean_pool")
+    assert len(splits) == 8 and set(splits["repeat"]) == {0, 1}
+    assert splits["n_test"].sum() == 2 * 39  # both models' patients only
+    assert (splits["n_test"] + splits["n_train"]).eq(40).sum() == 6  # P0000's folds: 9 + 30
+
+
+def test_the_text_prior_row_is_over_the_folds_of_cur_against_none():
+    # r(wsi_clip) − r(clip_mil_none) on the measured target y_true, per fold
+    metrics, tables, preds, truth = _inputs()
+    rng = np.random.default_rng(5)
+    base = preds[preds.model == "wsi_clip"]
+    none = base.assign(model="clip_mil_none", y_pred=base["y_true"] + 4 * rng.normal(size=200))
+    preds = pd.concat([preds, none])
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, metrics, tables, preds, truth).set_index("mechanism")
+    d = [np.corrcoef(base[base.fold == f]["y_pred"], base[base.fold == f]["y_true"])[0, 1]
+         - np.corrcoef(none[none.fold == f]["y_pred"], none[none.fold == f]["y_true"])[0, 1]
+         for f in range(5)]  # fmt: skip
+    assert row.loc["text_prior", "effect"] == pytest.approx(np.mean(d))
+    half = 2.7764451 * np.sqrt((1 / 5 + 40 / 160) * np.var(d, ddof=1))  # t_{0.975, 4}
+    assert row.loc["text_prior", "ci_high"] == pytest.approx(np.mean(d) + half)
+
+
+def test_the_reliability_row_is_over_the_folds_when_the_per_patient_shares_are_there():
+    # 5 folds of 12 patients; per fold 4 sacral, 4 skull-base, 4 other; fold f's sacral shares
+    # are 0.6 + 0.02 f, skull-base 0.5: d = 0.1 + 0.02 f = 0.10 … 0.18, d̄ = 0.14,
+    # var(d) = 0.0010; by hand: 0.14 ± t_{0.975, 4} · sqrt((1/5 + 12/48) · 0.0010)
+    metrics, tables, preds, truth = _inputs()
+    ids = [f"Q{i:03d}" for i in range(60)]
+    where = np.tile(["sacrum"] * 4 + ["skull_base"] * 4 + ["mobile_spine"] * 4, 5)
+    fold = np.repeat(np.arange(5), 12)
+    share = np.where(where == "sacrum", 0.6 + 0.02 * fold, 0.5)
+    shares = pd.DataFrame({"fold": fold, "patient_id": ids, "share_wsi": share,
+                           "has_wsi": True, "has_mri": True})  # fmt: skip
+    shares.loc[0, "has_mri"] = False  # a patient without MRI has no share: left out
+    shares.loc[0, "share_wsi"] = 5.0
+    tables[validation.GATE_SHARES] = shares
+    clinical = pd.DataFrame({"location": where}, index=pd.Index(ids, name="patient_id"))
+    sizes = validation.planted_sizes(planted().as_dict())
+    row = validation.validation_table(sizes, metrics, tables, preds, truth, clinical=clinical)
+    reliability = row.set_index("mechanism").loc["reliability"]
+    half = 2.7764451 * np.sqrt((1 / 5 + 12 / 48) * 0.0010)
+    assert reliability["effect"] == pytest.approx(0.14)
+    assert reliability["ci_low"] == pytest.approx(0.14 - half)
+    assert reliability["ci_high"] == pytest.approx(0.14 + half)
+    assert reliability["n"] == 60

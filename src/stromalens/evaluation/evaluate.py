@@ -191,6 +191,8 @@ def _probes(context: Context) -> Tables:
         tables["gate_strata.csv"] = gate_strata_table(
             probes["gates"], run.predictions, run.clinical
         )
+        # per patient, with the fold whose model gave it: (b)'s interval is over the folds
+        tables["gate_shares.csv"] = probes["gates"]
     if not probes["attention"].empty:
         tables[TILES] = probes["attention"]
     return tables
@@ -462,13 +464,14 @@ def _has_planted(context: Context) -> bool:
 
 
 def _validation(context: Context) -> Tables:
-    from .validation import LEAVE_SITE_OUT, read_planted, validation_table
+    from .validation import GATE_SHARES, LEAVE_SITE_OUT, read_planted, validation_table
 
     def table(name):  # what earlier analyses wrote into the output folder, or None
         path = context.out / name
         return pd.read_csv(path) if path.is_file() else None
 
-    names = ("gate_strata", "attention", "survival_cindex_diff", "external", "prompt_perturbation")
+    names = ("gate_strata", GATE_SHARES, "attention", "survival_cindex_diff", "external",
+             "prompt_perturbation")  # fmt: skip
     written = {name: table(f"{name}.csv") for name in names}
     reference = _reference_arms(context, written)
     written.update(reference)
@@ -479,6 +482,7 @@ def _validation(context: Context) -> Tables:
         written,
         context.run.predictions,
         context.run.truth,
+        clinical=context.run.clinical,
         n_boot=context.n_boot,
         seed=context.seed,
     )

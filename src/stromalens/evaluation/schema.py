@@ -100,6 +100,7 @@ TABLES: tuple[str, ...] = (
     "comparisons.csv",
     "missing_modalities.csv",
     "gate_strata.csv",
+    "gate_shares.csv",
     "site_alignment.csv",
     "embedding_2d.parquet",
     "prompt_perturbation.csv",

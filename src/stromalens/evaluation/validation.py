@@ -8,12 +8,12 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
 ====  ============================  =================================================  ==========
  key   mechanism                     effect                                             CI
 ====  ============================  =================================================  ==========
- a     ``sparse_evidence``           r(abmil, a) − r(mean_pool, a)                       paired
-                                                                                        bootstrap
- a     ``sparse_evidence_text``      r(wsi_clip, a) − r(mean_pool, a)                    paired
-                                                                                        bootstrap
- b     ``reliability``               mean WSI share of the fused contribution, sacrum    Welch t
-                                    − skull base (fusion; :mod:`.gates`)
+ a     ``sparse_evidence``           r(abmil, a) − r(mean_pool, a), per fold             corrected
+                                                                                        t, folds
+ a     ``sparse_evidence_text``      r(wsi_clip, a) − r(mean_pool, a), per fold          corrected
+                                                                                        t, folds
+ b     ``reliability``               mean WSI share of the fused contribution, sacrum    corrected
+                                    − skull base (fusion; :mod:`.gates`), per fold      t, folds
  c     ``site``                      leave-site-out macro-r, after − before harmonising  bootstrap,
                                     (fusion − fusion_no_coral), mean over sites          patients
  d     ``annotation``                IoU − chance IoU of the fusion's top tiles          t, patients
@@ -24,8 +24,8 @@ computes, from an evaluated run's outputs, the effect that the study's analysis 
  e     ``treatment_interaction_      the same, measured lr in place of the predicted LR  Wald,
        oracle``                                                                         Bonferroni
  f     ``external``                  zero-shot external r (fusion, ERS–CAF)              Fisher z
- g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF         paired
-                                                                                        bootstrap
+ g     ``text_prior``                r(CUR) − r(NONE) of the WSI branch, ERS–CAF, per    corrected
+                                    fold                                                t, folds
 ====  ============================  =================================================  ==========
 
 (a) has two rows: attention pooling learned from the tiles alone (ABMIL, Ilse et al. 2018),
@@ -110,22 +110,34 @@ cohort without compartment labels (a real one) keeps the plain chance level (``i
 permuted over the whole slide), which any stroma-preferring attention beats when the
 annotation lies in stroma.
 
-(b)'s interval is Welch's: :math:`\bar s_1 - \bar s_2 \pm t_{0.975,\nu}\,
-\sqrt{s_1^2/n_1 + s_2^2/n_2}` with the Welch–Satterthwaite :math:`\nu` (Welch 1947,
-*Biometrika* 34:28–35), not the normal one, which a stratum of a few patients makes
-anti-conservative. (g) reads the prompt-perturbation table's paired bootstrap of
-r(NONE) − r(CUR) (:mod:`.robustness`), negated.
+**The rows that compare trained models, (a), (b) and (g), are tested over the folds.** Each
+fold of each CV repeat gives one difference d_j on its held-out patients (for (a), r(abmil, a)
+− r(mean_pool, a); for (b), the fold model's mean sacral minus skull-base share; for (g),
+r(wsi_clip) − r(clip_mil_none) on the measured ERS–CAF), and the row is their mean
+:math:`\bar d` with Nadeau and Bengio's corrected resampled t interval
+(:func:`~stromalens.evaluation.stats.corrected_resampled_t`):
+:math:`\bar d \pm t_{0.975, J-1} \sqrt{(1/J + n_2/n_1)\,\hat\sigma^2_d}` over the J = k·R
+fits (Nadeau & Bengio 2003, *Mach. Learn.* 52:239–281; Bouckaert & Frank 2004). A patient
+bootstrap of one set of out-of-fold predictions resamples the patients but not the fits, so it
+leaves out how much the comparison moves when the models are trained on other patients. That
+was measured: with that bootstrap, ``validate-method`` at 126 + 60 patients and K = 1 gave (a)
+0.071 [−0.022, 0.164] at seed 0 and 0.241 [0.134, 0.343] at seed 1, and the diffuse null fired
+at seed 1 (0.160 [0.098, 0.223]) and at K = 2 (0.121 [0.038, 0.223]). The fold-to-fold spread
+holds the fits' variability; the n₂/n₁ term corrects for the overlap of their training sets.
+The price is width: with one 5-fold CV, J = 5, :math:`t_{0.975,4} = 2.78` and the variance
+factor is 0.45 against 0.2 uncorrected; more repeats (``training.repeats``) narrow it.
+(b) falls back to Welch's interval over the strata, :math:`\bar s_1 - \bar s_2 \pm
+t_{0.975,\nu}\,\sqrt{s_1^2/n_1 + s_2^2/n_2}` (Welch 1947, *Biometrika* 34:28–35), when the
+per-patient shares are absent, and (g) to the prompt-perturbation table's paired bootstrap of
+r(NONE) − r(CUR) (:mod:`.robustness`), negated, when the predictions lack the NONE model.
 
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
 should not detect it; :func:`combine` puts a planted and a null run side by side.
 
-The intervals resample patients, not fits. A row that compares two trained models ((a), (c),
-(g)) therefore leaves out the models' own run-to-run variability, which one CV repeat cannot
-show. Measured with ``validate-method`` at 126 + 60 patients and K = 1, the seeds of the same
-generator gave (a) 0.071 [−0.022, 0.164] (seed 0) and 0.241 [0.134, 0.343] (seed 1), and at
-K = 2 the diffuse null gave 0.121 [0.038, 0.223]. Read one run's "detected" for these rows as
-a single draw; a claim needs the rows over several seeds, or repeated CV with an interval that
-includes the between-repeat variance (e.g. Nadeau & Bengio 2003, *Mach Learn* 52:239–281).
+(c) is the exception among the model comparisons: its splits are the S = 3 held-out sites, one
+fit each, so a fold-level interval would have 2 degrees of freedom and would ask about a
+population of sites (above). Its patient bootstrap leaves out the fits' variability; read one
+run's (c) as a single draw.
 
 Metric keys: ``validation.<mechanism>.{planted,effect,ci_low,ci_high,detected}``.
 """
@@ -140,6 +152,7 @@ import pandas as pd
 from scipy import stats
 
 from ..correlation import pearson
+from .stats import corrected_resampled_t
 from ..names import PROPOSED
 from ..rundir import metric_key, parse_metric_key
 
@@ -174,6 +187,8 @@ REFERENCE_ARMS: dict[str, str] = {
 #: The tables of :func:`reference_tables` (the evaluation writes ``<name>.csv``).
 ORACLE_CINDEX_DIFF = "validation_oracle_cindex_diff"
 ORACLE_TREATMENT = "validation_oracle_treatment"
+#: The key of ``tables`` holding the probes' per-patient gate shares, with their fold (for (b)).
+GATE_SHARES = "gate_shares"
 #: The key of ``tables`` holding the leave-site-out predictions (for (c)'s bootstrap).
 LEAVE_SITE_OUT = "leave_site_out_predictions"
 COLUMNS = (
@@ -224,19 +239,6 @@ def fisher_interval(r: float, n: int) -> tuple[float, float]:
         return np.nan, np.nan
     z, half = np.arctanh(np.clip(r, -0.999999, 0.999999)), Z95 / np.sqrt(n - 3)
     return float(np.tanh(z - half)), float(np.tanh(z + half))
-
-
-def paired_r_difference(y, x1, x2, n_boot: int = 1000, seed: int = 0):
-    """r(x1, y) − r(x2, y) and its percentile bootstrap CI, resampling patients (pairs kept)."""
-    y, x1, x2 = (np.asarray(v, float) for v in (y, x1, x2))
-    effect = pearson(x1, y) - pearson(x2, y)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        boots.append(pearson(x1[i], y[i]) - pearson(x2[i], y[i]))
-    low, high = np.nanpercentile(boots, [2.5, 97.5])
-    return float(effect), float(low), float(high)
 
 
 def wald_power(effect: float, se: float, tests: int = 1, alpha: float = 0.05) -> float:
@@ -338,21 +340,100 @@ def _oracle_interaction(table):
 
 
 # --------------------------------------------------------------------------- effects
-def _attention_gap(predictions, truth, n_boot, seed, attention: str = "abmil"):
-    """r(attention model, a) − r(mean_pool, a) of the out-of-fold ERS–CAF predictions."""
-    if predictions is None or truth is None:
-        return None
-    wide = predictions[predictions["target"] == "ers_caf"].pivot(
-        index="patient_id", columns="model", values="y_pred"
-    )
-    if not {attention, "mean_pool"} <= set(wide.columns):
-        return None
-    data = wide[[attention, "mean_pool"]].join(truth["a"], how="inner").dropna()
-    e, lo, hi = paired_r_difference(data["a"], data[attention], data["mean_pool"], n_boot, seed)
-    return e, lo, hi, len(data)
+def fold_r_differences(
+    predictions: pd.DataFrame,
+    model_a: str,
+    model_b: str,
+    truth: pd.Series | None = None,
+    target: str = "ers_caf",
+) -> pd.DataFrame:
+    """Per fold of each CV repeat, r(model_a, y) − r(model_b, y) on the fold's held-out
+    patients (those with both models' predictions), y = ``truth`` (index patient_id, e.g. the
+    latent a) or, without it, the measured target (``y_true``). Columns ``repeat``, ``fold``,
+    ``n_test``, ``n_train`` (the repeat's other patients, who trained the fold's models) and
+    ``difference``: the d_j of :func:`~stromalens.evaluation.stats.corrected_resampled_t`."""
+    part = predictions[(predictions["target"] == target)
+                       & predictions["model"].isin([model_a, model_b])]  # fmt: skip
+    if "repeat" not in part:
+        part = part.assign(repeat=0)
+    rows = []
+    for repeat, in_repeat in part.groupby("repeat", sort=True):
+        patients = in_repeat["patient_id"].nunique()
+        for fold, in_fold in in_repeat.groupby("fold", sort=True):
+            wide = in_fold.pivot(index="patient_id", columns="model", values="y_pred")
+            if not {model_a, model_b} <= set(wide.columns):
+                continue
+            if truth is None:
+                y = in_fold.drop_duplicates("patient_id").set_index("patient_id")["y_true"]
+            else:
+                y = truth
+            data = wide[[model_a, model_b]].join(y.rename("y"), how="inner").dropna()
+            difference = (pearson(data[model_a], data["y"]) - pearson(data[model_b], data["y"])
+                          if len(data) > 2 else np.nan)  # fmt: skip
+            rows.append({"repeat": repeat, "fold": fold, "n_test": len(data),
+                         "n_train": patients - in_fold["patient_id"].nunique(),
+                         "difference": float(difference)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["repeat", "fold", "n_test", "n_train", "difference"])
 
 
-def _gate_migration(gates):
+def _corrected(splits: pd.DataFrame, n: int):
+    """(d̄, ci_low, ci_high, n) of the splits' differences by the corrected resampled t."""
+    splits = splits.astype({"difference": float, "n_train": float, "n_test": float})
+    splits = splits[np.isfinite(splits["difference"]) & (splits["n_train"] > 0)]
+    if len(splits) < 2:
+        return None
+    out = corrected_resampled_t(splits["difference"], splits["n_train"], splits["n_test"])
+    return out["estimate"], out["ci_low"], out["ci_high"], n
+
+
+def _model_gap(predictions, truth, model_a: str, model_b: str = "mean_pool"):
+    """r(model_a, y) − r(model_b, y) of the out-of-fold ERS–CAF predictions over the CV's
+    folds and repeats (corrected resampled t); y = ``truth`` (the latent a) or the measured
+    target when ``truth`` is None."""
+    if predictions is None:
+        return None
+    splits = fold_r_differences(predictions, model_a, model_b, truth)
+    part = predictions[predictions["model"].isin([model_a, model_b])]
+    return _corrected(splits, int(part["patient_id"].nunique()))
+
+
+def _attention_gap(predictions, truth, attention: str = "abmil"):
+    """(a): r(attention model, a) − r(mean_pool, a)."""
+    if truth is None or "a" not in truth:
+        return None
+    return _model_gap(predictions, truth["a"], attention)
+
+
+def gate_fold_differences(shares: pd.DataFrame, location: pd.Series) -> pd.DataFrame:
+    """(b) per fold: mean WSI share of the fused contribution in sacral minus skull-base
+    held-out patients with both modalities (``shares``: the probes' per-patient rows with
+    ``fold``; ``location`` indexed by patient_id). Columns as :func:`fold_r_differences`'s;
+    a fold without both locations gives NaN."""
+    rows = []
+    total = shares["patient_id"].nunique()
+    for fold, in_fold in shares.groupby("fold", sort=True):
+        both = in_fold[in_fold["has_wsi"].astype(bool) & in_fold["has_mri"].astype(bool)]
+        where = location.reindex(both["patient_id"].astype(str)).to_numpy()
+        share = both["share_wsi"].to_numpy(float)
+        sacrum, skull = share[where == "sacrum"], share[where == "skull_base"]
+        sacrum, skull = sacrum[np.isfinite(sacrum)], skull[np.isfinite(skull)]
+        difference = sacrum.mean() - skull.mean() if len(sacrum) and len(skull) else np.nan
+        n_fold = in_fold["patient_id"].nunique()
+        rows.append({"repeat": 0, "fold": fold, "n_test": n_fold, "n_train": total - n_fold,
+                     "difference": float(difference)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["repeat", "fold", "n_test", "n_train", "difference"])
+
+
+def _gate_migration(gates, shares=None, clinical=None):
+    """(b): by the corrected resampled t over the folds when the per-patient shares
+    (``gate_shares``) and the locations are at hand, else Welch's interval on the strata."""
+    if shares is not None and clinical is not None and "location" in clinical:
+        location = clinical["location"].astype("string")
+        location.index = location.index.astype(str)
+        splits = gate_fold_differences(shares, location)
+        found = _corrected(splits, int(shares["patient_id"].nunique()))
+        if found is not None:
+            return found
     if gates is None:
         return None
     part = gates[(gates["model"] == PROPOSED) & (gates["stratifier"] == "location")]
@@ -496,9 +577,13 @@ def _external_r(external):
     return (r, *fisher_interval(r, n), n)
 
 
-def _text_gap(prompts):
-    if prompts is None:
-        return None
+def _text_gap(predictions, prompts):
+    """(g): r(CUR) − r(NONE) of the WSI branch on the measured ERS–CAF (``wsi_clip`` and
+    ``clip_mil_none``), over the CV's folds and repeats; the prompt-perturbation table's
+    pooled paired bootstrap when the predictions lack the models."""
+    found = _model_gap(predictions, None, "wsi_clip", "clip_mil_none")
+    if found is not None or prompts is None:
+        return found
     row = prompts[(prompts["prompt_set"] == "NONE") & (prompts["target"] == "ers_caf")]
     if not len(row):
         return None
@@ -513,6 +598,7 @@ def validation_table(
     predictions: pd.DataFrame | None,
     truth: pd.DataFrame | None,
     *,
+    clinical: pd.DataFrame | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -523,9 +609,11 @@ def validation_table(
     None where the run lacks them; a mechanism whose inputs are missing gets NaN and
     ``detected`` False."""
     found = {
-        "sparse_evidence": _attention_gap(predictions, truth, n_boot, seed),
-        "sparse_evidence_text": _attention_gap(predictions, truth, n_boot, seed, "wsi_clip"),
-        "reliability": _gate_migration(tables.get("gate_strata")),
+        "sparse_evidence": _attention_gap(predictions, truth),
+        "sparse_evidence_text": _attention_gap(predictions, truth, "wsi_clip"),
+        "reliability": _gate_migration(
+            tables.get("gate_strata"), tables.get(GATE_SHARES), clinical
+        ),
         "site": _site_gain(metrics, tables.get(LEAVE_SITE_OUT), n_boot, seed),
         "annotation": _colocalisation(tables.get("attention")),
         "outcomes": _survival_gain(tables.get("survival_cindex_diff")),
@@ -533,7 +621,7 @@ def validation_table(
         "treatment_interaction": _interaction(metrics),
         "treatment_interaction_oracle": _oracle_interaction(tables.get(ORACLE_TREATMENT)),
         "external": _external_r(tables.get("external")),
-        "text_prior": _text_gap(tables.get("prompt_perturbation")),
+        "text_prior": _text_gap(predictions, tables.get("prompt_perturbation")),
     }
     claims = dict(MECHANISMS)
     attention = tables.get("attention")
