@@ -122,3 +122,35 @@ def test_pairs_and_patients():
     tiny = _predictions({"fusion": 0.8, "mri": 1.0}, n=3)
     with pytest.raises(ValueError, match=r"fusion vs mri: only 3 patient\(s\)"):
         paired_comparisons(tiny, n_boot=20)
+
+
+def test_the_comparison_over_folds_is_the_corrected_t_of_the_per_fold_macro_r_differences():
+    preds = _predictions({"fusion": 0.8, "late_fusion": 1.0}, n=100)
+    row = paired_comparisons(preds, n_boot=100).set_index("model_b").loc["late_fusion"]
+
+    def macro(part, model):  # scipy.stats.pearsonr per target, then the mean
+        m = part[part.model == model]
+        return np.mean([sps.pearsonr(g["y_pred"], g["y_true"]).statistic
+                        for _, g in m.groupby("target")])  # fmt: skip
+
+    d = [macro(f, "fusion") - macro(f, "late_fusion") for _, f in preds.groupby("fold")]
+    # Nadeau & Bengio by hand: J = 5 folds of 20, trained on 80; t_{0.975, 4} = 2.7764451
+    half = 2.7764451 * np.sqrt((1 / 5 + 20 / 80) * np.var(d, ddof=1))
+    assert row["cv_estimate"] == pytest.approx(np.mean(d))
+    assert row["cv_ci_low"] == pytest.approx(np.mean(d) - half)
+    assert row["cv_ci_high"] == pytest.approx(np.mean(d) + half)
+    assert row["splits"] == 5
+
+
+def test_a_difference_that_the_folds_do_not_carry_is_within_noise():
+    # fusion equals late fusion on folds 0–1 and is worse on 2–4: the pooled patient bootstrap
+    # sees a clear loss (Δ −0.052 [−0.066, −0.039]), the folds disagree (corrected interval
+    # [−0.143, 0.045]), so no model is declared better
+    preds = _predictions({"fusion": 0.2, "late_fusion": 0.2}, n=200)
+    bad = (preds["model"] == "fusion") & (preds["fold"] >= 2)
+    rng = np.random.default_rng(9)
+    preds.loc[bad, "y_pred"] = preds.loc[bad, "y_true"] + 0.5 * rng.normal(size=bad.sum())
+    row = paired_comparisons(preds, n_boot=300).set_index("model_b").loc["late_fusion"]
+    assert row["ci_high"] < 0
+    assert row["cv_ci_low"] < 0 < row["cv_ci_high"]
+    assert row["verdict"] == WITHIN_NOISE

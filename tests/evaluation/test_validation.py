@@ -9,6 +9,7 @@ import pytest
 
 from stromalens.config import MechanismsConfig
 from stromalens.evaluation import validation
+from stromalens.evaluation.comparisons import fold_differences
 from stromalens.evaluation.schema import describe
 from stromalens.synthetic.mechanisms import planted
 
@@ -24,8 +25,17 @@ def _inputs(n=200, seed=0):
     mean = a + 2.0 * rng.normal(size=n)
     clip = a + 3.0 * rng.normal(size=n)
     preds = pd.concat(
-        pd.DataFrame({"patient_id": ids, "fold": np.arange(n) % 5, "repeat": 0, "model": m,
-                      "target": "ers_caf", "y_pred": v, "y_true": a})  # fmt: skip
+        pd.DataFrame(
+            {
+                "patient_id": ids,
+                "fold": np.arange(n) % 5,
+                "repeat": 0,
+                "model": m,
+                "target": "ers_caf",
+                "y_pred": v,
+                "y_true": a,
+            }
+        )  # fmt: skip
         for m, v in (("abmil", abmil), ("wsi_clip", clip), ("mean_pool", mean))
     )
     gates = pd.DataFrame(
@@ -386,7 +396,7 @@ def test_fold_differences_cover_every_fold_of_every_repeat():
                                       "repeat": repeat, "model": model, "target": "ers_caf",
                                       "y_pred": rng.normal(size=len(keep)),
                                       "y_true": rng.normal(size=len(keep))}))  # fmt: skip
-    splits = validation.fold_r_differences(pd.concat(rows), "abmil", "mean_pool")
+    splits = fold_differences(pd.concat(rows), "abmil", "mean_pool", ["ers_caf"])
     assert len(splits) == 8 and set(splits["repeat"]) == {0, 1}
     assert splits["n_test"].sum() == 2 * 39  # both models' patients only
     assert (splits["n_test"] + splits["n_train"]).eq(40).sum() == 6  # P0000's folds: 9 + 30

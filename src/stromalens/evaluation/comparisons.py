@@ -20,9 +20,16 @@ Hinkley 1997, §2.4). p is the two-sided bootstrap p
 (:func:`stromalens.evaluation.stats.bootstrap_p`). ``verdict`` reads ``within noise`` where
 the interval spans 0, else which model is better.
 
-The bootstrap resamples out-of-fold predictions; it does not retrain, so with R = 1 it leaves
-out the variability of training itself (Bouthillier et al. 2021, *MLSys*): repeats are what
-bring it in.
+The bootstrap resamples out-of-fold predictions; it does not retrain, so it leaves out the
+variability of training itself (Bouthillier et al. 2021, *MLSys*). Beside it each row has the
+comparison over the fits: per fold j of each repeat (J = k·R splits), the fold's macro-r
+difference d_j on its held-out patients, their mean ``cv_estimate`` and Nadeau and Bengio's
+corrected resampled t interval ``cv_ci_low``, ``cv_ci_high`` and p ``cv_p``
+(:func:`~stromalens.evaluation.stats.corrected_resampled_t`; Nadeau & Bengio 2003, *Mach.
+Learn.* 52:239–281), which holds how much the difference moves between models trained on
+different patients. A difference is claimed (``verdict`` other than ``within noise``) only
+when both intervals exclude 0 on the same side: it must hold against resampling the patients
+and against refitting.
 
 Example
 -------
@@ -37,7 +44,7 @@ import pandas as pd
 
 from ..correlation import pearson
 from ..names import PROPOSED, TARGETS
-from .stats import bootstrap_p, paired_difference
+from .stats import bootstrap_p, corrected_resampled_t, paired_difference
 
 #: The predictions' column of the CV repeat, when the run repeated the cross-validation.
 REPEAT = "repeat"
@@ -51,10 +58,17 @@ COLUMNS: tuple[str, ...] = (
     "ci_low",
     "ci_high",
     "p",
+    "cv_estimate",
+    "cv_ci_low",
+    "cv_ci_high",
+    "cv_p",
     "verdict",
     "n",
     "repeats",
+    "splits",
 )
+#: The columns of :func:`fold_differences`.
+SPLIT_COLUMNS = ("repeat", "fold", "n_test", "n_train", "difference")
 WITHIN_NOISE = "within noise"
 
 
@@ -129,10 +143,71 @@ def compare(y, a, b, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> 
     return _two_stage(y, a, b, n_boot, seed, alpha)
 
 
-def _verdict(out: dict, a: str, b: str) -> str:
-    if out["within_noise"]:
+def fold_differences(
+    predictions: pd.DataFrame,
+    model_a: str,
+    model_b: str,
+    targets=None,
+    truth: pd.Series | None = None,
+) -> pd.DataFrame:
+    """Per fold of each CV repeat, macro-r(A) − macro-r(B) over ``targets`` (default every
+    target present) on the fold's held-out patients with both models' predictions of every
+    target; y is the measured target (``y_true``), or ``truth`` (a Series by patient_id, e.g.
+    a latent) for every target when given. Columns :data:`SPLIT_COLUMNS`: ``n_train`` counts
+    the repeat's other patients, who trained the fold's models; ``difference`` is NaN for a
+    fold of fewer than 3 such patients. These are the d_j of :func:`corrected_resampled_t`."""
+    preds = predictions if REPEAT in predictions else predictions.assign(**{REPEAT: 0})
+    part = preds[preds["model"].isin([model_a, model_b])]
+    present = set(part["target"])
+    targets = [t for t in (targets or TARGETS) if t in present]
+    part = part[part["target"].isin(targets)]
+    need = [(m, t) for m in (model_a, model_b) for t in targets]
+    rows = []
+    for repeat, in_repeat in part.groupby(REPEAT, sort=True):
+        patients = in_repeat["patient_id"].nunique()
+        for fold, in_fold in in_repeat.groupby("fold", sort=True):
+            wide = in_fold.pivot_table(index="patient_id", columns=["model", "target"],
+                                       values="y_pred", aggfunc="first")  # fmt: skip
+            if not targets or not set(need) <= set(wide.columns):
+                continue
+            wide = wide[need].dropna()
+            if truth is None:
+                y = in_fold.groupby(["patient_id", "target"])["y_true"].first().unstack()
+                y = y.reindex(index=wide.index, columns=targets)
+            else:
+                y = pd.DataFrame({t: truth.reindex(wide.index) for t in targets})
+            keep = y.notna().all(axis=1).to_numpy()
+            y, yhat = y.to_numpy(float)[keep], wide.to_numpy(float)[keep]
+            k = len(targets)
+            difference = (_macro(y, yhat[:, :k]) - _macro(y, yhat[:, k:])
+                          if len(y) > 2 else np.nan)  # fmt: skip
+            rows.append({"repeat": repeat, "fold": fold, "n_test": int(len(y)),
+                         "n_train": int(patients - in_fold["patient_id"].nunique()),
+                         "difference": float(difference)})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(SPLIT_COLUMNS))
+
+
+def over_folds(splits: pd.DataFrame, alpha: float = 0.05) -> dict | None:
+    """:func:`~stromalens.evaluation.stats.corrected_resampled_t` of :func:`fold_differences`'
+    rows (those with a finite difference and a training set), or None with fewer than 2."""
+    splits = splits.astype({"difference": float, "n_train": float, "n_test": float})
+    splits = splits[np.isfinite(splits["difference"]) & (splits["n_train"] > 0)]
+    if len(splits) < 2:
+        return None
+    return corrected_resampled_t(splits["difference"], splits["n_train"], splits["n_test"],
+                                 alpha=alpha)  # fmt: skip
+
+
+def _verdict(out: dict, folds: dict | None, a: str, b: str) -> str:
+    """``within noise`` unless the patient bootstrap and, where the run has folds, the
+    corrected resampled t over them both exclude 0 on the same side."""
+    sides = [np.sign(out["ci_low"]) if not out["within_noise"] else 0.0]
+    if folds is not None:
+        low, high = folds["ci_low"], folds["ci_high"]
+        sides.append(1.0 if low > 0 else -1.0 if high < 0 else 0.0)
+    if 0.0 in sides or len(set(sides)) > 1:
         return WITHIN_NOISE
-    return f"{a} better" if out["estimate"] > 0 else f"{b} better"
+    return f"{a} better" if sides[0] > 0 else f"{b} better"
 
 
 def paired_comparisons(
@@ -156,22 +231,32 @@ def paired_comparisons(
                 "for every target; a paired comparison needs at least 4"
             )
         out = compare(y, cube[a], cube[b], n_boot=n_boot, seed=seed, alpha=alpha)
+        folds = None
+        if "fold" in predictions:
+            folds = over_folds(fold_differences(predictions, a, b), alpha)
+        nan = float("nan")
         rows.append(
             {
                 "comparison": comparison,
                 "model_a": a,
                 "model_b": b,
                 **{k: out[k] for k in ("estimate", "ci_low", "ci_high", "p")},
-                "verdict": _verdict(out, a, b),
+                **{
+                    f"cv_{k}": (folds or {}).get(k, nan)
+                    for k in ("estimate", "ci_low", "ci_high", "p")
+                },  # fmt: skip
+                "verdict": _verdict(out, folds, a, b),
                 "n": len(patients),
                 "repeats": cube[a].shape[2],
+                "splits": int(folds["splits"]) if folds is not None else 0,
             }
         )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def comparison_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """``compare.<A>.<B>.<macro_r_diff|ci_low|ci_high|p|within_noise>`` per row."""
+    """``compare.<A>.<B>.<macro_r_diff|ci_low|ci_high|p|cv_ci_low|cv_ci_high|cv_p|within_noise>``
+    per row."""
     from ..rundir import metric_key
 
     m: dict[str, float] = {}
@@ -181,5 +266,8 @@ def comparison_metrics(table: pd.DataFrame) -> dict[str, float]:
         m[metric_key(*parts, "ci_low")] = row.ci_low
         m[metric_key(*parts, "ci_high")] = row.ci_high
         m[metric_key(*parts, "p")] = row.p
+        m[metric_key(*parts, "cv_ci_low")] = row.cv_ci_low
+        m[metric_key(*parts, "cv_ci_high")] = row.cv_ci_high
+        m[metric_key(*parts, "cv_p")] = row.cv_p
         m[metric_key(*parts, "within_noise")] = float(row.verdict == WITHIN_NOISE)
     return m

@@ -28,7 +28,11 @@ SCHEMA: dict[str, str] = {
     "compare.<model_a>.<model_b>.<ci_low|ci_high>": "its paired bootstrap 95% CI (patients, "
     "and CV repeats when present)",
     "compare.<model_a>.<model_b>.p": "two-sided bootstrap p of the difference",
-    "compare.<model_a>.<model_b>.within_noise": "1 when the CI spans 0: within noise",
+    "compare.<model_a>.<model_b>.<cv_ci_low|cv_ci_high>": "the corrected resampled t 95% CI "
+    "of the per-fold difference over the CV's folds and repeats (Nadeau & Bengio 2003)",
+    "compare.<model_a>.<model_b>.cv_p": "its two-sided p",
+    "compare.<model_a>.<model_b>.within_noise": "1 (within noise) unless the bootstrap CI and "
+    "the corrected CI over folds both exclude 0 on the same side",
     "ceiling.<target>": "noise ceiling of the target (targets stage, reliability.json)",
     "missing.<model>.<wsi|mri>.<percent>": "macro-r with that % of tiles / sequences removed",
     "gate.<stratifier>.<stratum>.share_wsi": "mean WSI share of the fused representation, "

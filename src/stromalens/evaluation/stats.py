@@ -228,9 +228,7 @@ def paired_difference(
     }
 
 
-def corrected_resampled_t(
-    differences, n_train, n_test, alpha: float = 0.05
-) -> dict[str, float]:
+def corrected_resampled_t(differences, n_train, n_test, alpha: float = 0.05) -> dict[str, float]:
     r"""The mean of per-split differences d_1..d_J of a cross-validation (one per fold of each
     repeat, e.g. r(A) − r(B) on the fold's held-out patients) with Nadeau and Bengio's
     corrected resampled t interval:
@@ -271,8 +269,10 @@ def corrected_resampled_t(
     if not (n1 > 0 and n2 > 0):
         raise ValueError(f"training and test sizes must be > 0, got {n1!r} and {n2!r}")
     nan = float("nan")
-    out = {"estimate": float(d.mean()) if d.size else nan, "se": nan, "ci_low": nan,
-           "ci_high": nan, "t": nan, "p": nan, "df": float(d.size - 1), "splits": int(d.size)}  # fmt: skip
+    out = dict.fromkeys(("se", "ci_low", "ci_high", "t", "p"), nan)
+    out.update(
+        estimate=float(d.mean()) if d.size else nan, df=float(d.size - 1), splits=int(d.size)
+    )
     if d.size < 2:
         return out
     se = float(np.sqrt((1.0 / d.size + n2 / n1) * d.var(ddof=1)))

@@ -152,9 +152,9 @@ import pandas as pd
 from scipy import stats
 
 from ..correlation import pearson
-from .stats import corrected_resampled_t
 from ..names import PROPOSED
 from ..rundir import metric_key, parse_metric_key
+from .comparisons import SPLIT_COLUMNS, fold_differences, over_folds
 
 #: (mechanism, the claim of its analysis), in the order of the table.
 MECHANISMS: tuple[tuple[str, str], ...] = (
@@ -340,61 +340,17 @@ def _oracle_interaction(table):
 
 
 # --------------------------------------------------------------------------- effects
-def fold_r_differences(
-    predictions: pd.DataFrame,
-    model_a: str,
-    model_b: str,
-    truth: pd.Series | None = None,
-    target: str = "ers_caf",
-) -> pd.DataFrame:
-    """Per fold of each CV repeat, r(model_a, y) − r(model_b, y) on the fold's held-out
-    patients (those with both models' predictions), y = ``truth`` (index patient_id, e.g. the
-    latent a) or, without it, the measured target (``y_true``). Columns ``repeat``, ``fold``,
-    ``n_test``, ``n_train`` (the repeat's other patients, who trained the fold's models) and
-    ``difference``: the d_j of :func:`~stromalens.evaluation.stats.corrected_resampled_t`."""
-    part = predictions[(predictions["target"] == target)
-                       & predictions["model"].isin([model_a, model_b])]  # fmt: skip
-    if "repeat" not in part:
-        part = part.assign(repeat=0)
-    rows = []
-    for repeat, in_repeat in part.groupby("repeat", sort=True):
-        patients = in_repeat["patient_id"].nunique()
-        for fold, in_fold in in_repeat.groupby("fold", sort=True):
-            wide = in_fold.pivot(index="patient_id", columns="model", values="y_pred")
-            if not {model_a, model_b} <= set(wide.columns):
-                continue
-            if truth is None:
-                y = in_fold.drop_duplicates("patient_id").set_index("patient_id")["y_true"]
-            else:
-                y = truth
-            data = wide[[model_a, model_b]].join(y.rename("y"), how="inner").dropna()
-            difference = (pearson(data[model_a], data["y"]) - pearson(data[model_b], data["y"])
-                          if len(data) > 2 else np.nan)  # fmt: skip
-            rows.append({"repeat": repeat, "fold": fold, "n_test": len(data),
-                         "n_train": patients - in_fold["patient_id"].nunique(),
-                         "difference": float(difference)})  # fmt: skip
-    return pd.DataFrame(rows, columns=["repeat", "fold", "n_test", "n_train", "difference"])
-
-
-def _corrected(splits: pd.DataFrame, n: int):
-    """(d̄, ci_low, ci_high, n) of the splits' differences by the corrected resampled t."""
-    splits = splits.astype({"difference": float, "n_train": float, "n_test": float})
-    splits = splits[np.isfinite(splits["difference"]) & (splits["n_train"] > 0)]
-    if len(splits) < 2:
-        return None
-    out = corrected_resampled_t(splits["difference"], splits["n_train"], splits["n_test"])
-    return out["estimate"], out["ci_low"], out["ci_high"], n
-
-
 def _model_gap(predictions, truth, model_a: str, model_b: str = "mean_pool"):
     """r(model_a, y) − r(model_b, y) of the out-of-fold ERS–CAF predictions over the CV's
     folds and repeats (corrected resampled t); y = ``truth`` (the latent a) or the measured
     target when ``truth`` is None."""
     if predictions is None:
         return None
-    splits = fold_r_differences(predictions, model_a, model_b, truth)
+    out = over_folds(fold_differences(predictions, model_a, model_b, ["ers_caf"], truth))
+    if out is None:
+        return None
     part = predictions[predictions["model"].isin([model_a, model_b])]
-    return _corrected(splits, int(part["patient_id"].nunique()))
+    return out["estimate"], out["ci_low"], out["ci_high"], int(part["patient_id"].nunique())
 
 
 def _attention_gap(predictions, truth, attention: str = "abmil"):
@@ -407,7 +363,8 @@ def _attention_gap(predictions, truth, attention: str = "abmil"):
 def gate_fold_differences(shares: pd.DataFrame, location: pd.Series) -> pd.DataFrame:
     """(b) per fold: mean WSI share of the fused contribution in sacral minus skull-base
     held-out patients with both modalities (``shares``: the probes' per-patient rows with
-    ``fold``; ``location`` indexed by patient_id). Columns as :func:`fold_r_differences`'s;
+    ``fold``; ``location`` indexed by patient_id). Columns
+    :data:`~stromalens.evaluation.comparisons.SPLIT_COLUMNS`;
     a fold without both locations gives NaN."""
     rows = []
     total = shares["patient_id"].nunique()
@@ -421,7 +378,7 @@ def gate_fold_differences(shares: pd.DataFrame, location: pd.Series) -> pd.DataF
         n_fold = in_fold["patient_id"].nunique()
         rows.append({"repeat": 0, "fold": fold, "n_test": n_fold, "n_train": total - n_fold,
                      "difference": float(difference)})  # fmt: skip
-    return pd.DataFrame(rows, columns=["repeat", "fold", "n_test", "n_train", "difference"])
+    return pd.DataFrame(rows, columns=list(SPLIT_COLUMNS))
 
 
 def _gate_migration(gates, shares=None, clinical=None):
@@ -430,10 +387,9 @@ def _gate_migration(gates, shares=None, clinical=None):
     if shares is not None and clinical is not None and "location" in clinical:
         location = clinical["location"].astype("string")
         location.index = location.index.astype(str)
-        splits = gate_fold_differences(shares, location)
-        found = _corrected(splits, int(shares["patient_id"].nunique()))
-        if found is not None:
-            return found
+        out = over_folds(gate_fold_differences(shares, location))
+        if out is not None:
+            return out["estimate"], out["ci_low"], out["ci_high"], shares["patient_id"].nunique()
     if gates is None:
         return None
     part = gates[(gates["model"] == PROPOSED) & (gates["stratifier"] == "location")]

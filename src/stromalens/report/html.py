@@ -565,8 +565,10 @@ def section_fidelity(run: RunFiles) -> Section:
                     comparisons,
                     "Headline comparisons (paired)",
                     "Δ macro-r of model A minus model B on the same patients, paired bootstrap "
-                    "95% CI over patients (and CV repeats when the run has them); "
-                    "'within noise' where the CI spans 0.",
+                    "95% CI over patients (and CV repeats when the run has them); cv_*: the "
+                    "mean per-fold difference with Nadeau and Bengio's corrected resampled t "
+                    "interval over the CV's fits; 'within noise' unless both intervals "
+                    "exclude 0 on the same side.",
                 )
             )
     return Section(
