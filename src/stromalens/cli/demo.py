@@ -91,10 +91,12 @@ def demo_config(
     quick: bool = False,
     weights: Path | None = None,
     corpus_note: str | None = None,
+    repeats: int | None = None,
 ):
     """configs/demo.yaml with its cohort paths pointed at ``dev_dir`` and ``ext_dir``, the
-    encoder's weights at ``weights`` and ``corpus_note`` (what the CLIP was trained on) added
-    to the notes the report shows."""
+    encoder's weights at ``weights``, ``corpus_note`` (what the CLIP was trained on) added
+    to the notes the report shows and, with ``repeats``, the outer CV repeated that many
+    times (``training.repeats``; the demo's own is 1)."""
     from ..config import StudyConfig, validate_settings
 
     path = demo_config_path()
@@ -116,6 +118,8 @@ def demo_config(
         data["radiomics"]["settings"]["extraction"]["imageType"] = {"Original": {}}
     if corpus_note:
         data["notes"] = f"{data['notes']} {corpus_note}"
+    if repeats is not None:
+        data["training"]["repeats"] = int(repeats)
     return validate_settings(StudyConfig, data, source=str(path))
 
 
@@ -174,12 +178,20 @@ def demo(
     effect_scale: float = typer.Option(
         1.0, "--effect-scale", min=0.0, help="K: every mechanism's effect size × K (0: none)."
     ),
+    repeats: int = typer.Option(
+        None,
+        "--repeats",
+        min=1,
+        help="Repeat the outer CV R times with other fold splits (default: configs/demo.yaml's "
+        "1; each repeat adds about one CV's time).",
+    ),
 ) -> None:
     """Generate the synthetic cohorts and run the full study on them (stromalens run)."""
     from ..study.runner import study_lock
 
     with study_lock(out_folder(out)):  # before the cohorts: a second demo into OUT stops here
-        run_demo(out, patients, external_patients, seed, quick=quick, null=null, scale=effect_scale)
+        run_demo(out, patients, external_patients, seed, quick=quick, null=null,
+                 scale=effect_scale, repeats=repeats)  # fmt: skip
 
 
 def run_demo(
@@ -191,9 +203,11 @@ def run_demo(
     quick: bool,
     null: bool,
     scale: float = 1.0,
+    repeats: int | None = None,
 ) -> dict:
-    """The demo's steps (see the module docstring), every mechanism's size × ``scale``;
-    returns the ``demo.json`` record."""
+    """The demo's steps (see the module docstring), every mechanism's size × ``scale``, the
+    outer CV repeated ``repeats`` times (None: the configuration's); returns the
+    ``demo.json`` record."""
     from ..config import MechanismsConfig
     from ..wsi.synthclip import CHECKPOINT_NAME
     from .run import run_and_summarise
@@ -227,7 +241,8 @@ def run_demo(
         "the targets use the shipped curated ERS–CAF set and the TIL10 signature. Planted "
         f"mechanisms: {_planted_words(null, scale)}."
     )
-    config = demo_config(dev_dir, ext_dir, quick=quick, weights=checkpoint, corpus_note=note)
+    config = demo_config(dev_dir, ext_dir, quick=quick, weights=checkpoint, corpus_note=note,
+                         repeats=repeats)  # fmt: skip
     console.rule("[bold]stromalens run (configs/demo.yaml)")
     summary = run_and_summarise(config, out)
     truth = _truth_check(dev_dir, out / "targets" / "targets.parquet")
@@ -248,6 +263,7 @@ def run_demo(
         "quick": quick,
         "null": null,
         "effect_scale": scale,
+        "repeats": config.training.repeats,
         "clip_corpus": note,
         "patients": patients,
         "external_patients": external_patients,
