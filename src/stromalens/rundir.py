@@ -388,6 +388,22 @@ class RunFiles:
         return self._load(PREDICTIONS, self.layout.predictions, read)
 
     @property
+    def repeated_predictions(self):
+        """Every repeat's out-of-fold predictions (column ``repeat``, 0 for a single CV) or
+        None: what the comparisons over fits read (:mod:`stromalens.evaluation.comparisons`);
+        :attr:`predictions` is repeat 0 alone."""
+
+        def read(path):
+            import pandas as pd
+
+            frame = pd.read_parquet(path)
+            if "repeat" not in frame.columns:
+                frame = frame.assign(repeat=0)
+            return frame.assign(patient_id=frame["patient_id"].astype(str))
+
+        return self._load("repeated " + PREDICTIONS, self.layout.predictions, read)
+
+    @property
     def folds(self):
         """patient_id → outer fold (Series) or None."""
 

@@ -182,5 +182,11 @@ def test_repeated_cv_reassigns_the_folds_and_labels_every_row(tmp_path):
     )
     read = RunFiles(tmp_path / "twice").predictions
     assert len(read) == len(once) and set(read["repeat"]) == {0}
+    # the comparisons over fits read every repeat: 2 repeats × 3 folds = 6 splits
+    from stromalens.evaluation.comparisons import fold_differences
+
+    every = RunFiles(tmp_path / "twice").repeated_predictions
+    assert len(every) == len(both) and set(every["repeat"]) == {0, 1}
+    assert len(fold_differences(every, "mean_pool", "mri")) == 6
     with pytest.raises(ValueError, match="repeats"):
         run_cv(study, tmp_path / "bad", FAST, repeats=0, **options)

@@ -152,7 +152,10 @@ def _fidelity(context: Context) -> Tables:
         "fidelity.csv": fidelity(preds, context.run.reliability),
         "fidelity_macro.csv": fidelity_macro(preds),
     }
-    comparisons = paired_comparisons(preds, n_boot=context.n_boot, seed=context.seed)
+    # every CV repeat: the comparisons average over them and test over their folds
+    comparisons = paired_comparisons(
+        context.run.repeated_predictions, n_boot=context.n_boot, seed=context.seed
+    )
     if len(comparisons):
         tables["comparisons.csv"] = comparisons
     return tables
@@ -480,7 +483,7 @@ def _validation(context: Context) -> Tables:
         read_planted(context.run.manifest_path),
         context.gathered,
         written,
-        context.run.predictions,
+        context.run.repeated_predictions,  # (a), (g): over every repeat's folds
         context.run.truth,
         clinical=context.run.clinical,
         n_boot=context.n_boot,
