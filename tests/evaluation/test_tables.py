@@ -223,6 +223,17 @@ def test_missing_modality_and_prompt_tables():
     by = prompts.set_index(["prompt_set", "target"])["r"]
     assert by[("CUR", "lr")] == pytest.approx(1.0) and by[("NONE", "lr")] == pytest.approx(-1.0)
     assert 0 < by[("ANTI", "lr")] < 1 and "COOP" not in prompts["prompt_set"].values
+    # over the 3 folds of 10: NONE − CUR is r(−y) − r(y) = −2 on every fold (SD 0, so the
+    # interval is the point); ANTI − CUR per fold by numpy, Nadeau & Bengio by hand
+    cv = prompts.set_index(["prompt_set", "target"])
+    assert cv.loc[("NONE", "lr"), "cv_diff_vs_cur"] == pytest.approx(-2.0)
+    assert cv.loc[("NONE", "lr"), "cv_ci_high"] == pytest.approx(-2.0)
+    anti = perturbed[perturbed.target == "lr"]
+    d = [np.corrcoef(f["y_pred"], f["y_true"])[0, 1] - 1.0 for _, f in anti.groupby("fold")]
+    half = 4.3026527 * np.sqrt((1 / 3 + 10 / 20) * np.var(d, ddof=1))  # t_{0.975, 2}
+    assert cv.loc[("ANTI", "lr"), "cv_diff_vs_cur"] == pytest.approx(np.mean(d))
+    assert cv.loc[("ANTI", "lr"), "cv_ci_low"] == pytest.approx(np.mean(d) - half)
+    assert np.isnan(cv.loc[("CUR", "lr"), "cv_diff_vs_cur"])
 
 
 def test_distillation_ratios():

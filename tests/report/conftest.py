@@ -267,7 +267,11 @@ def make_train_dir(root: Path, n: int = 30, folds: int = 3, seed: int = 0) -> Pa
     base = {"NONE": 0.45, "CUR": 0.7, "COOP": 0.72, "SYN": 0.66, "ANTI": 0.2, "OOD": 0.3}
     pd.DataFrame(
         [
-            {"prompt_set": ps, "target": t, "r": r - 0.05 * k, "r_fold_sd": 0.06, "n": n}
+            {"prompt_set": ps, "target": t, "r": r - 0.05 * k, "r_fold_sd": 0.06, "n": n,
+             # the difference to CUR over the folds (NaN on CUR's own row)
+             "cv_diff_vs_cur": np.nan if ps == "CUR" else r - base["CUR"],
+             "cv_ci_low": np.nan if ps == "CUR" else r - base["CUR"] - 0.1,
+             "cv_ci_high": np.nan if ps == "CUR" else r - base["CUR"] + 0.1}  # fmt: skip
             for ps, r in base.items()
             for k, t in enumerate(TARGETS)
         ]

@@ -228,3 +228,10 @@ def test_the_title_is_the_studys_name_and_its_notes_are_shown(tmp_path, train_di
     html = write_report(run).read_text(encoding="utf-8")
     assert "<title>stromalens report — Chordoma ERS-CAF study</title>" in html
     assert "Site E joined in 2025." in html
+
+
+def test_the_prompt_section_shows_the_difference_to_cur_over_the_folds(report_html):
+    # conftest: ANTI − CUR = 0.2 − 0.7 = −0.50 on ers_caf, interval ± 0.1
+    text = report_html.read_text(encoding="utf-8")
+    assert "Difference to CUR, mean over folds" in text
+    assert "-0.50 [-0.60, -0.40]" in text

@@ -54,6 +54,22 @@ def paired_r_difference(
     return diff, float(low), float(high), float(max(p, 1 / (len(boot) + 1)))
 
 
+#: The prompt-perturbation table's columns of the difference to CUR over the folds.
+CV_COLUMNS = ("cv_diff_vs_cur", "cv_ci_low", "cv_ci_high", "cv_p_vs_cur")
+
+
+def _over_folds(perturbed: pd.DataFrame, cur: pd.DataFrame, target: str) -> dict:
+    """The CV_COLUMNS of one prompt set against CUR on the same folds (NaN without 2 folds)."""
+    from .comparisons import fold_differences, over_folds
+
+    frame = pd.concat([perturbed.assign(model="set"), cur.assign(model="CUR")])
+    out = over_folds(fold_differences(frame, "set", "CUR", [target]))
+    if out is None:
+        return {}
+    return dict(zip(CV_COLUMNS, (out["estimate"], out["ci_low"], out["ci_high"], out["p"]),
+                    strict=True))  # fmt: skip
+
+
 def prompt_perturbation_table(
     predictions: pd.DataFrame, perturbed: pd.DataFrame | None, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
@@ -62,7 +78,12 @@ def prompt_perturbation_table(
     ``diff_ci_low``, ``diff_ci_high``, ``p_vs_cur``), for the WSI branch, all out of fold on
     the same folds: NONE (``clip_mil_none``), CUR (``wsi_clip``), COOP (``clip_mil_coop``) of
     the main CV; SYN, ANTI, OOD (``perturbed``, column ``prompt_set``) of the CLIP-guided
-    model retrained with each prompt set (:mod:`stromalens.training.prompt_sets`)."""
+    model retrained with each prompt set (:mod:`stromalens.training.prompt_sets`). Beside the
+    patient bootstrap, which resamples patients but not fits, the difference over the folds:
+    the mean per-fold r difference with Nadeau and Bengio's corrected resampled t interval and
+    p (``cv_diff_vs_cur``, ``cv_ci_low``, ``cv_ci_high``, ``cv_p_vs_cur``;
+    :func:`~stromalens.evaluation.comparisons.over_folds`), which holds how much the
+    difference moves between fits."""
     sources = {
         "NONE": predictions[predictions["model"] == "clip_mil_none"],
         "CUR": predictions[predictions["model"] == "wsi_clip"],
@@ -96,6 +117,7 @@ def prompt_perturbation_table(
                 "diff_ci_low": np.nan,
                 "diff_ci_high": np.nan,
                 "p_vs_cur": np.nan,
+                **dict.fromkeys(CV_COLUMNS, np.nan),
             }
             cur = sources.get("CUR")
             if label != "CUR" and cur is not None and not cur.empty:
@@ -111,5 +133,6 @@ def prompt_perturbation_table(
                         seed,
                     )
                     row.update(diff_vs_cur=diff, diff_ci_low=low, diff_ci_high=high, p_vs_cur=p)
+                row.update(_over_folds(t_part, cur[cur["target"] == target], target))
             rows.append(row)
     return pd.DataFrame(rows)

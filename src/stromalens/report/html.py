@@ -648,6 +648,16 @@ def section_prompts(run: RunFiles) -> Section:
                 PROMPT_SETS,
             )
         )
+        if "cv_diff_vs_cur" in pert:  # a table evaluated before the fold test lacks it
+            blocks.append(
+                _wide(
+                    pert[pert["prompt_set"] != "CUR"],
+                    "prompt_set",
+                    "Difference to CUR, mean over folds [corrected resampled t 95% CI]",
+                    lambda r: _ci(r["cv_diff_vs_cur"], r["cv_ci_low"], r["cv_ci_high"], 2),
+                    PROMPT_SETS,
+                )
+            )
         if tiles is None:
             blocks.append(_missing(["evaluation/attention_tiles.parquet"]))
     return Section("fig4", "Fig. 4 — Text prompts", "How much the text guidance matters.", blocks)
