@@ -54,6 +54,7 @@ QUICK: dict = {
         "harmonise": False,
         "folds": 3,
         "inner_folds": 2,
+        "repeats": 1,
         "settings": {
             "hidden": 16,
             "epochs_stage1": 2,
@@ -96,7 +97,7 @@ def demo_config(
     """configs/demo.yaml with its cohort paths pointed at ``dev_dir`` and ``ext_dir``, the
     encoder's weights at ``weights``, ``corpus_note`` (what the CLIP was trained on) added
     to the notes the report shows and, with ``repeats``, the outer CV repeated that many
-    times (``training.repeats``; the demo's own is 1)."""
+    times (``training.repeats``; the demo's own is 3, the quick demo's 1)."""
     from ..config import StudyConfig, validate_settings
 
     path = demo_config_path()
@@ -183,7 +184,7 @@ def demo(
         "--repeats",
         min=1,
         help="Repeat the outer CV R times with other fold splits (default: configs/demo.yaml's "
-        "1; each repeat adds about one CV's time).",
+        "3, 1 with --quick).",
     ),
 ) -> None:
     """Generate the synthetic cohorts and run the full study on them (stromalens run)."""

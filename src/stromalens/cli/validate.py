@@ -15,21 +15,14 @@ from .options import out_folder
 console = Console()
 
 
-#: Outer-CV repeats of each half by default: the model-comparison rows are tested over the
-#: folds of every repeat (corrected resampled t), and 3 × 5 fits give that test 14 degrees of
-#: freedom where one CV gives 4; each repeat adds about one CV's time (≈ 1.5 min per half
-#: on a 2-core machine).
-REPEATS = 3
-
-
 def _demo_command(
     folder: Path, null: bool, patients, external_patients, seed, quick, effect_scale=1.0,
-    repeats=REPEATS,
+    repeats=None,
 ) -> list:  # fmt: skip
     command = [sys.executable, "-m", "stromalens.cli", "demo", "--out", str(folder)]
     command += ["--patients", str(patients), "--external-patients", str(external_patients)]
     command += ["--seed", str(seed)] + (["--quick"] if quick else []) + (["--null"] if null else [])
-    command += ["--repeats", str(int(repeats))]
+    command += ["--repeats", str(int(repeats))] if repeats is not None else []
     return command + ["--effect-scale", repr(float(effect_scale))]
 
 
@@ -52,7 +45,7 @@ def validate_method(
         None,
         "--repeats",
         min=1,
-        help=f"Outer-CV repeats per half (default {REPEATS}; 1 with --quick): the model "
+        help="Outer-CV repeats per half (default: the demo's, 3; 1 with --quick): the model "
         "comparisons are tested over every repeat's folds.",
     ),
 ) -> None:
@@ -61,9 +54,6 @@ def validate_method(
     from ..evaluation.validation import matrix_markdown
     from ..rundir import ValidationLayout
     from ..study.validation import validate_method as run
-
-    if repeats is None:
-        repeats = 1 if quick else REPEATS
 
     def half(folder: Path, null: bool) -> None:
         # Each half in its own process: the second half's cohort generation forks worker
