@@ -56,8 +56,9 @@ def test_a_half_of_a_validate_method_folder_shows_the_matrix(train_dir, tmp_path
     section = section_validation(RunFiles.read(train))
     table, note = section.blocks[-2:]
     assert table.title.startswith("Validation matrix")
-    assert table.columns[-3:] == ["null planted", "null effect [95% CI]", "null detected"]
-    assert table.rows[0][-3:] == ["0.00", "0.100 [-0.050, 0.200]", "no"]
+    assert table.columns[-4:-1] == ["null planted", "null effect [95% CI]", "null detected"]
+    assert table.rows[0][-4:-1] == ["0.00", "0.100 [-0.050, 0.200]", "no"]
+    assert table.columns[-1] == "planted − null [95% CI]"  # validation.combine's difference
     assert "false positives): none." in note.text
     html = render(RunFiles.read(train))
     assert "Method validation" in html and "Validation matrix (planted and null cohorts)" in html

@@ -44,6 +44,13 @@ def test_the_matrix_pairs_each_mechanism_with_its_null(tmp_path):
     assert row.loc["reliability", "null_effect"] == 0.01
     assert not row.loc["reliability", "null_detected"]
     assert math.isnan(row.loc["site", "effect"]) and not row.loc["site", "detected"]
+    # planted − null: 0.2 − 0.01, se from each 95% interval, (0.3 − 0.1)/3.919928 and
+    # (0.12 + 0.1)/3.919928; 0.19 ± 1.959964·sqrt(se_p² + se_0²) = [0.04134, 0.33866] by hand
+    assert row.loc["reliability", "planted_minus_null"] == pytest.approx(0.19)
+    assert row.loc["reliability", "pmn_ci_low"] == pytest.approx(0.04134, abs=1e-5)
+    assert row.loc["reliability", "pmn_ci_high"] == pytest.approx(0.33866, abs=1e-5)
+    assert row.loc["reliability", "pmn_detected"]
+    assert math.isnan(row.loc["site", "planted_minus_null"])
     # the files: the CSV reads back to the same matrix; the Markdown says what was recovered
     again = pd.read_csv(layout.matrix_csv)
     pd.testing.assert_frame_equal(again, matrix, check_dtype=False)
@@ -52,6 +59,7 @@ def test_the_matrix_pairs_each_mechanism_with_its_null(tmp_path):
     assert row_md in text
     assert "| site | 0.5 | — | no |" in text
     assert "Not recovered: site." in text and "false positives): none." in text
+    assert "0.190 [0.041, 0.339] |" in text and "Planted above null" in text
     assert "not tuned" in text
     assert ValidationLayout.around(layout.half(True)) == layout
     assert ValidationLayout.around(tmp_path / "elsewhere") is None

@@ -634,14 +634,37 @@ def read_planted(manifest_path: Path | None) -> dict[str, float] | None:
     return planted_sizes(mechanisms) if mechanisms else None
 
 
+#: The matrix's columns of the planted run's effect minus the null run's (:func:`combine`).
+SPECIFIC = ("planted_minus_null", "pmn_ci_low", "pmn_ci_high", "pmn_detected")
+
+
 def combine(planted: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
-    """The validation matrix: a planted and a null run's tables side by side per mechanism."""
+    r"""The validation matrix: a planted and a null run's tables side by side per mechanism,
+    and the planted effect minus the null's (:data:`SPECIFIC`).
+
+    An analysis can detect its mechanism on the planted cohort and also on the null one, when
+    what it measures is not specific to the mechanism (attention beats mean pooling wherever
+    the evidence lies in part of the tiles, sparse or not). The difference says whether the
+    planted cohort shows more than the null:
+    :math:`\Delta = e_p - e_0 \pm z_{0.975}\sqrt{se_p^2 + se_0^2}`, each se read back from its
+    row's 95% interval as (high − low) / (2·1.96). Treating the halves as independent is
+    conservative when they share a seed (their noise is then positively correlated), and a
+    Bonferroni-widened row's se is overstated, which is conservative too. ``pmn_detected`` is
+    ``pmn_ci_low > 0``."""
     keep = ["mechanism", "claim", EFFECT_SCALE, "planted", "effect", "ci_low", "ci_high"]
     keep.append("detected")
     right = null[keep[:1] + keep[2:]].rename(
         columns=lambda c: c if c == "mechanism" else f"null_{c}"
     )
-    return planted[keep].merge(right, on="mechanism", how="left")
+    matrix = planted[keep].merge(right, on="mechanism", how="left")
+    se = (matrix["ci_high"] - matrix["ci_low"]) / (2 * Z95)
+    null_se = (matrix["null_ci_high"] - matrix["null_ci_low"]) / (2 * Z95)
+    difference = matrix["effect"] - matrix["null_effect"]
+    half = Z95 * np.sqrt(se**2 + null_se**2)
+    matrix["planted_minus_null"] = difference
+    matrix["pmn_ci_low"], matrix["pmn_ci_high"] = difference - half, difference + half
+    matrix["pmn_detected"] = (matrix["pmn_ci_low"] > 0).where(matrix["pmn_ci_low"].notna())
+    return matrix
 
 
 # --------------------------------------------------------------------------- wording
@@ -663,6 +686,10 @@ def recovery_sentence(table: pd.DataFrame) -> str:
     if "null_detected" in table:
         false = table["null_detected"].map(lambda v: _yes(v) == "yes")
         parts.append(f"Detected on the null cohort (false positives): {_names(table, false)}.")
+    if "pmn_detected" in table:
+        above = table["pmn_detected"].map(lambda v: _yes(v) == "yes") & claim
+        parts.append(f"Planted above null (95% CI of the difference above 0): "
+                     f"{_names(table, above)}.")  # fmt: skip
     if (~claim).any():
         parts.append(
             "Reference arms (the same analyses with the measured targets as perfect predictions): "
@@ -699,16 +726,21 @@ def _size(value) -> str:
 
 def matrix_markdown(matrix: pd.DataFrame) -> str:
     """The validation matrix (:func:`combine`) as a Markdown table and its sentence."""
+    specific = "planted_minus_null" in matrix
     lines = [
         f"Effect scale K = {_size(float(matrix[EFFECT_SCALE].iloc[0]))}.\n",
         "| mechanism | planted | recovered effect [95% CI] | detected | null planted | "
-        "null effect [95% CI] | null detected |",
-        "|---|---|---|---|---|---|---|",
+        "null effect [95% CI] | null detected |"
+        + (" planted − null [95% CI] |" if specific else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if specific else ""),
     ]
     for r in matrix.itertuples(index=False):
-        lines.append(
+        line = (
             f"| {r.mechanism} | {_size(r.planted)} | {_interval(r.effect, r.ci_low, r.ci_high)} "
             f"| {_yes(r.detected)} | {_size(r.null_planted)} | "
             f"{_interval(r.null_effect, r.null_ci_low, r.null_ci_high)} | {_yes(r.null_detected)} |"
         )
+        if specific:
+            line += f" {_interval(r.planted_minus_null, r.pmn_ci_low, r.pmn_ci_high)} |"
+        lines.append(line)
     return "\n".join(lines) + "\n\n" + recovery_sentence(matrix) + "\n"

@@ -933,14 +933,19 @@ def validation_blocks(table: pd.DataFrame, matrix: pd.DataFrame | None) -> list[
     shown = matrix if matrix is not None else table
     columns = ["mechanism", "claim", "planted", "recovered effect [95% CI]", "detected"]
     cells = _validation_rows(shown)
+    specific = matrix is not None and "planted_minus_null" in matrix
     if matrix is not None:
         columns += ["null planted", "null effect [95% CI]", "null detected"]
         nulls = _validation_rows(matrix, "null_")
+    if specific:
+        columns.append("planted − null [95% CI]")
     rows = []
     for i, (_, r) in enumerate(shown.iterrows()):
         row = [str(r["mechanism"]), str(r["claim"]), _fmt(r["planted"], 2), *cells[i]]
         if matrix is not None:
             row += [_fmt(r["null_planted"], 2), *nulls[i]]
+        if specific:
+            row.append(_ci(r["planted_minus_null"], r["pmn_ci_low"], r["pmn_ci_high"], 3))
         rows.append(row)
     title = "Validation matrix (planted and null cohorts)" if matrix is not None else (
         "Planted mechanisms and what their analyses recover")  # fmt: skip
