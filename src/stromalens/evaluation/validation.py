@@ -139,7 +139,10 @@ per-patient shares are absent, and (g) to the prompt-perturbation table's paired
 r(NONE) − r(CUR) (:mod:`.robustness`), negated, when the predictions lack the NONE model.
 
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
-should not detect it; :func:`combine` puts a planted and a null run side by side.
+should not detect it; :func:`combine` puts a planted and a null run side by side, with the
+planted effect minus the null's: an analysis that fires on both halves measures something the
+null cohort has too (for (a): attention beats mean pooling wherever the evidence lies in part of
+the tiles, the stroma, whether or not it is sparse within it).
 
 (c) is the exception among the model comparisons: its splits are the S = 3 held-out sites, one
 fit each, so a fold-level interval would have 2 degrees of freedom and would ask about a
