@@ -141,8 +141,10 @@ r(NONE) − r(CUR) (:mod:`.robustness`), negated, when the predictions lack the 
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
 should not detect it; :func:`combine` puts a planted and a null run side by side, with the
 planted effect minus the null's: an analysis that fires on both halves measures something the
-null cohort has too (for (a): attention beats mean pooling wherever the evidence lies in part of
-the tiles, the stroma, whether or not it is sparse within it).
+null cohort has too. Measured for (a) at K = 1, seed 1: ABMIL beat mean pooling by 0.101 on the
+planted cohort and by 0.106 [0.053, 0.160] on the diffuse null, planted − null −0.005. A likely
+reading (not tested apart): attention gains wherever the evidence lies in part of the tiles —
+the stroma — whether or not it is sparse within the stroma.
 
 (c) is the exception among the model comparisons: its splits are the S = 3 held-out sites, one
 fit each, so a fold-level interval would have 2 degrees of freedom and would ask about a
