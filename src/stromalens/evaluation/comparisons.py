@@ -17,8 +17,8 @@ same draw for A and B, so the patient-by-patient agreement of the two models can
 Tibshirani 1993, ch. 13); with R > 1 it also draws the R repeats with replacement, so the
 interval holds the variability of the fold split too (a two-stage bootstrap, Davison &
 Hinkley 1997, §2.4). p is the two-sided bootstrap p
-(:func:`stromalens.evaluation.stats.bootstrap_p`). ``verdict`` reads ``within noise`` where
-the interval spans 0, else which model is better.
+(:func:`stromalens.evaluation.stats.bootstrap_p`). ``verdict`` reads ``within noise`` unless
+this interval and the one over the fits (below) both exclude 0, else which model is better.
 
 The bootstrap resamples out-of-fold predictions; it does not retrain, so it leaves out the
 variability of training itself (Bouthillier et al. 2021, *MLSys*). Beside it each row has the
