@@ -141,11 +141,14 @@ r(NONE) − r(CUR) (:mod:`.robustness`), negated, when the predictions lack the 
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
 should not detect it; :func:`combine` puts a planted and a null run side by side, with the
 planted effect minus the null's: an analysis that fires on both halves measures something the
-null cohort has too. Measured for (a) at K = 1, seed 1: ABMIL beat mean pooling by 0.101 on the
-planted cohort and by 0.106 [0.053, 0.160] on the diffuse null, planted − null −0.005. It is
-not a gain from choosing the stroma: a ridge fit on the mean embedding of the stromal tiles
-reads a worse than one on all tiles (out-of-fold r 0.68 against 0.85 on that null; the stroma
-share itself carries a). What attention gains on the null is not identified.
+null cohort has too. Measured for (a) at K = 1, 3 × 5-fold CV, seeds 0–2: the diffuse null fired
+at seeds 1 and 2 (ABMIL − mean pooling 0.106 [0.053, 0.160] and 0.041 [0.010, 0.072]), and
+planted − null was −0.009, −0.005 and −0.052. Planting the hotspots lowers every slide model's
+reading of a (mean pooling r 0.72 → 0.39 at seed 0): the null, which spreads the same mean
+activation over all stroma, shows a more plainly. It is not a gain from choosing the stroma: a
+ridge fit on the mean embedding of the stromal tiles reads a no better than one on all tiles
+(out-of-fold r 0.68 against 0.85 on the seed-1 null, 0.86 against 0.85 on seed 0's). What
+attention gains on the null is not identified.
 
 (c) is the exception among the model comparisons: its splits are the S = 3 held-out sites, one
 fit each, so a fold-level interval would have 2 degrees of freedom and would ask about a
