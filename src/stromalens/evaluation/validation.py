@@ -652,9 +652,9 @@ def combine(planted: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
     and the planted effect minus the null's (:data:`SPECIFIC`).
 
     An analysis can detect its mechanism on the planted cohort and also on the null one, when
-    what it measures is not specific to the mechanism (attention beats mean pooling wherever
-    the evidence lies in part of the tiles, sparse or not). The difference says whether the
-    planted cohort shows more than the null:
+    what it measures is not specific to the mechanism ((a)'s attention gap fires on the
+    diffuse null too: module docstring). The difference says whether the planted cohort shows
+    more than the null:
     :math:`\Delta = e_p - e_0 \pm z_{0.975}\sqrt{se_p^2 + se_0^2}`, each se read back from its
     row's 95% interval as (high − low) / (2·1.96). Treating the halves as independent is
     conservative when they share a seed (their noise is then positively correlated), and a
