@@ -371,37 +371,38 @@ class RunFiles:
             self.missing.add(key)
         return self._cache[key]
 
-    @property
-    def predictions(self):
-        """Out-of-fold predictions (patient_id, fold, model, target, y_true, y_pred) or None:
-        one row per patient, model and target, of repeat 0 of a repeated CV (the folds of
-        ``folds.csv`` and of the bundle's fold models; the file holds every repeat)."""
+    def _every_repeat(self):
+        """``predictions.parquet`` as written (every repeat), read once for both views."""
 
         def read(path):
             import pandas as pd
 
             frame = pd.read_parquet(path)
-            if "repeat" in frame.columns:
-                frame = frame[frame["repeat"] == 0].reset_index(drop=True)
             return frame.assign(patient_id=frame["patient_id"].astype(str))
 
         return self._load(PREDICTIONS, self.layout.predictions, read)
+
+    @property
+    def predictions(self):
+        """Out-of-fold predictions (patient_id, fold, model, target, y_true, y_pred) or None:
+        one row per patient, model and target, of repeat 0 of a repeated CV (the folds of
+        ``folds.csv`` and of the bundle's fold models; the file holds every repeat)."""
+        if "repeat 0" not in self._cache:
+            frame = self._every_repeat()
+            if frame is not None and "repeat" in frame.columns:
+                frame = frame[frame["repeat"] == 0].reset_index(drop=True)
+            self._cache["repeat 0"] = frame
+        return self._cache["repeat 0"]
 
     @property
     def repeated_predictions(self):
         """Every repeat's out-of-fold predictions (column ``repeat``, 0 for a single CV) or
         None: what the comparisons over fits read (:mod:`stromalens.evaluation.comparisons`);
         :attr:`predictions` is repeat 0 alone."""
-
-        def read(path):
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
-            if "repeat" not in frame.columns:
-                frame = frame.assign(repeat=0)
-            return frame.assign(patient_id=frame["patient_id"].astype(str))
-
-        return self._load("repeated " + PREDICTIONS, self.layout.predictions, read)
+        frame = self._every_repeat()
+        if frame is None or "repeat" in frame.columns:
+            return frame
+        return frame.assign(repeat=0)
 
     @property
     def folds(self):
