@@ -67,6 +67,78 @@ def test_diffuse_null_spreads_the_same_mean_evenly():
     assert outside_hi > outside_lo  # a still raises the density, evenly
 
 
+def _render_with_evidence(latents: dict, spec, seed=(4, 5, 6)):
+    patients = biology.simulate_patients(1, seed=0)
+    patients[["a", "b", "h"]] = 0.0
+    fractions = expression.simulate_fractions(patients, seed=0).iloc[0]
+    return slides.render_slide(
+        fractions,
+        latents,
+        biology.make_site_effects("A", 0),
+        slides.SlideGeometry(width=1536, height=1024),
+        list(seed),
+        artefact_probability={"fold": 0, "blur": 0, "pen": 0},
+        evidence=spec,
+    )
+
+
+def test_outside_the_hotspots_neither_a_nor_b_changes_the_slide():
+    spec = slides.EvidenceSpec(share=0.2, per_a=0.5, per_b=0.3, sparse=True)
+    low = _render_with_evidence({"a": -2.0, "b": -2.0, "h": 0.0}, spec)
+    high = _render_with_evidence({"a": 2.0, "b": 2.0, "h": 0.0}, spec)
+    assert np.array_equal(low.evidence, high.evidence) and np.array_equal(low.labels, high.labels)
+
+    def cells_outside(r):
+        c = r.cells
+        inside = r.evidence[c["y"] // 4, c["x"] // 4].astype(bool)
+        return c.loc[~inside, ["x", "y", "kind"]].reset_index(drop=True)
+
+    # the same cells outside the hotspots, cell for cell (no slide-wide exclusion, no CAF excess)
+    pd.testing.assert_frame_equal(cells_outside(low), cells_outside(high))
+    assert len(low.exclusion_points) == len(high.exclusion_points)
+    # and inside them, more fibroblasts and stromal lymphocytes with a and b
+    for kind in ("fibroblast", "lymphocyte"):
+        counts = [
+            (r.cells["kind"] == kind)[
+                r.evidence[r.cells["y"] // 4, r.cells["x"] // 4].astype(bool)
+            ].sum()
+            for r in (low, high)
+        ]
+        assert counts[1] > 1.3 * counts[0], (kind, counts)
+
+
+def test_without_evidence_gains_sparse_and_diffuse_render_the_same_slide():
+    # K = 0: per_a = per_b = 0, so the latents leave no trace anywhere, sparse or diffuse
+    renders = [
+        _render_with_evidence(
+            {"a": a, "b": a, "h": 0.0},
+            slides.EvidenceSpec(share=0.2, per_a=0.0, per_b=0.0, sparse=sparse),
+        ).rgb
+        for a, sparse in ((-2.0, True), (2.0, True), (2.0, False))
+    ]
+    assert all(np.array_equal(renders[0], r) for r in renders[1:])
+
+
+def test_the_slides_fractions_do_not_follow_a_but_the_rnas_do():
+    patients = biology.simulate_patients(N, seed=3)
+    planted = mechanisms.planted(MechanismsConfig().null())
+    _, slide_f = _slide_biology(patients, 3, planted, external=False)
+    rna_f = expression.simulate_fractions(patients, 3)
+    assert abs(np.corrcoef(slide_f["CAF"], patients["a"])[0, 1]) < 4 / np.sqrt(N)
+    assert np.corrcoef(rna_f["CAF"], patients["a"])[0, 1] > 0.3
+    # the same tumours: at a = 0 the two compositions coincide, and the immune side always does
+    immune = list(expression.IMMUNE_TYPES)
+    at_zero = patients.assign(a=0.0)
+    pd.testing.assert_frame_equal(
+        _slide_biology(at_zero, 3, planted, external=False)[1],
+        expression.simulate_fractions(at_zero, 3),
+    )
+    np.testing.assert_allclose(
+        (slide_f[immune].T / slide_f[immune].sum(axis=1)).T,
+        (rna_f[immune].T / rna_f[immune].sum(axis=1)).T,
+    )
+
+
 # ------------------------------------------------------------- (b) modality reliability
 def test_reliability_factors_degrade_one_modality_per_location():
     assert mechanisms.reliability_factors("skull_base", 0.4) == (pytest.approx(0.6), 1.0)
@@ -178,16 +250,17 @@ def test_external_null_renders_slides_from_independent_latents():
     patients = biology.simulate_patients(N, seed=3, sites=("X",), site_shares=(1.0,))
     fractions = expression.simulate_fractions(patients, 3)
     visible = mechanisms.planted()
-    same, same_f = _slide_biology(patients, fractions, 3, visible, external=True)
-    assert same is patients and same_f is fractions
+    same, same_f = _slide_biology(patients, 3, visible, external=True)
+    assert same is patients
+    pd.testing.assert_frame_equal(same_f, expression.simulate_fractions(patients, 3, with_a=False))
     null = mechanisms.planted(MechanismsConfig().null())
-    decoy, decoy_f = _slide_biology(patients, fractions, 3, null, external=True)
+    decoy, decoy_f = _slide_biology(patients, 3, null, external=True)
     assert list(decoy.index) == list(patients.index)
     r = np.corrcoef(decoy["a"], patients["a"])[0, 1]
     assert abs(r) < 4 / np.sqrt(N)
     assert abs(np.corrcoef(decoy_f["CAF"], fractions["CAF"])[0, 1]) < 4 / np.sqrt(N)
     # the development cohort is never decoupled, whatever the switch
-    assert _slide_biology(patients, fractions, 3, null, external=False)[0] is patients
+    assert _slide_biology(patients, 3, null, external=False)[0] is patients
 
 
 # ------------------------------------------------------------------ the written cohort

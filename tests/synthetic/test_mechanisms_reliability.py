@@ -87,7 +87,9 @@ def _patients(config: MechanismsConfig, seed: int = 5):
 
 def test_the_degraded_stratum_loses_c_of_the_slides_biology_and_the_reliable_keeps_it():
     patients, fractions, planted, shifts = _patients(MechanismsConfig())
-    view, view_f = _slide_biology(patients, fractions, 5, planted, False, shifts)
+    view, view_f = _slide_biology(patients, 5, planted, False, shifts)
+    # the slide's composition is drawn at α·a = 0 (mechanism (a)); compare it with the RNA's
+    rna_free = expression.simulate_fractions(patients, 5, with_a=False)
     mu = patients["site"].map(shifts).to_numpy()
     for location, g in (("skull_base", 0.6), ("mobile_spine", 0.8), ("sacrum", 1.0)):
         at = (patients["location"] == location).to_numpy()
@@ -97,23 +99,19 @@ def test_the_degraded_stratum_loses_c_of_the_slides_biology_and_the_reliable_kee
             seen = (view[k] - (mu if k == "a" else 0.0))[at]
             r = np.corrcoef(dev, seen)[0, 1]
             assert abs(r - g) < 4 * (1 - g**2) / np.sqrt(n) + 1e-12, (location, k, r)
-        # the slide's CAF fraction (its stroma share and density) follows a, × g, and its
-        # log-ratio to the tumour (latent and composition noise alike) the RNA's, × g
-        lr_rna = np.log(fractions["CAF"] / fractions["Tumour"])[at]
+        # the log-ratio of the slide's CAF fraction to the tumour's (its stroma share and
+        # density) is the RNA's composition noise, × g; it does not follow a
+        lr_rna = np.log(rna_free["CAF"] / rna_free["Tumour"])[at]
         lr_slide = np.log(view_f["CAF"] / view_f["Tumour"])[at]
-        site = patients["site"][at]
-        r_lr = np.corrcoef(
-            lr_rna - lr_rna.groupby(site).transform("mean"),
-            lr_slide - lr_slide.groupby(site).transform("mean"),
-        )[0, 1]
+        r_lr = np.corrcoef(lr_rna, lr_slide)[0, 1]
         assert abs(r_lr - g) < 4 * (1 - g**2) / np.sqrt(n) + 1e-12, (location, r_lr)
-        r_rna = np.corrcoef(fractions["CAF"][at], patients["a"][at])[0, 1]
-        r_slide = np.corrcoef(view_f["CAF"][at], patients["a"][at])[0, 1]
-        assert abs(r_slide / r_rna - g) < 8 / np.sqrt(n), (location, r_slide, r_rna)
-    # the reliable stratum is rendered from its own latents and fractions, bit for bit
+        assert abs(np.corrcoef(view_f["CAF"][at], patients["a"][at])[0, 1]) < 4 / np.sqrt(n)
+        # while the RNA's CAF fraction does follow a
+        assert np.corrcoef(fractions["CAF"][at], patients["a"][at])[0, 1] > 0.3
+    # the reliable stratum is rendered from its own latents and composition noise, bit for bit
     sacrum = (patients["location"] == "sacrum").to_numpy()
     assert np.array_equal(view.loc[sacrum, ["a", "b", "h"]], patients.loc[sacrum, ["a", "b", "h"]])
-    assert np.array_equal(view_f[sacrum], fractions[sacrum])
+    assert np.array_equal(view_f[sacrum], rna_free[sacrum])
 
 
 @pytest.mark.parametrize(
@@ -128,8 +126,9 @@ def test_the_degraded_stratum_loses_c_of_the_slides_biology_and_the_reliable_kee
 def test_the_null_renders_every_slide_from_the_patients_own_biology(config):
     patients, fractions, planted, shifts = _patients(config)
     assert (patients["wsi_gain"] == 1.0).all() and (patients["mri_rho_scale"] == 1.0).all()
-    view, view_f = _slide_biology(patients, fractions, 5, planted, False, shifts)
-    assert view is patients and view_f is fractions
+    view, view_f = _slide_biology(patients, 5, planted, False, shifts)
+    assert view is patients
+    pd.testing.assert_frame_equal(view_f, expression.simulate_fractions(patients, 5, with_a=False))
 
 
 def _tiny_cohort(folder, reliability: bool):

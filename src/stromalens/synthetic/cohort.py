@@ -175,7 +175,7 @@ def generate_cohort(
 
     fractions = expression.simulate_fractions(patients, seed)
     slide_patients, slide_fractions = _slide_biology(
-        patients, fractions, seed, planted, external, site_shifts
+        patients, seed, planted, external, site_shifts
     )
     counts, tpm = expression.simulate_expression(
         patients, fractions, {s: e.rna_batch_sd for s, e in site_effects.items()}, seed
@@ -361,8 +361,15 @@ def generate_cohort(
     return manifest_path
 
 
-def _slide_biology(patients, fractions, seed, planted, external, site_shifts=None):
-    """The latents and fractions the slides are rendered from.
+def _slide_biology(patients, seed, planted, external, site_shifts=None):
+    """The latents and cell fractions the slides are rendered from.
+
+    The fractions are the composition at α·a = 0
+    (:func:`~stromalens.synthetic.expression.simulate_fractions` with ``with_a`` False): a
+    slide's stroma share and fibroblast density do not follow the ERS–CAF latent, whose excess
+    of CAFs the evidence term of mechanism (a) renders — in the hotspots, or spread evenly
+    under its null. Were the fractions to carry a as well, every stromal tile would show it
+    and the hotspots would add nothing that mean pooling misses.
 
     The external cohort under the null of mechanism (f): an independent draw of the same size
     (its slides carry no information on its RNA or outcomes). Otherwise the patients' slide
@@ -370,17 +377,17 @@ def _slide_biology(patients, fractions, seed, planted, external, site_shifts=Non
     ``patients["wsi_gain"]``, 1 where the column is absent), with fractions drawn from the
     slide latents whose composition noise keeps correlation g with the RNA's
     (:func:`~stromalens.synthetic.mechanisms.slide_composition`): at g = 1 (the null, and
-    every reliable stratum) the patients' own latents and fractions, unchanged.
+    every reliable stratum) the patients' own latents, and the RNA's composition noise.
     """
     if external and not planted.external_visible:
         decoy = biology.simulate_patients(
             len(patients), seed + 104_729, sites=(EXTERNAL_SITE,), site_shares=(1.0,)
         )
         decoy.index = patients.index
-        return decoy, expression.simulate_fractions(decoy, seed + 104_729)
+        return decoy, expression.simulate_fractions(decoy, seed + 104_729, with_a=False)
     gain = patients["wsi_gain"].to_numpy(float) if "wsi_gain" in patients else None
     if gain is None or np.all(gain == 1.0):
-        return patients, fractions
+        return patients, expression.simulate_fractions(patients, seed, with_a=False)
     # z′: the latent biology of an unrelated tumour, drawn for every patient (a fixed stream)
     fresh = np.random.default_rng([seed, 17]).multivariate_normal(
         np.zeros(3), biology.LATENT_CORRELATION, size=len(patients)
@@ -393,7 +400,8 @@ def _slide_biology(patients, fractions, seed, planted, external, site_shifts=Non
     )
     # the RNA's composition noise (its seed) and two independent draws, mixed like the latents
     draws = [
-        expression.simulate_fractions(view, s) for s in (seed, seed + 1_299_709, seed + 1_299_721)
+        expression.simulate_fractions(view, s, with_a=False)
+        for s in (seed, seed + 1_299_709, seed + 1_299_721)
     ]
     return view, mechanisms.slide_composition(draws, gain, expression.IMMUNE_TYPES)
 

@@ -45,13 +45,14 @@ size's own scale, chosen so that K = 0 is the mechanism's null effect and K = 1 
 What (b) degrades. The slide is rendered from *slide latents* (:func:`slide_view`) and from
 cell fractions drawn from them whose composition noise is mixed with the RNA's in the same way
 (:func:`slide_composition`; the Shannon entropy target is mostly that noise, r(H, h) ≈ 0.2),
-so everything the slide
-shows of the biology — the stroma's area share and fibroblast density (CAF fraction), immune
-exclusion (b), the layout's scale (h) and the hotspots of (a) — keeps correlation ``g`` with the
-patient's latents; the MRI renders its phenotypes from ρ·f·ℓ + √(1 − ρ²f²)·ν
+so everything the slide shows of the biology — the evidence of (a), which is the only
+place ``a`` and ``b`` appear on a slide (its fractions are drawn at α·a = 0 and its slide-wide
+immune exclusion at b = 0), the stroma's area share and base fibroblast density (the
+composition noise) and the layout's scale (h) — keeps correlation ``g`` with the patient's
+latents; the MRI renders its phenotypes from ρ·f·ℓ + √(1 − ρ²f²)·ν
 (:func:`~stromalens.synthetic.mri.mri_visible_latents`), so its correlation with each latent
-is ``f`` times the base ρ. Scaling only the hotspot gains (as before) left most of the slide's
-signal untouched: the CAF fraction, exclusion and layout do not pass through the hotspots.
+is ``f`` times the base ρ. Scaling only the evidence gains would leave the composition noise
+and the layout, which do not pass through them, untouched.
 Mixing composes as K does: two views of correlation g₁ and g₂ in a row have g₁·g₂.
 
 (b) and (g) are shares bounded by 1, so they scale on the log scale on which K composes

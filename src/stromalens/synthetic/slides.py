@@ -21,7 +21,13 @@ Composition follows the patient's biology:
 * tumour nests hold vacuolated physaliphorous cells in pale myxoid matrix (or, for the external
   cohort's ``chondrosarcoma`` morphology, small cells in lacunae of chondroid matrix);
 * lymphocytes form clusters, scatter in stroma, and infiltrate tumour nests — less so, gathering
-  at the nest rim instead, as the crosstalk ``b`` rises (immune exclusion);
+  at the nest rim instead, as the crosstalk ``b`` rises (immune exclusion). With an
+  :class:`EvidenceSpec` that slide-wide exclusion is held at its value for ``b`` = 0, and ``b``
+  shows only as the evidence term's stromal lymphocytes — lymphocytes held in the stroma of
+  the hotspots, a local exclusion — so that outside the hotspots neither ``a`` nor ``b``
+  changes the slide (:class:`~stromalens.config.SparseEvidence`). The cell fractions the
+  slide receives then carry no ``a`` either
+  (:func:`~stromalens.synthetic.cohort._slide_biology`);
 * some slides carry a tissue fold, an out-of-focus region or a pen mark, for QC to catch.
 
 Every slide comes with the compartment label map it was rendered from, an artefact map, and the
@@ -446,7 +452,10 @@ def render_slide(
     height, width = geometry.height, geometry.width
     shape = (height, width)
     immune_total = _immune_total(fractions)
-    exclusion = float(1.0 / (1.0 + np.exp(-1.8 * latents["b"])))
+    # Under mechanism (a) the crosstalk shows only as the evidence term's stromal lymphocytes,
+    # so the slide-wide exclusion stays at its value for b = 0 (docstring).
+    b_wide = latents["b"] if evidence is None else 0.0
+    exclusion = float(1.0 / (1.0 + np.exp(-1.8 * b_wide)))
 
     labels = _layout(geometry, compartment_shares(fractions), latents["h"], exclusion, rng)
     full = np.repeat(np.repeat(labels, ds, axis=0), ds, axis=1)
