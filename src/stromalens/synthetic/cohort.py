@@ -174,9 +174,7 @@ def generate_cohort(
     }
 
     fractions = expression.simulate_fractions(patients, seed)
-    slide_patients, slide_fractions = _slide_biology(
-        patients, seed, planted, external, site_shifts
-    )
+    slide_patients, slide_fractions = _slide_biology(patients, seed, planted, external, site_shifts)
     counts, tpm = expression.simulate_expression(
         patients, fractions, {s: e.rna_batch_sd for s, e in site_effects.items()}, seed
     )

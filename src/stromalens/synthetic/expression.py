@@ -282,9 +282,7 @@ def gene_responses(genes: tuple[str, ...], seed: int, stream: int) -> np.ndarray
     return np.where(rng.uniform(size=len(genes)) < SILENT_SHARE, 0.0, response)
 
 
-def simulate_fractions(
-    patients: pd.DataFrame, seed: int, *, with_a: bool = True
-) -> pd.DataFrame:
+def simulate_fractions(patients: pd.DataFrame, seed: int, *, with_a: bool = True) -> pd.DataFrame:
     """True cell-number fractions (patients × CELL_TYPES), rows summing to 1.
 
     Two logistic-normal levels (Aitchison & Shen 1980, Biometrika 67:261): the compartments
