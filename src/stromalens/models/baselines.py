@@ -1,6 +1,6 @@
 """WSI-only MIL baselines on frozen tile embeddings (same interface, same folds, same QC).
 
-``mean_pool``   z = mean_t v_t → MLP → heads.
+``mean_pool``   z = mean_t v_t, standardised per dimension → MLP → heads.
 ``abmil``       gated attention (Ilse et al. 2018): h_t = ReLU(W v_t),
                 a_t = wᵀ (tanh(V h_t) ⊙ σ(U h_t)), α = softmax_t(a), z = Σ_t α_t h_t.
 ``clam_sb``     CLAM single-branch (Lu et al. 2021): gated attention as ABMIL plus the instance
@@ -52,14 +52,43 @@ from .registry import register_model
 
 @register_model("mean_pool", modalities=("wsi",), description="mean of tile embeddings → MLP")
 class MeanPool(MILModel):
+    """z = mean_t v_t, standardised per dimension, → MLP → heads.
+
+    The standardisation is a batch normalisation without affine parameters (Ioffe & Szegedy
+    2015): ẑ_d = (z_d − μ_d) / √(σ²_d + ε), μ and σ² of the batch in training and their
+    running averages — the training fold's — at prediction. Why: a mean over hundreds of
+    tiles has a fraction of one tile's spread, and what varies between patients lies in its
+    small directions. On the synthetic CLIP's embedding of a diffuse-evidence cohort
+    (``validate-method`` seed 0, null half) the pooled embedding's SD per dimension was 0.09
+    (median) against 0.59 per tile, the latent *a* loaded on its 5th and 6th principal
+    components (singular values 0.47 and 0.44 against 14.3 for the first), and ridge
+    regression on the pooled embedding read the ERS–CAF target at out-of-fold r 0.58 on the
+    study's folds while this model without the standardisation reached 0.07 (0.14 with four
+    times the epochs): the MLP's weight decay and step budget never reach such small inputs.
+    With it, 0.33. The attention models project every tile before they pool, so their
+    inputs keep the tiles' spread. ``tests/models/test_models.py`` checks the known answer
+    against scikit-learn's RidgeCV.
+    """
+
     def __init__(self, spec: ModelSpec, prompts: torch.Tensor | None = None) -> None:
         super().__init__(spec)
+        self.standardise = nn.BatchNorm1d(spec.tile_dim, affine=False)
         self.e_wsi = MLPEncoder(spec.tile_dim, spec.hidden, spec.dropout)
         self.head = TrunkHeads(spec.hidden, spec.hidden, spec.n_targets, spec.dropout)
 
     def forward(self, batch: MILBatch) -> MILOutput:
-        z = self.e_wsi(masked_mean(batch.tiles, batch.mask))  # (B, H)
-        pred, f = self.head(z)
+        pooled = masked_mean(batch.tiles, batch.mask)  # (B, D)
+        norm = self.standardise
+        # a batch of one bag has no spread to standardise by: it uses the running statistics
+        z = F.batch_norm(
+            pooled,
+            norm.running_mean,
+            norm.running_var,
+            training=self.training and len(pooled) > 1,
+            momentum=norm.momentum,
+            eps=norm.eps,
+        )
+        pred, f = self.head(self.e_wsi(z))  # (B, J)
         return MILOutput(pred=pred, fused=f)
 
 
