@@ -141,14 +141,20 @@ r(NONE) − r(CUR) (:mod:`.robustness`), negated, when the predictions lack the 
 ``detected`` is ``ci_low > 0``. On a null cohort (the mechanism switched off) the same analysis
 should not detect it; :func:`combine` puts a planted and a null run side by side, with the
 planted effect minus the null's: an analysis that fires on both halves measures something the
-null cohort has too. Measured for (a) at K = 1, 3 × 5-fold CV, seeds 0–2: the diffuse null fired
-at seeds 1 and 2 (ABMIL − mean pooling 0.106 [0.053, 0.160] and 0.041 [0.010, 0.072]), and
-planted − null was −0.009, −0.005 and −0.052. Planting the hotspots lowers every slide model's
-reading of a (mean pooling r 0.72 → 0.39 at seed 0): the null, which spreads the same mean
-activation over all stroma, shows a more plainly. It is not a gain from choosing the stroma: a
-ridge fit on the mean embedding of the stromal tiles reads a no better than one on all tiles
-(out-of-fold r 0.68 against 0.85 on the seed-1 null, 0.86 against 0.85 on seed 0's). What
-attention gains on the null is not identified.
+null cohort has too.
+
+(a) was measured twice. Before the generator confined a and b to the hotspots, a slide showed a
+on every stromal tile as well (its CAF fraction, hence the stroma's share and density, carried
+a, and the slide-wide immune exclusion b), and at K = 1, 3 × 5-fold CV, seeds 0–2, the diffuse
+null fired at seeds 1 and 2 (ABMIL − mean pooling 0.106 [0.053, 0.160] and 0.041 [0.010,
+0.072]). With a confined to the evidence (seed 0), it still fired, 0.211 [0.036, 0.386], and
+the cause was the baseline: a ridge regression on the same mean-pooled embedding read the
+ERS–CAF target at out-of-fold r 0.58 on the study's folds while the mean_pool MLP reached
+0.07, because a mean over hundreds of tiles has a tenth of a tile's scale
+(:class:`~stromalens.models.baselines.MeanPool`, which now standardises it). Its CV rerun
+alone, the rest of the run unchanged, put the null at −0.043 [−0.212, 0.126] and the planted
+half at 0.047 [−0.122, 0.215]: silent on the null, and not detected on the planted cohort —
+at the default size ABMIL does not find hotspots that mean pooling misses.
 
 (c) is the exception among the model comparisons: its splits are the S = 3 held-out sites, one
 fit each, so a fold-level interval would have 2 degrees of freedom and would ask about a
