@@ -152,9 +152,11 @@ the cause was the baseline: a ridge regression on the same mean-pooled embedding
 ERS–CAF target at out-of-fold r 0.58 on the study's folds while the mean_pool MLP reached
 0.07, because a mean over hundreds of tiles has a tenth of a tile's scale
 (:class:`~stromalens.models.baselines.MeanPool`, which now standardises it). Its CV rerun
-alone, the rest of the run unchanged, put the null at −0.043 [−0.212, 0.126] and the planted
-half at 0.047 [−0.122, 0.215]: silent on the null, and not detected on the planted cohort —
-at the default size ABMIL does not find hotspots that mean pooling misses.
+alone, the rest of the run unchanged, put the null at −0.043 [−0.212, 0.126] (seed 0) and
+0.056 [−0.071, 0.183] (seed 1), and the planted half at 0.047 [−0.122, 0.215] and −0.103
+[−0.343, 0.136]: silent on the null, and not detected on the planted cohort — at the default
+size ABMIL does not find hotspots that mean pooling misses (every slide model read a at
+r ≤ 0.24 on the planted cohorts).
 
 (c) is the exception among the model comparisons: its splits are the S = 3 held-out sites, one
 fit each, so a fold-level interval would have 2 degrees of freedom and would ask about a
