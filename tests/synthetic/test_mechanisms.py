@@ -11,6 +11,8 @@ from stromalens.config import MechanismsConfig
 from stromalens.synthetic import annotations, biology, expression, mechanisms, mri, slides
 from stromalens.synthetic.cohort import _slide_biology
 
+from ._render import small_slide
+
 N = 4000
 
 
@@ -67,25 +69,10 @@ def test_diffuse_null_spreads_the_same_mean_evenly():
     assert outside_hi > outside_lo  # a still raises the density, evenly
 
 
-def _render_with_evidence(latents: dict, spec, seed=(4, 5, 6)):
-    patients = biology.simulate_patients(1, seed=0)
-    patients[["a", "b", "h"]] = 0.0
-    fractions = expression.simulate_fractions(patients, seed=0).iloc[0]
-    return slides.render_slide(
-        fractions,
-        latents,
-        biology.make_site_effects("A", 0),
-        slides.SlideGeometry(width=1536, height=1024),
-        list(seed),
-        artefact_probability={"fold": 0, "blur": 0, "pen": 0},
-        evidence=spec,
-    )
-
-
 def test_outside_the_hotspots_neither_a_nor_b_changes_the_slide():
     spec = slides.EvidenceSpec(share=0.2, per_a=0.5, per_b=0.3, sparse=True)
-    low = _render_with_evidence({"a": -2.0, "b": -2.0, "h": 0.0}, spec)
-    high = _render_with_evidence({"a": 2.0, "b": 2.0, "h": 0.0}, spec)
+    low = small_slide(spec, {"a": -2.0, "b": -2.0, "h": 0.0})
+    high = small_slide(spec, {"a": 2.0, "b": 2.0, "h": 0.0})
     assert np.array_equal(low.evidence, high.evidence) and np.array_equal(low.labels, high.labels)
 
     def cells_outside(r):
@@ -110,9 +97,9 @@ def test_outside_the_hotspots_neither_a_nor_b_changes_the_slide():
 def test_without_evidence_gains_sparse_and_diffuse_render_the_same_slide():
     # K = 0: per_a = per_b = 0, so the latents leave no trace anywhere, sparse or diffuse
     renders = [
-        _render_with_evidence(
-            {"a": a, "b": a, "h": 0.0},
+        small_slide(
             slides.EvidenceSpec(share=0.2, per_a=0.0, per_b=0.0, sparse=sparse),
+            {"a": a, "b": a, "h": 0.0},
         ).rgb
         for a, sparse in ((-2.0, True), (2.0, True), (2.0, False))
     ]
