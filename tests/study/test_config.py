@@ -81,10 +81,10 @@ def test_the_demo_configuration_points_at_the_generated_cohorts(tmp_path):
     assert config.targets.signature is None and config.external[0].targets.signature is None
     assert config.targets.gene_sets is None
     assert config.training.folds == 3 and config.training.models is None
-    assert config.training.repeats == 1  # the quick demo's; the demo's own is 3
-    assert demo_config(tmp_path / "cohort", tmp_path / "ext").training.repeats == 3
-    again = demo_config(tmp_path / "cohort", tmp_path / "ext", quick=True, repeats=2)
-    assert again.training.repeats == 2
+    assert config.training.repeats == 1  # the quick demo's; the demo's own is 2
+    assert demo_config(tmp_path / "cohort", tmp_path / "ext").training.repeats == 2
+    again = demo_config(tmp_path / "cohort", tmp_path / "ext", quick=True, repeats=4)
+    assert again.training.repeats == 4
 
 
 def test_stromalens_run_reports_a_bad_key_in_one_message_and_exits_1(tmp_path):

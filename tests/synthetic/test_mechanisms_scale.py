@@ -176,9 +176,12 @@ def test_validate_method_passes_the_scale_to_both_halves(tmp_path):
     for null in (False, True):
         command = _demo_command(tmp_path, null, 12, 6, 0, True, 0.5)
         assert command[command.index("--effect-scale") + 1] == "0.5"
-        assert "--repeats" not in command  # the demo's own (3; the quick demo's 1)
+        assert "--repeats" not in command  # the quick demo's own, 1
         again = _demo_command(tmp_path, null, 12, 6, 0, False, 1.0, repeats=2)
         assert again[again.index("--repeats") + 1] == "2"
+        # without --repeats each half repeats as configs/study.yaml does, 3 (the demo: 2)
+        full = _demo_command(tmp_path, null, 126, 60, 0, False, 1.0)
+        assert full[full.index("--repeats") + 1] == "3"
 
 
 def test_survival_times_stay_positive_at_a_large_scale():

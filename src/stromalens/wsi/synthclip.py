@@ -456,7 +456,7 @@ class ClipTrainSettings:
     """Settings of :func:`train_synthclip` (saved inside the checkpoint's JSON)."""
 
     # A fixed number of steps, never a time budget: the same seed gives the same weights on
-    # any machine (600 steps take about 2 minutes on 2 cores).
+    # any machine (600 steps: 132–177 s on one thread of a 2-core machine, measured).
     max_steps: int = 600
     batch_size: int = 96
     lr: float = 1e-3
@@ -464,7 +464,8 @@ class ClipTrainSettings:
     warmup_steps: int = 50
     holdout_fraction: float = 0.2
     seed: int = 0
-    # One thread: on a shared 2-core machine two threads thrash (measured 2.8× slower).
+    # One thread by default: on a 2-core machine shared with other work two threads thrash
+    # (measured 2.8× slower). The demo, which trains it alone, uses two.
     threads: int | None = 1
     # Out-of-domain negative captions appended to each batch's text side.
     ood_per_batch: int = 24
