@@ -238,3 +238,17 @@ def test_a_second_demo_into_one_folder_stops_before_generating(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "another stromalens run or demo is using this folder" in done.stderr
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no cohort was generated
+
+
+def test_the_demo_records_how_busy_and_how_stolen_the_machine_was():
+    from stromalens.cli.demo import cpu_ticks, machine_record
+
+    # /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice
+    before = cpu_ticks("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    after = cpu_ticks("cpu  700 0 150 1000 10 0 0 140 0 0\n")
+    assert before == {"total": 1000, "idle": 810, "steal": 40}
+    record = machine_record(before, after)  # 1000 ticks later: 200 idle, 100 stolen
+    assert record["busy_share"] == 0.8 and record["steal_share"] == 0.1
+    assert record["cpus"] >= 1
+    assert cpu_ticks("intr 1 2 3\n") is None  # not a cpu line: no figures, no error
+    assert machine_record(None, after)["busy_share"] is None

@@ -11,7 +11,8 @@
    evaluation and report, each stage skipped when already done for the same inputs;
 4. the targets checked against the planted truth, and the end-of-run summary.
 
-``demo.json`` records each step's seconds (the study stages' come from ``OUT/manifest.json``).
+``demo.json`` records each step's seconds (the study stages' come from ``OUT/manifest.json``)
+and how busy the machine was meanwhile (``machine``: :func:`machine_record`).
 ``--quick`` runs the same pipeline on 12 + 6 patients with tiny settings (:data:`QUICK`).
 ``--null`` generates the cohorts with every planted mechanism switched off
 (:meth:`stromalens.config.MechanismsConfig.null`), the validation matrix's null cohort;
@@ -217,7 +218,7 @@ def run_demo(
         patients, external_patients = 12, 6
     mechanisms = MechanismsConfig(effect_scale=scale)
     mechanisms = mechanisms.null() if null else mechanisms
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_ticks()
     steps: list[dict] = []
 
     def step(name: str, fn) -> dict:
@@ -269,12 +270,47 @@ def run_demo(
         "patients": patients,
         "external_patients": external_patients,
         "stages": stages,
+        "machine": machine_record(ticks, cpu_ticks()),
         "truth": truth,
         "headline": summary["headline"],
         "report": summary["report"],
     }
     (out / "demo.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    _print_timings(out, elapsed, stages, summary["report"])
+    _print_timings(out, elapsed, stages, summary["report"], record["machine"])
+    return record
+
+
+def cpu_ticks(stat_text: str | None = None) -> dict | None:
+    """The machine's cumulative CPU time from the first line of ``/proc/stat`` (Linux), in
+    clock ticks: ``total`` (user … steal), ``idle`` (idle + iowait) and ``steal`` (time the
+    hypervisor gave this virtual machine's CPUs to another guest); None where it cannot be
+    read. ``stat_text`` replaces the file (tests)."""
+    if stat_text is None:
+        try:
+            stat_text = Path("/proc/stat").read_text(encoding="ascii")
+        except OSError:
+            return None
+    fields = stat_text.split("\n", 1)[0].split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    ticks = [int(v) for v in fields[1:9]]
+    return {"total": sum(ticks), "idle": ticks[3] + ticks[4], "steal": ticks[7]}
+
+
+def machine_record(before: dict | None, after: dict | None) -> dict:
+    """How the machine was while the demo ran, so that its seconds can be read: the cores, the
+    share of all CPU time that was busy (this demo or anything else) and the share stolen by
+    the hypervisor (a contended host: the same work then takes longer). None where
+    ``/proc/stat`` was not readable."""
+    import os
+
+    record: dict = {"cpus": os.cpu_count(), "busy_share": None, "steal_share": None}
+    if before is None or after is None or after["total"] <= before["total"]:
+        return record
+    total = after["total"] - before["total"]
+    record["busy_share"] = round(1 - (after["idle"] - before["idle"]) / total, 3)
+    record["steal_share"] = round((after["steal"] - before["steal"]) / total, 3)
     return record
 
 
@@ -336,12 +372,17 @@ def _generate_cohorts(step, folders: dict, configs: dict) -> None:
         console.print(load_manifest(folders[name] / "cohort.csv").summary().to_string())
 
 
-def _print_timings(out: Path, elapsed: float, stages: list[dict], report) -> None:
+def _print_timings(out: Path, elapsed: float, stages: list[dict], report, machine) -> None:
     console.rule()
     console.print(f"[green]demo finished[/] in {elapsed:.0f} s — outputs under {out}")
     for record in stages:
         seconds = record["seconds"]
         shown = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "skipped"
         console.print(f"  {record['stage']}: {shown}")
+    if machine["busy_share"] is not None:
+        console.print(
+            f"  machine: {machine['cpus']} CPUs, {machine['busy_share']:.0%} of their time busy, "
+            f"{machine['steal_share']:.1%} stolen by the hypervisor (demo.json: machine)"
+        )
     if report:
         console.print(f"[bold green]report:[/] {report}", soft_wrap=True)
