@@ -16,7 +16,7 @@ console = Console()
 
 #: Outer-CV repeats of each half unless ``--repeats`` says otherwise: configs/study.yaml's 3,
 #: so that the matrix's model comparisons are tested over 15 fits. The demo itself repeats
-#: twice, to keep within its 15-minute budget; ``--quick`` keeps its one.
+#: twice, to come nearer its 15-minute budget; ``--quick`` keeps its one.
 VALIDATION_REPEATS = 3
 
 
