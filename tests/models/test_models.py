@@ -223,6 +223,27 @@ def test_coral_loss_is_zero_for_identical_sites_and_grows_with_shift():
         coral_loss(x, torch.zeros(3).long())
 
 
+def _fit_on_one_thread_and_predict(name: str, train, test, tile_dim: int):
+    """``name`` fitted at the default settings on one torch thread (the same weights on any
+    machine), then its predictions on ``test``."""
+    from stromalens.training import TrainSettings, fit_model, predict
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = fit_model(name, train, None, tile_dim, 1, TrainSettings())[name]
+    finally:
+        torch.set_num_threads(threads)
+    return predict(model, test)
+
+
+def _mean_r(pred, truth) -> float:
+    """Mean over the three targets of Pearson's r between predictions and the truth."""
+    import numpy as np
+
+    return float(np.mean([np.corrcoef(pred[:, j], truth[:, j])[0, 1] for j in range(3)]))
+
+
 def _coral_numpy(x, sites):
     """The closed form, Σ_d ‖μ_d − μ‖² + ‖Σ_d − Σ‖_F², with numpy's population covariance
     (``np.cov(x.T, bias=True)``) over all rows of x."""
@@ -306,7 +327,6 @@ def test_mri_only_recovers_a_linear_signal_nearly_as_well_as_ridge():
     import numpy as np
     from sklearn.linear_model import RidgeCV
 
-    from stromalens.training import TrainSettings, fit_model, predict
     from stromalens.training.data import FoldArrays
 
     rng = np.random.default_rng(0)
@@ -329,16 +349,9 @@ def test_mri_only_recovers_a_linear_signal_nearly_as_well_as_ridge():
 
     train, _ = arrays(100)
     test, signal = arrays(400)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = fit_model("mri_only", train, None, D, 1, TrainSettings())["mri_only"]
-    finally:
-        torch.set_num_threads(threads)
-    pred = predict(model, test)
+    pred = _fit_on_one_thread_and_predict("mri_only", train, test, D)
     ridge = RidgeCV().fit(train.rad, train.y).predict(test.rad)
-    r_model = np.mean([np.corrcoef(pred[:, j], signal[:, j])[0, 1] for j in range(3)])
-    r_ridge = np.mean([np.corrcoef(ridge[:, j], signal[:, j])[0, 1] for j in range(3)])
+    r_model, r_ridge = _mean_r(pred, signal), _mean_r(ridge, signal)
     assert r_ridge > 0.95
     assert r_model > r_ridge - 0.06, (r_model, r_ridge)
 
@@ -357,7 +370,6 @@ def test_mean_pool_reads_a_small_direction_of_the_pooled_embedding_nearly_as_wel
     import numpy as np
     from sklearn.linear_model import RidgeCV
 
-    from stromalens.training import TrainSettings, fit_model, predict
     from stromalens.training.data import FoldArrays
 
     rng = np.random.default_rng(0)
@@ -390,16 +402,9 @@ def test_mean_pool_reads_a_small_direction_of_the_pooled_embedding_nearly_as_wel
 
     train, _ = arrays(100)
     test, signal = arrays(300)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = fit_model("mean_pool", train, None, dim, 1, TrainSettings())["mean_pool"]
-    finally:
-        torch.set_num_threads(threads)
-    pred = predict(model, test)
+    pred = _fit_on_one_thread_and_predict("mean_pool", train, test, dim)
     pooled = [np.stack([b.mean(0) for b in a.bags]) for a in (train, test)]
     ridge = RidgeCV(alphas=np.logspace(-4, 4, 17)).fit(pooled[0], train.y).predict(pooled[1])
-    r_model = np.mean([np.corrcoef(pred[:, j], signal[:, j])[0, 1] for j in range(3)])
-    r_ridge = np.mean([np.corrcoef(ridge[:, j], signal[:, j])[0, 1] for j in range(3)])
+    r_model, r_ridge = _mean_r(pred, signal), _mean_r(ridge, signal)
     assert r_ridge > 0.8, r_ridge
     assert r_model > r_ridge - 0.1, (r_model, r_ridge)
